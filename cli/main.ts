@@ -1,0 +1,187 @@
+#!/usr/bin/env node
+// pcr-worker-test: a thin client of the Worker RPC. Exit codes: 0 ok, 1 error from the worker, 2 usage error.
+import yargs, { type Argv } from "yargs";
+import { hideBin } from "yargs/helpers";
+import type { SecretInput, VmView } from "../worker/core/api.js";
+import { WorkerError } from "../worker/core/errors.js";
+import { connectWorker, type WorkerClient } from "../worker/rpc/worker-client.js";
+import { formatVmTable, vmToJson } from "./format.js";
+import { secretFromFlag, secretsFromDir, specFromFlags } from "./spec-input.js";
+
+const DEFAULT_WORKER = "/run/procurator/worker.sock";
+
+/** Errors found before anything was sent: exit code 2. */
+class UsageError extends Error {}
+
+async function withClient<T>(address: string, run: (client: WorkerClient) => Promise<T>): Promise<T> {
+  const client = await connectWorker(address);
+  try {
+    return await run(client);
+  } finally {
+    client.close();
+  }
+}
+
+/** Local validation errors carry a code too, but they are usage errors: nothing reached the worker. */
+function local<T>(build: () => T): T {
+  try {
+    return build();
+  } catch (err) {
+    throw new UsageError(err instanceof WorkerError ? err.reason : (err as Error).message);
+  }
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function followLogs(client: WorkerClient, id: string, follow: boolean, from: bigint): Promise<void> {
+  let offset = from;
+  for (;;) {
+    let chunk;
+    try {
+      chunk = await client.read(id, offset, 256 * 1024);
+    } catch (err) {
+      // The VM was deleted while we followed it: that is the natural end of the stream.
+      if (follow && err instanceof WorkerError && err.code === "NOT_FOUND" && offset > from) return;
+      throw err;
+    }
+    if (chunk.data.length > 0) {
+      process.stdout.write(chunk.data);
+      offset = chunk.nextOffset;
+      continue;
+    }
+    if (!follow) return;
+    const vm = await client.getVm(id).catch(() => undefined);
+    if (!vm || vm.status === "stopped" || vm.status === "failed") {
+      const last = await client.read(id, offset, 256 * 1024).catch(() => undefined);
+      if (last?.data.length) process.stdout.write(last.data);
+      return;
+    }
+    await sleep(150);
+  }
+}
+
+export function buildCli(argv: string[]): Argv {
+  return yargs(argv)
+    .scriptName("pcr-worker-test")
+    .usage("$0 <command> [options]")
+    .option("worker", {
+      type: "string",
+      default: process.env.PCR_WORKER ?? DEFAULT_WORKER,
+      describe: "Worker address: a unix socket path or tcp://host:port (env: PCR_WORKER)",
+    })
+    .command(
+      "create-vm",
+      "Create and boot a VM; prints its id",
+      (y) =>
+        y
+          .option("spec-json", { type: "string", describe: "Spec as printed by `nix eval --json .#vmSpec`" })
+          .option("spec-file", { type: "string", describe: "File holding such a spec" })
+          .option("kernel", { type: "string", describe: "/nix/store path of a vmlinux or bzImage" })
+          .option("initrd", { type: "string" })
+          .option("disk", { type: "string", describe: "/nix/store path of the root disk image (read-only)" })
+          .option("cmdline", { type: "string" })
+          .option("cpu", { type: "number" })
+          .option("memory", { type: "string", describe: "e.g. 512M, 2G or bytes" })
+          .option("hostname", { type: "string" })
+          .option("allow", { type: "string", array: true, describe: "Allowed egress domain, IP or CIDR (repeatable)" })
+          .option("secret", { type: "string", array: true, describe: "NAME=@FILE or NAME=env:VAR (repeatable)" })
+          .option("secrets-dir", { type: "string", describe: "Every file in DIR becomes a secret" })
+          .option("ttl", { type: "number", describe: "Destroy the VM after this many seconds" }),
+      async (args) => {
+        const spec = local(() => specFromFlags({ ...args, specJson: args["spec-json"], specFile: args["spec-file"] }));
+        const secrets: SecretInput[] = local(() => [
+          ...(args["secrets-dir"] ? secretsFromDir(args["secrets-dir"]) : []),
+          ...(args.secret ?? []).map((flag) => secretFromFlag(flag)),
+        ]);
+        const id = await withClient(args.worker, (client) => client.createVm(spec, { secrets, ttlSeconds: args.ttl ?? 0 }));
+        console.log(id);
+      },
+    )
+    .command(
+      "delete-vm <id>",
+      "Stop a VM and free everything it holds",
+      (y) => y.positional("id", { type: "string", demandOption: true }),
+      async (args) => {
+        await withClient(args.worker, (client) => client.deleteVm(args.id));
+      },
+    )
+    .command(
+      "list-vms",
+      "List VMs",
+      (y) => y.option("json", { type: "boolean", describe: "One JSON array instead of a table" }),
+      async (args) => {
+        const vms: VmView[] = await withClient(args.worker, (client) => client.listVms());
+        console.log(args.json ? JSON.stringify(vms.map(vmToJson), null, 2) : formatVmTable(vms));
+      },
+    )
+    .command(
+      "get-vm <id>",
+      "Show one VM as JSON",
+      (y) => y.positional("id", { type: "string", demandOption: true }),
+      async (args) => {
+        const vm = await withClient(args.worker, (client) => client.getVm(args.id));
+        console.log(JSON.stringify(vmToJson(vm), null, 2));
+      },
+    )
+    .command(
+      "logs <id>",
+      "Print the serial console",
+      (y) =>
+        y
+          .positional("id", { type: "string", demandOption: true })
+          .option("follow", { alias: "f", type: "boolean", describe: "Keep printing until the VM stops" })
+          .option("offset", { type: "number", default: 0, describe: "Start at this byte offset" }),
+      async (args) => {
+        await withClient(args.worker, (client) => followLogs(client, args.id, Boolean(args.follow), BigInt(args.offset)));
+      },
+    )
+    .command(
+      "events",
+      "Print lifecycle events as JSON lines",
+      (y) =>
+        y
+          .option("since", { type: "number", default: 1 })
+          .option("follow", { alias: "f", type: "boolean" }),
+      async (args) => {
+        await withClient(args.worker, async (client) => {
+          let since = BigInt(args.since);
+          do {
+            const { events, nextSeq } = await client.events(since, 500, args.follow ? 10_000 : 0);
+            for (const event of events) {
+              console.log(JSON.stringify({ ...event, seq: Number(event.seq), atMs: Number(event.atMs) }));
+            }
+            since = nextSeq;
+          } while (args.follow);
+        });
+      },
+    )
+    .demandCommand(1, "give a command")
+    .strict()
+    .help()
+    .version(false)
+    .fail((message, err) => {
+      throw err ?? new UsageError(message);
+    });
+}
+
+export async function main(argv: string[]): Promise<number> {
+  try {
+    await buildCli(argv).parseAsync();
+    return 0;
+  } catch (err) {
+    if (err instanceof UsageError) {
+      console.error(`pcr-worker-test: ${err.message}`);
+      return 2;
+    }
+    if (err instanceof WorkerError) {
+      console.error(err.reason);
+      return 1;
+    }
+    console.error(`pcr-worker-test: ${(err as Error).message ?? String(err)}`);
+    return 1;
+  }
+}
+
+main(hideBin(process.argv)).then((code) => {
+  process.exitCode = code;
+});

@@ -1,0 +1,180 @@
+# Worker host NixOS module: runs pcr-worker as a systemd service with its VMMs on the PATH,
+# the bridge its VMs attach to, IP forwarding and nftables.
+#
+# The service is configured through the worker's environment variables (worker/config.ts):
+# PCR_SOCKET, PCR_STATE_DIR, PCR_RUNTIME_DIR, PCR_VMM, PCR_CACHE_URL, PCR_TRUSTED_KEYS,
+# PCR_BRIDGE, PCR_SUBNET, PCR_QEMU_BINARY, PCR_CLOUD_HYPERVISOR_BINARY, PCR_VIRTIOFSD_BINARY, ...
+{ config, lib, pkgs, ... }:
+
+let
+  cfg = config.services.procurator-worker;
+  inherit (lib) mkOption mkEnableOption mkIf types;
+
+  # "10.213.0.0/16" -> "10.213.0.1": the bridge (and guests' gateway) takes the subnet's first host.
+  subnetParts = builtins.match "([0-9]+)\\.([0-9]+)\\.([0-9]+)\\.([0-9]+)/([0-9]+)" cfg.subnet;
+  gatewayAddress =
+    let p = subnetParts;
+    in "${builtins.elemAt p 0}.${builtins.elemAt p 1}.${builtins.elemAt p 2}.${toString (lib.toInt (builtins.elemAt p 3) + 1)}";
+  prefixLength = lib.toInt (builtins.elemAt subnetParts 4);
+
+  environment = {
+    PCR_SOCKET = cfg.socket;
+    PCR_STATE_DIR = cfg.stateDir;
+    PCR_RUNTIME_DIR = cfg.runtimeDir;
+    PCR_VMM = cfg.backend;
+    PCR_BRIDGE = cfg.bridge;
+    PCR_SUBNET = cfg.subnet;
+    PCR_QEMU_BINARY = "${cfg.qemuPackage}/bin/qemu-system-x86_64";
+    PCR_CLOUD_HYPERVISOR_BINARY = "${cfg.cloudHypervisorPackage}/bin/cloud-hypervisor";
+    PCR_VIRTIOFSD_BINARY = "${cfg.virtiofsdPackage}/bin/virtiofsd";
+    PCR_LOG_LEVEL = cfg.logLevel;
+  }
+  // lib.optionalAttrs (cfg.cacheUrl != null) { PCR_CACHE_URL = cfg.cacheUrl; }
+  // lib.optionalAttrs (cfg.trustedPublicKeys != [ ]) { PCR_TRUSTED_KEYS = lib.concatStringsSep " " cfg.trustedPublicKeys; }
+  // lib.optionalAttrs (cfg.uplink != null) { PCR_UPLINK = cfg.uplink; }
+  // lib.optionalAttrs (cfg.resolver != null) { PCR_RESOLVER = cfg.resolver; };
+in
+{
+  options.services.procurator-worker = {
+    enable = mkEnableOption "the Procurator worker (pcr-worker), which runs Nix-built sandboxes as microVMs";
+
+    package = mkOption {
+      type = types.package;
+      description = "The Procurator package; its bin/pcr-worker is started.";
+    };
+
+    socket = mkOption {
+      type = types.str;
+      default = "/run/procurator/worker.sock";
+      description = "Unix socket the worker serves Cap'n Proto RPC on.";
+    };
+    stateDir = mkOption {
+      type = types.str;
+      default = "/var/lib/procurator";
+      description = "VM records, console logs and per-VM directories.";
+    };
+    runtimeDir = mkOption {
+      type = types.str;
+      default = "/run/procurator";
+      description = "Files that must not outlive the host: the secrets tmpfs lives here.";
+    };
+    backend = mkOption {
+      type = types.enum [ "auto" "cloud-hypervisor" "qemu" ];
+      default = "auto";
+      description = "VMM backend; auto prefers Cloud Hypervisor when /dev/kvm is usable, else QEMU.";
+    };
+
+    cacheUrl = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "s3://procurator-cache?region=eu-west-1";
+      description = "Binary cache the worker pulls missing spec store paths from (nix copy --from).";
+    };
+    trustedPublicKeys = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "procurator-cache-1:AAAA...=" ];
+      description = "Public keys whose signatures the worker accepts on paths from cacheUrl.";
+    };
+
+    bridge = mkOption {
+      type = types.strMatching "[A-Za-z0-9_.-]{1,15}";
+      default = "pcrbr0";
+      description = "Bridge the VMs' TAP devices join.";
+    };
+    subnet = mkOption {
+      type = types.strMatching "[0-9]+\\.[0-9]+\\.[0-9]+\\.[0-9]+/[0-9]+";
+      default = "10.213.0.0/16";
+      description = "IPv4 subnet of the VMs; the bridge takes its first address.";
+    };
+    uplink = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "Interface the VMs' allowed traffic leaves through (NAT); the worker picks the default route's when null.";
+    };
+    resolver = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "DNS server the guests use and the worker resolves allowedDomains with.";
+    };
+    logLevel = mkOption {
+      type = types.enum [ "trace" "debug" "info" "warn" "error" "fatal" "silent" ];
+      default = "info";
+    };
+    extraEnvironment = mkOption {
+      type = types.attrsOf types.str;
+      default = { };
+      example = { PCR_MAX_VMS = "128"; };
+      description = "More PCR_* variables (see worker/config.ts); they override the ones above.";
+    };
+
+    qemuPackage = mkOption { type = types.package; default = pkgs.qemu_kvm; defaultText = lib.literalExpression "pkgs.qemu_kvm"; };
+    cloudHypervisorPackage = mkOption { type = types.package; default = pkgs.cloud-hypervisor; defaultText = lib.literalExpression "pkgs.cloud-hypervisor"; };
+    virtiofsdPackage = mkOption { type = types.package; default = pkgs.virtiofsd; defaultText = lib.literalExpression "pkgs.virtiofsd"; };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = subnetParts != null && prefixLength >= 8 && prefixLength <= 30;
+        message = "services.procurator-worker.subnet must be an IPv4 network with a prefix of 8..30";
+      }
+    ];
+
+    boot.kernelModules = [ "kvm-intel" "kvm-amd" "tun" "vhost_net" ];
+    # VM traffic is routed from the bridge to the uplink (and filtered in the forward hook).
+    boot.kernel.sysctl."net.ipv4.ip_forward" = 1;
+
+    networking.nftables.enable = true;
+    # Reloading NixOS's rules must not flush the worker's table (VM egress would go unfiltered).
+    networking.nftables.flushRuleset = false;
+    # The worker owns its own nftables table; keep the NixOS firewall from dropping forwarded VM traffic.
+    networking.firewall.trustedInterfaces = [ cfg.bridge ];
+
+    # The bridge exists before the worker starts (the worker also creates it idempotently).
+    networking.bridges.${cfg.bridge}.interfaces = [ ];
+    networking.interfaces.${cfg.bridge}.ipv4.addresses = [
+      { address = gatewayAddress; inherit prefixLength; }
+    ];
+
+    # The worker pulls spec paths with `nix copy --from`; root talks to the store directly.
+    nix.settings = mkIf (cfg.cacheUrl != null) {
+      extra-substituters = [ cfg.cacheUrl ];
+      extra-trusted-public-keys = cfg.trustedPublicKeys;
+    };
+
+    systemd.tmpfiles.rules = [
+      "d ${cfg.stateDir} 0700 root root -"
+      "d ${cfg.runtimeDir} 0700 root root -"
+    ];
+
+    systemd.services.pcr-worker = {
+      description = "Procurator worker: Nix-declared sandboxes as microVMs";
+      wantedBy = [ "multi-user.target" ];
+      after = [ "network-online.target" "nftables.service" "nix-daemon.service" ];
+      wants = [ "network-online.target" ];
+      path = [
+        cfg.qemuPackage
+        cfg.cloudHypervisorPackage
+        cfg.virtiofsdPackage
+        config.nix.package
+        pkgs.nftables
+        pkgs.iproute2
+        pkgs.util-linux
+        pkgs.coreutils
+      ];
+      environment = environment // cfg.extraEnvironment;
+      serviceConfig = {
+        ExecStart = "${cfg.package}/bin/pcr-worker";
+        # VMs are separate processes: let them survive a worker restart (the worker re-adopts them).
+        KillMode = "process";
+        Restart = "on-failure";
+        RestartSec = 2;
+        # Root: it creates TAPs, nftables chains, tmpfs mounts and opens /dev/kvm.
+        User = "root";
+        LimitNOFILE = 65536;
+        UMask = "0077";
+      };
+    };
+  };
+}

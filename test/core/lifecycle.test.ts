@@ -1,0 +1,21 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { VM_STATUSES } from "../../worker/core/api.js";
+import { assertTransition, canTransition, isLive, TRANSITIONS } from "../../worker/core/lifecycle.js";
+
+test("the happy path and failure are allowed", () => {
+  for (const [from, to] of [["creating", "running"], ["running", "stopping"], ["stopping", "stopped"], ["creating", "failed"], ["running", "failed"], ["running", "paused"], ["paused", "running"]] as const) {
+    assert.ok(canTransition(from, to), `${from} -> ${to}`);
+  }
+});
+
+test("final states stay final and nothing goes back to creating", () => {
+  assert.deepEqual(TRANSITIONS.stopped, []);
+  assert.deepEqual(TRANSITIONS.failed, []);
+  for (const from of VM_STATUSES) assert.ok(!canTransition(from, "creating"));
+  assert.throws(() => assertTransition("vm-x", "stopped", "running"), /FAILED_PRECONDITION|cannot go from stopped to running/);
+});
+
+test("live states are the ones with a VMM", () => {
+  assert.deepEqual(VM_STATUSES.filter(isLive), ["creating", "running", "paused", "stopping"]);
+});

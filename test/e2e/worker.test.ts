@@ -1,0 +1,172 @@
+// End to end through the CLI against a running worker: real QEMU, real Nix store, real sockets.
+import assert from "node:assert/strict";
+import { execa } from "execa";
+import { existsSync, readdirSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { testGuest, type TestGuestSpec } from "../helpers/repo.js";
+import { destroyWorker, startWorker, type WorkerProcess } from "../helpers/worker-process.js";
+
+const guest = testGuest();
+const skip = "skip" in guest ? guest.skip : false;
+
+async function waitFor<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+async function qemuPids(vmId: string): Promise<number[]> {
+  const result = await execa("pgrep", ["-f", `pcr-${vmId}`], { reject: false });
+  return result.stdout.split("\n").filter(Boolean).map(Number);
+}
+
+async function listJson(worker: WorkerProcess): Promise<Array<Record<string, unknown>>> {
+  const result = await worker.cli(["list-vms", "--json"]);
+  assert.equal(result.exitCode, 0, result.stderr);
+  return JSON.parse(result.stdout) as Array<Record<string, unknown>>;
+}
+
+/** Nothing the worker makes per VM is left: no VM directory, no TAP, no nft chain, no VMM process. */
+async function assertNothingLeft(worker: WorkerProcess): Promise<void> {
+  const vmDirs = existsSync(join(worker.stateDir, "vms")) ? readdirSync(join(worker.stateDir, "vms")) : [];
+  assert.deepEqual(vmDirs, [], "VM directories left behind");
+  const links = await execa("ip", ["-n", worker.netns, "-o", "link", "show"], { reject: false });
+  assert.doesNotMatch(links.stdout, /pcr-vm|: pcr-[0-9a-f]/, "TAP devices left behind");
+  const ruleset = await execa("ip", ["netns", "exec", worker.netns, "nft", "-j", "list", "ruleset"], { reject: false });
+  assert.doesNotMatch(ruleset.stdout, /"vm-[0-9a-f]{10}/, "per-VM nft objects left behind");
+  const qemus = await execa("pgrep", ["-f", `qemu-system.*${worker.stateDir}`], { reject: false });
+  assert.equal(qemus.stdout.trim(), "", "VMM processes left behind");
+}
+
+async function createFromSpec(worker: WorkerProcess, spec: TestGuestSpec | Record<string, unknown>): Promise<string> {
+  const created = await worker.cli(["create-vm", "--spec-json", JSON.stringify(spec)]);
+  assert.equal(created.exitCode, 0, `create-vm failed: ${created.stderr}\nworker logs:\n${worker.logs().slice(-3000)}`);
+  const id = created.stdout.trim();
+  assert.match(id, /^vm-[0-9a-f]{10}$/);
+  return id;
+}
+
+async function waitForConsole(worker: WorkerProcess, id: string, marker: string | RegExp, timeoutMs = 90_000): Promise<string> {
+  return waitFor(`console ${String(marker)}`, timeoutMs, async () => {
+    const logs = await worker.cli(["logs", id]);
+    const found = typeof marker === "string" ? logs.stdout.includes(marker) : marker.test(logs.stdout);
+    return found ? logs.stdout : undefined;
+  });
+}
+
+describe("worker end to end (real QEMU, real Nix store)", { skip }, () => {
+  let worker: WorkerProcess;
+  let spec: TestGuestSpec;
+  let specText: string;
+
+  before(async () => {
+    if ("skip" in guest) return;
+    spec = guest.spec;
+    specText = guest.specText;
+    worker = await startWorker();
+  });
+
+  after(async () => {
+    if (worker) await destroyWorker(worker);
+  });
+
+  test("create from --spec-json as `nix eval --json` prints it, boot, list, read, delete, nothing left", async () => {
+    const id = await createFromSpec(worker, JSON.parse(specText) as TestGuestSpec);
+    const console = await waitForConsole(worker, id, "pcr-guest: ready");
+    assert.match(console, /pcr-guest: ready/);
+    const vms = await listJson(worker);
+    const vm = vms.find((entry) => entry.id === id);
+    assert.ok(vm, "created VM is listed");
+    assert.equal(vm.status, "running");
+    assert.equal(vm.hostname, spec.hostname);
+    assert.match(String(vm.ip), /^\d+\.\d+\.\d+\.\d+$/);
+    const table = await worker.cli(["list-vms"]);
+    assert.match(table.stdout, new RegExp(`${id}\\s+${spec.hostname}\\s+running`));
+    assert.ok((await qemuPids(id)).length > 0, "a VMM process runs for the VM");
+
+    const deleted = await worker.cli(["delete-vm", id]);
+    assert.equal(deleted.exitCode, 0, deleted.stderr);
+    assert.deepEqual(await qemuPids(id), [], "VMM process gone after delete");
+    assert.deepEqual(await listJson(worker), []);
+    await assertNothingLeft(worker);
+  });
+
+  test("the guest runs a command from the kernel command line and its output comes back through read", async () => {
+    const script = "cat /mnt/image/hello.txt; echo sum=$((6*7))";
+    const id = await createFromSpec(worker, {
+      ...spec,
+      cmdline: `${spec.cmdline} pcr.cmd=${Buffer.from(script).toString("base64")}`,
+    });
+    const console = await waitForConsole(worker, id, /pcr-guest: cmd exit=0/);
+    assert.match(console, /sum=42/);
+    assert.equal((await worker.cli(["delete-vm", id])).exitCode, 0);
+    await assertNothingLeft(worker);
+  });
+
+  test("a store path deleted locally is pulled back from the file:// binary cache", async () => {
+    const deleted = await execa("nix-store", ["--delete", spec.image], { reject: false });
+    assert.equal(deleted.exitCode, 0, `could not delete ${spec.image}: ${deleted.stderr}`);
+    assert.equal(existsSync(spec.image), false);
+    const id = await createFromSpec(worker, spec);
+    assert.ok(existsSync(spec.image), "image is back in the store");
+    await waitForConsole(worker, id, "pcr-guest: ready");
+    assert.match(worker.logs(), /fetched store paths/);
+    assert.equal((await worker.cli(["delete-vm", id])).exitCode, 0);
+    await assertNothingLeft(worker);
+  });
+
+  test("bad input gets INVALID_ARGUMENT or NOT_FOUND and leaves nothing behind", async () => {
+    const cases: Array<{ name: string; args: string[]; code: string; exit: number }> = [
+      { name: "path outside the store", args: ["--spec-json", JSON.stringify({ ...spec, kernel: "/etc/passwd" })], code: "INVALID_ARGUMENT", exit: 1 },
+      {
+        name: "store path in neither the store nor the cache",
+        args: ["--spec-json", JSON.stringify({ ...spec, image: "/nix/store/00000000000000000000000000000000-missing.img" })],
+        code: "NOT_FOUND",
+        exit: 1,
+      },
+      { name: "cpu 0", args: ["--spec-json", JSON.stringify({ ...spec, cpu: 0 })], code: "INVALID_ARGUMENT", exit: 1 },
+      { name: "cpu above the host's cores", args: ["--spec-json", JSON.stringify({ ...spec, cpu: 4096 })], code: "INVALID_ARGUMENT", exit: 1 },
+      { name: "hostname not RFC 1123", args: ["--spec-json", JSON.stringify({ ...spec, hostname: "bad_host!" })], code: "INVALID_ARGUMENT", exit: 1 },
+      { name: "memory too small", args: ["--spec-json", JSON.stringify({ ...spec, memoryBytes: 1024 })], code: "INVALID_ARGUMENT", exit: 1 },
+      { name: "broken JSON", args: ["--spec-json", '{"hostname": "x", "kernel": '], code: "INVALID_ARGUMENT", exit: 2 },
+      { name: "unknown key", args: ["--spec-json", JSON.stringify({ ...spec, kernal: "typo" })], code: "INVALID_ARGUMENT", exit: 2 },
+      { name: "literal secret on argv", args: ["--spec-json", specText, "--secret", "TOKEN=hunter2"], code: "INVALID_ARGUMENT", exit: 2 },
+    ];
+    for (const { name, args, code, exit } of cases) {
+      const result = await worker.cli(["create-vm", ...args]);
+      assert.equal(result.exitCode, exit, `${name}: exit code (stderr: ${result.stderr})`);
+      assert.match(result.stderr, new RegExp(code), `${name}: error code`);
+      assert.doesNotMatch(result.stderr, /hunter2/, `${name}: a secret value is echoed`);
+    }
+    const unknownDelete = await worker.cli(["delete-vm", "vm-0000000000"]);
+    assert.equal(unknownDelete.exitCode, 1);
+    assert.match(unknownDelete.stderr, /^NOT_FOUND: /);
+    const unknownLogs = await worker.cli(["logs", "vm-0000000000"]);
+    assert.match(unknownLogs.stderr, /^NOT_FOUND: /);
+    assert.deepEqual(await listJson(worker), []);
+    await assertNothingLeft(worker);
+  });
+
+  test("a VMM killed with SIGKILL turns the VM failed with its reason within 1 s", async () => {
+    const id = await createFromSpec(worker, spec);
+    await waitForConsole(worker, id, "pcr-guest: ready");
+    const [pid] = await qemuPids(id);
+    assert.ok(pid, "VMM pid");
+    const killedAt = Date.now();
+    process.kill(pid, "SIGKILL");
+    const failed = await waitFor("status failed", 5_000, async () => {
+      const vm = (await listJson(worker)).find((entry) => entry.id === id);
+      return vm?.status === "failed" ? vm : undefined;
+    });
+    assert.ok(Date.now() - killedAt < 1_500, `reported failed after ${Date.now() - killedAt} ms`);
+    assert.match(String(failed.failure), /SIGKILL/);
+    assert.match(String(failed.failure), /pcr-guest: ready|last console lines/);
+    assert.equal((await worker.cli(["delete-vm", id])).exitCode, 0);
+    await assertNothingLeft(worker);
+  });
+});

@@ -1,0 +1,151 @@
+// Reference C++ (capnp EzRpc) client used by the interop tests and the benchmark.
+// Usage: client <address> <mode> [args...]; prints results on stdout, exits non-zero on surprise.
+#include <capnp/ez-rpc.h>
+#include <kj/debug.h>
+#include <kj/async.h>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+#include "sample.h"
+
+using Clock = std::chrono::steady_clock;
+static constexpr uint64_t WORKER_ID = 0xa6f558509d9fa23cull;
+
+static double secondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+static kj::Promise<void> chain(Worker::Client& worker, int& remaining) {
+  if (remaining <= 0) return kj::READY_NOW;
+  --remaining;
+  auto req = worker.getVmRequest();
+  req.setId("vm-000001");
+  return req.send().then([&worker, &remaining](capnp::Response<Worker::GetVmResults>&& r) {
+    KJ_REQUIRE(r.getVm().getId() == "vm-000001");
+    return chain(worker, remaining);
+  });
+}
+
+static void runInFlight(Worker::Client& worker, kj::WaitScope& ws, int total, int depth) {
+  int remaining = total;
+  kj::Vector<kj::Promise<void>> chains;
+  for (int i = 0; i < depth; i++) chains.add(chain(worker, remaining));
+  kj::joinPromises(chains.releaseAsArray()).wait(ws);
+}
+
+int main(int argc, char** argv) {
+  if (argc < 3) {
+    fprintf(stderr, "usage: client <address> <mode> [args]\n");
+    return 2;
+  }
+  capnp::EzRpcClient client(argv[1]);
+  auto& ws = client.getWaitScope();
+  Worker::Client worker = client.getMain<Worker>();
+  kj::StringPtr mode = argv[2];
+
+  if (mode == "create-all") {
+    auto req = worker.createVmRequest();
+    auto spec = req.initSpec();
+    spec.setHostname("web-1");
+    spec.setKernel("/nix/store/aaa-kernel/bzImage");
+    spec.setInitrd("/nix/store/bbb-initrd/initrd");
+    spec.setImage("/nix/store/ccc-image/root.img");
+    spec.setCmdline("console=ttyS0 quiet");
+    spec.setCpu(3);
+    spec.setMemoryBytes(5ull << 30);
+    auto domains = spec.initAllowedDomains(5);
+    domains.set(0, "example.com");
+    domains.set(1, "*.nixos.org");
+    domains.set(2, "1.1.1.1");
+    domains.set(3, "10.0.0.0/8");
+    domains.set(4, "\xc3\xbcn\xc3\xaf""c\xc3\xb6""d\xc3\xa9.example");
+    auto secrets = req.initSecrets(2);
+    secrets[0].setName("token");
+    const kj::byte token[] = {0, 1, 2, 255};
+    secrets[0].setValue(kj::arrayPtr(token, 4));
+    secrets[1].setName("empty");
+    secrets[1].initValue(0);
+    req.setTtlSeconds(3600);
+    auto resp = req.send().wait(ws);
+    printf("id %s\n", resp.getId().cStr());
+  } else if (mode == "list") {
+    auto resp = worker.listVmsRequest().send().wait(ws);
+    auto vms = resp.getVms();
+    printf("count %u\n", vms.size());
+    for (int i = 3; i < argc; i++) {
+      uint32_t index = atoi(argv[i]);
+      if (index < vms.size()) printf("%s\n", describeVm(vms[index]).cStr());
+    }
+  } else if (mode == "delete") {
+    auto req = worker.deleteVmRequest();
+    req.setId(argv[3]);
+    try {
+      req.send().wait(ws);
+      printf("deleted\n");
+    } catch (const kj::Exception& e) {
+      printf("exception type=%d %s\n", int(e.getType()), e.getDescription().cStr());
+    }
+  } else if (mode == "unimplemented") {
+    // Method 99 of the Worker interface id: our schema has no such method.
+    auto req = worker.typelessRequest(WORKER_ID, 99, nullptr);
+    req.initAs<Worker::GetVmParams>().setId("x");
+    try {
+      req.send().wait(ws);
+      printf("unexpected success\n");
+      return 1;
+    } catch (const kj::Exception& e) {
+      printf("exception type=%d unimplemented=%d %s\n", int(e.getType()),
+             e.getType() == kj::Exception::Type::UNIMPLEMENTED, e.getDescription().cStr());
+    }
+    auto next = worker.listVmsRequest().send().wait(ws);
+    printf("next call ok, %u vms\n", next.getVms().size());
+  } else if (mode == "inflight") {
+    int n = atoi(argv[3]);
+    kj::Vector<kj::Promise<void>> calls;
+    for (int i = 0; i < n; i++) {
+      auto req = worker.getVmRequest();
+      req.setId("vm-000001");
+      calls.add(req.send().then([](capnp::Response<Worker::GetVmResults>&& r) {
+        KJ_REQUIRE(r.getVm().getId() == "vm-000001");
+      }));
+    }
+    kj::joinPromises(calls.releaseAsArray()).wait(ws);
+    printf("inflight ok %d\n", n);
+  } else if (mode == "bench") {
+    // bench <sequentialCalls> <inFlightCalls> <depth>
+    int sequential = atoi(argv[3]);
+    int total = atoi(argv[4]);
+    int depth = atoi(argv[5]);
+    runInFlight(worker, ws, 2000, 50);  // warm-up
+    auto start = Clock::now();
+    for (int i = 0; i < sequential; i++) {
+      auto req = worker.getVmRequest();
+      req.setId("vm-000001");
+      req.send().wait(ws);
+    }
+    double seq = sequential / secondsSince(start);
+    start = Clock::now();
+    runInFlight(worker, ws, total, depth);
+    double inflight = total / secondsSince(start);
+    printf("sequential %.0f\ninflight %.0f\n", seq, inflight);
+  } else if (mode == "bench-list") {
+    int iterations = atoi(argv[3]);
+    std::vector<double> ms;
+    uint32_t count = 0;
+    for (int i = 0; i < iterations + 20; i++) {
+      auto start = Clock::now();
+      auto resp = worker.listVmsRequest().send().wait(ws);
+      count = resp.getVms().size();
+      if (i >= 20) ms.push_back(secondsSince(start) * 1000);
+    }
+    std::sort(ms.begin(), ms.end());
+    printf("count %u\nmedian %.3f\np99 %.3f\n", count, ms[ms.size() / 2], ms[std::min(ms.size() - 1, ms.size() * 99 / 100)]);
+  } else {
+    fprintf(stderr, "unknown mode %s\n", mode.cStr());
+    return 2;
+  }
+  return 0;
+}

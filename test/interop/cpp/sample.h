@@ -1,0 +1,46 @@
+// Sample data shared by the C++ test client and server; mirrors test/rpc/fake-worker.ts sampleVm().
+#pragma once
+#include <kj/string.h>
+#include <cstdio>
+#include <cstdint>
+#include "worker.capnp.h"
+
+inline void fillSampleVm(RunningVm::Builder vm, uint32_t i) {
+  static const VmStatus statuses[] = {VmStatus::CREATING, VmStatus::RUNNING, VmStatus::PAUSED,
+                                      VmStatus::STOPPING, VmStatus::STOPPED, VmStatus::FAILED};
+  char id[32];
+  snprintf(id, sizeof(id), "vm-%06u", i);
+  vm.setId(id);
+  vm.setHostname(kj::str("host-", i));
+  vm.setStatus(statuses[i % 6]);
+  vm.setFailure(i % 6 == 5 ? kj::str("boot failed #", i) : kj::str(""));
+  vm.setIp(kj::str("10.213.", (i >> 8) & 255, ".", i & 255));
+  vm.setMac("52:54:00:12:34:56");
+  vm.setCpu(1 + i % 4);
+  vm.setMemoryBytes(uint64_t(256 + i) * 1024 * 1024);
+  vm.setSpecHash(kj::str(kj::repeat('a', 64)));
+  vm.setCreatedAtMs(1700000000000ull + i);
+  vm.setUptimeMs(uint64_t(i) * 1000);
+  auto c = vm.initCounters();
+  c.setBlockReadBytes(i);
+  c.setBlockWriteBytes(uint64_t(i) * 2 + 1);
+  c.setBlockReadOps(uint64_t(i) * 3 + 2);
+  c.setBlockWriteOps(uint64_t(i) * 4 + 3);
+  c.setNetRxBytes(uint64_t(i) * 5 + 4);
+  c.setNetTxBytes(uint64_t(i) * 6 + 5);
+  c.setNetRxPackets(uint64_t(i) * 7 + 6);
+  c.setNetTxPackets((1ull << 40) + i);
+  vm.setEgressDrops(i % 7);
+  vm.setBackend("qemu");
+}
+
+// One line per VM, compared textually by the TypeScript side.
+inline kj::String describeVm(RunningVm::Reader vm) {
+  auto c = vm.getCounters();
+  return kj::str(vm.getId(), "|", vm.getHostname(), "|", uint16_t(vm.getStatus()), "|", vm.getFailure(), "|",
+                 vm.getIp(), "|", vm.getMac(), "|", vm.getCpu(), "|", vm.getMemoryBytes(), "|",
+                 vm.getSpecHash(), "|", vm.getCreatedAtMs(), "|", vm.getUptimeMs(), "|",
+                 c.getBlockReadBytes(), ",", c.getBlockWriteBytes(), ",", c.getBlockReadOps(), ",",
+                 c.getBlockWriteOps(), ",", c.getNetRxBytes(), ",", c.getNetTxBytes(), ",",
+                 c.getNetRxPackets(), ",", c.getNetTxPackets(), "|", vm.getEgressDrops(), "|", vm.getBackend());
+}

@@ -1,0 +1,85 @@
+// The codec's layout constants against the reference schema compiler: `capnp compile -o-` emits a
+// CodeGeneratorRequest (itself a Cap'n Proto message), which we read with our own wire reader.
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { join } from "node:path";
+import { describe, test } from "node:test";
+import { FrameDecoder } from "../../worker/rpc/framing.js";
+import { DEFAULT_LIMITS } from "../../worker/rpc/limits.js";
+import { MessageReader, type StructReader, listStruct, readStructList, readText, readU16, readU64 } from "../../worker/rpc/wire.js";
+import { Size, WORKER_INTERFACE_ID, WorkerMethod } from "../../worker/rpc/worker-codec.js";
+import { repoRoot } from "./repo-root.js";
+
+function capnpAvailable(): boolean {
+  try {
+    execFileSync("capnp", ["--version"]);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+interface SchemaNode {
+  id: bigint;
+  name: string;
+  kind: number;
+  size: [number, number];
+  methods: Array<{ name: string; params: bigint; results: bigint }>;
+}
+
+/** Nodes of the compiled schema (schema.capnp layouts: Node, Method, CodeGeneratorRequest). */
+function compiledSchema(): Map<string, SchemaNode> {
+  const root = repoRoot();
+  const schema = join(root, "schema");
+  const bytes = execFileSync("capnp", ["compile", "-o-", `--src-prefix=${schema}`, join(schema, "common.capnp"), join(schema, "worker.capnp")]);
+  const segments = new FrameDecoder(DEFAULT_LIMITS).push(bytes)[0]!;
+  const request = new MessageReader(segments, DEFAULT_LIMITS).root();
+  const nodes = readStructList(request, 0)!;
+  const out = new Map<string, SchemaNode>();
+  for (let i = 0; i < nodes.length; i++) {
+    const node: StructReader = listStruct(nodes, i);
+    const name = readText(node, 0);
+    const kind = readU16(node, 12); // 1 struct, 3 interface
+    const methods: SchemaNode["methods"] = [];
+    if (kind === 3) {
+      const list = readStructList(node, 3)!;
+      for (let m = 0; m < list.length; m++) {
+        const method = listStruct(list, m);
+        methods.push({ name: readText(method, 0), params: readU64(method, 8), results: readU64(method, 16) });
+      }
+    }
+    out.set(name.slice(name.indexOf(":") + 1), { id: readU64(node, 0), name, kind, size: [readU16(node, 14), readU16(node, 24)], methods });
+  }
+  return out;
+}
+
+describe("worker codec vs the capnp compiler", { skip: capnpAvailable() ? false : "capnp (capnproto package) not installed" }, () => {
+  test("interface id, method ordinals and every struct size match schema/*.capnp", () => {
+    const nodes = compiledSchema();
+    const worker = nodes.get("Worker")!;
+    assert.equal(worker.id, WORKER_INTERFACE_ID);
+    assert.deepEqual(worker.methods.map((m) => m.name), Object.keys(WorkerMethod));
+    Object.entries(WorkerMethod).forEach(([name, ordinal]) => assert.equal(worker.methods[ordinal]!.name, name));
+
+    const byId = new Map([...nodes.values()].map((n) => [n.id, n]));
+    const sizeOf = (method: string, which: "params" | "results") => byId.get(worker.methods[WorkerMethod[method as keyof typeof WorkerMethod]]![which])!.size;
+    const expected: Array<[string, readonly number[], [number, number]]> = [
+      ["RunningVm", Size.RunningVm, nodes.get("RunningVm")!.size],
+      ["IoCounters", Size.IoCounters, nodes.get("IoCounters")!.size],
+      ["VmEvent", Size.VmEvent, nodes.get("VmEvent")!.size],
+      ["VmSpec", Size.VmSpec, nodes.get("VmSpec")!.size],
+      ["Secret", Size.Secret, nodes.get("Secret")!.size],
+      ["listVms results", Size.ListVmsResults, sizeOf("listVms", "results")],
+      ["read params", Size.ReadParams, sizeOf("read", "params")],
+      ["read results", Size.ReadResults, sizeOf("read", "results")],
+      ["createVm params", Size.CreateVmParams, sizeOf("createVm", "params")],
+      ["createVm results", Size.CreateVmResults, sizeOf("createVm", "results")],
+      ["deleteVm params", Size.IdParams, sizeOf("deleteVm", "params")],
+      ["getVm params", Size.IdParams, sizeOf("getVm", "params")],
+      ["getVm results", Size.GetVmResults, sizeOf("getVm", "results")],
+      ["events params", Size.EventsParams, sizeOf("events", "params")],
+      ["events results", Size.EventsResults, sizeOf("events", "results")],
+    ];
+    for (const [label, ours, compiled] of expected) assert.deepEqual([...ours], compiled, label);
+  });
+});

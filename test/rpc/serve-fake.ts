@@ -1,0 +1,22 @@
+// Runs a Worker RPC server over a FakeWorker in its own process (fuzz test, interop, benchmarks).
+// Usage: serve-fake <socketPath> [listCount] [tcp host:port]; prints "ready" then serves until killed.
+import pino from "pino";
+import { RpcServer } from "../../worker/rpc/server.js";
+import { workerDispatcher } from "../../worker/rpc/worker-service.js";
+import { FakeWorker, sampleVm } from "./fake-worker.js";
+
+const [socketPath, listCount = "2000", tcp] = process.argv.slice(2);
+const fake = new FakeWorker();
+fake.vms = Array.from({ length: Number(listCount) }, (_, i) => sampleVm(i));
+const server = await RpcServer.listen({
+  dispatcher: workerDispatcher(fake),
+  logger: pino({ level: process.env.LOG_LEVEL ?? "silent" }),
+  socketPath,
+  tcp,
+});
+process.on("message", (message) => {
+  if (message === "created") process.send?.(JSON.stringify(fake.created, (_k, v) => (typeof v === "bigint" ? v.toString() : v instanceof Uint8Array ? [...v] : v)));
+  if (message === "rss") process.send?.(String(process.memoryUsage().rss));
+});
+process.on("SIGTERM", () => void server.close().then(() => process.exit(0)));
+console.log("ready");

@@ -1,0 +1,345 @@
+// The Cloud Hypervisor backend's control flow, end to end through real processes and sockets, but
+// against the CONTRACT FAKE (test/fixtures/ch/fake-cloud-hypervisor.mjs), NOT real Cloud Hypervisor,
+// which cannot be installed here. The fake validates every request against CH's OpenAPI file and
+// answers with schema-valid responses and event-monitor events; it runs no guest.
+import assert from "node:assert/strict";
+import { execFileSync, spawn } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, afterEach, before, describe, test } from "node:test";
+import { pino } from "pino";
+import { WorkerError } from "../../worker/core/errors.js";
+import type { VmLaunchSpec, VmmHandle } from "../../worker/ports.js";
+import { ChApiClient, ChApiError } from "../../worker/vmm/ch-api.js";
+import { buildVmConfig, chPaths, createCloudHypervisorBackend } from "../../worker/vmm/cloud-hypervisor.js";
+import { isSameLiveProcess } from "../../worker/vmm/process.js";
+import { FAKE_CH_BINARY } from "../fixtures/ch/fixtures.js";
+import { testGuest } from "../helpers/repo.js";
+
+const logger = pino({ level: "silent" });
+const C_VIRTIOFSD = "/usr/lib/qemu/virtiofsd";
+
+interface LoggedRequest {
+  method: string;
+  path: string;
+  body?: unknown;
+  errors: string[] | null;
+}
+
+// The backend unrefs its children (they must not hold the worker open); the test awaits their exits.
+let keepAlive: NodeJS.Timeout;
+before(() => (keepAlive = setInterval(() => {}, 1000)));
+after(() => clearInterval(keepAlive));
+
+const cleanups: (() => Promise<unknown>)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => undefined);
+  for (const key of Object.keys(process.env)) if (key.startsWith("FAKE_CH_")) delete process.env[key];
+});
+
+async function makeSpec(extra: Partial<VmLaunchSpec> = {}): Promise<VmLaunchSpec> {
+  const vmDir = await mkdtemp(join(tmpdir(), "pcr-ch-"));
+  cleanups.push(() => rm(vmDir, { recursive: true, force: true }));
+  const kernel = join(vmDir, "bzImage");
+  await writeFile(kernel, "not a kernel: the contract fake only checks that it exists");
+  return { id: "vm-test", vmDir, kernel, cmdline: "console=ttyS0", cpu: 1, memoryBytes: 128 * 1024 * 1024, consolePath: join(vmDir, "console.log"), ...extra };
+}
+
+function backend(options: Partial<Parameters<typeof createCloudHypervisorBackend>[0]> = {}) {
+  return createCloudHypervisorBackend({ binary: FAKE_CH_BINARY, virtiofsdBinary: C_VIRTIOFSD, logger, pollIntervalMs: 20, ...options });
+}
+
+async function launch(spec: VmLaunchSpec, options?: Partial<Parameters<typeof createCloudHypervisorBackend>[0]>): Promise<VmmHandle> {
+  const handle = await backend(options).launch(spec);
+  cleanups.push(() => handle.kill());
+  return handle;
+}
+
+async function requests(vmDir: string): Promise<LoggedRequest[]> {
+  const text = await readFile(join(vmDir, "fake-ch-requests.jsonl"), "utf8").catch(() => "");
+  return text.split("\n").filter(Boolean).map((line) => JSON.parse(line) as LoggedRequest);
+}
+
+/** The calls in order, with repeated polls (ping, info) collapsed. */
+function callSequence(log: LoggedRequest[]): string[] {
+  const calls = log.map((r) => r.path);
+  return calls.filter((call, i) => !(call === calls[i - 1] && (call === "/vmm.ping" || call === "/vm.info")));
+}
+
+function assertAllValid(log: LoggedRequest[]) {
+  assert.ok(log.length > 0, "the fake saw requests");
+  for (const entry of log) assert.equal(entry.errors, null, `${entry.method} ${entry.path} rejected by the contract: ${entry.errors}`);
+}
+
+/** Live processes whose command line mentions `text` (a VM directory): what a failed launch must not leave. */
+async function processesMentioning(text: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await readdir("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    const cmdline = await readFile(`/proc/${entry}/cmdline`, "utf8").catch(() => "");
+    const stat = await readFile(`/proc/${entry}/stat`, "utf8").catch(() => "");
+    if (cmdline.includes(text) && !/\) Z /.test(stat)) pids.push(Number(entry));
+  }
+  return pids;
+}
+
+async function rejectsWith(promise: Promise<unknown>, code: string, pattern: RegExp) {
+  await assert.rejects(promise, (err: unknown) => {
+    assert.ok(err instanceof WorkerError, `a WorkerError, got ${err}`);
+    assert.equal(err.code, code, err.message);
+    assert.match(err.message, pattern);
+    return true;
+  });
+}
+
+describe("Cloud Hypervisor backend against the contract fake (not real Cloud Hypervisor)", () => {
+  test("launch, run state, counters, pause/resume and a graceful stop through the power button", async () => {
+    const spec = await makeSpec({ image: join(tmpdir(), "root.img") });
+    await writeFile(spec.image!, "");
+    cleanups.push(() => rm(spec.image!, { force: true }));
+    const handle = await launch(spec);
+    assert.equal(handle.record.backend, "cloud-hypervisor");
+    assert.equal(handle.record.controlSocket, chPaths(spec.vmDir).apiSocket);
+    assert.equal(await isSameLiveProcess(handle.record.pid, handle.record.startTime), true);
+    // Nothing about the VM on the VMM's command line.
+    const argv = readFileSync(`/proc/${handle.record.pid}/cmdline`, "utf8").split("\0");
+    assert.ok(argv.includes("--api-socket") && argv.includes("--seccomp"));
+    assert.ok(!argv.some((arg) => arg.includes(spec.kernel) || arg.includes("console")), argv.join(" "));
+
+    await handle.waitRunning(2000);
+    assert.equal(await handle.runState(), "running");
+    const first = await handle.blockCounters();
+    const second = await handle.blockCounters();
+    assert.ok(second.readBytes > first.readBytes && second.readOps > first.readOps, "disk counters advance");
+    await handle.pause();
+    assert.equal(await handle.runState(), "paused");
+    await rejectsWith(handle.pause(), "FAILED_PRECONDITION", /HTTP 405: Error from API: The VM could not be paused/);
+    await handle.resume();
+    assert.equal(await handle.runState(), "running");
+    assert.match(await readFile(spec.consolePath, "utf8"), /contract fake/);
+
+    const exit = await handle.stop(2000);
+    assert.deepEqual(exit, { code: 0, signal: null, description: "exited with code 0 (guest powered off)" });
+    assert.equal(await isSameLiveProcess(handle.record.pid, handle.record.startTime), false);
+    assert.equal(existsSync(chPaths(spec.vmDir).apiSocket), false, "API socket removed after exit");
+    assert.deepEqual(await handle.stop(2000), exit, "stop is idempotent");
+    assert.deepEqual(await handle.kill(), exit, "kill after exit is a no-op");
+
+    const log = await requests(spec.vmDir);
+    assertAllValid(log);
+    const sequence = callSequence(log);
+    assert.deepEqual(sequence.slice(0, 3), ["/vmm.ping", "/vm.create", "/vm.boot"]);
+    assert.ok(sequence.includes("/vm.power-button"));
+    assert.ok(!sequence.includes("/vm.shutdown"), "the guest powered off by itself: no forced shutdown");
+    assert.deepEqual(log.find((r) => r.path === "/vm.create")!.body, buildVmConfig(spec));
+  });
+
+  test("the contract fake is strict: it rejects bodies the OpenAPI file rejects (so 'all requests valid' means something)", async () => {
+    const spec = await makeSpec();
+    const handle = await launch(spec);
+    const client = new ChApiClient(handle.record.controlSocket);
+    try {
+      await assert.rejects(client.createVm({ payload: { kernel: spec.kernel, kernal: "typo" } }), (err: unknown) => {
+        assert.ok(err instanceof ChApiError);
+        assert.equal(err.status, 400);
+        assert.match(err.body, /body does not match VmConfig: \/payload must NOT have additional properties \(kernal\)/);
+        return true;
+      });
+      await assert.rejects(client.createVm({ cpus: { boot_vcpus: 1 } }), /must have required property 'payload'/);
+    } finally {
+      await client.close();
+    }
+    const log = await requests(spec.vmDir);
+    assert.equal(log.filter((r) => r.errors !== null).length, 2, "both bad bodies were recorded as rejected");
+  });
+
+  test("a guest that ignores the power button: vm.shutdown, vm.delete, vmm.shutdown after the grace time", async () => {
+    process.env.FAKE_CH_POWER_BUTTON = "ignore";
+    const spec = await makeSpec();
+    const handle = await launch(spec);
+    await handle.waitRunning(2000);
+    const started = Date.now();
+    const exit = await handle.stop(300);
+    assert.ok(Date.now() - started >= 300, "waited the grace time");
+    assert.deepEqual(exit, { code: 0, signal: null, description: "exited with code 0" });
+    const sequence = callSequence(await requests(spec.vmDir));
+    const tail = sequence.slice(sequence.indexOf("/vm.power-button")).filter((call) => call !== "/vm.info");
+    assert.deepEqual(tail, ["/vm.power-button", "/vm.shutdown", "/vm.delete", "/vmm.shutdown"]);
+    assertAllValid(await requests(spec.vmDir));
+  });
+
+  test("a guest that powers off by itself ends the VMM: exit code 0, reported as a guest power-off", async () => {
+    process.env.FAKE_CH_GUEST_POWEROFF_MS = "300";
+    const spec = await makeSpec();
+    const handle = await launch(spec);
+    await handle.waitRunning(2000);
+    const exit = await handle.exited;
+    assert.deepEqual(exit, { code: 0, signal: null, description: "exited with code 0 (guest powered off)" });
+    assert.equal(await handle.runState(), "shutdown");
+    assert.ok(!callSequence(await requests(spec.vmDir)).includes("/vm.power-button"), "nobody pressed the button");
+  });
+
+  test("kill() is SIGKILL; a SIGKILL from elsewhere (OOM killer) is reported as not ours", async () => {
+    const spec = await makeSpec();
+    const killed = await launch(spec);
+    const exit = await killed.kill();
+    assert.equal(exit.signal, "SIGKILL");
+    assert.equal(exit.description, "killed by SIGKILL");
+    assert.deepEqual(await killed.kill(), exit);
+
+    const other = await launch(await makeSpec());
+    await other.waitRunning(2000);
+    process.kill(other.record.pid, "SIGKILL");
+    const oom = await other.exited;
+    assert.match(oom.description, /killed by SIGKILL \(not sent by the worker: out of memory\?\)/);
+    assert.equal(await other.runState(), "shutdown");
+    await rejectsWith(other.waitRunning(100), "FAILED_PRECONDITION", /exited before the guest ran: killed by SIGKILL/);
+    await rejectsWith(other.pause(), "FAILED_PRECONDITION", /the VMM has exited \(killed by SIGKILL/);
+    await rejectsWith(other.blockCounters(), "FAILED_PRECONDITION", /the VMM has exited/);
+  });
+
+  test("adopt re-attaches by pid + start time and API socket; a reused or dead pid gives undefined", async () => {
+    const spec = await makeSpec();
+    const original = await launch(spec);
+    await original.waitRunning(2000);
+    // A new backend instance stands for a restarted worker.
+    const adopted = await backend().adopt(original.record, spec.vmDir);
+    assert.ok(adopted, "adopted");
+    cleanups.push(() => adopted.kill());
+    assert.equal(await adopted.runState(), "running");
+    await adopted.waitRunning(1000);
+    assert.ok((await adopted.blockCounters()).readOps >= 0n);
+    assert.equal(await backend().adopt({ ...original.record, startTime: "1" }, spec.vmDir), undefined, "pid reused");
+
+    const exit = await adopted.stop(2000);
+    assert.match(exit.description, /exit status unknown/);
+    assert.equal((await original.exited).code, 0);
+    assert.equal(await backend().adopt(original.record, spec.vmDir), undefined, "gone");
+  });
+
+  test("a stale API socket (and lock file) left by a crash is removed; a live one is refused", async () => {
+    const spec = await makeSpec();
+    const { apiSocket } = chPaths(spec.vmDir);
+    // A listener that dies without cleaning up leaves the socket file behind, as a crash would.
+    const crashed = spawn(process.execPath, ["-e", `require("net").createServer().listen(${JSON.stringify(apiSocket)}, () => console.log("up"))`]);
+    await new Promise((resolve) => crashed.stdout.once("data", resolve));
+    crashed.kill("SIGKILL");
+    await new Promise((resolve) => crashed.once("exit", resolve));
+    assert.ok(existsSync(apiSocket));
+    await writeFile(`${apiSocket}.lock`, "");
+    const handle = await launch(spec);
+    await handle.waitRunning(2000);
+    assert.equal(existsSync(`${apiSocket}.lock`), false);
+    await handle.kill();
+
+    const busy = await makeSpec();
+    const server = createServer().listen(chPaths(busy.vmDir).apiSocket);
+    cleanups.push(() => new Promise((resolve) => server.close(resolve)));
+    await new Promise((resolve) => server.once("listening", resolve));
+    await rejectsWith(backend().launch(busy), "FAILED_PRECONDITION", /already serves the API socket/);
+  });
+
+  test("the API socket may come up late: vmm.ping is retried until it answers", async () => {
+    process.env.FAKE_CH_LISTEN_DELAY_MS = "400";
+    const spec = await makeSpec();
+    const handle = await launch(spec, { apiReadyTimeoutMs: 5000 });
+    await handle.waitRunning(2000);
+    assert.deepEqual(callSequence(await requests(spec.vmDir)).slice(0, 3), ["/vmm.ping", "/vm.create", "/vm.boot"]);
+  });
+
+  describe("errors map to WorkerError codes", () => {
+    test("binary not found: FAILED_PRECONDITION naming the binary", async () => {
+      await rejectsWith(backend({ binary: "/nonexistent/cloud-hypervisor" }).launch(await makeSpec()), "FAILED_PRECONDITION", /\/nonexistent\/cloud-hypervisor/);
+    });
+
+    test("failed to start: FAILED_PRECONDITION with the VMM's last words", async () => {
+      process.env.FAKE_CH_FAIL_AT_START = "Error: cannot open /dev/kvm: permission denied";
+      await rejectsWith(backend().launch(await makeSpec()), "FAILED_PRECONDITION", /failed to start: exited with code 1: Error: cannot open \/dev\/kvm/);
+    });
+
+    test("API error: CH's error text is in the message, and the VMM is cleaned up", async () => {
+      const spec = await makeSpec();
+      await rm(spec.kernel);
+      let pid = 0;
+      await rejectsWith(
+        backend().launch(spec).then((handle) => (pid = handle.record.pid)),
+        "INTERNAL",
+        /vm\.boot: cloud-hypervisor answered HTTP 500: Error from API: The VM could not boot: Error loading kernel: Cannot open kernel file/,
+      );
+      assert.equal(pid, 0);
+      assert.deepEqual(callSequence(await requests(spec.vmDir)), ["/vmm.ping", "/vm.create", "/vm.boot"]);
+      assert.deepEqual(await processesMentioning(spec.vmDir), [], "the VMM was killed");
+      assert.equal(existsSync(chPaths(spec.vmDir).apiSocket), false, "socket removed");
+    });
+
+    test("boot timeout: DEADLINE_EXCEEDED, VMM killed", async () => {
+      process.env.FAKE_CH_BOOT_DELAY_MS = "60000";
+      const spec = await makeSpec();
+      const started = Date.now();
+      await rejectsWith(backend({ bootRequestTimeoutMs: 1000 }).launch(spec), "DEADLINE_EXCEEDED", /vm\.boot.*no answer within 1000 ms/);
+      assert.ok(Date.now() - started < 30_000, "did not wait for the slow boot");
+      assert.deepEqual(await processesMentioning(spec.vmDir), [], "the VMM was killed");
+    });
+
+    test("API never answers: DEADLINE_EXCEEDED", async () => {
+      process.env.FAKE_CH_LISTEN_DELAY_MS = "5000";
+      const spec = await makeSpec();
+      await rejectsWith(backend({ apiReadyTimeoutMs: 300 }).launch(spec), "DEADLINE_EXCEEDED", /did not answer within 300 ms/);
+      assert.deepEqual(await processesMentioning(spec.vmDir), [], "the VMM was killed");
+    });
+  });
+
+  test("with a share: one real virtiofsd (QEMU's C virtiofsd) tied to the VM's life, its socket in the fs config", { skip: !existsSync(C_VIRTIOFSD) && `${C_VIRTIOFSD} missing (Debian package qemu-system-common)` }, async () => {
+    const hostDir = await mkdtemp(join(tmpdir(), "pcr-ch-share-"));
+    cleanups.push(() => rm(hostDir, { recursive: true, force: true }));
+    const spec = await makeSpec({ share: { tag: "secrets", hostDir } });
+    const handle = await launch(spec);
+    await handle.waitRunning(2000);
+    assert.equal(handle.record.helpers.length, 1);
+    const helper = handle.record.helpers[0]!;
+    assert.equal(await isSameLiveProcess(helper.pid, helper.startTime), true, "virtiofsd runs");
+    const create = (await requests(spec.vmDir)).find((r) => r.path === "/vm.create")!;
+    const body = create.body as ReturnType<typeof buildVmConfig>;
+    assert.deepEqual(body.fs, [{ tag: "secrets", socket: chPaths(spec.vmDir).virtiofsSocket, num_queues: 1, queue_size: 1024, id: "fs0" }]);
+    assert.equal(body.memory.shared, true);
+    assert.ok(existsSync(chPaths(spec.vmDir).virtiofsSocket));
+
+    // Adoption carries the helper along; stopping the VM ends virtiofsd.
+    const adopted = await backend().adopt(handle.record, spec.vmDir);
+    assert.ok(adopted);
+    await adopted.stop(2000);
+    await handle.exited;
+    const deadline = Date.now() + 2000;
+    while ((await isSameLiveProcess(helper.pid, helper.startTime)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(await isSameLiveProcess(helper.pid, helper.startTime), false, "virtiofsd ended with the VM");
+  });
+});
+
+function realCloudHypervisor(): string | undefined {
+  try {
+    return execFileSync("sh", ["-c", "command -v cloud-hypervisor"], { encoding: "utf8" }).trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+const realBinary = realCloudHypervisor();
+const guest = testGuest();
+test(
+  "real Cloud Hypervisor boots the test guest",
+  { skip: !realBinary ? "cloud-hypervisor not installed (cannot be installed on this machine)" : "skip" in guest ? guest.skip : false },
+  async () => {
+    if (!realBinary || "skip" in guest) return;
+    const spec = await makeSpec({ kernel: guest.spec.kernel, initrd: guest.spec.initrd, image: guest.spec.image, cmdline: `${guest.spec.cmdline} console=ttyS0`, memoryBytes: 512 * 1024 * 1024 });
+    const handle = await launch(spec, { binary: realBinary });
+    await handle.waitRunning(30_000);
+    const deadline = Date.now() + 60_000;
+    while (!/pcr-guest: ready/.test(await readFile(spec.consolePath, "utf8").catch(() => "")) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+    assert.match(await readFile(spec.consolePath, "utf8"), /pcr-guest: ready/);
+    const exit = await handle.stop(5000);
+    assert.notEqual(exit.signal, "SIGKILL", exit.description);
+  },
+);

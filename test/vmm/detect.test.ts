@@ -1,0 +1,99 @@
+// Backend detection with real binaries: QEMU from Debian, the contract fake standing in for a
+// cloud-hypervisor binary (answers --version), missing names, a binary whose --version fails. The
+// KVM verdict is injected for the decision table and taken from accel.ts's real probe once.
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { chmod, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+import { WorkerError } from "../../worker/core/errors.js";
+import { detectAccelerator, type AcceleratorChoice } from "../../worker/vmm/accel.js";
+import { detectBackends, findBinary, formatDetectionReport, requireChosenBackend, type DetectBackendsOptions } from "../../worker/vmm/detect.js";
+import { FAKE_CH_BINARY } from "../fixtures/ch/fixtures.js";
+
+const QEMU = "qemu-system-x86_64";
+const kvmWorks = async (): Promise<AcceleratorChoice> => ({ accel: "kvm", reason: "kernel booted under KVM in 900 ms (injected)" });
+const kvmBroken = async (): Promise<AcceleratorChoice> => ({ accel: "tcg", reason: "KVM firmware probe failed (injected)" });
+const haveQemu = existsSync("/usr/bin/qemu-system-x86_64");
+
+function options(overrides: Partial<DetectBackendsOptions>): DetectBackendsOptions {
+  return { preference: "auto", chBinary: FAKE_CH_BINARY, qemuBinary: QEMU, kvmProbe: kvmWorks, ...overrides };
+}
+
+test("findBinary: path + version for real binaries; a clear reason otherwise", { skip: !haveQemu && "qemu-system-x86_64 not installed" }, async () => {
+  const qemu = await findBinary(QEMU);
+  assert.ok(qemu.found && qemu.path === "/usr/bin/qemu-system-x86_64" && /QEMU emulator version/.test(qemu.version), JSON.stringify(qemu));
+  const fake = await findBinary(FAKE_CH_BINARY);
+  assert.ok(fake.found && /cloud-hypervisor v/.test(fake.version));
+  assert.deepEqual(await findBinary("cloud-hypervisor-surely-absent"), { found: false, reason: "cloud-hypervisor-surely-absent not found on PATH" });
+  assert.deepEqual(await findBinary("/nonexistent/cloud-hypervisor"), { found: false, reason: "/nonexistent/cloud-hypervisor does not exist or is not executable" });
+
+  const dir = await mkdtemp(join(tmpdir(), "pcr-detect-"));
+  try {
+    const broken = join(dir, "cloud-hypervisor");
+    await writeFile(broken, "#!/bin/sh\necho 'error while loading shared libraries: libfoo.so' >&2\nexit 127\n");
+    await chmod(broken, 0o755);
+    const finding = await findBinary(broken);
+    assert.ok(!finding.found && /--version failed: error while loading shared libraries/.test(finding.reason), JSON.stringify(finding));
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test("auto: Cloud Hypervisor when its binary works and KVM runs a vCPU", { skip: !haveQemu && "qemu-system-x86_64 not installed" }, async () => {
+  const report = await detectBackends(options({}));
+  assert.deepEqual(report.chosen, { backend: "cloud-hypervisor", accel: "kvm" });
+  assert.deepEqual(
+    report.candidates.map((c) => [c.backend, c.usable, c.chosen]),
+    [
+      ["cloud-hypervisor", true, true],
+      ["qemu", true, false],
+    ],
+  );
+  assert.match(report.candidates[1]!.why, /not chosen: cloud-hypervisor is preferred/);
+});
+
+test("auto: QEMU with TCG when KVM does not really work, even with cloud-hypervisor present", { skip: !haveQemu && "qemu-system-x86_64 not installed" }, async () => {
+  const report = await detectBackends(options({ kvmProbe: kvmBroken }));
+  assert.deepEqual(report.chosen, { backend: "qemu", accel: "tcg" });
+  assert.match(report.candidates[0]!.why, /needs KVM, which does not run a vCPU here/);
+  const text = formatDetectionReport(report);
+  assert.match(text, /KVM: not usable \(KVM firmware probe failed \(injected\)\)/);
+  assert.match(text, /\* qemu: \/usr\/bin\/qemu-system-x86_64, QEMU emulator version/);
+  assert.match(text, /Chosen: qemu \(tcg\)/);
+});
+
+test("auto: QEMU with KVM when cloud-hypervisor is not installed", { skip: !haveQemu && "qemu-system-x86_64 not installed" }, async () => {
+  const report = await detectBackends(options({ chBinary: "cloud-hypervisor-surely-absent" }));
+  assert.deepEqual(report.chosen, { backend: "qemu", accel: "kvm" });
+  assert.match(formatDetectionReport(report), /- cloud-hypervisor: not found\n\s+cloud-hypervisor-surely-absent not found on PATH/);
+});
+
+test("explicit preferences are honoured or fail clearly", { skip: !haveQemu && "qemu-system-x86_64 not installed" }, async () => {
+  assert.deepEqual((await detectBackends(options({ preference: "qemu" }))).chosen, { backend: "qemu", accel: "kvm" });
+  const noKvm = await detectBackends(options({ preference: "cloud-hypervisor", kvmProbe: kvmBroken }));
+  assert.equal(noKvm.chosen, undefined);
+  assert.match(noKvm.error!, /cloud-hypervisor was asked for but cannot run: needs KVM/);
+  assert.throws(() => requireChosenBackend(noKvm), (err: unknown) => err instanceof WorkerError && err.code === "FAILED_PRECONDITION");
+});
+
+test("nothing can run: an error that names what to install", async () => {
+  const report = await detectBackends(options({ chBinary: "/nonexistent/cloud-hypervisor", qemuBinary: "/nonexistent/qemu-system-x86_64", kvmProbe: kvmBroken }));
+  assert.equal(report.chosen, undefined);
+  assert.match(report.error!, /apt-get install qemu-system-x86/);
+  assert.match(report.error!, /cloud-hypervisor static release binary/);
+  assert.match(formatDetectionReport(report), /Error: no VMM backend can run here/);
+  assert.throws(() => requireChosenBackend(report), /FAILED_PRECONDITION|no VMM backend/);
+  // A throwing probe is a "not usable" verdict, not a crash.
+  const thrown = await detectBackends(options({ kvmProbe: async () => Promise.reject(new Error("boom")) }));
+  assert.deepEqual(thrown.kvm, { usable: false, reason: "KVM probe failed: boom" });
+});
+
+test("with accel.ts's real KVM probe (firmware only, no probe kernel)", { skip: !haveQemu && "qemu-system-x86_64 not installed" }, async () => {
+  const report = await detectBackends(options({ kvmProbe: () => detectAccelerator({ qemuBinary: QEMU, probeTimeoutMs: 10_000 }) }));
+  // Without a probe kernel accel.ts cannot prove stock kernels boot and says TCG, with its reason.
+  assert.ok(report.kvm.reason.length > 0);
+  assert.deepEqual(report.chosen, report.kvm.usable ? { backend: "cloud-hypervisor", accel: "kvm" } : { backend: "qemu", accel: "tcg" });
+  console.log(formatDetectionReport(report).replace(/^/gm, "# "));
+});

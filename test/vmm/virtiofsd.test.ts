@@ -1,0 +1,166 @@
+// virtiofsd for real: QEMU's C virtiofsd from Debian (the Rust one is production's, not here; its
+// argv style is covered by the style detection and argv tests with a stand-in script).
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
+import { chmod, mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, afterEach, before, test } from "node:test";
+import { pino } from "pino";
+import { WorkerError } from "../../worker/core/errors.js";
+import { detectAccelerator } from "../../worker/vmm/accel.js";
+import { isSameLiveProcess } from "../../worker/vmm/process.js";
+import { extraCmdlineFor, qemuArgv } from "../../worker/vmm/qemu.js";
+import { detectVirtiofsd, startVirtiofsd, virtiofsdArgs, type VirtiofsdHandle } from "../../worker/vmm/virtiofsd.js";
+import { testGuest } from "../helpers/repo.js";
+
+const C_VIRTIOFSD = "/usr/lib/qemu/virtiofsd";
+const skipNoVirtiofsd = !existsSync(C_VIRTIOFSD) && `${C_VIRTIOFSD} missing (Debian package qemu-system-common)`;
+const logger = pino({ level: "silent" });
+
+let keepAlive: NodeJS.Timeout;
+before(() => (keepAlive = setInterval(() => {}, 1000)));
+after(() => clearInterval(keepAlive));
+const cleanups: (() => Promise<unknown>)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => undefined);
+});
+
+async function tempDir(prefix: string): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  cleanups.push(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+test("argv for both implementations", () => {
+  assert.deepEqual(virtiofsdArgs("c", "/v/fs.sock", "/s", true), ["--socket-path=/v/fs.sock", "-o", "source=/s", "-o", "cache=none", "-o", "sandbox=namespace"]);
+  assert.deepEqual(virtiofsdArgs("rust", "/v/fs.sock", "/s", true), ["--socket-path", "/v/fs.sock", "--shared-dir", "/s", "--cache", "never", "--sandbox", "namespace", "--readonly"]);
+  assert.ok(!virtiofsdArgs("rust", "/v/fs.sock", "/s", false).includes("--readonly"));
+});
+
+test("the flavour is read from --help: QEMU's C virtiofsd is 'c' without read-only; a --shared-dir binary is 'rust'", { skip: skipNoVirtiofsd }, async () => {
+  assert.deepEqual(await detectVirtiofsd(C_VIRTIOFSD), { style: "c", readOnlyFlag: false });
+  const dir = await tempDir("pcr-vfsd-style-");
+  const rustLike = join(dir, "virtiofsd");
+  await writeFile(rustLike, '#!/bin/sh\necho "Usage: virtiofsd [OPTIONS] --shared-dir <shared-dir>"\necho "      --readonly  Mark the export read-only"\n');
+  await chmod(rustLike, 0o755);
+  assert.deepEqual(await detectVirtiofsd(rustLike), { style: "rust", readOnlyFlag: true });
+  const oldRust = join(dir, "virtiofsd-old");
+  await writeFile(oldRust, '#!/bin/sh\necho "Usage: virtiofsd [OPTIONS] --shared-dir <shared-dir>"\n');
+  await chmod(oldRust, 0o755);
+  assert.deepEqual(await detectVirtiofsd(oldRust), { style: "rust", readOnlyFlag: false });
+});
+
+test("QEMU's C virtiofsd starts, creates its socket, and exits when killed", { skip: skipNoVirtiofsd }, async () => {
+  const dir = await tempDir("pcr-vfsd-");
+  const shared = join(dir, "share");
+  await mkdir(shared);
+  await writeFile(join(shared, "token"), "s3cret");
+  const socketPath = join(dir, "virtiofs.sock");
+  const started = Date.now();
+  const handle: VirtiofsdHandle = await startVirtiofsd({ binary: C_VIRTIOFSD, socketPath, sharedDir: shared, readOnly: true, logger });
+  const startMs = Date.now() - started;
+  cleanups.push(() => handle.kill());
+  assert.ok((await stat(socketPath)).isSocket(), "vhost-user socket created");
+  assert.equal(await isSameLiveProcess(handle.pid, handle.startTime), true);
+  assert.match(readFileSync(`/proc/${handle.pid}/cmdline`, "utf8"), /source=/);
+  console.log(`# virtiofsd ready in ${startMs} ms`);
+
+  const exit = await handle.kill();
+  assert.equal(exit.signal, "SIGKILL");
+  assert.match(exit.description, /virtiofsd killed by SIGKILL/);
+  assert.equal(await isSameLiveProcess(handle.pid, handle.startTime), false);
+  assert.deepEqual(await handle.kill(), exit, "idempotent");
+  assert.equal(existsSync(socketPath), false, "socket removed after exit");
+});
+
+test("a virtiofsd that fails (shared dir missing) is reported with its last words", { skip: skipNoVirtiofsd }, async () => {
+  const dir = await tempDir("pcr-vfsd-bad-");
+  await assert.rejects(
+    startVirtiofsd({ binary: C_VIRTIOFSD, socketPath: join(dir, "fs.sock"), sharedDir: join(dir, "missing"), readOnly: false, logger }),
+    (err: unknown) => {
+      assert.ok(err instanceof WorkerError);
+      assert.match(err.message, /virtiofsd failed to start: virtiofsd exited with code 1: .*missing/);
+      return true;
+    },
+  );
+});
+
+test("a missing binary is FAILED_PRECONDITION naming it", async () => {
+  const dir = await tempDir("pcr-vfsd-none-");
+  await assert.rejects(
+    startVirtiofsd({ binary: "/nonexistent/virtiofsd", socketPath: join(dir, "fs.sock"), sharedDir: dir, readOnly: true, logger }),
+    (err: unknown) => err instanceof WorkerError && err.code === "FAILED_PRECONDITION" && err.message.includes("/nonexistent/virtiofsd"),
+  );
+});
+
+// The share for real: QEMU is the vhost-user frontend here (Cloud Hypervisor would be in
+// production; the vhost-user-fs protocol between VMM and virtiofsd is the same), the guest mounts
+// the share with `pcr.share=virtiofs` as the guest contract says, and reads a file through it.
+const guest = testGuest();
+test(
+  "a real guest mounts the share served by QEMU's C virtiofsd (QEMU as the vhost-user frontend)",
+  { skip: skipNoVirtiofsd || ("skip" in guest ? guest.skip : false) },
+  async (t) => {
+    if (!("spec" in guest)) return;
+    const { accel } = await detectAccelerator({ probeTimeoutMs: 10_000, probeKernel: { kernel: guest.spec.kernel } });
+    const dir = await tempDir("pcr-vfsd-guest-");
+    const shared = join(dir, "share");
+    await mkdir(shared, { mode: 0o700 });
+    await writeFile(join(shared, "token"), "s3cret-over-virtiofs\n", { mode: 0o400 });
+    const socketPath = join(dir, "virtiofs.sock");
+    const virtiofsd = await startVirtiofsd({ binary: C_VIRTIOFSD, socketPath, sharedDir: shared, readOnly: true, logger });
+    cleanups.push(() => virtiofsd.kill());
+
+    const command = Buffer.from("cat /run/secrets/token; touch /run/secrets/x 2>/dev/null && echo WRITABLE || echo READONLY").toString("base64");
+    const consolePath = join(dir, "console.log");
+    const memMiB = guest.spec.memoryBytes / (1024 * 1024);
+    const argv = [
+      ...qemuArgv(
+        {
+          id: "vfsd-test",
+          kernel: guest.spec.kernel,
+          initrd: guest.spec.initrd,
+          image: guest.spec.image,
+          cmdline: [guest.spec.cmdline, "pcr.share=virtiofs", `pcr.cmd=${command}`, "pcr.poweroff=1", ...extraCmdlineFor(accel)].join(" "),
+          cpu: 1,
+          memoryBytes: guest.spec.memoryBytes,
+          consolePath,
+        },
+        { accel },
+      ),
+      // vhost-user needs guest memory the virtiofsd process can map: a shared memfd.
+      "-object", `memory-backend-memfd,id=mem,size=${memMiB}M,share=on`,
+      "-machine", "memory-backend=mem",
+      // libvhost-user refuses legacy virtio, which microvm's virtio-mmio defaults to.
+      "-global", "virtio-mmio.force-legacy=false",
+      "-chardev", `socket,id=vfs,path=${socketPath}`,
+      "-device", "vhost-user-fs-device,chardev=vfs,tag=secrets",
+    ];
+    const started = Date.now();
+    const qemu = spawn("qemu-system-x86_64", argv, { stdio: ["ignore", "ignore", "pipe"] });
+    let stderr = "";
+    qemu.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+    const qemuExit = new Promise<number | null>((resolve) => qemu.once("exit", (code) => resolve(code)));
+    cleanups.push(async () => {
+      qemu.kill("SIGKILL");
+      await qemuExit;
+    });
+
+    const deadline = Date.now() + 90_000;
+    let console = "";
+    while (!/pcr-guest: cmd exit=\d+/.test(console) && Date.now() < deadline && qemu.exitCode === null) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      console = await readFile(consolePath, "utf8").catch(() => "");
+    }
+    t.diagnostic(`accel ${accel}: guest ran the command after ${Date.now() - started} ms`);
+    assert.match(console, /s3cret-over-virtiofs/, `console:\n${console.slice(-2000)}\nqemu stderr: ${stderr}`);
+    assert.match(console, /READONLY/, "the guest mounts the share read-only");
+    assert.equal(await qemuExit, 0, "guest powered off");
+    // QEMU's virtiofsd serves one vhost-user session: it ends with the VM by itself.
+    const exit = await Promise.race([virtiofsd.exited, new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 5000))]);
+    assert.ok(exit, "virtiofsd exits when the VM's vhost-user connection closes");
+    t.diagnostic(`virtiofsd after the VM ended: ${exit.description}`);
+  },
+);

@@ -1,0 +1,136 @@
+// Worker configuration: defaults < optional JSON file < environment (PCR_*) < flags, validated with zod.
+import { readFileSync } from "node:fs";
+import { cpus, totalmem } from "node:os";
+import yargs from "yargs";
+import { hideBin } from "yargs/helpers";
+import { z } from "zod";
+
+const GIB = 1024 ** 3;
+
+export const configSchema = z.strictObject({
+  socket: z.string().min(1).default("/run/procurator/worker.sock"),
+  /** Optional TCP listener, "host:port". Unauthenticated: bind to loopback or a private network only. */
+  tcp: z.string().regex(/^[^:]+:\d+$/, "must be host:port").optional(),
+  stateDir: z.string().min(1).default("/var/lib/procurator"),
+  /** Runtime files that must not outlive the host: secrets tmpfs lives under here. */
+  runtimeDir: z.string().min(1).default("/run/procurator"),
+  vmm: z.enum(["auto", "qemu", "cloud-hypervisor"]).default("auto"),
+  accel: z.enum(["auto", "kvm", "tcg"]).default("auto"),
+  qemuBinary: z.string().default("qemu-system-x86_64"),
+  cloudHypervisorBinary: z.string().default("cloud-hypervisor"),
+  virtiofsdBinary: z.string().default("/usr/lib/qemu/virtiofsd"),
+  cacheUrl: z.string().optional(),
+  trustedKeys: z.array(z.string()).default([]),
+  network: z.boolean().default(true),
+  bridge: z.string().max(15).default("pcrbr0"),
+  subnet: z.string().default("10.213.0.0/16"),
+  /** DNS server the guests may use and the worker resolves allowedDomains with. */
+  resolver: z.string().optional(),
+  uplink: z.string().optional(),
+  maxVms: z.number().int().positive().default(64),
+  maxCpuPerVm: z.number().int().positive().default(cpus().length),
+  maxTotalCpu: z.number().int().positive().default(cpus().length * 4),
+  maxMemoryPerVmBytes: z.number().int().positive().default(Math.max(GIB, totalmem() - 2 * GIB)),
+  maxTotalMemoryBytes: z.number().int().positive().default(Math.max(GIB, totalmem() - 2 * GIB)),
+  maxTtlSeconds: z.number().int().positive().default(7 * 24 * 3600),
+  bootTimeoutMs: z.number().int().positive().default(30_000),
+  stopGraceMs: z.number().int().nonnegative().default(2_000),
+  counterIntervalMs: z.number().int().positive().default(2_000),
+  maxCallsPerConnection: z.number().int().positive().default(256),
+  stopVmsOnExit: z.boolean().default(false),
+  /** Loopback HTTP for /healthz, /readyz and /metrics; "off" disables it. */
+  httpListen: z.string().default("127.0.0.1:9464"),
+  /** Append-only JSON lines of every mutating call; defaults to <stateDir>/audit.log. */
+  auditLog: z.string().optional(),
+  logLevel: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info"),
+});
+
+export type WorkerConfig = z.infer<typeof configSchema>;
+
+/** Environment variable for each key: PCR_ + SCREAMING_SNAKE of the key. */
+export function envName(key: string): string {
+  return `PCR_${key.replace(/[A-Z]/g, (letter) => `_${letter}`).toUpperCase()}`;
+}
+
+const numberKeys = new Set(
+  Object.entries(configSchema.shape)
+    .filter(([, schema]) => schema.def.type === "default" && (schema as z.ZodDefault<z.ZodTypeAny>).def.innerType.def.type === "number")
+    .map(([key]) => key),
+);
+const booleanKeys = new Set(["network", "stopVmsOnExit"]);
+
+function fromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const key of Object.keys(configSchema.shape)) {
+    const value = env[envName(key)];
+    if (value === undefined || value === "") continue;
+    if (key === "trustedKeys") out[key] = value.split(/[\s,]+/).filter(Boolean);
+    else if (numberKeys.has(key)) out[key] = Number(value);
+    else if (booleanKeys.has(key)) out[key] = /^(1|true|yes|on)$/i.test(value);
+    else out[key] = value;
+  }
+  return out;
+}
+
+export interface ParsedArgs {
+  config: WorkerConfig;
+  check: boolean;
+}
+
+/** Parses argv and env into a validated config; throws with every problem listed. */
+export function loadConfig(argv: string[] = hideBin(process.argv), env: NodeJS.ProcessEnv = process.env): ParsedArgs {
+  const args = yargs(argv)
+    .scriptName("pcr-worker")
+    .usage("$0 [options]\n\nServes the Procurator Worker RPC and runs one VMM process per VM.")
+    .option("config", { type: "string", describe: "JSON file with any of the options below (env: PCR_CONFIG)" })
+    .option("check", { type: "boolean", describe: "Print which VMM backends can run here and why, then exit" })
+    .option("socket", { type: "string", describe: "Unix socket to serve on" })
+    .option("tcp", { type: "string", describe: "Also serve on TCP host:port (no authentication)" })
+    .option("state-dir", { type: "string" })
+    .option("runtime-dir", { type: "string" })
+    .option("vmm", { choices: ["auto", "qemu", "cloud-hypervisor"] })
+    .option("accel", { choices: ["auto", "kvm", "tcg"] })
+    .option("qemu-binary", { type: "string" })
+    .option("cloud-hypervisor-binary", { type: "string" })
+    .option("virtiofsd-binary", { type: "string" })
+    .option("cache-url", { alias: "cache", type: "string", describe: "Binary cache to pull missing store paths from" })
+    .option("trusted-key", { type: "string", array: true, describe: "Public key trusted for the cache (repeatable)" })
+    .option("network", { type: "boolean", describe: "Per-VM networking (--no-network to disable)" })
+    .option("bridge", { type: "string" })
+    .option("subnet", { type: "string" })
+    .option("resolver", { type: "string" })
+    .option("uplink", { type: "string" })
+    .option("max-vms", { type: "number" })
+    .option("max-cpu-per-vm", { type: "number" })
+    .option("max-total-cpu", { type: "number" })
+    .option("max-memory-per-vm-bytes", { type: "number" })
+    .option("max-total-memory-bytes", { type: "number" })
+    .option("max-ttl-seconds", { type: "number" })
+    .option("boot-timeout-ms", { type: "number" })
+    .option("stop-grace-ms", { type: "number" })
+    .option("counter-interval-ms", { type: "number" })
+    .option("max-calls-per-connection", { type: "number" })
+    .option("stop-vms-on-exit", { type: "boolean" })
+    .option("http-listen", { type: "string", describe: "host:port for /healthz /readyz /metrics, or off" })
+    .option("audit-log", { type: "string" })
+    .option("log-level", { type: "string" })
+    .strict()
+    .help()
+    .version(false)
+    .parseSync();
+
+  const configFile = args.config ?? env.PCR_CONFIG;
+  const fromFile = configFile ? (JSON.parse(readFileSync(configFile, "utf8")) as Record<string, unknown>) : {};
+  const fromFlags: Record<string, unknown> = {};
+  for (const key of Object.keys(configSchema.shape)) {
+    const value = key === "trustedKeys" ? args["trusted-key"] : (args as Record<string, unknown>)[key];
+    if (value !== undefined) fromFlags[key] = value;
+  }
+  const merged = { ...fromFile, ...fromEnv(env), ...fromFlags };
+  const parsed = configSchema.safeParse(merged);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((issue) => `${issue.path.join(".") || "config"}: ${issue.message}`);
+    throw new Error(`invalid configuration: ${problems.join("; ")}`);
+  }
+  return { config: parsed.data, check: Boolean(args.check) };
+}

@@ -1,0 +1,37 @@
+// A create is a sequence of named steps; each registers its undo. A failure at any step
+// runs the undos of the earlier ones in reverse order, and the error names the step.
+import { asWorkerError, WorkerError } from "./errors.js";
+
+type Undo = () => Promise<void>;
+
+export class Plan {
+  private readonly undos: { step: string; undo: Undo }[] = [];
+
+  constructor(private readonly onUndoError: (step: string, err: unknown) => void) {}
+
+  /** Runs `action`; on success registers `undo` (if any) and returns the action's result. */
+  async step<T>(name: string, action: () => Promise<T>, undo?: (result: T) => Promise<void>): Promise<T> {
+    let result: T;
+    try {
+      result = await action();
+    } catch (err) {
+      const cause = asWorkerError(err);
+      await this.rollback();
+      throw new WorkerError(cause.code, `${name}: ${cause.message}`, { cause: err });
+    }
+    if (undo) this.undos.push({ step: name, undo: () => undo(result) });
+    return result;
+  }
+
+  /** Undoes every completed step, newest first; undo errors are reported, never thrown. */
+  async rollback(): Promise<void> {
+    while (this.undos.length > 0) {
+      const { step, undo } = this.undos.pop()!;
+      try {
+        await undo();
+      } catch (err) {
+        this.onUndoError(step, err);
+      }
+    }
+  }
+}

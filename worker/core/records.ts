@@ -1,0 +1,35 @@
+// What the core persists about each VM, and the repository it persists through.
+import type { VmStatus } from "./api.js";
+import type { ValidSpec } from "./spec.js";
+import type { BackendName, VmmProcessRecord, VmNetwork } from "../ports.js";
+
+export interface VmRecord {
+  id: string;
+  spec: ValidSpec;
+  specHash: string;
+  backend: BackendName;
+  status: VmStatus;
+  failure: string;
+  createdAtMs: number;
+  runningSinceMs?: number;
+  expiresAtMs?: number;
+  vmm?: VmmProcessRecord;
+  net?: VmNetwork;
+  /** Names only; the values live on tmpfs and nowhere else. */
+  secretNames: string[];
+}
+
+export interface RecordRepo {
+  /** Per-VM private directory: sockets, console and the record itself. */
+  vmDir(id: string): string;
+  consolePath(id: string): string;
+  createDir(id: string): Promise<string>;
+  save(record: VmRecord): Promise<void>;
+  /** Removes the record and the VM's directory. Idempotent. */
+  remove(id: string): Promise<void>;
+  loadAll(): Promise<{ records: VmRecord[]; unreadable: string[] }>;
+  /** Up to maxBytes of the console from offset, and the offset after them. */
+  readConsole(id: string, offset: bigint, maxBytes: number): Promise<{ data: Uint8Array; nextOffset: bigint }>;
+  /** The last maxBytes of the console. */
+  readConsoleTail(id: string, maxBytes: number): Promise<Uint8Array>;
+}

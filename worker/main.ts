@@ -1,0 +1,130 @@
+#!/usr/bin/env node
+// pcr-worker: wiring only. config -> adapters -> service -> RPC server.
+import { chmod, mkdir } from "node:fs/promises";
+import { join } from "node:path";
+import { pino } from "pino";
+import { loadConfig, type WorkerConfig } from "./config.js";
+import { WorkerService } from "./core/service.js";
+import { createNetwork } from "./net/network.js";
+import { AuditLog } from "./observability/audit.js";
+import { startHttp } from "./observability/http.js";
+import { instrument } from "./observability/instrument.js";
+import { WorkerMetrics } from "./observability/metrics.js";
+import { startRpcServer } from "./rpc/server.js";
+import { TmpfsSecrets } from "./secrets/tmpfs.js";
+import { FileRecordRepo } from "./state/vm-records.js";
+import { NixStore } from "./store/nix.js";
+import { checkBackends, selectBackend } from "./vmm/index.js";
+
+async function run(config: WorkerConfig): Promise<void> {
+  // Logs are JSON lines on stderr; stdout carries the few lines meant for a person.
+  const logger = pino({ level: config.logLevel, base: { service: "pcr-worker" } }, pino.destination(2));
+  await mkdir(config.runtimeDir, { recursive: true, mode: 0o755 });
+
+  const backend = await selectBackend(config, logger);
+  const records = new FileRecordRepo(config.stateDir);
+  await records.init();
+  const secrets = new TmpfsSecrets(join(config.runtimeDir, "secrets"), logger);
+  await secrets.init();
+  const store = new NixStore({ cacheUrl: config.cacheUrl, trustedKeys: config.trustedKeys, logger });
+  const network = config.network
+    ? createNetwork({
+        bridge: config.bridge,
+        subnet: config.subnet,
+        resolver: config.resolver,
+        uplink: config.uplink,
+        statePath: join(config.stateDir, "network.json"),
+        logger,
+      })
+    : undefined;
+
+  let metrics: WorkerMetrics | undefined;
+  const service = new WorkerService({
+    backend,
+    network,
+    store,
+    secrets,
+    records,
+    logger,
+    limits: {
+      maxCpu: config.maxCpuPerVm,
+      minMemoryBytes: 64 * 1024 * 1024,
+      maxMemoryBytes: config.maxMemoryPerVmBytes,
+      maxAllowedDomains: 256,
+      maxVms: config.maxVms,
+      maxTotalCpu: config.maxTotalCpu,
+      maxTotalMemoryBytes: config.maxTotalMemoryBytes,
+      maxTtlSeconds: config.maxTtlSeconds,
+      maxReadBytes: 1024 * 1024,
+    },
+    timeouts: { bootMs: config.bootTimeoutMs, stopGraceMs: config.stopGraceMs },
+    observer: {
+      storeFetched: ({ bytes, seconds }) => {
+        metrics?.nixCopyBytes.inc(bytes);
+        metrics?.nixCopySeconds.inc(seconds);
+      },
+    },
+  });
+  metrics = new WorkerMetrics(() => service.listVms());
+  await service.recover();
+
+  const sampler = setInterval(() => void service.sampleAllCounters().catch(() => undefined), config.counterIntervalMs);
+  sampler.unref();
+
+  const audit = new AuditLog(config.auditLog ?? join(config.stateDir, "audit.log"));
+  const api = instrument(service, metrics, audit, logger);
+  const server = await startRpcServer({
+    api,
+    socketPath: config.socket,
+    tcp: config.tcp,
+    logger,
+    limits: { maxOutstandingCalls: config.maxCallsPerConnection },
+  });
+  await chmod(config.socket, 0o660);
+  let ready = true;
+  const http = config.httpListen === "off" ? undefined : await startHttp(config.httpListen, metrics, () => ready);
+
+  console.log(`pcr-worker: backend ${backend.name}; listening on unix:${config.socket}${config.tcp ? ` and tcp:${config.tcp}` : ""}`);
+  if (http) console.log(`pcr-worker: health and metrics on http://${config.httpListen}/metrics`);
+  logger.info({ socket: config.socket, tcp: config.tcp, backend: backend.name, http: config.httpListen }, "listening");
+
+  let stopping = false;
+  const shutdown = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    ready = false;
+    logger.info({ signal, stopVms: config.stopVmsOnExit }, "shutting down");
+    clearInterval(sampler);
+    await server.close(); // stops accepting, lets calls in flight finish
+    if (config.stopVmsOnExit) await service.stopAll();
+    else service.detachAll();
+    http?.close();
+    await network?.close();
+    await audit.close();
+    logger.flush();
+    process.exit(0);
+  };
+  process.on("SIGTERM", () => void shutdown("SIGTERM"));
+  process.on("SIGINT", () => void shutdown("SIGINT"));
+}
+
+async function main(): Promise<void> {
+  let parsed;
+  try {
+    parsed = loadConfig();
+  } catch (err) {
+    console.error(`pcr-worker: ${(err as Error).message}`);
+    process.exit(2);
+  }
+  if (parsed.check) {
+    const { text, ok } = await checkBackends(parsed.config);
+    console.log(text);
+    process.exit(ok ? 0 : 1);
+  }
+  await run(parsed.config);
+}
+
+main().catch((err) => {
+  console.error(`pcr-worker: ${(err as Error).message ?? String(err)}`);
+  process.exit(1);
+});

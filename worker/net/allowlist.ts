@@ -1,0 +1,148 @@
+// allowedDomains: validation, and the resolver that keeps each VM's address set following DNS.
+import { Resolver } from "node:dns/promises";
+import type { Logger } from "pino";
+import { invalidArgument } from "../core/errors.js";
+import { formatCidr, parseCidr, parseIpv4 } from "./ipam.js";
+
+export interface Allowlist {
+  /** Lower-case names without a trailing dot, resolved to A records. */
+  domains: string[];
+  /** Literal addresses and CIDRs, normalised; none contains another (safe for an interval set). */
+  cidrs: string[];
+}
+
+const LABEL = /^(?!-)[a-z0-9-]{1,63}(?<!-)$/;
+
+/** Parses allowedDomains; throws INVALID_ARGUMENT naming the first bad entry. */
+export function parseAllowlist(entries: string[]): Allowlist {
+  const domains = new Set<string>();
+  const cidrs: { base: number; prefixLength: number }[] = [];
+  for (const raw of entries) {
+    const entry = raw.trim().toLowerCase();
+    if (entry.startsWith("*.") || entry.includes("*")) {
+      throw invalidArgument(`allowedDomains entry "${raw}": wildcards are not supported; list each name`);
+    }
+    if (entry.includes(":")) throw invalidArgument(`allowedDomains entry "${raw}": IPv6 and ports are not supported`);
+    if (/^[0-9./]+$/.test(entry)) {
+      const subnet = parseCidr(entry.includes("/") ? entry : `${entry}/32`);
+      if (!subnet) throw invalidArgument(`allowedDomains entry "${raw}" is not a valid IPv4 address or CIDR`);
+      cidrs.push(subnet);
+      continue;
+    }
+    const name = entry.endsWith(".") ? entry.slice(0, -1) : entry;
+    const labels = name.split(".");
+    if (name.length === 0 || name.length > 253 || !labels.every((label) => LABEL.test(label)) || /^\d+$/.test(labels.at(-1)!)) {
+      throw invalidArgument(`allowedDomains entry "${raw}" is not a valid domain name`);
+    }
+    domains.add(name);
+  }
+  return { domains: [...domains].sort(), cidrs: withoutNested(cidrs).map(formatCidr) };
+}
+
+/** Drops CIDRs contained in another one: aligned prefixes either nest or are disjoint. */
+function withoutNested(subnets: { base: number; prefixLength: number }[]) {
+  const sorted = [...subnets].sort((a, b) => a.prefixLength - b.prefixLength || a.base - b.base);
+  const kept: typeof sorted = [];
+  for (const subnet of sorted) {
+    const covered = kept.some((outer) => subnet.base - (subnet.base % 2 ** (32 - outer.prefixLength)) === outer.base);
+    if (!covered) kept.push(subnet);
+  }
+  return kept;
+}
+
+export interface Answer {
+  address: string;
+  ttl: number;
+}
+
+/** Resolves a name to IPv4 addresses with their TTLs; [] when the name has no A record. */
+export type ResolveFn = (name: string) => Promise<Answer[]>;
+
+/** node:dns Resolver pointed at the worker's configured resolver only. */
+export function dnsResolver(server: string, timeoutMs = 2_000): ResolveFn {
+  const resolver = new Resolver({ timeout: timeoutMs, tries: 2 });
+  resolver.setServers([server]);
+  return async (name) => {
+    try {
+      return await resolver.resolve4(name, { ttl: true });
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === "ENOTFOUND" || code === "ENODATA") return [];
+      throw err;
+    }
+  };
+}
+
+export interface RefreshPolicy {
+  /** A TTL below this is raised to it (and a failed lookup is retried after it). */
+  minSeconds: number;
+  maxSeconds: number;
+  /** Added to the refresh interval for the set element timeout, so refreshes overlap. */
+  slackSeconds: number;
+}
+
+export const DEFAULT_REFRESH: RefreshPolicy = { minSeconds: 10, maxSeconds: 3600, slackSeconds: 30 };
+
+/** Addresses to (re-)add to a VM's set, each with its element timeout in seconds. */
+export type Publish = (vmId: string, addresses: { address: string; timeoutSeconds: number }[]) => Promise<void>;
+
+/**
+ * One timer per VM and domain: resolve, publish the addresses with timeout = refresh + slack,
+ * and resolve again when the (clamped) TTL runs out. When lookups keep failing, the elements
+ * expire and the domain is closed: the allowlist fails closed.
+ */
+export class DomainFollower {
+  private readonly timers = new Map<string, Map<string, NodeJS.Timeout>>();
+
+  constructor(
+    private readonly resolve: ResolveFn,
+    private readonly publish: Publish,
+    private readonly policy: RefreshPolicy,
+    private readonly log: Logger,
+  ) {}
+
+  /** Resolves every domain once (awaited), then keeps them fresh. */
+  async start(vmId: string, domains: string[]): Promise<void> {
+    this.stop(vmId);
+    if (domains.length === 0) return;
+    const timers = new Map<string, NodeJS.Timeout>();
+    this.timers.set(vmId, timers);
+    await Promise.all(domains.map((domain) => this.refresh(vmId, domain, timers)));
+  }
+
+  stop(vmId: string): void {
+    for (const timer of this.timers.get(vmId)?.values() ?? []) clearTimeout(timer);
+    this.timers.delete(vmId);
+  }
+
+  stopAll(): void {
+    for (const vmId of [...this.timers.keys()]) this.stop(vmId);
+  }
+
+  /** `timers` identifies one start(): a refresh that outlived stop() or a newer start() ends. */
+  private async refresh(vmId: string, domain: string, timers: Map<string, NodeJS.Timeout>): Promise<void> {
+    const current = () => this.timers.get(vmId) === timers;
+    let nextSeconds = this.policy.minSeconds;
+    try {
+      const answers = await this.resolve(domain);
+      if (answers.length === 0) this.log.warn({ vmId, domain }, "allowed domain has no A record");
+      const ttl = answers.length ? Math.min(...answers.map((answer) => answer.ttl)) : this.policy.minSeconds;
+      nextSeconds = clamp(ttl, this.policy.minSeconds, this.policy.maxSeconds);
+      if (!current()) return;
+      const timeoutSeconds = nextSeconds + this.policy.slackSeconds;
+      await this.publish(vmId, answers.map((answer) => ({ address: answer.address, timeoutSeconds })));
+      this.log.debug({ vmId, domain, addresses: answers.map((answer) => answer.address), nextSeconds }, "allowed domain resolved");
+    } catch (err) {
+      this.log.warn({ vmId, domain, err: (err as Error).message }, "resolving an allowed domain failed; retrying");
+    }
+    if (!current()) return;
+    const timer = setTimeout(() => void this.refresh(vmId, domain, timers), nextSeconds * 1000);
+    timer.unref();
+    timers.set(domain, timer);
+  }
+}
+
+const clamp = (value: number, min: number, max: number) => Math.min(Math.max(value, min), max);
+
+/** True when the text is a dotted-quad IPv4 address. */
+export const isIpv4 = (text: string) => parseIpv4(text) !== undefined;

@@ -1,0 +1,207 @@
+// The worker's nftables layout: two tables it owns (`inet procurator`, `bridge procurator`),
+// fixed base chains that dispatch through verdict maps, and a few objects per VM. Adding or
+// removing a VM touches only its own objects and one element per map, so the cost stays flat.
+// docs/networking.md explains the layout.
+import {
+  accept,
+  type Command,
+  drop,
+  eq,
+  field,
+  goTo,
+  jump,
+  meta,
+  ne,
+  prefix,
+  type RuleSpec,
+  type Statement,
+  type TableRef,
+} from "./nft.js";
+
+export const TABLE = "procurator";
+const inet: TableRef = { family: "inet", table: TABLE };
+const bridgeFamily: TableRef = { family: "bridge", table: TABLE };
+
+export interface LayoutConfig {
+  bridge: string;
+  /** CIDR of the VM subnet, e.g. 10.213.0.0/16. */
+  subnet: string;
+  /** The only DNS server guests may query. */
+  resolver?: string;
+  /** Interface NAT goes out of; without it, anything but the bridge. */
+  uplink?: string;
+  /** TCP ports on the host that guests may connect to. */
+  hostAllowedPorts: number[];
+}
+
+export interface VmRules {
+  vmId: string;
+  tap: string;
+  ip: string;
+  mac: string;
+  /** Literal addresses and CIDRs from allowedDomains, non-overlapping. */
+  cidrs: string[];
+}
+
+/** Per-VM object names; the vmId is recoverable from each (see vmIdOf). */
+export const names = (vmId: string) => ({
+  egress: `egress_${vmId}`,
+  deny: `deny_${vmId}`,
+  allow: `allow_${vmId}`,
+  nets: `nets_${vmId}`,
+  drops: `drops_${vmId}`,
+  guard: `guard_${vmId}`,
+});
+
+const PER_VM = /^(?:egress|deny|allow|nets|drops|guard)_(.+)$/;
+export const vmIdOf = (objectName: string): string | undefined => PER_VM.exec(objectName)?.[1];
+
+const rule = (table: TableRef, chain: string, ...expr: Statement[]): Command => ({ add: { rule: { ...table, chain, expr } as RuleSpec } });
+const fromBridge = (config: LayoutConfig) => eq(meta("iifname"), config.bridge);
+const ctEstablished: Statement = { match: { op: "in", left: { ct: { key: "state" } }, right: ["established", "related"] } };
+const dnsTo = (resolver: string): Statement[] => [
+  eq(field("ip", "daddr"), resolver),
+  eq(meta("l4proto"), { set: ["tcp", "udp"] }),
+  eq(field("th", "dport"), 53),
+];
+
+/** Recreates both tables from nothing in one transaction: no duplicates, no window. */
+export function rebuildCommands(config: LayoutConfig, vms: VmRules[]): Command[] {
+  const commands: Command[] = [];
+  for (const family of ["inet", "bridge"] as const) {
+    // add-then-delete: deleting a missing table would fail the whole transaction.
+    commands.push({ add: { table: { family, name: TABLE } } }, { delete: { table: { family, name: TABLE } } });
+    commands.push({ add: { table: { family, name: TABLE } } });
+  }
+  commands.push(...baseCommands(config));
+  for (const vm of vms) commands.push(...vmAddCommands(config, vm));
+  return commands;
+}
+
+function baseCommands(config: LayoutConfig): Command[] {
+  const br = fromBridge(config);
+  const commands: Command[] = [
+    { add: { map: { ...inet, name: "egress", type: "ipv4_addr", map: "verdict" } } },
+    { add: { map: { ...inet, name: "deny", type: "ipv4_addr", map: "verdict" } } },
+    { add: { chain: { ...inet, name: "forward", type: "filter", hook: "forward", prio: 0, policy: "accept" } } },
+    { add: { chain: { ...inet, name: "input", type: "filter", hook: "input", prio: 0, policy: "accept" } } },
+    { add: { chain: { ...inet, name: "postrouting", type: "nat", hook: "postrouting", prio: 100, policy: "accept" } } },
+
+    // forward: nothing between VMs, nothing unsolicited towards them, egress per source address.
+    rule(inet, "forward", br, eq(meta("oifname"), config.bridge), { counter: { packets: 0, bytes: 0 } }, drop),
+    rule(inet, "forward", eq(meta("oifname"), config.bridge), ctEstablished, accept),
+    rule(inet, "forward", eq(meta("oifname"), config.bridge), drop),
+    rule(inet, "forward", br, ctEstablished, accept),
+    ...(config.resolver ? [rule(inet, "forward", br, ...dnsTo(config.resolver), accept)] : []),
+    rule(inet, "forward", br, { vmap: { key: field("ip", "saddr"), data: "@egress" } }),
+    rule(inet, "forward", br, { counter: { packets: 0, bytes: 0 } }, drop),
+
+    // input (the host itself): replies, DNS to the resolver, the allowed ports; else counted drop.
+    rule(inet, "input", br, ctEstablished, accept),
+    ...(config.resolver ? [rule(inet, "input", br, ...dnsTo(config.resolver), accept)] : []),
+    ...(config.hostAllowedPorts.length
+      ? [rule(inet, "input", br, eq(field("tcp", "dport"), { set: config.hostAllowedPorts }), accept)]
+      : []),
+    rule(inet, "input", br, { vmap: { key: field("ip", "saddr"), data: "@deny" } }),
+    rule(inet, "input", br, { counter: { packets: 0, bytes: 0 } }, drop),
+
+    rule(
+      inet,
+      "postrouting",
+      eq(field("ip", "saddr"), prefix(config.subnet)),
+      config.uplink ? eq(meta("oifname"), config.uplink) : ne(meta("oifname"), config.bridge),
+      { masquerade: null },
+    ),
+
+    // bridge: every frame from a VM port goes through that port's guard; unknown ports drop.
+    { add: { map: { ...bridgeFamily, name: "ports", type: "ifname", map: "verdict" } } },
+    { add: { chain: { ...bridgeFamily, name: "prerouting", type: "filter", hook: "prerouting", prio: -200, policy: "accept" } } },
+    { add: { chain: { ...bridgeFamily, name: "forward", type: "filter", hook: "forward", prio: -200, policy: "accept" } } },
+    rule(bridgeFamily, "prerouting", { vmap: { key: meta("iifname"), data: "@ports" } }),
+    rule(bridgeFamily, "prerouting", eq(meta("iifname"), "pcr-*"), drop),
+    rule(bridgeFamily, "forward", eq(meta("iifname"), "pcr-*"), eq(meta("oifname"), "pcr-*"), { counter: { packets: 0, bytes: 0 } }, drop),
+  ];
+  return commands;
+}
+
+/** Everything one VM needs, in dependency order. */
+export function vmAddCommands(config: LayoutConfig, vm: VmRules): Command[] {
+  const n = names(vm.vmId);
+  void config;
+  return [
+    { add: { counter: { ...inet, name: n.drops } } },
+    { add: { set: { ...inet, name: n.allow, type: "ipv4_addr", flags: ["timeout"] } } },
+    { add: { set: { ...inet, name: n.nets, type: "ipv4_addr", flags: ["interval"] } } },
+    ...(vm.cidrs.length ? [{ add: { element: { ...inet, name: n.nets, elem: vm.cidrs.map((cidr) => prefixElement(cidr)) } } } as Command] : []),
+    { add: { chain: { ...inet, name: n.egress } } },
+    { add: { chain: { ...inet, name: n.deny } } },
+    rule(inet, n.egress, eq(field("ip", "daddr"), `@${n.allow}`), accept),
+    rule(inet, n.egress, eq(field("ip", "daddr"), `@${n.nets}`), accept),
+    rule(inet, n.egress, { counter: n.drops }, drop),
+    rule(inet, n.deny, { counter: n.drops }, drop),
+    { add: { element: { ...inet, name: "egress", elem: [[vm.ip, jump(n.egress)]] } } },
+    { add: { element: { ...inet, name: "deny", elem: [[vm.ip, goTo(n.deny)]] } } },
+
+    // Anti-spoofing: only the VM's own MAC, and its own IP in ARP and IPv4. IPv6 is dropped
+    // without counting (guest kernels send router solicitations on their own).
+    { add: { counter: { ...bridgeFamily, name: n.drops } } },
+    { add: { chain: { ...bridgeFamily, name: n.guard } } },
+    rule(
+      bridgeFamily,
+      n.guard,
+      eq(field("ether", "saddr"), vm.mac),
+      eq(field("ether", "type"), "arp"),
+      eq(field("arp", "saddr ether"), vm.mac),
+      eq(field("arp", "saddr ip"), vm.ip),
+      accept,
+    ),
+    rule(bridgeFamily, n.guard, eq(field("ether", "saddr"), vm.mac), eq(field("ether", "type"), "ip"), eq(field("ip", "saddr"), vm.ip), accept),
+    rule(bridgeFamily, n.guard, eq(field("ether", "type"), "ip6"), drop),
+    rule(bridgeFamily, n.guard, { counter: n.drops }, drop),
+    { add: { element: { ...bridgeFamily, name: "ports", elem: [[vm.tap, goTo(n.guard)]] } } },
+  ];
+}
+
+/** Removes one VM's objects. Each command fails if its object is missing, so callers retry one by one. */
+export function vmRemoveCommands(vm: { vmId: string; tap?: string; ip?: string }): Command[] {
+  const n = names(vm.vmId);
+  return [
+    ...(vm.ip
+      ? ([
+          { delete: { element: { ...inet, name: "egress", elem: [vm.ip] } } },
+          { delete: { element: { ...inet, name: "deny", elem: [vm.ip] } } },
+        ] as Command[])
+      : []),
+    ...(vm.tap ? ([{ delete: { element: { ...bridgeFamily, name: "ports", elem: [vm.tap] } } }] as Command[]) : []),
+    { flush: { chain: { ...inet, name: n.egress } } },
+    { flush: { chain: { ...inet, name: n.deny } } },
+    { delete: { chain: { ...inet, name: n.egress } } },
+    { delete: { chain: { ...inet, name: n.deny } } },
+    { delete: { set: { ...inet, name: n.allow, type: "ipv4_addr" } } },
+    { delete: { set: { ...inet, name: n.nets, type: "ipv4_addr" } } },
+    { delete: { counter: { ...inet, name: n.drops } } },
+    { flush: { chain: { ...bridgeFamily, name: n.guard } } },
+    { delete: { chain: { ...bridgeFamily, name: n.guard } } },
+    { delete: { counter: { ...bridgeFamily, name: n.drops } } },
+  ];
+}
+
+/**
+ * Re-adds resolved addresses with a fresh timeout. Adding an existing element does not renew
+ * its timeout, so: add (no-op if present), delete, add with the new timeout — atomically.
+ */
+export function refreshAllowCommands(vmId: string, addresses: { address: string; timeoutSeconds: number }[]): Command[] {
+  if (addresses.length === 0) return [];
+  const name = names(vmId).allow;
+  const withTimeout = addresses.map(({ address, timeoutSeconds }) => ({ elem: { val: address, timeout: timeoutSeconds } }));
+  return [
+    { add: { element: { ...inet, name, elem: withTimeout } } },
+    { delete: { element: { ...inet, name, elem: addresses.map(({ address }) => address) } } },
+    { add: { element: { ...inet, name, elem: withTimeout } } },
+  ];
+}
+
+function prefixElement(cidr: string) {
+  const [addr, len] = cidr.split("/");
+  return Number(len) === 32 ? addr! : { prefix: { addr: addr!, len: Number(len) } };
+}

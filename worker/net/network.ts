@@ -1,0 +1,328 @@
+// NetworkPort adapter: a worker-owned bridge with NAT, one isolated TAP per VM, persisted leases,
+// and nftables egress allowlists that follow DNS. See docs/networking.md.
+import { readFile } from "node:fs/promises";
+import type { Logger } from "pino";
+import { internal, invalidArgument, notFound } from "../core/errors.js";
+import type { NetCounters, NetworkPort, VmNetwork } from "../ports.js";
+import { DEFAULT_REFRESH, DomainFollower, dnsResolver, parseAllowlist, type RefreshPolicy, type ResolveFn } from "./allowlist.js";
+import { IpLinks, TAP_PREFIX, tapName } from "./ip.js";
+import { formatCidr, gatewayOf, Ipam, macForIp, parseCidr, type Subnet } from "./ipam.js";
+import { type LayoutConfig, names, rebuildCommands, refreshAllowCommands, TABLE, vmAddCommands, vmIdOf, vmRemoveCommands, type VmRules } from "./layout.js";
+import { Nft } from "./nft.js";
+import { createRunner, type Runner } from "./run.js";
+
+export interface NetworkOptions {
+  bridge: string;
+  /** VM subnet; the bridge takes the first host address as the guests' gateway. */
+  subnet: string;
+  /** DNS server for guests and for resolving allowedDomains. Without it, only literal IPs/CIDRs work. */
+  resolver?: string;
+  uplink?: string;
+  /** Lease file (JSON, replaced atomically). */
+  statePath: string;
+  /** Run every ip/nft/sysctl command inside this network namespace (tests, benchmarks). */
+  netns?: string;
+  logger: Logger;
+  /** TCP ports on the host that guests may connect to (besides DNS to the resolver). */
+  hostAllowedPorts?: number[];
+  /** Overrides DNS resolution (tests resolve inside their namespace). */
+  resolve?: ResolveFn;
+  refresh?: Partial<RefreshPolicy>;
+  runner?: Runner;
+}
+
+interface Attached {
+  net: VmNetwork;
+  rules: VmRules;
+  /** Allowed address -> when its set element expires (ms), so one domain never shortens another's. */
+  expiries: Map<string, number>;
+}
+
+const VM_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+const COUNTER_CACHE_MS = 1_000;
+
+export function createNetwork(options: NetworkOptions): NetworkPort {
+  return new Network(options);
+}
+
+class Network implements NetworkPort {
+  private readonly run: Runner;
+  private readonly nft: Nft;
+  private readonly links: IpLinks;
+  private readonly subnet: Subnet;
+  private readonly gateway: string;
+  private readonly layout: LayoutConfig;
+  private readonly follower: DomainFollower;
+  private readonly attached = new Map<string, Attached>();
+  private readonly log: Logger;
+  private ipamPromise?: Promise<Ipam>;
+  /** Set by init(); attach() before any init() initialises with no VMs. */
+  private ready?: Promise<void>;
+  private counterCache?: { at: number; value: Promise<Map<string, bigint>> };
+  private linkCache?: { at: number; value: Promise<Map<string, NetCounters>> };
+
+  constructor(private readonly options: NetworkOptions) {
+    const subnet = parseCidr(options.subnet);
+    if (!subnet || subnet.prefixLength > 30) throw invalidArgument(`network subnet "${options.subnet}" is not an IPv4 CIDR of /30 or larger`);
+    if (options.bridge.length > 15 || !/^[A-Za-z0-9_.-]+$/.test(options.bridge)) throw invalidArgument(`bad bridge name "${options.bridge}"`);
+    this.subnet = subnet;
+    this.gateway = gatewayOf(subnet);
+    this.log = options.logger.child({ component: "network" });
+    this.run = options.runner ?? createRunner({ netns: options.netns });
+    this.nft = new Nft(this.run);
+    this.links = new IpLinks(this.run);
+    this.layout = {
+      bridge: options.bridge,
+      subnet: formatCidr(subnet),
+      resolver: options.resolver,
+      uplink: options.uplink,
+      hostAllowedPorts: options.hostAllowedPorts ?? [],
+    };
+    const resolve = options.resolve ?? (options.resolver ? dnsResolver(options.resolver) : undefined);
+    this.follower = new DomainFollower(
+      resolve ?? (async () => []),
+      (vmId, addresses) => this.publish(vmId, addresses),
+      { ...DEFAULT_REFRESH, ...options.refresh },
+      this.log,
+    );
+  }
+
+  private ipam(): Promise<Ipam> {
+    this.ipamPromise ??= Ipam.open(this.subnet, this.options.statePath);
+    return this.ipamPromise;
+  }
+
+  validateAllowedDomains(allowedDomains: string[]): void {
+    const parsed = parseAllowlist(allowedDomains);
+    if (parsed.domains.length > 0 && !this.options.resolver && !this.options.resolve) {
+      throw invalidArgument(`allowedDomains has names (${parsed.domains[0]}), but this worker has no DNS resolver configured`);
+    }
+  }
+
+  init(existing: { vmId: string; net: VmNetwork; allowedDomains: string[] }[]): Promise<void> {
+    this.ready = this.rebuild(existing);
+    return this.ready;
+  }
+
+  private async rebuild(existing: { vmId: string; net: VmNetwork; allowedDomains: string[] }[]): Promise<void> {
+    const ipam = await this.ipam();
+    await this.links.ensureBridge(this.options.bridge, `${this.gateway}/${this.subnet.prefixLength}`);
+    await this.links.sysctl("net.ipv4.ip_forward", "1");
+    this.follower.stopAll();
+    this.attached.clear();
+    const keep: { vmId: string; domains: string[] }[] = [];
+    for (const { vmId, net, allowedDomains } of existing) {
+      let parsed = { domains: [] as string[], cidrs: [] as string[] };
+      try {
+        parsed = parseAllowlist(allowedDomains);
+      } catch (err) {
+        this.log.error({ vmId, err: (err as Error).message }, "stored allowedDomains are invalid; the VM keeps no egress");
+      }
+      await ipam.adopt(vmId, net.ip);
+      await this.links.ensureTap(net.tap, this.options.bridge);
+      const rules: VmRules = { vmId, tap: net.tap, ip: net.ip, mac: net.mac, cidrs: parsed.cidrs };
+      this.attached.set(vmId, { net, rules, expiries: new Map() });
+      keep.push({ vmId, domains: parsed.domains });
+    }
+    // One transaction: both tables deleted and rebuilt, so nothing is duplicated or briefly open.
+    await this.nft.apply(rebuildCommands(this.layout, [...this.attached.values()].map((entry) => entry.rules)));
+    await Promise.all(keep.map(({ vmId, domains }) => this.follower.start(vmId, domains)));
+    this.log.info({ bridge: this.options.bridge, subnet: this.layout.subnet, vms: existing.length }, "network ready");
+  }
+
+  async attach(vmId: string, allowedDomains: string[]): Promise<VmNetwork> {
+    if (!VM_ID.test(vmId)) throw invalidArgument(`bad vm id "${vmId}"`);
+    const allowlist = parseAllowlist(allowedDomains);
+    await (this.ready ??= this.rebuild([]));
+    const known = this.attached.get(vmId);
+    if (known) return known.net;
+    const ipam = await this.ipam();
+    const ip = await ipam.allocate(vmId);
+    const net: VmNetwork = {
+      tap: tapName(vmId),
+      mac: macForIp(ip),
+      ip,
+      prefixLength: this.subnet.prefixLength,
+      gateway: this.gateway,
+      dns: this.options.resolver ?? this.gateway,
+    };
+    const rules: VmRules = { vmId, tap: net.tap, ip, mac: net.mac, cidrs: allowlist.cidrs };
+    try {
+      // Rules first, then the TAP: the port is guarded from its first frame.
+      await this.nft.apply(vmAddCommands(this.layout, rules));
+      this.attached.set(vmId, { net, rules, expiries: new Map() });
+      await this.links.ensureTap(net.tap, this.options.bridge);
+      await this.follower.start(vmId, allowlist.domains);
+    } catch (err) {
+      await this.detach(vmId).catch((undoErr: unknown) => this.log.error({ vmId, err: (undoErr as Error).message }, "undoing attach failed"));
+      throw internal(`attaching the network of ${vmId} failed: ${(err as Error).message}`, err);
+    }
+    this.log.info({ vmId, ip, tap: net.tap, domains: allowlist.domains.length, cidrs: allowlist.cidrs.length }, "network attached");
+    return net;
+  }
+
+  async detach(vmId: string): Promise<void> {
+    this.follower.stop(vmId);
+    const ipam = await this.ipam();
+    const entry = this.attached.get(vmId);
+    const tap = entry?.net.tap ?? tapName(vmId);
+    const ip = entry?.net.ip ?? ipam.get(vmId);
+    await this.removeRules({ vmId, tap, ip }, entry !== undefined);
+    await this.links.remove(tap);
+    await ipam.release(vmId);
+    this.attached.delete(vmId);
+  }
+
+  guestCmdline(net: VmNetwork): string[] {
+    return [`pcr.ip=${net.ip}/${net.prefixLength}`, `pcr.gw=${net.gateway}`, `pcr.dns=${net.dns}`];
+  }
+
+  async counters(vmId: string): Promise<{ net: NetCounters; egressDrops: bigint }> {
+    const entry = this.attached.get(vmId);
+    if (!entry) throw notFound(`no network for ${vmId}`);
+    const [drops, net] = await Promise.all([this.dropCounters(), this.tapCounters(entry.net.tap)]);
+    return { net, egressDrops: drops.get(vmId) ?? 0n };
+  }
+
+  async removeOrphans(known: Set<string>): Promise<string[]> {
+    const removed: string[] = [];
+    const ipam = await this.ipam();
+    for (const vmId of [...this.attached.keys()].filter((id) => !known.has(id))) {
+      await this.detach(vmId);
+      removed.push(`network:${vmId}`);
+    }
+    const knownTaps = new Set([...this.attached.values()].map((entry) => entry.net.tap));
+    for (const id of known) knownTaps.add(tapName(id));
+    for (const link of await this.links.links()) {
+      if (link.ifname.startsWith(TAP_PREFIX) && !knownTaps.has(link.ifname)) {
+        await this.links.remove(link.ifname);
+        removed.push(`tap:${link.ifname}`);
+      }
+    }
+    for (const vmId of await this.ruleOwners()) {
+      if (known.has(vmId)) continue;
+      await this.removeRules({ vmId, ...(await this.mapKeysOf(vmId)) }, false);
+      removed.push(`nft:${vmId}`);
+    }
+    for (const [vmId] of ipam.entries()) {
+      if (known.has(vmId)) continue;
+      await ipam.release(vmId);
+      removed.push(`lease:${vmId}`);
+    }
+    if (removed.length) this.log.info({ removed }, "removed network orphans");
+    return removed;
+  }
+
+  async close(): Promise<void> {
+    // VMs may outlive the worker, so their network stays; only the DNS timers stop.
+    this.follower.stopAll();
+  }
+
+  // --- internals -------------------------------------------------------------------------------
+
+  /** Re-adds resolved addresses; an address shared by two domains keeps the later expiry. */
+  private async publish(vmId: string, addresses: { address: string; timeoutSeconds: number }[]): Promise<void> {
+    const entry = this.attached.get(vmId);
+    if (!entry) return;
+    const now = Date.now();
+    const merged = new Map<string, number>();
+    for (const { address, timeoutSeconds } of addresses) {
+      const current = entry.expiries.get(address) ?? 0;
+      const seconds = Math.max(timeoutSeconds, Math.ceil((current - now) / 1000), merged.get(address) ?? 0);
+      merged.set(address, seconds);
+    }
+    for (const [address, seconds] of merged) entry.expiries.set(address, now + seconds * 1000);
+    const commands = refreshAllowCommands(vmId, [...merged].map(([address, timeoutSeconds]) => ({ address, timeoutSeconds })));
+    if (this.attached.has(vmId)) await this.nft.apply(commands);
+  }
+
+  /** Removes a VM's nft objects in one transaction; when some are missing, one by one. */
+  private async removeRules(vm: { vmId: string; tap?: string; ip?: string }, expectComplete: boolean): Promise<void> {
+    const commands = vmRemoveCommands(vm);
+    if (expectComplete) {
+      try {
+        await this.nft.apply(commands);
+        return;
+      } catch (err) {
+        this.log.debug({ vmId: vm.vmId, err: (err as Error).message }, "removing rules at once failed; removing piecewise");
+      }
+    }
+    for (const command of commands) await this.nft.apply([command]).catch(() => undefined);
+  }
+
+  /** vmIds that own chains, sets or counters in the worker's tables. */
+  private async ruleOwners(): Promise<Set<string>> {
+    const owners = new Set<string>();
+    for (const family of ["inet", "bridge"]) {
+      const objects = await this.nft.list(["table", family, TABLE]).catch(() => []);
+      for (const object of objects) {
+        const body = Object.values(object)[0] as { name?: string };
+        const vmId = body.name ? vmIdOf(body.name) : undefined;
+        if (vmId) owners.add(vmId);
+      }
+    }
+    return owners;
+  }
+
+  /** The map keys that point at a VM's chains, found by listing the maps. */
+  private async mapKeysOf(vmId: string): Promise<{ ip?: string; tap?: string }> {
+    const n = names(vmId);
+    const keyFor = async (family: string, map: string, target: string) => {
+      const objects = await this.nft.list(["map", family, TABLE, map]).catch(() => []);
+      const elems = ((objects[0]?.map as { elem?: [string, Record<string, { target: string }>][] })?.elem ?? []);
+      return elems.find(([, verdict]) => Object.values(verdict)[0]?.target === target)?.[0];
+    };
+    return { ip: await keyFor("inet", "egress", n.egress) ?? (await keyFor("inet", "deny", n.deny)), tap: await keyFor("bridge", "ports", n.guard) };
+  }
+
+  /** Drop counters of every VM (inet + bridge table), from one `nft list counters`, cached briefly. */
+  private dropCounters(): Promise<Map<string, bigint>> {
+    const now = Date.now();
+    if (this.counterCache && now - this.counterCache.at < COUNTER_CACHE_MS) return this.counterCache.value;
+    const value = this.nft.list(["counters"]).then((objects) => {
+      const totals = new Map<string, bigint>();
+      for (const object of objects) {
+        const counter = object.counter as { table: string; name: string; packets: number } | undefined;
+        const vmId = counter?.table === TABLE ? vmIdOf(counter.name) : undefined;
+        if (vmId) totals.set(vmId, (totals.get(vmId) ?? 0n) + BigInt(counter!.packets));
+      }
+      return totals;
+    });
+    this.counterCache = { at: now, value };
+    value.catch(() => (this.counterCache = undefined));
+    return value;
+  }
+
+  /** Guest-side traffic: the TAP's tx is what the guest received. */
+  private async tapCounters(tap: string): Promise<NetCounters> {
+    if (!this.options.netns && !this.options.runner) {
+      const stat = async (name: string) => BigInt((await readFile(`/sys/class/net/${tap}/statistics/${name}`, "utf8")).trim());
+      // The guest transmits what the TAP receives.
+      const [txBytes, rxBytes, txPackets, rxPackets] = await Promise.all(["rx_bytes", "tx_bytes", "rx_packets", "tx_packets"].map(stat));
+      return { rxBytes: rxBytes!, txBytes: txBytes!, rxPackets: rxPackets!, txPackets: txPackets! };
+    }
+    const now = Date.now();
+    if (!this.linkCache || now - this.linkCache.at >= COUNTER_CACHE_MS) {
+      const value = this.links.links(true).then((links) => {
+        const byName = new Map<string, NetCounters>();
+        for (const link of links) {
+          const stats = link.stats64;
+          if (!stats) continue;
+          byName.set(link.ifname, {
+            rxBytes: BigInt(stats.tx.bytes),
+            rxPackets: BigInt(stats.tx.packets),
+            txBytes: BigInt(stats.rx.bytes),
+            txPackets: BigInt(stats.rx.packets),
+          });
+        }
+        return byName;
+      });
+      this.linkCache = { at: now, value };
+      value.catch(() => (this.linkCache = undefined));
+    }
+    const counters = (await this.linkCache.value).get(tap);
+    if (!counters) throw notFound(`no TAP ${tap}`);
+    return counters;
+  }
+}
+

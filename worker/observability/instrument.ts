@@ -1,0 +1,53 @@
+// Wraps a WorkerApi with metrics, request-scoped logs and the audit log, so the service
+// and the RPC layer stay free of both.
+import type { Logger } from "pino";
+import type { CallerInfo, WorkerApi } from "../core/api.js";
+import { asWorkerError } from "../core/errors.js";
+import type { AuditLog } from "./audit.js";
+import type { WorkerMetrics } from "./metrics.js";
+
+const MUTATING = new Set(["createVm", "deleteVm"]);
+
+export function instrument(api: WorkerApi, metrics: WorkerMetrics, audit: AuditLog | undefined, logger: Logger): WorkerApi {
+  async function observe<T>(method: keyof WorkerApi, caller: CallerInfo | undefined, vmId: string | undefined, run: () => Promise<T>): Promise<T> {
+    const started = performance.now();
+    let code = "OK";
+    let result: T | undefined;
+    try {
+      result = await run();
+      return result;
+    } catch (err) {
+      code = asWorkerError(err).code;
+      throw err;
+    } finally {
+      const seconds = (performance.now() - started) / 1000;
+      metrics.rpcCalls.inc({ method, code });
+      metrics.callSeconds.observe({ method }, seconds);
+      if (code !== "OK") metrics.rpcErrors.inc({ method, code });
+      if (code === "OK" && method === "createVm") metrics.createSeconds.observe(seconds);
+      if (code === "OK" && method === "deleteVm") metrics.deleteSeconds.observe(seconds);
+      if (MUTATING.has(method)) {
+        const id = vmId ?? (typeof result === "string" ? result : undefined);
+        const entry = {
+          time: new Date().toISOString(),
+          caller: caller?.connection ?? "in-process",
+          requestId: caller?.requestId ?? "",
+          method,
+          vmId: id,
+          code,
+          durationMs: Math.round(seconds * 1000),
+        };
+        audit?.write(entry);
+        logger.info({ ...entry, vmId: id }, "call");
+      }
+    }
+  }
+  return {
+    listVms: (caller) => observe("listVms", caller, undefined, () => api.listVms(caller)),
+    getVm: (id, caller) => observe("getVm", caller, id, () => api.getVm(id, caller)),
+    read: (id, offset, maxBytes, caller) => observe("read", caller, id, () => api.read(id, offset, maxBytes, caller)),
+    createVm: (spec, options, caller) => observe("createVm", caller, undefined, () => api.createVm(spec, options, caller)),
+    deleteVm: (id, caller) => observe("deleteVm", caller, id, () => api.deleteVm(id, caller)),
+    events: (since, max, waitMs, caller) => observe("events", caller, undefined, () => api.events(since, max, waitMs, caller)),
+  };
+}

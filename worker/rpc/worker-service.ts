@@ -1,0 +1,93 @@
+// The Worker interface of schema/worker.capnp served from a WorkerApi: translation only.
+// Params are decoded synchronously (the message buffer is only borrowed), results encoded on return.
+import type { CallerInfo, WorkerApi } from "../core/api.js";
+import type { CallContext, ContentWriter, InterfaceDispatcher, MethodEntry } from "./connection.js";
+import {
+  RUNNING_VM_BYTES_ESTIMATE,
+  Size,
+  WORKER_INTERFACE_ID,
+  WorkerMethod,
+  readSecrets,
+  readVmSpec,
+  writeRunningVm,
+  writeRunningVmList,
+  writeVmEventList,
+} from "./worker-codec.js";
+import { type MessageBuilder, type StructReader, readStruct, readText, readU32, readU64 } from "./wire.js";
+
+const caller = (context: CallContext): CallerInfo => ({ connection: context.connection, requestId: context.requestId });
+
+/** A results struct of the given size, filled by `fill` (which receives its data section offset). */
+function results(size: readonly [number, number], fill?: (b: MessageBuilder, s: number) => void, sizeHint?: number): ContentWriter {
+  const write: ContentWriter = (b, at) => {
+    const s = b.initStruct(at, size[0], size[1]);
+    fill?.(b, s);
+  };
+  write.sizeHint = sizeHint;
+  return write;
+}
+
+export function workerDispatcher(api: WorkerApi): InterfaceDispatcher {
+  const methods: MethodEntry[] = [];
+  const define = (ordinal: number, name: string, handle: (params: StructReader, context: CallContext) => Promise<ContentWriter>) => {
+    methods[ordinal] = { name, handle };
+  };
+
+  define(WorkerMethod.listVms, "listVms", async (_params, context) => {
+    const vms = await api.listVms(caller(context));
+    return results(Size.ListVmsResults, (b, s) => writeRunningVmList(b, s, vms), 256 + vms.length * RUNNING_VM_BYTES_ESTIMATE);
+  });
+
+  define(WorkerMethod.read, "read", async (params, context) => {
+    const id = readText(params, 0);
+    const offset = readU64(params, 0);
+    const maxBytes = readU32(params, 8);
+    const chunk = await api.read(id, offset, maxBytes, caller(context));
+    return results(
+      Size.ReadResults,
+      (b, s) => {
+        b.setData(s + 8, chunk.data);
+        b.setU64(s, chunk.nextOffset);
+      },
+      256 + chunk.data.length,
+    );
+  });
+
+  define(WorkerMethod.createVm, "createVm", async (params, context) => {
+    const spec = readVmSpec(readStruct(params, 0));
+    const secrets = readSecrets(params, 1);
+    const ttlSeconds = readU32(params, 0);
+    const id = await api.createVm(spec, { secrets, ttlSeconds }, caller(context));
+    return results(Size.CreateVmResults, (b, s) => b.setText(s, id));
+  });
+
+  define(WorkerMethod.deleteVm, "deleteVm", async (params, context) => {
+    await api.deleteVm(readText(params, 0), caller(context));
+    return results([0, 0]);
+  });
+
+  define(WorkerMethod.getVm, "getVm", async (params, context) => {
+    const vm = await api.getVm(readText(params, 0), caller(context));
+    return results(Size.GetVmResults, (b, s) => {
+      const [dataWords, ptrCount] = Size.RunningVm;
+      writeRunningVm(b, b.initStruct(s, dataWords, ptrCount), vm);
+    });
+  });
+
+  define(WorkerMethod.events, "events", async (params, context) => {
+    const sinceSeq = readU64(params, 0);
+    const maxEvents = readU32(params, 8);
+    const waitMs = readU32(params, 12);
+    const { events, nextSeq } = await api.events(sinceSeq, maxEvents, waitMs, caller(context));
+    return results(
+      Size.EventsResults,
+      (b, s) => {
+        writeVmEventList(b, s + 8, events);
+        b.setU64(s, nextSeq);
+      },
+      256 + events.length * 128,
+    );
+  });
+
+  return { interfaceId: WORKER_INTERFACE_ID, name: "Worker", methods };
+}

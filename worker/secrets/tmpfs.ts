@@ -1,0 +1,76 @@
+// Secrets live only on tmpfs, one directory per VM (0700, files 0400), shared read-only
+// into the guest. Values never reach argv, environment, logs or state files.
+import { execa } from "execa";
+import { mkdir, open, readdir, rm, statfs } from "node:fs/promises";
+import { join } from "node:path";
+import type { Logger } from "pino";
+import { failedPrecondition } from "../core/errors.js";
+import type { SecretsPort } from "../ports.js";
+
+const TMPFS_MAGIC = 0x01021994;
+
+export class TmpfsSecrets implements SecretsPort {
+  constructor(
+    private readonly root: string,
+    private readonly logger: Logger,
+  ) {}
+
+  /** Makes sure root is a tmpfs, mounting a private one there if it is not. */
+  async init(): Promise<void> {
+    await mkdir(this.root, { recursive: true, mode: 0o700 });
+    if ((await statfs(this.root)).type === TMPFS_MAGIC) return;
+    const mounted = await execa("mount", ["-t", "tmpfs", "-o", "mode=0700,size=64m,nosuid,nodev,noexec", "procurator-secrets", this.root], {
+      reject: false,
+    });
+    if (mounted.exitCode !== 0 || (await statfs(this.root)).type !== TMPFS_MAGIC) {
+      throw failedPrecondition(`secrets directory ${this.root} is not on tmpfs and mounting one failed: ${mounted.stderr.trim()}`);
+    }
+    this.logger.info({ root: this.root }, "mounted tmpfs for secrets");
+  }
+
+  dirFor(vmId: string): string {
+    return join(this.root, vmId);
+  }
+
+  async write(vmId: string, secrets: { name: string; value: Uint8Array }[]): Promise<string> {
+    const dir = this.dirFor(vmId);
+    await mkdir(dir, { mode: 0o700 });
+    for (const { name, value } of secrets) {
+      const file = await open(join(dir, name), "wx", 0o400);
+      try {
+        await file.writeFile(value);
+      } finally {
+        await file.close();
+      }
+    }
+    return dir;
+  }
+
+  async wipe(vmId: string): Promise<void> {
+    const dir = this.dirFor(vmId);
+    const names = await readdir(dir).catch(() => undefined);
+    if (!names) return;
+    // Overwrite before unlinking so a file still held open elsewhere reads zeros.
+    for (const name of names) {
+      const file = await open(join(dir, name), "r+").catch(() => undefined);
+      if (!file) continue;
+      try {
+        const { size } = await file.stat();
+        await file.write(Buffer.alloc(size), 0, size, 0);
+      } finally {
+        await file.close();
+      }
+    }
+    await rm(dir, { recursive: true, force: true });
+  }
+
+  async removeOrphans(known: Set<string>): Promise<string[]> {
+    const removed: string[] = [];
+    for (const vmId of await readdir(this.root).catch(() => [] as string[])) {
+      if (known.has(vmId)) continue;
+      await this.wipe(vmId);
+      removed.push(`secrets:${vmId}`);
+    }
+    return removed;
+  }
+}

@@ -1,0 +1,90 @@
+// Per-VM state on disk: <stateDir>/vms/<id>/vm.json, written atomically (temp file, fsync, rename).
+import { mkdir, open, readdir, readFile, rename, rm } from "node:fs/promises";
+import { join } from "node:path";
+import type { RecordRepo, VmRecord } from "../core/records.js";
+
+export class FileRecordRepo implements RecordRepo {
+  readonly vmsDir: string;
+
+  constructor(stateDir: string) {
+    this.vmsDir = join(stateDir, "vms");
+  }
+
+  vmDir(id: string): string {
+    return join(this.vmsDir, id);
+  }
+
+  consolePath(id: string): string {
+    return join(this.vmDir(id), "console.log");
+  }
+
+  async init(): Promise<void> {
+    await mkdir(this.vmsDir, { recursive: true, mode: 0o700 });
+  }
+
+  async createDir(id: string): Promise<string> {
+    const dir = this.vmDir(id);
+    await mkdir(dir, { mode: 0o700 });
+    return dir;
+  }
+
+  async save(record: VmRecord): Promise<void> {
+    const path = join(this.vmDir(record.id), "vm.json");
+    const temp = `${path}.tmp`;
+    const file = await open(temp, "w", 0o600);
+    try {
+      await file.writeFile(JSON.stringify(record, null, 2));
+      await file.sync();
+    } finally {
+      await file.close();
+    }
+    await rename(temp, path);
+  }
+
+  async remove(id: string): Promise<void> {
+    await rm(this.vmDir(id), { recursive: true, force: true });
+  }
+
+  async loadAll(): Promise<{ records: VmRecord[]; unreadable: string[] }> {
+    const records: VmRecord[] = [];
+    const unreadable: string[] = [];
+    for (const id of await readdir(this.vmsDir).catch(() => [] as string[])) {
+      try {
+        records.push(JSON.parse(await readFile(join(this.vmDir(id), "vm.json"), "utf8")) as VmRecord);
+      } catch {
+        unreadable.push(id);
+      }
+    }
+    return { records, unreadable };
+  }
+
+  async readConsoleTail(id: string, maxBytes: number): Promise<Uint8Array> {
+    const file = await open(this.consolePath(id), "r").catch(() => undefined);
+    if (!file) return new Uint8Array(0);
+    try {
+      const { size } = await file.stat();
+      const start = Math.max(0, size - maxBytes);
+      const buffer = Buffer.alloc(size - start);
+      const { bytesRead } = await file.read(buffer, 0, buffer.length, start);
+      return buffer.subarray(0, bytesRead);
+    } finally {
+      await file.close();
+    }
+  }
+
+  async readConsole(id: string, offset: bigint, maxBytes: number): Promise<{ data: Uint8Array; nextOffset: bigint }> {
+    let file;
+    try {
+      file = await open(this.consolePath(id), "r");
+    } catch {
+      return { data: new Uint8Array(0), nextOffset: offset };
+    }
+    try {
+      const buffer = Buffer.alloc(maxBytes);
+      const { bytesRead } = await file.read(buffer, 0, maxBytes, Number(offset));
+      return { data: buffer.subarray(0, bytesRead), nextOffset: offset + BigInt(bytesRead) };
+    } finally {
+      await file.close();
+    }
+  }
+}

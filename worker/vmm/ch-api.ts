@@ -1,0 +1,158 @@
+// Typed client of Cloud Hypervisor's REST API (vmm/src/api/openapi/cloud-hypervisor.yaml) over its
+// unix socket. Only the calls the backend makes; each is listed in CH_API_CALLS so the contract
+// test can check it against the OpenAPI file. Responses are validated with zod at this edge.
+import { Agent, request } from "undici";
+import { z } from "zod";
+
+/** Every endpoint the worker calls: method, path, and whether it carries a JSON body. */
+export const CH_API_CALLS = {
+  ping: { method: "GET", path: "/vmm.ping", body: false },
+  shutdownVmm: { method: "PUT", path: "/vmm.shutdown", body: false },
+  createVm: { method: "PUT", path: "/vm.create", body: true },
+  bootVm: { method: "PUT", path: "/vm.boot", body: false },
+  info: { method: "GET", path: "/vm.info", body: false },
+  counters: { method: "GET", path: "/vm.counters", body: false },
+  pause: { method: "PUT", path: "/vm.pause", body: false },
+  resume: { method: "PUT", path: "/vm.resume", body: false },
+  powerButton: { method: "PUT", path: "/vm.power-button", body: false },
+  shutdownVm: { method: "PUT", path: "/vm.shutdown", body: false },
+  deleteVm: { method: "PUT", path: "/vm.delete", body: false },
+} as const;
+export type ChApiCall = keyof typeof CH_API_CALLS;
+
+export const API_PREFIX = "/api/v1";
+
+// Response schemas: only what we read is required; CH may add fields (not strict on purpose).
+export const vmmPingResponseSchema = z.object({
+  version: z.string(),
+  build_version: z.string().optional(),
+  pid: z.number().int().optional(),
+  features: z.array(z.string()).optional(),
+});
+export type VmmPingResponse = z.infer<typeof vmmPingResponseSchema>;
+
+export const CH_VM_STATES = ["Created", "Running", "Shutdown", "Paused", "BreakPoint"] as const;
+export type ChVmState = (typeof CH_VM_STATES)[number];
+
+export const vmInfoResponseSchema = z.object({
+  // The echo of our own VmConfig: we do not rely on its content beyond it being an object.
+  config: z.record(z.string(), z.unknown()),
+  state: z.enum(CH_VM_STATES),
+  memory_actual_size: z.number().int().optional(),
+  device_tree: z.record(z.string(), z.unknown()).optional(),
+});
+export type VmInfoResponse = z.infer<typeof vmInfoResponseSchema>;
+
+/** Per device id, counter name to value, e.g. {"disk0": {"read_bytes": 512, ...}}. */
+export const vmCountersResponseSchema = z.record(z.string(), z.record(z.string(), z.number().int()));
+export type VmCountersResponse = z.infer<typeof vmCountersResponseSchema>;
+
+/** A non-2xx answer; `body` is CH's own error text (it explains what went wrong). */
+export class ChApiError extends Error {
+  constructor(
+    readonly call: string,
+    readonly status: number,
+    readonly body: string,
+  ) {
+    super(`cloud-hypervisor ${call} failed with HTTP ${status}${body ? `: ${body}` : ""}`);
+    this.name = "ChApiError";
+  }
+}
+
+/** No answer: socket missing, refused, or timed out. */
+export class ChConnectionError extends Error {
+  constructor(
+    readonly call: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`cloud-hypervisor ${call}: ${message}`, options);
+    this.name = "ChConnectionError";
+  }
+}
+
+export class ChApiClient {
+  private readonly agent: Agent;
+
+  constructor(
+    readonly socketPath: string,
+    private readonly defaultTimeoutMs = 10_000,
+  ) {
+    this.agent = new Agent({ connect: { socketPath }, pipelining: 0 });
+  }
+
+  ping(timeoutMs?: number): Promise<VmmPingResponse> {
+    return this.call("ping", undefined, timeoutMs).then((body) => parseResponse("ping", vmmPingResponseSchema, body));
+  }
+  /** PUT /vm.create with the full VmConfig (see buildVmConfig). */
+  async createVm(config: object, timeoutMs?: number): Promise<void> {
+    await this.call("createVm", config, timeoutMs);
+  }
+  async bootVm(timeoutMs?: number): Promise<void> {
+    await this.call("bootVm", undefined, timeoutMs);
+  }
+  info(timeoutMs?: number): Promise<VmInfoResponse> {
+    return this.call("info", undefined, timeoutMs).then((body) => parseResponse("info", vmInfoResponseSchema, body));
+  }
+  counters(timeoutMs?: number): Promise<VmCountersResponse> {
+    return this.call("counters", undefined, timeoutMs).then((body) => parseResponse("counters", vmCountersResponseSchema, body));
+  }
+  async pause(): Promise<void> {
+    await this.call("pause");
+  }
+  async resume(): Promise<void> {
+    await this.call("resume");
+  }
+  async powerButton(): Promise<void> {
+    await this.call("powerButton");
+  }
+  async shutdownVm(timeoutMs?: number): Promise<void> {
+    await this.call("shutdownVm", undefined, timeoutMs);
+  }
+  async deleteVm(timeoutMs?: number): Promise<void> {
+    await this.call("deleteVm", undefined, timeoutMs);
+  }
+  async shutdownVmm(timeoutMs?: number): Promise<void> {
+    await this.call("shutdownVmm", undefined, timeoutMs);
+  }
+
+  async close(): Promise<void> {
+    await this.agent.destroy().catch(() => undefined);
+  }
+
+  /** One request; returns the response text ("" for 204). */
+  private async call(name: ChApiCall, body?: object, timeoutMs = this.defaultTimeoutMs): Promise<string> {
+    const { method, path } = CH_API_CALLS[name];
+    let response;
+    try {
+      response = await request(`http://localhost${API_PREFIX}${path}`, {
+        method,
+        dispatcher: this.agent,
+        headers: body ? { "content-type": "application/json" } : {},
+        body: body ? JSON.stringify(body) : undefined,
+        signal: AbortSignal.timeout(timeoutMs),
+      });
+    } catch (err) {
+      const reason = (err as Error).name === "TimeoutError" ? `no answer within ${timeoutMs} ms` : (err as Error).message;
+      throw new ChConnectionError(path, reason, { cause: err });
+    }
+    const text = await response.body.text();
+    if (response.statusCode < 200 || response.statusCode >= 300) {
+      throw new ChApiError(path, response.statusCode, text.trim().slice(0, 2000));
+    }
+    return text;
+  }
+}
+
+/** Parses a JSON response body with its schema; a mismatch is a protocol error worth reporting. */
+export function parseResponse<T>(call: string, schema: z.ZodType<T>, text: string): T {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    throw new ChApiError(call, 200, `response is not JSON: ${text.slice(0, 200)}`);
+  }
+  const parsed = schema.safeParse(json);
+  if (!parsed.success) throw new ChApiError(call, 200, `unexpected response: ${parsed.error.message}`);
+  return parsed.data;
+}

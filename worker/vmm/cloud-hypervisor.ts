@@ -1,0 +1,485 @@
+// Cloud Hypervisor backend: the VMM is started with nothing but its API socket, event monitor and
+// log on the command line; the VM itself is described over the REST API (vm.create + vm.boot).
+// The request bodies are built by pure functions so the contract test can check them against
+// Cloud Hypervisor's OpenAPI file.
+import { connect } from "node:net";
+import { rm } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import type { Logger } from "pino";
+import { WorkerError } from "../core/errors.js";
+import type { BlockCounters, GuestRunState, VmLaunchSpec, VmmBackend, VmmExit, VmmHandle, VmmProcessRecord } from "../ports.js";
+import { ChApiClient, ChApiError, ChConnectionError, type ChVmState } from "./ch-api.js";
+import { tailEventFile, type ChEvent, type EventTail } from "./ch-events.js";
+import { isSameLiveProcess, signalProcess, spawnDetached, tailLines, watchNonChild } from "./process.js";
+import { adoptVirtiofsd, startVirtiofsd, type VirtiofsdHandle } from "./virtiofsd.js";
+
+export interface CloudHypervisorBackendOptions {
+  /** Defaults to "cloud-hypervisor" on PATH. */
+  binary?: string;
+  /** Needed only for VMs with a share. */
+  virtiofsdBinary?: string;
+  logger: Logger;
+  /** Bound on waiting for the API socket to answer vmm.ping after spawn. */
+  apiReadyTimeoutMs?: number;
+  /** Timeout of each ordinary API request. */
+  requestTimeoutMs?: number;
+  /** Timeout of vm.create + vm.boot (they load the kernel and set up devices). */
+  bootRequestTimeoutMs?: number;
+  /** How often waiters poll vm.info between events. */
+  pollIntervalMs?: number;
+}
+
+/** Files of one VM inside its vmDir. */
+export function chPaths(vmDir: string) {
+  return {
+    apiSocket: join(vmDir, "ch.sock"),
+    events: join(vmDir, "events"),
+    log: join(vmDir, "ch.log"),
+    stdio: join(vmDir, "ch.stdio.log"),
+    virtiofsSocket: join(vmDir, "virtiofs.sock"),
+    virtiofsdLog: join(vmDir, "virtiofsd.log"),
+  };
+}
+
+/** The VMM's argv: nothing about the VM, which is described over the API. */
+export function vmmArgv(vmDir: string): string[] {
+  const paths = chPaths(vmDir);
+  return ["--api-socket", `path=${paths.apiSocket}`, "--event-monitor", `path=${paths.events}`, "--log-file", paths.log, "--seccomp", "true"];
+}
+
+/** The subset of CH's VmConfig the worker sends (field names as in the OpenAPI file). */
+export interface ChVmConfig {
+  cpus: { boot_vcpus: number; max_vcpus: number };
+  memory: { size: number; shared: boolean };
+  payload: { kernel: string; initramfs?: string; cmdline: string };
+  disks?: { path: string; readonly: boolean; id: string }[];
+  net?: { tap: string; mac: string; id: string }[];
+  fs?: { tag: string; socket: string; num_queues: number; queue_size: number; id: string }[];
+  serial: { mode: "File"; file: string };
+  console: { mode: "Off" };
+  rng: { src: string };
+}
+
+export const ROOT_DISK_ID = "disk0";
+
+/** The body of PUT /vm.create for a launch spec. */
+export function buildVmConfig(spec: VmLaunchSpec, opts: { virtiofsSocket?: string; rngSource?: string } = {}): ChVmConfig {
+  if (spec.share && !opts.virtiofsSocket) throw new Error("a share needs the virtiofsd socket");
+  return {
+    cpus: { boot_vcpus: spec.cpu, max_vcpus: spec.cpu },
+    // vhost-user devices (virtio-fs) need guest memory the backend process can map.
+    memory: { size: spec.memoryBytes, shared: Boolean(spec.share) },
+    payload: { kernel: spec.kernel, ...(spec.initrd ? { initramfs: spec.initrd } : {}), cmdline: spec.cmdline },
+    ...(spec.image ? { disks: [{ path: spec.image, readonly: true, id: ROOT_DISK_ID }] } : {}),
+    ...(spec.net ? { net: [{ tap: spec.net.tap, mac: spec.net.mac, id: "net0" }] } : {}),
+    ...(spec.share ? { fs: [{ tag: spec.share.tag, socket: opts.virtiofsSocket!, num_queues: 1, queue_size: 1024, id: "fs0" }] } : {}),
+    serial: { mode: "File", file: spec.consolePath },
+    console: { mode: "Off" },
+    rng: { src: opts.rngSource ?? "/dev/urandom" },
+  };
+}
+
+export function guestRunState(state: ChVmState): GuestRunState {
+  switch (state) {
+    case "Running":
+      return "running";
+    case "Paused":
+    case "BreakPoint":
+      return "paused";
+    case "Shutdown":
+      return "shutdown";
+    case "Created":
+      return "unknown"; // created but not booted: not a guest state the core knows
+  }
+}
+
+/** What an event-monitor event says about the guest, if anything. */
+export function eventRunState(event: ChEvent): GuestRunState | undefined {
+  const key = `${event.source}:${event.event}`;
+  if (key === "vm:booted" || key === "vm:resumed" || key === "vm:rebooted" || key === "vm:restored") return "running";
+  if (key === "vm:paused") return "paused";
+  if (key === "vm:shutdown" || key === "vm:deleted" || key === "vmm:shutdown") return "shutdown";
+  return undefined;
+}
+
+/** API and connection errors as WorkerErrors, keeping CH's own message. */
+export function mapChError(err: unknown, what: string): WorkerError {
+  if (err instanceof WorkerError) return err;
+  if (err instanceof ChApiError) {
+    const code = err.status === 404 || err.status === 405 ? "FAILED_PRECONDITION" : "INTERNAL";
+    return new WorkerError(code, `${what}: cloud-hypervisor answered HTTP ${err.status}${err.body ? `: ${err.body}` : ""}`, { cause: err });
+  }
+  if (err instanceof ChConnectionError) {
+    const code = /no answer within/.test(err.message) ? "DEADLINE_EXCEEDED" : "UNAVAILABLE";
+    return new WorkerError(code, `${what}: ${err.message}`, { cause: err });
+  }
+  return new WorkerError("INTERNAL", `${what}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+}
+
+/** Removes an API socket nobody listens on (left by a crash); refuses one that is in use. */
+export async function clearStaleApiSocket(socketPath: string): Promise<void> {
+  if (existsSync(socketPath)) {
+    const listening = await new Promise<boolean>((resolve) => {
+      const socket = connect(socketPath);
+      socket.once("connect", () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once("error", () => resolve(false));
+    });
+    if (listening) throw new WorkerError("FAILED_PRECONDITION", `a process already serves the API socket ${socketPath}`);
+    await rm(socketPath, { force: true });
+  }
+  await rm(`${socketPath}.lock`, { force: true });
+}
+
+export function createCloudHypervisorBackend(options: CloudHypervisorBackendOptions): VmmBackend {
+  const binary = options.binary ?? "cloud-hypervisor";
+  const logger = options.logger.child({ backend: "cloud-hypervisor" });
+  const requestTimeoutMs = options.requestTimeoutMs ?? 10_000;
+  const bootRequestTimeoutMs = options.bootRequestTimeoutMs ?? 30_000;
+  const apiReadyTimeoutMs = options.apiReadyTimeoutMs ?? 5_000;
+  const pollIntervalMs = options.pollIntervalMs ?? 50;
+
+  async function launch(spec: VmLaunchSpec): Promise<VmmHandle> {
+    const paths = chPaths(spec.vmDir);
+    const log = logger.child({ vmId: spec.id });
+    await clearStaleApiSocket(paths.apiSocket);
+    // Old events would replay a previous VM's states into this one.
+    await rm(paths.events, { force: true });
+
+    let virtiofsd: VirtiofsdHandle | undefined;
+    if (spec.share) {
+      if (!options.virtiofsdBinary) throw new WorkerError("FAILED_PRECONDITION", "a share needs virtiofsd, and no virtiofsd binary is configured");
+      virtiofsd = await startVirtiofsd({
+        binary: options.virtiofsdBinary,
+        socketPath: paths.virtiofsSocket,
+        sharedDir: spec.share.hostDir,
+        readOnly: true,
+        logger: log,
+        logPath: paths.virtiofsdLog,
+      });
+    }
+
+    let spawned;
+    try {
+      spawned = await spawnDetached(binary, vmmArgv(spec.vmDir), paths.stdio);
+    } catch (err) {
+      await virtiofsd?.kill();
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") {
+        throw new WorkerError("FAILED_PRECONDITION", `cloud-hypervisor binary not found: ${binary} (install the cloud-hypervisor release binary)`, { cause: err });
+      }
+      throw new WorkerError("INTERNAL", `failed to start ${binary}: ${(err as Error).message}`, { cause: err });
+    }
+    log.info({ pid: spawned.pid, apiSocket: paths.apiSocket }, "cloud-hypervisor started");
+    const record: VmmProcessRecord = {
+      backend: "cloud-hypervisor",
+      pid: spawned.pid,
+      startTime: spawned.startTime,
+      controlSocket: paths.apiSocket,
+      helpers: virtiofsd ? [{ pid: virtiofsd.pid, startTime: virtiofsd.startTime }] : [],
+    };
+    const client = new ChApiClient(paths.apiSocket, requestTimeoutMs);
+    const handle = new ChVmHandle(record, client, paths, virtiofsd, log, pollIntervalMs, { exit: spawned.exit });
+
+    try {
+      await handle.waitForApi(apiReadyTimeoutMs);
+      const config = buildVmConfig(spec, { virtiofsSocket: virtiofsd?.socketPath });
+      await handle.guard(() => client.createVm(config, bootRequestTimeoutMs), "vm.create");
+      await handle.guard(() => client.bootVm(bootRequestTimeoutMs), "vm.boot");
+    } catch (err) {
+      await handle.kill();
+      throw err;
+    }
+    return handle;
+  }
+
+  async function adopt(record: VmmProcessRecord, vmDir: string): Promise<VmmHandle | undefined> {
+    if (record.backend !== "cloud-hypervisor") return undefined;
+    const paths = chPaths(vmDir);
+    const log = logger.child({ pid: record.pid, vmDir });
+    if (!(await isSameLiveProcess(record.pid, record.startTime))) {
+      // The VM is gone; its helpers have nothing left to serve.
+      for (const helper of record.helpers) {
+        if (await isSameLiveProcess(helper.pid, helper.startTime)) signalProcess(helper.pid, "SIGKILL");
+      }
+      return undefined;
+    }
+    const helper = record.helpers[0];
+    const virtiofsd = helper ? await adoptVirtiofsd(helper.pid, helper.startTime, paths.virtiofsSocket) : undefined;
+    const client = new ChApiClient(record.controlSocket, requestTimeoutMs);
+    const watch = watchNonChild(record.pid, record.startTime);
+    const handle = new ChVmHandle(record, client, paths, virtiofsd, log, pollIntervalMs, { adopted: watch });
+    try {
+      const info = await client.info();
+      log.info({ state: info.state }, "cloud-hypervisor re-adopted");
+    } catch (err) {
+      // Alive but not answering: keep the handle so the core can still stop or kill it.
+      log.warn({ err: (err as Error).message }, "re-adopted cloud-hypervisor does not answer vm.info");
+    }
+    return handle;
+  }
+
+  return {
+    name: "cloud-hypervisor",
+    shareKind: "virtiofs",
+    extraCmdline: () => [],
+    launch,
+    adopt,
+  };
+}
+
+type ProcessWatch = { exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }> } | { adopted: { exited: Promise<void>; hurry(): void } };
+
+class ChVmHandle implements VmmHandle {
+  readonly exited: Promise<VmmExit>;
+  private hasExited = false;
+  private killedByUs = false;
+  /** We sent vm.shutdown/vmm.shutdown: a clean exit is then ours, not the guest's power-off. */
+  private tornDownByUs = false;
+  /** The guest reached Shutdown (event or vm.info) before any teardown of ours. */
+  private guestWentOff = false;
+  private lastEventState: GuestRunState | undefined;
+  private readonly tail: EventTail;
+  private readonly wakers = new Set<() => void>();
+  private stopping: Promise<VmmExit> | undefined;
+  private readonly hurry: () => void;
+
+  constructor(
+    readonly record: VmmProcessRecord,
+    private readonly client: ChApiClient,
+    private readonly paths: ReturnType<typeof chPaths>,
+    private readonly virtiofsd: VirtiofsdHandle | undefined,
+    private readonly log: Logger,
+    private readonly pollIntervalMs: number,
+    watch: ProcessWatch,
+  ) {
+    this.tail = tailEventFile(paths.events, (event) => this.onEvent(event), {
+      onError: (err) => log.warn({ err: err.message }, "event monitor stream unreadable"),
+    });
+    let processGone: Promise<VmmExit>;
+    if ("exit" in watch) {
+      this.hurry = () => {};
+      processGone = watch.exit.then(async ({ code, signal }) => {
+        await this.tail.flush(); // its last events tell a guest power-off from other exits
+        return this.describeExit(code, signal);
+      });
+    } else {
+      this.hurry = watch.adopted.hurry;
+      processGone = watch.adopted.exited.then(() =>
+        this.killedByUs
+          ? { code: null, signal: "SIGKILL", description: "killed by SIGKILL" }
+          : { code: null, signal: null, description: "cloud-hypervisor exited (re-adopted process: exit status unknown)" },
+      );
+    }
+    this.exited = processGone.then(async (exit) => {
+      this.hasExited = true;
+      this.wake();
+      this.log.info({ exit: exit.description }, "cloud-hypervisor exited");
+      // Everything tied to the VM's life goes with it.
+      await this.virtiofsd?.kill();
+      await this.tail.close();
+      await this.client.close();
+      await rm(this.paths.apiSocket, { force: true });
+      return exit;
+    });
+  }
+
+  /** Polls vmm.ping until the API answers; fails early if the process dies. */
+  async waitForApi(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    let lastError = "";
+    for (;;) {
+      if (this.hasExited) throw new WorkerError("FAILED_PRECONDITION", `cloud-hypervisor failed to start: ${(await this.exited).description}`);
+      try {
+        const ping = await this.client.ping(Math.max(100, Math.min(1000, deadline - Date.now())));
+        this.log.debug({ version: ping.version }, "cloud-hypervisor API up");
+        return;
+      } catch (err) {
+        if (err instanceof ChApiError) throw mapChError(err, "vmm.ping");
+        lastError = (err as Error).message;
+      }
+      if (Date.now() > deadline) {
+        throw new WorkerError("DEADLINE_EXCEEDED", `cloud-hypervisor API did not answer within ${timeoutMs} ms (${lastError})`);
+      }
+      await this.sleepOrWake(20);
+    }
+  }
+
+  /** Awaits an API call; if the VMM dies meanwhile, reports the exit rather than a socket error. */
+  async guard<T>(call: () => Promise<T>, what: string): Promise<T> {
+    if (this.hasExited) throw new WorkerError("FAILED_PRECONDITION", `the VMM has exited (${(await this.exited).description})`);
+    try {
+      return await call();
+    } catch (err) {
+      if (err instanceof ChConnectionError) {
+        const exit = await this.exitedWithin(200);
+        if (exit) throw new WorkerError("FAILED_PRECONDITION", `cloud-hypervisor exited during ${what}: ${exit.description}`, { cause: err });
+      }
+      throw mapChError(err, what);
+    }
+  }
+
+  async waitRunning(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      if (this.hasExited) throw new WorkerError("FAILED_PRECONDITION", `cloud-hypervisor exited before the guest ran: ${(await this.exited).description}`);
+      if (this.lastEventState === "running") return;
+      try {
+        const info = await this.client.info(Math.max(100, Math.min(2000, deadline - Date.now())));
+        if (info.state === "Running") return;
+      } catch (err) {
+        if (err instanceof ChApiError && err.status !== 404) throw mapChError(err, "vm.info");
+      }
+      if (Date.now() > deadline) throw new WorkerError("DEADLINE_EXCEEDED", `guest not running within ${timeoutMs} ms`);
+      await this.sleepOrWake(this.pollIntervalMs);
+    }
+  }
+
+  async runState(): Promise<GuestRunState> {
+    if (this.hasExited) return "shutdown";
+    try {
+      return guestRunState((await this.client.info()).state);
+    } catch {
+      return this.hasExited ? "shutdown" : "unknown";
+    }
+  }
+
+  async blockCounters(): Promise<BlockCounters> {
+    const counters = await this.guard(() => this.client.counters(), "vm.counters");
+    const totals: BlockCounters = { readBytes: 0n, writeBytes: 0n, readOps: 0n, writeOps: 0n };
+    for (const [id, values] of Object.entries(counters)) {
+      // Disks are the devices with block counters (net devices have rx_/tx_ ones).
+      if (!id.startsWith("disk") && values.read_ops === undefined) continue;
+      totals.readBytes += BigInt(values.read_bytes ?? 0);
+      totals.writeBytes += BigInt(values.write_bytes ?? 0);
+      totals.readOps += BigInt(values.read_ops ?? 0);
+      totals.writeOps += BigInt(values.write_ops ?? 0);
+    }
+    return totals;
+  }
+
+  async pause(): Promise<void> {
+    await this.guard(() => this.client.pause(), "vm.pause");
+  }
+
+  async resume(): Promise<void> {
+    await this.guard(() => this.client.resume(), "vm.resume");
+  }
+
+  stop(graceMs: number): Promise<VmmExit> {
+    this.stopping ??= this.whileWaiting(this.stopNow(graceMs));
+    return this.stopping;
+  }
+
+  /** The child is unref'd (it must not hold the worker open), so keep the loop alive while a caller waits on it. */
+  private async whileWaiting<T>(work: Promise<T>): Promise<T> {
+    const keepAlive = setInterval(() => {}, 1000);
+    try {
+      return await work;
+    } finally {
+      clearInterval(keepAlive);
+    }
+  }
+
+  private async stopNow(graceMs: number): Promise<VmmExit> {
+    if (this.hasExited) return this.exited;
+    const deadline = Date.now() + graceMs;
+    let guestOff = false;
+    try {
+      await this.client.powerButton();
+      // CH exits by itself when the guest powers off; a VM left in Shutdown state also counts.
+      while (!this.hasExited && Date.now() < deadline) {
+        if (this.lastEventState === "shutdown") guestOff = true;
+        const state = await this.client.info(Math.max(100, deadline - Date.now())).then((info) => info.state, () => undefined);
+        if (state === "Shutdown") guestOff = true;
+        if (guestOff) {
+          this.guestWentOff = true;
+          break;
+        }
+        await this.sleepOrWake(Math.min(this.pollIntervalMs, Math.max(1, deadline - Date.now())));
+      }
+    } catch (err) {
+      this.log.debug({ err: (err as Error).message }, "power button not delivered");
+    }
+    if (!this.hasExited && guestOff) {
+      // Cloud Hypervisor exits by itself once the guest is off: give it a moment.
+      await this.exitedWithin(1000);
+    }
+    if (!this.hasExited) {
+      // Orderly teardown; each step may fail when the VM is already further along.
+      this.tornDownByUs = true;
+      for (const step of [() => this.client.shutdownVm(2000), () => this.client.deleteVm(2000), () => this.client.shutdownVmm(2000)]) {
+        if (this.hasExited) break;
+        await step().catch((err: Error) => this.log.debug({ err: err.message }, "teardown step failed"));
+      }
+      if (!(await this.exitedWithin(2000))) return this.killNow();
+    }
+    return this.exited;
+  }
+
+  kill(): Promise<VmmExit> {
+    return this.whileWaiting(this.killNow());
+  }
+
+  private async killNow(): Promise<VmmExit> {
+    if (!this.hasExited && (await isSameLiveProcess(this.record.pid, this.record.startTime))) {
+      this.killedByUs = true;
+      signalProcess(this.record.pid, "SIGKILL");
+    }
+    this.hurry();
+    await this.virtiofsd?.kill();
+    return this.exited;
+  }
+
+  /** The exit, if it happens within `ms`. */
+  private async exitedWithin(ms: number): Promise<VmmExit | undefined> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), ms)));
+    try {
+      return await Promise.race([this.exited, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private onEvent(event: ChEvent): void {
+    const state = eventRunState(event);
+    this.log.debug({ source: event.source, event: event.event }, "cloud-hypervisor event");
+    if (state) {
+      this.lastEventState = state;
+      this.wake();
+    }
+  }
+
+  private wake(): void {
+    for (const waker of this.wakers) waker();
+    this.wakers.clear();
+  }
+
+  private sleepOrWake(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.wakers.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.wakers.add(done);
+    });
+  }
+
+  private async describeExit(code: number | null, signal: NodeJS.Signals | null): Promise<VmmExit> {
+    if (signal) {
+      const hint = signal === "SIGKILL" && !this.killedByUs ? " (not sent by the worker: out of memory?)" : "";
+      return { code, signal, description: `killed by ${signal}${hint}` };
+    }
+    if (code === 0) {
+      const guestOff = !this.tornDownByUs && (this.guestWentOff || this.lastEventState === "shutdown");
+      return { code, signal, description: guestOff ? "exited with code 0 (guest powered off)" : "exited with code 0" };
+    }
+    const last = (await tailLines(this.paths.stdio, 1))[0] ?? (await tailLines(this.paths.log, 1))[0];
+    return { code, signal, description: `exited with code ${code}${last ? `: ${last}` : ""}` };
+  }
+}

@@ -1,0 +1,144 @@
+// Process helpers shared by the VMM backends: detached spawn, identity by /proc start time,
+// exit watching for children and for adopted (non-child) processes, kill with wait.
+import { spawn, type ChildProcess } from "node:child_process";
+import { closeSync, openSync } from "node:fs";
+import { open, readFile } from "node:fs/promises";
+import { constants as osConstants } from "node:os";
+
+/** Fields of /proc/<pid>/stat after the command name: state (field 3) and start time (field 22). */
+export async function readProcStat(pid: number): Promise<{ state: string; startTime: string } | undefined> {
+  let text: string;
+  try {
+    text = await readFile(`/proc/${pid}/stat`, "utf8");
+  } catch {
+    return undefined;
+  }
+  // The command name (field 2) may hold spaces and parentheses: split after the last ")".
+  const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
+  const state = fields[0];
+  const startTime = fields[19];
+  if (!state || !startTime) return undefined;
+  return { state, startTime };
+}
+
+/** The process start time (field 22 of /proc/<pid>/stat), or undefined when it is gone. */
+export async function readStartTime(pid: number): Promise<string | undefined> {
+  return (await readProcStat(pid))?.startTime;
+}
+
+/** True while the process with this pid and start time exists and is not a zombie. */
+export async function isSameLiveProcess(pid: number, startTime: string): Promise<boolean> {
+  const stat = await readProcStat(pid);
+  return stat !== undefined && stat.startTime === startTime && stat.state !== "Z" && stat.state !== "X";
+}
+
+/**
+ * Watches a process that is not our child, where no exit event exists: `exited` resolves once it
+ * is gone, a zombie, or its pid was reused. `hurry` is for a caller with a hint that the end is
+ * near (its control socket closed, it sent SIGKILL): check at once, then every few milliseconds.
+ */
+export function watchNonChild(pid: number, startTime: string, intervalMs = 100): { exited: Promise<void>; hurry(): void } {
+  let hurry = () => {};
+  const exited = new Promise<void>((resolve) => {
+    let timer: NodeJS.Timeout | undefined;
+    let checking = false;
+    let done = false;
+    const check = async () => {
+      if (checking || done) return;
+      checking = true;
+      clearTimeout(timer);
+      const alive = await isSameLiveProcess(pid, startTime);
+      checking = false;
+      if (!alive) {
+        done = true;
+        return resolve();
+      }
+      timer = setTimeout(check, intervalMs);
+      timer.unref();
+    };
+    hurry = () => {
+      intervalMs = 5;
+      void check();
+    };
+    void check();
+  });
+  return { exited, hurry: () => hurry() };
+}
+
+/** Sends a signal; false when the process no longer exists. */
+export function signalProcess(pid: number, signal: NodeJS.Signals): boolean {
+  try {
+    process.kill(pid, signal);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ESRCH") return false;
+    throw err;
+  }
+}
+
+export interface SpawnedProcess {
+  child: ChildProcess;
+  pid: number;
+  startTime: string;
+  /** Resolves when the child exits, with its code or signal. Never rejects. */
+  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/**
+ * Starts a process in its own process group, stdio to `logPath` (append), not tied to our
+ * lifetime: a worker restart neither kills it nor breaks its pipes.
+ */
+export async function spawnDetached(binary: string, argv: string[], logPath: string): Promise<SpawnedProcess> {
+  const logFd = openSync(logPath, "a", 0o600);
+  let child: ChildProcess;
+  try {
+    child = spawn(binary, argv, { detached: true, stdio: ["ignore", logFd, logFd] });
+  } finally {
+    closeSync(logFd);
+  }
+  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    child.once("exit", (code, signal) => resolve({ code, signal }));
+  });
+  // A missing binary surfaces as an "error" event right after spawn, with no pid.
+  const spawnError = await new Promise<NodeJS.ErrnoException | undefined>((resolve) => {
+    child.once("spawn", () => resolve(undefined));
+    child.once("error", (err) => resolve(err as NodeJS.ErrnoException));
+  });
+  if (spawnError) throw spawnError;
+  child.on("error", () => undefined); // a later failed kill(): callers check liveness themselves
+  child.unref();
+  const pid = child.pid!;
+  // The pid exists from fork on; only a process already reaped has no stat, then any value will do.
+  const startTime = (await readStartTime(pid)) ?? "0";
+  return { child, pid, startTime, exit };
+}
+
+/** Name of a signal number, e.g. 9 -> "SIGKILL". */
+export function signalName(signal: number): string {
+  const entry = Object.entries(osConstants.signals).find(([, value]) => value === signal);
+  return entry ? entry[0] : `signal ${signal}`;
+}
+
+/** The last non-empty lines of a text file (reads at most the last 16 KiB). */
+export async function tailLines(path: string, count: number): Promise<string[]> {
+  let handle;
+  try {
+    handle = await open(path, "r");
+  } catch {
+    return [];
+  }
+  try {
+    const { size } = await handle.stat();
+    const length = Math.min(size, 16384);
+    const buffer = Buffer.alloc(length);
+    await handle.read(buffer, 0, length, size - length);
+    return buffer
+      .toString("utf8")
+      .split("\n")
+      .map((line) => line.trimEnd())
+      .filter(Boolean)
+      .slice(-count);
+  } finally {
+    await handle.close();
+  }
+}

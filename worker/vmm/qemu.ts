@@ -1,0 +1,429 @@
+// The QEMU backend: one detached qemu-system-x86_64 per VM (microvm machine), driven over QMP.
+import { constants } from "node:fs";
+import { access, open, unlink } from "node:fs/promises";
+import { delimiter, join } from "node:path";
+import type { Logger } from "pino";
+import { WorkerError, failedPrecondition, internal, unavailable } from "../core/errors.js";
+import type {
+  BlockCounters,
+  GuestRunState,
+  VmLaunchSpec,
+  VmmBackend,
+  VmmExit,
+  VmmHandle,
+  VmmProcessRecord,
+} from "../ports.js";
+import { hostTscKhz, type Accelerator } from "./accel.js";
+import { isSameLiveProcess, signalProcess, spawnDetached, tailLines, watchNonChild } from "./process.js";
+import { QmpClient, QmpConnectionError } from "./qmp.js";
+
+export interface QemuBackendOptions {
+  /** Name on PATH or absolute path. */
+  qemuBinary?: string;
+  accel: Accelerator;
+  logger: Logger;
+  /** For tsc_early_khz on TCG; defaults to the host's. */
+  tscKhz?: number;
+  /** QEMU -cpu model; "host" on KVM and "max" on TCG by default. */
+  cpuModel?: string;
+  /** From spawn to the QMP socket answering; past it the launch fails. */
+  qmpConnectTimeoutMs?: number;
+}
+
+export const QMP_SOCKET = "qmp.sock";
+export const VMM_LOG = "vmm.log";
+/** sun_path holds 108 bytes including the terminating NUL. */
+const MAX_UNIX_SOCKET_PATH = 107;
+
+type KernelFormat = "elf" | "bzimage" | "unknown";
+
+/** ELF vmlinux (booted through its PVH note) or bzImage (booted by microvm's qboot firmware). */
+export async function kernelFormat(path: string): Promise<KernelFormat> {
+  const handle = await open(path, "r");
+  try {
+    const head = Buffer.alloc(0x206);
+    const { bytesRead } = await handle.read(head, 0, head.length, 0);
+    if (bytesRead >= 4 && head.subarray(0, 4).equals(Buffer.from([0x7f, 0x45, 0x4c, 0x46]))) return "elf";
+    if (bytesRead >= 0x206 && head.subarray(0x202, 0x206).toString("latin1") === "HdrS") return "bzimage";
+    return "unknown";
+  } finally {
+    await handle.close();
+  }
+}
+
+/** QEMU option values separate on commas; a literal comma is written twice. */
+function optionValue(value: string): string {
+  return value.replaceAll(",", ",,");
+}
+
+/** QEMU's argument vector for one VM. No secret is ever on it: only paths. */
+export function qemuArgv(
+  spec: Omit<VmLaunchSpec, "vmDir" | "consolePath"> & { consolePath?: string },
+  options: { accel: Accelerator; qmpSocket?: string; cpuModel?: string },
+): string[] {
+  const argv = [
+    // The process name shows in /proc/<pid>/comm and cmdline: how an operator spots whose VMM it is.
+    "-name", `pcr-${optionValue(spec.id)},process=pcr-${optionValue(spec.id)}`,
+    "-M", "microvm,acpi=on,rtc=on,pcie=off",
+    "-accel", options.accel,
+    "-cpu", options.cpuModel ?? defaultCpuModel(options.accel),
+    "-smp", String(spec.cpu),
+    "-m", `${Math.ceil(spec.memoryBytes / (1024 * 1024))}M`,
+    "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+    "-kernel", spec.kernel,
+    ...(spec.initrd ? ["-initrd", spec.initrd] : []),
+    "-append", spec.cmdline,
+    "-device", "virtio-rng-device",
+  ];
+  if (spec.consolePath) {
+    // append=on: QEMU never truncates a console the core already holds lines of, and O_APPEND keeps
+    // copy-then-truncate rotation safe (a renamed file would keep receiving output instead).
+    argv.push("-chardev", `file,id=console,path=${optionValue(spec.consolePath)},append=on`, "-serial", "chardev:console");
+  } else {
+    argv.push("-serial", "stdio");
+  }
+  if (spec.image) {
+    argv.push(
+      "-drive", `id=root,file=${optionValue(spec.image)},format=raw,if=none,readonly=on`,
+      "-device", "virtio-blk-device,drive=root",
+    );
+  }
+  if (spec.net) {
+    argv.push(
+      "-netdev", `tap,id=n0,ifname=${optionValue(spec.net.tap)},script=no,downscript=no`,
+      "-device", `virtio-net-device,netdev=n0,mac=${spec.net.mac}`,
+    );
+  }
+  if (spec.share) {
+    argv.push(
+      "-fsdev", `local,id=share,path=${optionValue(spec.share.hostDir)},security_model=none,readonly=on`,
+      "-device", `virtio-9p-device,fsdev=share,mount_tag=${optionValue(spec.share.tag)}`,
+    );
+  }
+  if (options.qmpSocket) argv.push("-qmp", `unix:${optionValue(options.qmpSocket)},server=on,wait=off`);
+  return argv;
+}
+
+export function defaultCpuModel(accel: Accelerator): string {
+  return accel === "kvm" ? "host" : "max";
+}
+
+/** microvm has no PIT calibration source under TCG: without the TSC frequency, boots hang at random. */
+export function extraCmdlineFor(accel: Accelerator, tscKhz = hostTscKhz()): string[] {
+  return accel === "tcg" && tscKhz ? [`tsc_early_khz=${tscKhz}`] : [];
+}
+
+/** Absolute path of the binary, or undefined when it is nowhere on PATH. */
+async function resolveBinary(binary: string): Promise<string | undefined> {
+  const candidates = binary.includes("/")
+    ? [binary]
+    : (process.env.PATH ?? "/usr/local/bin:/usr/bin:/bin").split(delimiter).filter(Boolean).map((dir) => join(dir, binary));
+  for (const candidate of candidates) {
+    try {
+      await access(candidate, constants.X_OK);
+      return candidate;
+    } catch {
+      // next
+    }
+  }
+  return undefined;
+}
+
+export function createQemuBackend(options: QemuBackendOptions): VmmBackend {
+  const qemuBinary = options.qemuBinary ?? "qemu-system-x86_64";
+  const log = options.logger.child({ backend: "qemu" });
+  const tscKhz = options.tscKhz ?? hostTscKhz();
+  let resolved: Promise<string | undefined> | undefined;
+
+  return {
+    name: "qemu",
+    shareKind: "9p",
+
+    extraCmdline() {
+      return extraCmdlineFor(options.accel, tscKhz);
+    },
+
+    async launch(spec) {
+      resolved ??= resolveBinary(qemuBinary);
+      const binary = await resolved;
+      if (!binary) {
+        resolved = undefined; // installed later? look again next time
+        throw failedPrecondition(`${qemuBinary} not found; install qemu-system-x86`);
+      }
+      const format = await kernelFormat(spec.kernel);
+      if (format === "unknown") throw failedPrecondition(`kernel ${spec.kernel} is neither an ELF vmlinux nor a bzImage`);
+      const qmpSocket = join(spec.vmDir, QMP_SOCKET);
+      if (Buffer.byteLength(qmpSocket) > MAX_UNIX_SOCKET_PATH) {
+        throw failedPrecondition(`control socket path ${qmpSocket} exceeds ${MAX_UNIX_SOCKET_PATH} bytes; use a shorter state directory`);
+      }
+      await unlink(qmpSocket).catch(() => undefined);
+      const argv = qemuArgv(spec, { accel: options.accel, qmpSocket, cpuModel: options.cpuModel });
+      const logPath = join(spec.vmDir, VMM_LOG);
+      const vmLog = log.child({ vmId: spec.id });
+      const spawnedAt = performance.now();
+      let spawned;
+      try {
+        spawned = await spawnDetached(binary, argv, logPath);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code === "ENOENT") throw failedPrecondition(`${qemuBinary} not found; install qemu-system-x86`);
+        throw internal(`cannot start ${qemuBinary}: ${(err as Error).message}`, err);
+      }
+      const record: VmmProcessRecord = {
+        backend: "qemu",
+        pid: spawned.pid,
+        startTime: spawned.startTime,
+        controlSocket: qmpSocket,
+        helpers: [],
+      };
+      const qmp = await connectWhileAlive(qmpSocket, spawned.exit, options.qmpConnectTimeoutMs ?? 10000).catch(async (err) => {
+        signalProcess(spawned.pid, "SIGKILL");
+        const { code, signal } = await spawned.exit;
+        const exit = await describeExit(code, signal, logPath);
+        if (err instanceof ExitedFirst) throw failedPrecondition(`QEMU exited at start: ${exit.description}`);
+        throw internal(`QEMU control socket did not answer: ${(err as Error).message}`, err);
+      });
+      const qmpReadyMs = performance.now() - spawnedAt;
+      vmLog.debug({ pid: spawned.pid, qmpReadyMs: Math.round(qmpReadyMs), format }, "qemu started");
+      const handle = new QemuHandle(record, qmp, logPath, vmLog, { exit: spawned.exit });
+      handle.timings = { spawnedAt, qmpReadyMs };
+      return handle;
+    },
+
+    async adopt(record, vmDir) {
+      if (record.backend !== "qemu") return undefined;
+      if (!(await isSameLiveProcess(record.pid, record.startTime))) return undefined;
+      const logPath = join(vmDir, VMM_LOG);
+      const vmLog = log.child({ pid: record.pid, vmDir });
+      const watcher = watchNonChild(record.pid, record.startTime);
+      const gone = watcher.exited.then(() => "gone" as const);
+      let qmp: QmpClient | undefined;
+      try {
+        qmp = await connectWhileAlive(record.controlSocket, gone, 2000);
+      } catch (err) {
+        // Alive but deaf: keep it adopted (stop and kill still work by signal) rather than leak it.
+        vmLog.warn({ err: (err as Error).message }, "adopted QEMU without a QMP connection");
+      }
+      return new QemuHandle(record, qmp, logPath, vmLog, { watcher });
+    },
+  };
+}
+
+class ExitedFirst extends Error {}
+
+/**
+ * The VMM child is unref'd (it must not keep a stopping worker alive), so whoever awaits its exit
+ * keeps the event loop alive meanwhile, or a script awaiting stop() would just end.
+ */
+async function holdingLoop<T>(work: Promise<T>): Promise<T> {
+  const keepAlive = setInterval(() => undefined, 1 << 30);
+  try {
+    return await work;
+  } finally {
+    clearInterval(keepAlive);
+  }
+}
+
+/** Connects to QEMU's QMP socket, retrying while QEMU has not created it yet. */
+async function connectWhileAlive(path: string, exit: Promise<unknown>, timeoutMs: number): Promise<QmpClient> {
+  let exited = false;
+  void exit.then(() => (exited = true));
+  const deadline = performance.now() + timeoutMs;
+  for (let attempt = 0; ; attempt++) {
+    if (exited) throw new ExitedFirst("exited");
+    try {
+      return await QmpClient.connect(path, Math.max(100, deadline - performance.now()));
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      const retryable = code === "ENOENT" || code === "ECONNREFUSED" || err instanceof QmpConnectionError;
+      if (!retryable || performance.now() > deadline) throw err;
+    }
+    // QEMU creates the socket within tens of milliseconds: short polls, no long sleeps.
+    await Promise.race([new Promise((resolve) => setTimeout(resolve, attempt < 50 ? 5 : 20)), exit]);
+  }
+}
+
+/** `shutdownReason` is from QMP's last SHUTDOWN event: QEMU exits 0 for a power-off and a reset alike. */
+async function describeExit(code: number | null, signal: NodeJS.Signals | string | null, logPath: string, shutdownReason?: string): Promise<VmmExit> {
+  if (signal === "SIGKILL") return { code, signal, description: "killed by SIGKILL" };
+  if (code === 0 && !signal) {
+    const why = shutdownReason === "guest-reset" ? "the guest rebooted, which -no-reboot turns into an exit (a kernel panic does that)" : "guest powered off";
+    return { code, signal, description: `exited with code 0 (${why})` };
+  }
+  const tail = (await tailLines(logPath, 3)).join(" | ");
+  const what = signal ? `killed by ${signal}` : code === null ? "exited (status unknown)" : `exited with code ${code}`;
+  return { code, signal, description: tail ? `${what}: ${tail}` : what };
+}
+
+interface QmpStatus {
+  status: string;
+  running: boolean;
+}
+
+class QemuHandle implements VmmHandle {
+  readonly exited: Promise<VmmExit>;
+  /** Measured by launch, for logs and benches. */
+  timings: { spawnedAt: number; qmpReadyMs: number } | undefined;
+  private exitValue: VmmExit | undefined;
+  private stopping: Promise<VmmExit> | undefined;
+  private killing: Promise<VmmExit> | undefined;
+  private killedByUs = false;
+  /** Reason of the guest-initiated SHUTDOWN event, if one came. */
+  private guestShutdown: string | undefined;
+  /** Adopted VMMs are not our children: their pid could be reused, and their exit is polled. */
+  private readonly adopted: boolean;
+  private hurry: () => void = () => {};
+
+  constructor(
+    readonly record: VmmProcessRecord,
+    private readonly qmp: QmpClient | undefined,
+    private readonly logPath: string,
+    private readonly log: Logger,
+    source: { exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }> } | { watcher: { exited: Promise<void>; hurry(): void } },
+  ) {
+    qmp?.on("event", (event) => {
+      if (event.event === "SHUTDOWN" && event.data.guest === true) this.guestShutdown = String(event.data.reason);
+      this.log.debug({ event: event.event, data: event.data }, "qmp event");
+    });
+    this.adopted = !("exit" in source);
+    if ("exit" in source) {
+      this.exited = source.exit.then(({ code, signal }) => describeExit(code, signal, this.logPath, this.guestShutdown));
+    } else {
+      // Not our child: no exit status. The QMP socket closing is the hint that the end is near;
+      // a guest SHUTDOWN event seen before it means QEMU exited 0 (as it would tell a parent).
+      qmp?.once("close", () => source.watcher.hurry());
+      this.hurry = () => source.watcher.hurry();
+      this.exited = source.watcher.exited.then(() =>
+        this.killedByUs
+          ? describeExit(null, "SIGKILL", this.logPath)
+          : this.guestShutdown
+            ? describeExit(0, null, this.logPath, this.guestShutdown)
+            : describeExit(null, null, this.logPath),
+      );
+    }
+    void this.exited.then((exit) => {
+      this.exitValue = exit;
+      void this.qmp?.close();
+    });
+  }
+
+  private get control(): QmpClient {
+    if (this.exitValue) throw failedPrecondition(`the VMM has exited (${this.exitValue.description})`);
+    if (!this.qmp?.isOpen) throw unavailable("no QMP connection to the VMM");
+    return this.qmp;
+  }
+
+  private async execute<T>(command: string, args?: Record<string, unknown>): Promise<T> {
+    try {
+      return await this.control.execute<T>(command, args);
+    } catch (err) {
+      if (err instanceof WorkerError) throw err;
+      if (this.exitValue) throw failedPrecondition(`the VMM has exited (${this.exitValue.description})`);
+      throw unavailable((err as Error).message);
+    }
+  }
+
+  async waitRunning(timeoutMs: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    let done = false;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new WorkerError("DEADLINE_EXCEEDED", `QEMU did not report the guest running within ${timeoutMs} ms`)),
+        timeoutMs,
+      );
+    });
+    const exitedFirst = this.exited.then((exit) => {
+      throw failedPrecondition(`QEMU exited before the guest ran: ${exit.description}`);
+    });
+    const poll = (async () => {
+      // Without -S QEMU runs the guest from the start: the first answer is almost always "running".
+      for (let attempt = 0; !done; attempt++) {
+        const status = await this.execute<QmpStatus>("query-status").catch(async (err) => {
+          // QMP closes just before the exit is known: let exitedFirst report it, with its description.
+          if (this.exitValue || !this.qmp?.isOpen) await this.exited;
+          if (this.exitValue) return undefined;
+          throw err;
+        });
+        if (status?.running) return;
+        await new Promise((resolve) => setTimeout(resolve, attempt < 20 ? 10 : 50));
+      }
+    })();
+    try {
+      await holdingLoop(Promise.race([poll, exitedFirst, timeout]));
+    } finally {
+      done = true;
+      clearTimeout(timer);
+      exitedFirst.catch(() => undefined);
+      poll.catch(() => undefined); // a query in flight when the race ended
+    }
+  }
+
+  async runState(): Promise<GuestRunState> {
+    if (this.exitValue) return "shutdown";
+    const status = await this.execute<QmpStatus>("query-status").catch(() => undefined);
+    if (!status) return this.exitValue ? "shutdown" : "unknown";
+    if (status.running) return "running";
+    if (status.status === "shutdown" || status.status === "guest-panicked") return "shutdown";
+    if (status.status === "paused" || status.status === "suspended") return "paused";
+    return "unknown";
+  }
+
+  async blockCounters(): Promise<BlockCounters> {
+    const devices = await this.execute<{ device?: string; qdev?: string; stats: Record<string, number> }[]>("query-blockstats");
+    const root = devices.find((entry) => entry.device === "root");
+    const stats = root?.stats ?? {};
+    return {
+      readBytes: BigInt(stats.rd_bytes ?? 0),
+      writeBytes: BigInt(stats.wr_bytes ?? 0),
+      readOps: BigInt(stats.rd_operations ?? 0),
+      writeOps: BigInt(stats.wr_operations ?? 0),
+    };
+  }
+
+  async pause(): Promise<void> {
+    await this.execute("stop");
+  }
+
+  async resume(): Promise<void> {
+    await this.execute("cont");
+  }
+
+  stop(graceMs: number): Promise<VmmExit> {
+    this.stopping ??= holdingLoop((async () => {
+      if (this.exitValue) return this.exitValue;
+      try {
+        await this.control.execute("system_powerdown");
+      } catch (err) {
+        this.log.debug({ err: (err as Error).message }, "system_powerdown failed; killing");
+        return this.kill();
+      }
+      let timer: NodeJS.Timeout | undefined;
+      const graceOver = new Promise<"grace over">((resolve) => (timer = setTimeout(() => resolve("grace over"), graceMs)));
+      const first = await Promise.race([this.exited, graceOver]);
+      clearTimeout(timer);
+      if (first !== "grace over") return first;
+      this.log.info({ graceMs }, "guest did not power off in time; killing");
+      return this.kill();
+    })());
+    return this.stopping;
+  }
+
+  kill(): Promise<VmmExit> {
+    this.killing ??= holdingLoop((async () => {
+      if (this.exitValue) return this.exitValue;
+      // A child cannot be replaced under its pid before we reap it; an adopted one can, so check.
+      if (!this.adopted || (await isSameLiveProcess(this.record.pid, this.record.startTime))) {
+        this.killedByUs = true;
+        signalProcess(this.record.pid, "SIGKILL");
+      }
+      this.hurry();
+      return this.exited;
+    })());
+    return this.killing;
+  }
+
+  /** Drops the QMP connection without touching the VMM (a worker handing it over to its successor). */
+  async detach(): Promise<void> {
+    await this.qmp?.close();
+  }
+}
