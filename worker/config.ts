@@ -27,6 +27,8 @@ export const configSchema = z.strictObject({
   /** DNS server the guests may use and the worker resolves allowedDomains with. */
   resolver: z.string().optional(),
   uplink: z.string().optional(),
+  /** TCP ports on the host that guests may reach (besides DNS to the resolver); none by default. */
+  hostAllowedPorts: z.array(z.number().int().min(1).max(65535)).default([]),
   maxVms: z.number().int().positive().default(64),
   maxCpuPerVm: z.number().int().positive().default(cpus().length),
   maxTotalCpu: z.number().int().positive().default(cpus().length * 4),
@@ -35,6 +37,8 @@ export const configSchema = z.strictObject({
   maxTtlSeconds: z.number().int().positive().default(7 * 24 * 3600),
   bootTimeoutMs: z.number().int().positive().default(30_000),
   stopGraceMs: z.number().int().nonnegative().default(2_000),
+  /** Serial console bytes kept per VM; older bytes are dropped, read offsets stay monotonic. */
+  consoleMaxBytes: z.number().int().min(64 * 1024).default(8 * 1024 * 1024),
   counterIntervalMs: z.number().int().positive().default(2_000),
   maxCallsPerConnection: z.number().int().positive().default(256),
   stopVmsOnExit: z.boolean().default(false),
@@ -65,6 +69,7 @@ function fromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
     const value = env[envName(key)];
     if (value === undefined || value === "") continue;
     if (key === "trustedKeys") out[key] = value.split(/[\s,]+/).filter(Boolean);
+    else if (key === "hostAllowedPorts") out[key] = value.split(/[\s,]+/).filter(Boolean).map(Number);
     else if (numberKeys.has(key)) out[key] = Number(value);
     else if (booleanKeys.has(key)) out[key] = /^(1|true|yes|on)$/i.test(value);
     else out[key] = value;
@@ -99,7 +104,8 @@ export function loadConfig(argv: string[] = hideBin(process.argv), env: NodeJS.P
     .option("bridge", { type: "string" })
     .option("subnet", { type: "string" })
     .option("resolver", { type: "string" })
-    .option("uplink", { type: "string" })
+    .option("uplink", { type: "string", describe: "Interface guests' allowed egress is NATed out of" })
+    .option("host-allowed-port", { type: "number", array: true, describe: "Host TCP port guests may reach (repeatable)" })
     .option("max-vms", { type: "number" })
     .option("max-cpu-per-vm", { type: "number" })
     .option("max-total-cpu", { type: "number" })
@@ -109,6 +115,7 @@ export function loadConfig(argv: string[] = hideBin(process.argv), env: NodeJS.P
     .option("boot-timeout-ms", { type: "number" })
     .option("stop-grace-ms", { type: "number" })
     .option("counter-interval-ms", { type: "number" })
+    .option("console-max-bytes", { type: "number", describe: "Console bytes kept per VM (oldest dropped)" })
     .option("max-calls-per-connection", { type: "number" })
     .option("stop-vms-on-exit", { type: "boolean" })
     .option("http-listen", { type: "string", describe: "host:port for /healthz /readyz /metrics, or off" })
@@ -123,7 +130,8 @@ export function loadConfig(argv: string[] = hideBin(process.argv), env: NodeJS.P
   const fromFile = configFile ? (JSON.parse(readFileSync(configFile, "utf8")) as Record<string, unknown>) : {};
   const fromFlags: Record<string, unknown> = {};
   for (const key of Object.keys(configSchema.shape)) {
-    const value = key === "trustedKeys" ? args["trusted-key"] : (args as Record<string, unknown>)[key];
+    const value =
+      key === "trustedKeys" ? args["trusted-key"] : key === "hostAllowedPorts" ? args["host-allowed-port"] : (args as Record<string, unknown>)[key];
     if (value !== undefined) fromFlags[key] = value;
   }
   const merged = { ...fromFile, ...fromEnv(env), ...fromFlags };

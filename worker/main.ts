@@ -33,6 +33,7 @@ async function run(config: WorkerConfig): Promise<void> {
         subnet: config.subnet,
         resolver: config.resolver,
         uplink: config.uplink,
+        hostAllowedPorts: config.hostAllowedPorts,
         statePath: join(config.stateDir, "network.json"),
         logger,
       })
@@ -56,6 +57,7 @@ async function run(config: WorkerConfig): Promise<void> {
       maxTotalMemoryBytes: config.maxTotalMemoryBytes,
       maxTtlSeconds: config.maxTtlSeconds,
       maxReadBytes: 1024 * 1024,
+      consoleMaxBytes: config.consoleMaxBytes,
     },
     timeouts: { bootMs: config.bootTimeoutMs, stopGraceMs: config.stopGraceMs },
     observer: {
@@ -68,7 +70,10 @@ async function run(config: WorkerConfig): Promise<void> {
   metrics = new WorkerMetrics(() => service.listVms());
   await service.recover();
 
-  const sampler = setInterval(() => void service.sampleAllCounters().catch(() => undefined), config.counterIntervalMs);
+  const sampler = setInterval(() => {
+    void service.sampleAllCounters().catch(() => undefined);
+    void service.trimConsoles();
+  }, config.counterIntervalMs);
   sampler.unref();
 
   const audit = new AuditLog(config.auditLog ?? join(config.stateDir, "audit.log"));

@@ -28,8 +28,13 @@ export interface RecordRepo {
   /** Removes the record and the VM's directory. Idempotent. */
   remove(id: string): Promise<void>;
   loadAll(): Promise<{ records: VmRecord[]; unreadable: string[] }>;
-  /** Up to maxBytes of the console from offset, and the offset after them. */
+  /**
+   * Up to maxBytes of the console from offset, and the offset after them. Offsets are positions
+   * in everything the guest ever printed: an offset before the oldest kept byte reads from there.
+   */
   readConsole(id: string, offset: bigint, maxBytes: number): Promise<{ data: Uint8Array; nextOffset: bigint }>;
   /** The last maxBytes of the console. */
   readConsoleTail(id: string, maxBytes: number): Promise<Uint8Array>;
+  /** Drops the oldest console bytes so that at most about keepBytes remain; offsets do not move. */
+  trimConsole(id: string, keepBytes: number): Promise<void>;
 }

@@ -30,6 +30,8 @@ export interface ServiceLimits extends SpecLimits {
   maxTotalMemoryBytes: number;
   maxTtlSeconds: number;
   maxReadBytes: number;
+  /** Console bytes kept per VM; older ones are dropped (offsets stay monotonic). */
+  consoleMaxBytes: number;
 }
 
 export interface ServiceTimeouts {
@@ -96,6 +98,16 @@ export class WorkerService implements WorkerApi {
   /** Refreshes every live VM's counters; the worker calls this on a timer. */
   async sampleAllCounters(): Promise<void> {
     await Promise.all([...this.vms.values()].map((vm) => this.sampleCounters(vm)));
+  }
+
+  /** Keeps every VM's console within its bound; the worker calls this on a timer. */
+  async trimConsoles(): Promise<void> {
+    for (const vm of this.vms.values()) {
+      if (!isLive(vm.record.status)) continue;
+      await this.deps.records.trimConsole(vm.record.id, this.deps.limits.consoleMaxBytes).catch((err: Error) => {
+        this.log.warn({ vmId: vm.record.id, err: err.message }, "cannot trim console");
+      });
+    }
   }
 
   async read(id: string, offset: bigint, maxBytes: number): Promise<ConsoleChunk> {

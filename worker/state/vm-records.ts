@@ -1,6 +1,10 @@
 // Per-VM state on disk: <stateDir>/vms/<id>/vm.json, written atomically (temp file, fsync, rename).
-import { mkdir, open, readdir, readFile, rename, rm } from "node:fs/promises";
+// The console file is bounded by punching holes at its head (fallocate): the VMM keeps appending
+// at the same offsets, disk use stays bounded and offsets stay monotonic for readers.
+import { execFile } from "node:child_process";
+import { mkdir, open, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { promisify } from "node:util";
 import type { RecordRepo, VmRecord } from "../core/records.js";
 
 export class FileRecordRepo implements RecordRepo {
@@ -16,6 +20,12 @@ export class FileRecordRepo implements RecordRepo {
 
   consolePath(id: string): string {
     return join(this.vmDir(id), "console.log");
+  }
+
+  /** Offset of the oldest console byte still kept (a file next to the console; 0 when absent). */
+  private async consoleStart(id: string): Promise<number> {
+    const text = await readFile(join(this.vmDir(id), "console.start"), "utf8").catch(() => "0");
+    return Number.parseInt(text, 10) || 0;
   }
 
   async init(): Promise<void> {
@@ -63,7 +73,7 @@ export class FileRecordRepo implements RecordRepo {
     if (!file) return new Uint8Array(0);
     try {
       const { size } = await file.stat();
-      const start = Math.max(0, size - maxBytes);
+      const start = Math.max(0, size - maxBytes, await this.consoleStart(id));
       const buffer = Buffer.alloc(size - start);
       const { bytesRead } = await file.read(buffer, 0, buffer.length, start);
       return buffer.subarray(0, bytesRead);
@@ -80,11 +90,29 @@ export class FileRecordRepo implements RecordRepo {
       return { data: new Uint8Array(0), nextOffset: offset };
     }
     try {
+      const from = offset < BigInt(Number.MAX_SAFE_INTEGER) ? Math.max(Number(offset), await this.consoleStart(id)) : Number.MAX_SAFE_INTEGER;
       const buffer = Buffer.alloc(maxBytes);
-      const { bytesRead } = await file.read(buffer, 0, maxBytes, Number(offset));
-      return { data: buffer.subarray(0, bytesRead), nextOffset: offset + BigInt(bytesRead) };
+      const { bytesRead } = await file.read(buffer, 0, maxBytes, from);
+      if (bytesRead === 0) return { data: new Uint8Array(0), nextOffset: offset };
+      return { data: buffer.subarray(0, bytesRead), nextOffset: BigInt(from + bytesRead) };
     } finally {
       await file.close();
     }
   }
+
+  async trimConsole(id: string, keepBytes: number): Promise<void> {
+    const path = this.consolePath(id);
+    const file = await open(path, "r").catch(() => undefined);
+    if (!file) return;
+    const { size } = await file.stat().finally(() => file.close());
+    const start = await this.consoleStart(id);
+    // Trim in whole pages, and only once the file is a quarter over, so this runs rarely.
+    if (size - start <= keepBytes + keepBytes / 4) return;
+    const newStart = Math.floor((size - keepBytes) / 4096) * 4096;
+    if (newStart <= start) return;
+    await execFileAsync("fallocate", ["--punch-hole", "--offset", "0", "--length", String(newStart), path]);
+    await writeFile(join(this.vmDir(id), "console.start"), String(newStart));
+  }
 }
+
+const execFileAsync = promisify(execFile);

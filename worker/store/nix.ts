@@ -69,7 +69,7 @@ export class NixStore implements StorePort {
     if (result.exitCode === 0) return;
     const reason = lastLine(result.stderr) || `exit code ${result.exitCode}`;
     if (result.timedOut) throw unavailable(`nix copy of ${path} from ${cacheUrl} timed out`);
-    if (/does not exist|not valid|don't know how to build|is not in|no such/i.test(result.stderr)) {
+    if (/does not exist|not valid|don't know how to build|is not in|no such|no substituter that can build/i.test(result.stderr)) {
       throw notFound(`store path ${path} is in neither the local store nor ${cacheUrl}: ${reason}`);
     }
     throw unavailable(`nix copy of ${path} from ${cacheUrl} failed: ${reason}`);

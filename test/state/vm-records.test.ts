@@ -1,0 +1,65 @@
+// FileRecordRepo on a real filesystem: atomic records and the bounded console.
+import assert from "node:assert/strict";
+import { appendFile, mkdtemp, readdir, rm, stat } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, test } from "node:test";
+import { FileRecordRepo } from "../../worker/state/vm-records.js";
+
+const base = await mkdtemp(join(tmpdir(), "pcr-records-"));
+after(() => rm(base, { recursive: true, force: true }));
+
+test("records are saved atomically and loaded back; a torn record is reported, not fatal", async () => {
+  const repo = new FileRecordRepo(base);
+  await repo.init();
+  await repo.createDir("vm-a");
+  const record = { id: "vm-a", status: "running", secretNames: [] } as unknown as Parameters<typeof repo.save>[0];
+  await repo.save(record);
+  await repo.createDir("vm-torn");
+  await appendFile(join(repo.vmDir("vm-torn"), "vm.json"), "{ half");
+  const { records, unreadable } = await repo.loadAll();
+  assert.deepEqual(records.map((r) => r.id), ["vm-a"]);
+  assert.deepEqual(unreadable, ["vm-torn"]);
+  assert.deepEqual((await readdir(repo.vmDir("vm-a"))).sort(), ["vm.json"]);
+  await repo.remove("vm-a");
+  await repo.remove("vm-torn");
+});
+
+test("the console is bounded: old bytes are dropped, disk use stays bounded, offsets stay monotonic", async () => {
+  const repo = new FileRecordRepo(base);
+  await repo.init();
+  await repo.createDir("vm-c");
+  const path = repo.consolePath("vm-c");
+  const line = (n: number) => `line ${String(n).padStart(6, "0")}\n`; // 12 bytes
+  let written = 0;
+  for (let chunk = 0; chunk < 100; chunk++) {
+    const text = Array.from({ length: 1000 }, (_, i) => line(chunk * 1000 + i)).join("");
+    await appendFile(path, text);
+    written += text.length;
+    await repo.trimConsole("vm-c", 64 * 1024);
+  }
+  const info = await stat(path);
+  assert.equal(info.size, written, "the file keeps its logical size: the VMM appends at the same offsets");
+  assert.ok(info.blocks * 512 <= 64 * 1024 * 1.25 + 2 * 4096 + 12_000, `disk use ${info.blocks * 512} bytes is bounded`);
+
+  // Reading from 0 starts at the oldest byte kept, and nextOffset says where that was.
+  const first = await repo.readConsole("vm-c", 0n, 4096);
+  assert.ok(first.nextOffset > 4096n, "offsets of dropped bytes are skipped, not reused");
+  const startOffset = Number(first.nextOffset) - first.data.length;
+  assert.equal(startOffset % 4096, 0);
+  assert.ok(!first.data.includes(0), "no zeros from the punched hole");
+  // The kept tail reads on to the end, monotonic, and ends with the last line written.
+  let offset = first.nextOffset;
+  let last = Buffer.from(first.data);
+  for (;;) {
+    const next = await repo.readConsole("vm-c", offset, 65536);
+    if (next.data.length === 0) break;
+    assert.equal(next.nextOffset, offset + BigInt(next.data.length));
+    offset = next.nextOffset;
+    last = Buffer.from(next.data);
+  }
+  assert.equal(Number(offset), written);
+  assert.ok(last.toString().endsWith(line(99_999)));
+  const tail = Buffer.from(await repo.readConsoleTail("vm-c", 24)).toString();
+  assert.equal(tail, line(99_998) + line(99_999));
+});
