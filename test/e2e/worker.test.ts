@@ -1,63 +1,14 @@
 // End to end through the CLI against a running worker: real QEMU, real Nix store, real sockets.
 import assert from "node:assert/strict";
 import { execa } from "execa";
-import { existsSync, readdirSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import { testGuest, type TestGuestSpec } from "../helpers/repo.js";
+import { assertNothingLeft, createFromSpec, listJson, vmmPids, waitFor, waitForConsole, withCommand } from "../helpers/vm.js";
 import { destroyWorker, startWorker, type WorkerProcess } from "../helpers/worker-process.js";
 
 const guest = testGuest();
 const skip = "skip" in guest ? guest.skip : false;
-
-async function waitFor<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
-
-async function qemuPids(vmId: string): Promise<number[]> {
-  const result = await execa("pgrep", ["-f", `pcr-${vmId}`], { reject: false });
-  return result.stdout.split("\n").filter(Boolean).map(Number);
-}
-
-async function listJson(worker: WorkerProcess): Promise<Array<Record<string, unknown>>> {
-  const result = await worker.cli(["list-vms", "--json"]);
-  assert.equal(result.exitCode, 0, result.stderr);
-  return JSON.parse(result.stdout) as Array<Record<string, unknown>>;
-}
-
-/** Nothing the worker makes per VM is left: no VM directory, no TAP, no nft chain, no VMM process. */
-async function assertNothingLeft(worker: WorkerProcess): Promise<void> {
-  const vmDirs = existsSync(join(worker.stateDir, "vms")) ? readdirSync(join(worker.stateDir, "vms")) : [];
-  assert.deepEqual(vmDirs, [], "VM directories left behind");
-  const links = await execa("ip", ["-n", worker.netns, "-o", "link", "show"], { reject: false });
-  assert.doesNotMatch(links.stdout, /pcr-vm|: pcr-[0-9a-f]/, "TAP devices left behind");
-  const ruleset = await execa("ip", ["netns", "exec", worker.netns, "nft", "-j", "list", "ruleset"], { reject: false });
-  assert.doesNotMatch(ruleset.stdout, /"vm-[0-9a-f]{10}/, "per-VM nft objects left behind");
-  const qemus = await execa("pgrep", ["-f", `qemu-system.*${worker.stateDir}`], { reject: false });
-  assert.equal(qemus.stdout.trim(), "", "VMM processes left behind");
-}
-
-async function createFromSpec(worker: WorkerProcess, spec: TestGuestSpec | Record<string, unknown>): Promise<string> {
-  const created = await worker.cli(["create-vm", "--spec-json", JSON.stringify(spec)]);
-  assert.equal(created.exitCode, 0, `create-vm failed: ${created.stderr}\nworker logs:\n${worker.logs().slice(-3000)}`);
-  const id = created.stdout.trim();
-  assert.match(id, /^vm-[0-9a-f]{10}$/);
-  return id;
-}
-
-async function waitForConsole(worker: WorkerProcess, id: string, marker: string | RegExp, timeoutMs = 90_000): Promise<string> {
-  return waitFor(`console ${String(marker)}`, timeoutMs, async () => {
-    const logs = await worker.cli(["logs", id]);
-    const found = typeof marker === "string" ? logs.stdout.includes(marker) : marker.test(logs.stdout);
-    return found ? logs.stdout : undefined;
-  });
-}
 
 describe("worker end to end (real QEMU, real Nix store)", { skip }, () => {
   let worker: WorkerProcess;
@@ -87,21 +38,18 @@ describe("worker end to end (real QEMU, real Nix store)", { skip }, () => {
     assert.match(String(vm.ip), /^\d+\.\d+\.\d+\.\d+$/);
     const table = await worker.cli(["list-vms"]);
     assert.match(table.stdout, new RegExp(`${id}\\s+${spec.hostname}\\s+running`));
-    assert.ok((await qemuPids(id)).length > 0, "a VMM process runs for the VM");
+    assert.ok((await vmmPids(id)).length > 0, "a VMM process runs for the VM");
 
     const deleted = await worker.cli(["delete-vm", id]);
     assert.equal(deleted.exitCode, 0, deleted.stderr);
-    assert.deepEqual(await qemuPids(id), [], "VMM process gone after delete");
+    assert.deepEqual(await vmmPids(id), [], "VMM process gone after delete");
     assert.deepEqual(await listJson(worker), []);
     await assertNothingLeft(worker);
   });
 
   test("the guest runs a command from the kernel command line and its output comes back through read", async () => {
     const script = "cat /mnt/image/hello.txt; echo sum=$((6*7))";
-    const id = await createFromSpec(worker, {
-      ...spec,
-      cmdline: `${spec.cmdline} pcr.cmd=${Buffer.from(script).toString("base64")}`,
-    });
+    const id = await createFromSpec(worker, withCommand(spec, script));
     const console = await waitForConsole(worker, id, /pcr-guest: cmd exit=0/);
     assert.match(console, /sum=42/);
     assert.equal((await worker.cli(["delete-vm", id])).exitCode, 0);
@@ -155,7 +103,7 @@ describe("worker end to end (real QEMU, real Nix store)", { skip }, () => {
   test("a VMM killed with SIGKILL turns the VM failed with its reason within 1 s", async () => {
     const id = await createFromSpec(worker, spec);
     await waitForConsole(worker, id, "pcr-guest: ready");
-    const [pid] = await qemuPids(id);
+    const [pid] = await vmmPids(id);
     assert.ok(pid, "VMM pid");
     const killedAt = Date.now();
     process.kill(pid, "SIGKILL");

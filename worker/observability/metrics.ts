@@ -31,30 +31,43 @@ export class WorkerMetrics {
   /** Gauges computed at scrape time from the current VMs. */
   constructor(listVms: () => Promise<VmView[]>) {
     const registers = [this.registry];
-    // Registered first: its collect hook refreshes every per-VM gauge from one listVms before they are read.
-    const vmsByStatus: Gauge<"status"> = new Gauge({ name: "pcr_vms", help: "VMs by status", labelNames: ["status"], registers, collect: async () => {
-      const vms = await listVms();
-      vmsByStatus.reset();
-      for (const status of VM_STATUSES) vmsByStatus.set({ status }, vms.filter((vm) => vm.status === status).length);
-      for (const gauge of [...Object.values(io), drops]) gauge.reset();
-      for (const vm of vms) {
-        const labels = { vm: vm.id, hostname: vm.hostname };
-        for (const [key, gauge] of Object.entries(io)) gauge.set(labels, Number(vm.counters[key as keyof typeof io]));
-        drops.set(labels, Number(vm.egressDrops));
-      }
-    } });
-    const perVm = (name: string, help: string) => new Gauge({ name, help, labelNames: ["vm", "hostname"], registers });
-    const io = {
-      blockReadBytes: perVm("pcr_vm_block_read_bytes", "Bytes read from the VM's disks"),
-      blockWriteBytes: perVm("pcr_vm_block_write_bytes", "Bytes written to the VM's disks"),
-      blockReadOps: perVm("pcr_vm_block_read_ops", "Read operations on the VM's disks"),
-      blockWriteOps: perVm("pcr_vm_block_write_ops", "Write operations on the VM's disks"),
-      netRxBytes: perVm("pcr_vm_net_rx_bytes", "Bytes the guest received"),
-      netTxBytes: perVm("pcr_vm_net_tx_bytes", "Bytes the guest sent"),
-      netRxPackets: perVm("pcr_vm_net_rx_packets", "Packets the guest received"),
-      netTxPackets: perVm("pcr_vm_net_tx_packets", "Packets the guest sent"),
+    // prom-client collects all metrics of a scrape concurrently: every gauge below awaits the same
+    // listVms snapshot, taken once per scrape.
+    let snapshot: Promise<VmView[]> | undefined;
+    const current = (): Promise<VmView[]> => {
+      snapshot ??= listVms().finally(() => setTimeout(() => (snapshot = undefined), 0));
+      return snapshot;
     };
-    const drops = perVm("pcr_vm_egress_drops", "Packets the VM's egress allowlist dropped");
-
+    new Gauge({
+      name: "pcr_vms",
+      help: "VMs by status",
+      labelNames: ["status"],
+      registers,
+      async collect() {
+        const vms = await current();
+        for (const status of VM_STATUSES) this.set({ status }, vms.filter((vm) => vm.status === status).length);
+      },
+    });
+    const perVm = (name: string, help: string, value: (vm: VmView) => bigint) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ["vm", "hostname"],
+        registers,
+        async collect() {
+          const vms = await current();
+          this.reset();
+          for (const vm of vms) this.set({ vm: vm.id, hostname: vm.hostname }, Number(value(vm)));
+        },
+      });
+    perVm("pcr_vm_block_read_bytes", "Bytes read from the VM's disks", (vm) => vm.counters.blockReadBytes);
+    perVm("pcr_vm_block_write_bytes", "Bytes written to the VM's disks", (vm) => vm.counters.blockWriteBytes);
+    perVm("pcr_vm_block_read_ops", "Read operations on the VM's disks", (vm) => vm.counters.blockReadOps);
+    perVm("pcr_vm_block_write_ops", "Write operations on the VM's disks", (vm) => vm.counters.blockWriteOps);
+    perVm("pcr_vm_net_rx_bytes", "Bytes the guest received", (vm) => vm.counters.netRxBytes);
+    perVm("pcr_vm_net_tx_bytes", "Bytes the guest sent", (vm) => vm.counters.netTxBytes);
+    perVm("pcr_vm_net_rx_packets", "Packets the guest received", (vm) => vm.counters.netRxPackets);
+    perVm("pcr_vm_net_tx_packets", "Packets the guest sent", (vm) => vm.counters.netTxPackets);
+    perVm("pcr_vm_egress_drops", "Packets the VM's egress allowlist dropped", (vm) => vm.egressDrops);
   }
 }
