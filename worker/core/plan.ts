@@ -6,14 +6,18 @@ type Undo = () => Promise<void>;
 
 export class Plan {
   private readonly undos: { step: string; undo: Undo }[] = [];
+  /** Milliseconds each finished step took, for the log line that ends a create. */
+  readonly stepMs: Record<string, number> = {};
 
   constructor(private readonly onUndoError: (step: string, err: unknown) => void) {}
 
   /** Runs `action`; on success registers `undo` (if any) and returns the action's result. */
   async step<T>(name: string, action: () => Promise<T>, undo?: (result: T) => Promise<void>): Promise<T> {
     let result: T;
+    const started = performance.now();
     try {
       result = await action();
+      this.stepMs[name] = Math.round((this.stepMs[name] ?? 0) + performance.now() - started);
     } catch (err) {
       const cause = asWorkerError(err);
       await this.rollback();
