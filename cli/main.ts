@@ -5,6 +5,7 @@ import { hideBin } from "yargs/helpers";
 import type { SecretInput, VmView } from "../worker/core/api.js";
 import { WorkerError } from "../worker/core/errors.js";
 import { connectWorker, type WorkerClient } from "../worker/rpc/worker-client.js";
+import { FAULT_KIND_NAMES, faultFromFlags, formatFaultTable } from "./fault-input.js";
 import { formatVmTable, vmToJson } from "./format.js";
 import { secretFromFlag, secretsFromDir, specFromFlags } from "./spec-input.js";
 
@@ -153,6 +154,57 @@ export function buildCli(argv: string[]): Argv {
             since = nextSeq;
           } while (args.follow);
         });
+      },
+    )
+    .command(
+      "inject-fault <id>",
+      "Break a VM from outside; prints the fault id (see docs/faults.md)",
+      (y) =>
+        y
+          .positional("id", { type: "string", demandOption: true })
+          .option("kind", { choices: FAULT_KIND_NAMES, demandOption: true })
+          .option("duration-ms", { type: "number", describe: "Clear the fault by itself after this long" })
+          .option("cidr", { type: "string", array: true, describe: "partition: only traffic to/from this CIDR (repeatable; none: all)" })
+          .option("percent", { type: "number", describe: "loss: drop probability; cpuThrottle: % of one CPU; diskErrors: % of 4 KiB blocks" })
+          .option("ms", { type: "number", describe: "delay: milliseconds" })
+          .option("jitter-ms", { type: "number", describe: "delay: jitter" })
+          .option("kbit", { type: "number", describe: "bandwidth: kbit/s" })
+          .option("op", { choices: ["read", "write", "readWrite"], describe: "diskErrors: which requests fail (default readWrite)" })
+          .option("errno", { type: "number", describe: "diskErrors: errno to return (default 5, EIO)" })
+          .option("after-ops", { type: "number", describe: "diskErrors: start failing after this many more operations" }),
+      async (args) => {
+        const fault = local(() =>
+          faultFromFlags({
+            kind: args.kind,
+            durationMs: args["duration-ms"],
+            cidrs: args.cidr,
+            percent: args.percent,
+            ms: args.ms,
+            jitterMs: args["jitter-ms"],
+            kbit: args.kbit,
+            op: args.op,
+            errno: args.errno,
+            afterOps: args["after-ops"],
+          }),
+        );
+        console.log(await withClient(args.worker, (client) => client.injectFault(args.id, fault)));
+      },
+    )
+    .command(
+      "clear-fault <id> <fault>",
+      "Undo an active fault",
+      (y) => y.positional("id", { type: "string", demandOption: true }).positional("fault", { type: "string", demandOption: true }),
+      async (args) => {
+        await withClient(args.worker, (client) => client.clearFault(args.id, args.fault));
+      },
+    )
+    .command(
+      "list-faults <id>",
+      "List a VM's active faults",
+      (y) => y.positional("id", { type: "string", demandOption: true }).option("json", { type: "boolean" }),
+      async (args) => {
+        const faults = await withClient(args.worker, (client) => client.listFaults(args.id));
+        console.log(args.json ? JSON.stringify(faults.map((f) => ({ ...f, injectedAtMs: Number(f.injectedAtMs), expiresAtMs: Number(f.expiresAtMs) })), null, 2) : formatFaultTable(faults));
       },
     )
     .demandCommand(1, "give a command")

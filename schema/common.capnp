@@ -10,6 +10,7 @@ struct VmSpec {
   cpu @5 :UInt32;
   memoryBytes @6 :UInt64;
   allowedDomains @7 :List(Text);  # names, *.wildcards, IPs or CIDRs the guest may reach
+  dataDiskBytes @8 :UInt64;       # 0: none; else a fresh sparse writable disk (/dev/vdb), gone with the VM
 }
 
 struct Secret {

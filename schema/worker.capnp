@@ -12,6 +12,11 @@ interface Worker {
   deleteVm @3 (id :Text) -> ();
   getVm @4 (id :Text) -> (vm :RunningVm);
   events @5 (sinceSeq :UInt64, maxEvents :UInt32, waitMs :UInt32) -> (events :List(VmEvent), nextSeq :UInt64);
+  # Fault injection (docs/faults.md). Instant faults (resume, killVmm, powerOff, reboot) return an
+  # id but are never active; the others stay active until cleared or until durationMs passes.
+  injectFault @6 (id :Text, fault :Fault) -> (faultId :Text);
+  clearFault @7 (id :Text, faultId :Text) -> ();
+  listFaults @8 (id :Text) -> (faults :List(ActiveFault));
 }
 
 struct RunningVm {
@@ -29,6 +34,62 @@ struct RunningVm {
   counters @11 :IoCounters;
   egressDrops @12 :UInt64;    # packets the egress allowlist dropped
   backend @13 :Text;          # "qemu" or "cloud-hypervisor"
+  faults @14 :List(ActiveFault);  # faults active right now
+}
+
+struct Fault {
+  durationMs @0 :UInt32;      # clears itself after this long; 0: until clearFault
+  union {
+    partition @1 :Partition;
+    loss @2 :Loss;
+    delay @3 :Delay;
+    bandwidth @4 :Bandwidth;
+    pause @5 :Void;           # QMP stop / vm.pause; clearing it resumes
+    resume @6 :Void;          # instant: resumes a paused guest, clears pause faults
+    killVmm @7 :Void;         # instant: SIGKILL of the VMM, a crash (the VM fails)
+    powerOff @8 :Void;        # instant: hard power off (the VM stops)
+    reboot @9 :Void;          # instant: hard reset of the guest
+    diskErrors @10 :DiskErrors;
+    cpuThrottle @11 :CpuThrottle;
+  }
+}
+
+struct Partition {
+  cidrs @0 :List(Text);       # drop traffic to and from these; empty: all traffic
+}
+
+struct Loss {
+  percent @0 :Float64;        # each packet, either direction, is dropped with this probability
+}
+
+struct Delay {
+  ms @0 :UInt32;              # added to packets towards the guest
+  jitterMs @1 :UInt32;
+}
+
+struct Bandwidth {
+  kbitPerSecond @0 :UInt64;   # towards the guest
+}
+
+struct DiskErrors {
+  op @0 :DiskOp;
+  errno @1 :UInt32;           # 0: EIO
+  afterOps @2 :UInt64;        # start failing after this many more operations of that kind (0: at once)
+  probabilityPercent @3 :Float64;  # 0 or 100: every block; else each 4 KiB block fails with this probability
+}
+
+enum DiskOp { readWrite @0; read @1; write @2; }
+
+struct CpuThrottle {
+  percent @0 :UInt32;         # of one host CPU, for the whole VMM process
+}
+
+struct ActiveFault {
+  id @0 :Text;
+  kind @1 :Text;              # the union member's name, e.g. "loss"
+  description @2 :Text;       # e.g. "loss 30%"
+  injectedAtMs @3 :UInt64;
+  expiresAtMs @4 :UInt64;     # 0: until cleared
 }
 
 struct IoCounters {

@@ -41,6 +41,8 @@ export const configSchema = z.strictObject({
   consoleMaxBytes: z.number().int().min(64 * 1024).default(8 * 1024 * 1024),
   counterIntervalMs: z.number().int().positive().default(2_000),
   maxCallsPerConnection: z.number().int().positive().default(256),
+  /** Longest any one RPC call may run before it is answered DEADLINE_EXCEEDED; 0 turns deadlines off. */
+  callDeadlineMs: z.number().int().nonnegative().default(300_000),
   stopVmsOnExit: z.boolean().default(false),
   /** Loopback HTTP for /healthz, /readyz and /metrics; "off" disables it. */
   httpListen: z.string().default("127.0.0.1:9464"),
@@ -117,6 +119,7 @@ export function loadConfig(argv: string[] = hideBin(process.argv), env: NodeJS.P
     .option("counter-interval-ms", { type: "number" })
     .option("console-max-bytes", { type: "number", describe: "Console bytes kept per VM (oldest dropped)" })
     .option("max-calls-per-connection", { type: "number" })
+    .option("call-deadline-ms", { type: "number", describe: "Longest a call may run before DEADLINE_EXCEEDED (0: none)" })
     .option("stop-vms-on-exit", { type: "boolean" })
     .option("http-listen", { type: "string", describe: "host:port for /healthz /readyz /metrics, or off" })
     .option("audit-log", { type: "string" })

@@ -5,6 +5,8 @@ import { join } from "node:path";
 import { pino } from "pino";
 import { loadConfig, type WorkerConfig } from "./config.js";
 import { WorkerService } from "./core/service.js";
+import { createCgroupCpuThrottle } from "./faults/cgroup.js";
+import { createNetFaults } from "./faults/net-faults.js";
 import { createNetwork } from "./net/network.js";
 import { AuditLog } from "./observability/audit.js";
 import { startHttp } from "./observability/http.js";
@@ -60,6 +62,8 @@ async function run(config: WorkerConfig): Promise<void> {
       consoleMaxBytes: config.consoleMaxBytes,
     },
     timeouts: { bootMs: config.bootTimeoutMs, stopGraceMs: config.stopGraceMs },
+    faults: { net: network ? createNetFaults() : undefined, cpu: createCgroupCpuThrottle() },
+    strayRoots: [records.vmsDir, join(config.runtimeDir, "secrets")],
     observer: {
       storeFetched: ({ bytes, seconds }) => {
         metrics?.nixCopyBytes.inc(bytes);
@@ -83,7 +87,7 @@ async function run(config: WorkerConfig): Promise<void> {
     socketPath: config.socket,
     tcp: config.tcp,
     logger,
-    limits: { maxOutstandingCalls: config.maxCallsPerConnection },
+    limits: { maxOutstandingCalls: config.maxCallsPerConnection, callDeadlineMs: config.callDeadlineMs },
   });
   await chmod(config.socket, 0o660);
   let ready = true;

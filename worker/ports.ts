@@ -29,6 +29,8 @@ export interface VmLaunchSpec {
   net?: { tap: string; mac: string };
   /** Host directory shared read-only into the guest under the given mount tag. */
   share?: { tag: string; hostDir: string };
+  /** Writable data disk (/dev/vdb): the backend creates this sparse raw file in vmDir. */
+  dataDisk?: { path: string; bytes: number };
 }
 
 /** Persisted by the core so that a restarted worker can re-adopt the VMM. */
@@ -67,6 +69,45 @@ export interface VmmHandle {
   stop(graceMs: number): Promise<VmmExit>;
   /** SIGKILL now, helpers too. Idempotent. */
   kill(): Promise<VmmExit>;
+  // Fault injection; a backend without one of these does not support that fault.
+  /** Hard reset: the guest reboots at once, without shutting down. */
+  reset?(): Promise<void>;
+  /** Hard power off: the VMM exits cleanly, as if the plug were pulled. */
+  powerOff?(): Promise<void>;
+  /** Makes I/O on the data disk fail until clearDiskErrors(faultId); throws FAILED_PRECONDITION where unsupported. */
+  injectDiskErrors?(faultId: string, rule: DiskErrorRule): Promise<void>;
+  clearDiskErrors?(faultId: string): Promise<void>;
+}
+
+export interface DiskErrorRule {
+  op: "readWrite" | "read" | "write";
+  errno: number;
+  /** Failing starts after this many more operations of that kind (0: at once). */
+  afterOps: number;
+  /** 0 or 100: every request; else each 4 KiB block fails with this probability (a seeded bad-block map). */
+  probabilityPercent: number;
+}
+
+/** Network faults on one VM's TAP, each one removable on its own (worker/faults/). */
+export type NetFault =
+  | { kind: "partition"; cidrs: string[] }
+  | { kind: "loss"; percent: number }
+  | { kind: "delay"; ms: number; jitterMs: number }
+  | { kind: "bandwidth"; kbitPerSecond: number };
+
+export interface NetFaultPort {
+  /** Throws FAILED_PRECONDITION with the reason when this host cannot do it (e.g. no sch_netem). */
+  apply(faultId: string, tap: string, fault: NetFault): Promise<void>;
+  /** Removes exactly what apply added. Idempotent. */
+  clear(faultId: string, tap: string, fault: NetFault): Promise<void>;
+}
+
+/** CPU limits on a VMM process. */
+export interface CpuThrottlePort {
+  /** Throws FAILED_PRECONDITION with the reason when the host has no usable cgroup v2 cpu controller. */
+  throttle(faultId: string, pid: number, percent: number): Promise<void>;
+  /** Lifts the limit and puts the process back where it was. Idempotent. */
+  clear(faultId: string, pid: number): Promise<void>;
 }
 
 export interface VmmBackend {
@@ -78,6 +119,11 @@ export interface VmmBackend {
   launch(spec: VmLaunchSpec): Promise<VmmHandle>;
   /** Re-adopts a VMM that survived a worker restart; undefined when it is gone (or the pid was reused). */
   adopt(record: VmmProcessRecord, vmDir: string): Promise<VmmHandle | undefined>;
+  /**
+   * Kills this backend's processes (VMMs, helpers) that point into `roots` but whose pid is not in
+   * `keep`: what a killed worker started and never recorded. Returns a description of each.
+   */
+  killStrays?(roots: string[], keep: Set<number>): Promise<string[]>;
 }
 
 /** What the network adapter set up for one VM. Persisted in the VM record. */

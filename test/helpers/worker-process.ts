@@ -42,7 +42,8 @@ export async function startWorker(options: StartOptions = {}): Promise<WorkerPro
       "--state-dir", stateDir,
       "--runtime-dir", runtimeDir,
       "--cache-url", NIX_CACHE_URL,
-      "--stop-grace-ms", "1000",
+      // A default callers may override (yargs turns a repeated flag into an array).
+      ...(options.extraArgs?.includes("--stop-grace-ms") ? [] : ["--stop-grace-ms", "1000"]),
       ...(options.extraArgs ?? []),
     ],
     { reject: false, env: { ...options.env }, buffer: false, stdin: "ignore" },

@@ -79,6 +79,14 @@ describe("worker codec vs the capnp compiler", { skip: capnpAvailable() ? false 
       ["getVm results", Size.GetVmResults, sizeOf("getVm", "results")],
       ["events params", Size.EventsParams, sizeOf("events", "params")],
       ["events results", Size.EventsResults, sizeOf("events", "results")],
+      ...(["Fault", "Partition", "Loss", "Delay", "Bandwidth", "DiskErrors", "CpuThrottle", "ActiveFault"] as const).map(
+        (name) => [name, Size[name], nodes.get(name)!.size] as [string, readonly number[], [number, number]],
+      ),
+      ["injectFault params", Size.InjectFaultParams, sizeOf("injectFault", "params")],
+      ["injectFault results", Size.InjectFaultResults, sizeOf("injectFault", "results")],
+      ["clearFault params", Size.ClearFaultParams, sizeOf("clearFault", "params")],
+      ["listFaults params", Size.IdParams, sizeOf("listFaults", "params")],
+      ["listFaults results", Size.ListFaultsResults, sizeOf("listFaults", "results")],
     ];
     for (const [label, ours, compiled] of expected) assert.deepEqual([...ours], compiled, label);
   });

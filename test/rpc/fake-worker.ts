@@ -1,5 +1,5 @@
 // An in-memory WorkerApi for RPC tests: records what arrived, answers like the core would.
-import type { CallerInfo, ConsoleChunk, CreateVmOptions, VmEvent, VmSpecInput, VmView, WorkerApi } from "../../worker/core/api.js";
+import type { ActiveFault, CallerInfo, ConsoleChunk, CreateVmOptions, FaultInput, VmEvent, VmSpecInput, VmView, WorkerApi } from "../../worker/core/api.js";
 import { WorkerError, notFound } from "../../worker/core/errors.js";
 
 export function sampleVm(i: number): VmView {
@@ -28,6 +28,10 @@ export function sampleVm(i: number): VmView {
     },
     egressDrops: BigInt(i % 7),
     backend: "qemu",
+    faults:
+      i % 3 === 0
+        ? [{ id: `f-${i}`, kind: "loss", description: `loss ${i}%`, injectedAtMs: 1_700_000_000_000n + BigInt(i), expiresAtMs: BigInt(i) }]
+        : [],
   };
 }
 
@@ -72,6 +76,25 @@ export class FakeWorker implements WorkerApi {
     if (spec.hostname === "") throw new WorkerError("INVALID_ARGUMENT", "hostname is required");
     this.created.push({ spec, options, caller });
     return `vm-created-${this.created.length}`;
+  }
+
+  injected: { id: string; fault: FaultInput }[] = [];
+
+  async injectFault(id: string, fault: FaultInput): Promise<string> {
+    if (id === "none") throw notFound(`no vm ${id}`);
+    this.injected.push({ id, fault });
+    return `fault-${this.injected.length}`;
+  }
+
+  async clearFault(id: string, faultId: string): Promise<void> {
+    if (!this.injected.some((entry, i) => entry.id === id && `fault-${i + 1}` === faultId)) throw notFound(`no fault ${faultId}`);
+  }
+
+  async listFaults(id: string): Promise<ActiveFault[]> {
+    return this.injected
+      .map((entry, i) => ({ entry, id: `fault-${i + 1}` }))
+      .filter(({ entry }) => entry.id === id)
+      .map(({ entry, id: faultId }) => ({ id: faultId, kind: entry.fault.kind, description: entry.fault.kind, injectedAtMs: 1n, expiresAtMs: 0n }));
   }
 
   async deleteVm(id: string): Promise<void> {

@@ -12,6 +12,8 @@ export interface VmSpecInput {
   cpu: number;
   memoryBytes: bigint;
   allowedDomains: string[];
+  /** A fresh sparse writable disk of this size (/dev/vdb); 0 or absent: none. */
+  dataDiskBytes?: bigint;
 }
 
 export interface SecretInput {
@@ -51,6 +53,45 @@ export interface VmView {
   counters: IoCounters;
   egressDrops: bigint;
   backend: string;
+  /** Faults active right now (absent from peers that predate fault injection). */
+  faults?: ActiveFault[];
+}
+
+// --- fault injection (docs/faults.md) --------------------------------------------------------
+
+export type DiskOp = "readWrite" | "read" | "write";
+export const DISK_OPS: readonly DiskOp[] = ["readWrite", "read", "write"];
+
+/** One fault, as schema/worker.capnp's Fault union. */
+export type FaultKind =
+  | { kind: "partition"; cidrs: string[] }
+  | { kind: "loss"; percent: number }
+  | { kind: "delay"; ms: number; jitterMs: number }
+  | { kind: "bandwidth"; kbitPerSecond: number }
+  | { kind: "pause" }
+  | { kind: "resume" }
+  | { kind: "killVmm" }
+  | { kind: "powerOff" }
+  | { kind: "reboot" }
+  | { kind: "diskErrors"; op: DiskOp; errno: number; afterOps: number; probabilityPercent: number }
+  | { kind: "cpuThrottle"; percent: number };
+
+export type FaultInput = FaultKind & {
+  /** Clears itself after this long; 0 or absent: until cleared. */
+  durationMs?: number;
+};
+
+export const FAULT_KINDS = [
+  "partition", "loss", "delay", "bandwidth", "pause", "resume", "killVmm", "powerOff", "reboot", "diskErrors", "cpuThrottle",
+] as const satisfies readonly FaultKind["kind"][];
+
+export interface ActiveFault {
+  id: string;
+  kind: FaultKind["kind"];
+  description: string;
+  injectedAtMs: bigint;
+  /** 0: until cleared. */
+  expiresAtMs: bigint;
 }
 
 export interface VmEvent {
@@ -80,6 +121,11 @@ export interface WorkerApi {
   deleteVm(id: string, caller?: CallerInfo): Promise<void>;
   /** Lifecycle events with seq >= sinceSeq; waits up to waitMs for the first one if none yet. */
   events(sinceSeq: bigint, maxEvents: number, waitMs: number, caller?: CallerInfo): Promise<{ events: VmEvent[]; nextSeq: bigint }>;
+  /** Breaks the VM from outside; returns the fault's id (instant faults too, though they never list as active). */
+  injectFault(id: string, fault: FaultInput, caller?: CallerInfo): Promise<string>;
+  /** Undoes an active fault exactly; NOT_FOUND for an unknown or already cleared fault. */
+  clearFault(id: string, faultId: string, caller?: CallerInfo): Promise<void>;
+  listFaults(id: string, caller?: CallerInfo): Promise<ActiveFault[]>;
 }
 
 export const zeroCounters = (): IoCounters => ({

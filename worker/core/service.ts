@@ -3,7 +3,9 @@
 import { randomBytes } from "node:crypto";
 import type { Logger } from "pino";
 import type {
+  ActiveFault,
   CallerInfo,
+  FaultInput,
   ConsoleChunk,
   CreateVmOptions,
   SecretInput,
@@ -16,6 +18,7 @@ import type {
 import { zeroCounters, type IoCounters } from "./api.js";
 import { asWorkerError, invalidArgument, notFound, resourceExhausted } from "./errors.js";
 import { EventLog } from "./events.js";
+import { FaultController, type FaultPorts, type FaultTarget } from "./faults.js";
 import { assertTransition, isLive } from "./lifecycle.js";
 import { Plan } from "./plan.js";
 import type { RecordRepo, VmRecord } from "./records.js";
@@ -51,6 +54,10 @@ export interface ServiceDeps {
   limits: ServiceLimits;
   timeouts: ServiceTimeouts;
   observer?: ServiceObserver;
+  /** Directories a VMM or helper of ours points into (VM dirs, secrets): recover() kills unrecorded ones. */
+  strayRoots?: string[];
+  /** Adapters for fault injection; without them only VMM-level faults work. */
+  faults?: FaultPorts;
 }
 
 /** Hooks for metrics; every method optional. */
@@ -78,9 +85,15 @@ export class WorkerService implements WorkerApi {
   readonly eventLog = new EventLog();
   /** Resources promised to creates still in flight, counted against the limits. */
   private reserved = { vms: 0, cpu: 0, memory: 0 };
+  /** Creates in flight by VM id: the start of each such VM's operation queue. */
+  private readonly creates = new Map<string, Promise<void>>();
+  private readonly faults: FaultController;
 
   constructor(private readonly deps: ServiceDeps) {
     this.log = deps.logger;
+    this.faults = new FaultController(deps.faults ?? {}, deps.logger, (vmId, faultId) => {
+      this.clearFault(vmId, faultId).catch((err) => this.log.warn({ vmId, faultId, err: asWorkerError(err).message }, "expired fault not cleared"));
+    });
   }
 
   // --- queries -------------------------------------------------------------------------
@@ -122,6 +135,39 @@ export class WorkerService implements WorkerApi {
     return this.eventLog.since(sinceSeq, Math.min(Math.max(maxEvents, 1), 1000), Math.min(waitMs, 60_000));
   }
 
+  // --- faults ----------------------------------------------------------------------------
+
+  async injectFault(id: string, fault: FaultInput): Promise<string> {
+    const vm = this.lookup(id);
+    return this.serialized(vm, () => this.faults.inject(this.faultTarget(vm), fault));
+  }
+
+  async clearFault(id: string, faultId: string): Promise<void> {
+    const vm = this.lookup(id);
+    await this.serialized(vm, () => this.faults.clear(this.faultTarget(vm), faultId));
+  }
+
+  async listFaults(id: string): Promise<ActiveFault[]> {
+    this.lookup(id);
+    return this.faults.list(id);
+  }
+
+  private faultTarget(vm: Vm): FaultTarget {
+    const { record } = vm;
+    return {
+      id: record.id,
+      status: record.status,
+      backend: record.backend,
+      handle: vm.handle,
+      tap: record.net?.tap,
+      setPaused: async (paused) => {
+        await (paused ? vm.handle?.pause() : vm.handle?.resume());
+        this.setStatus(vm, paused ? "paused" : "running", paused ? "paused by a fault" : "resumed");
+        await this.deps.records.save(record).catch(() => undefined);
+      },
+    };
+  }
+
   // --- create ----------------------------------------------------------------------------
 
   async createVm(input: VmSpecInput, options: CreateVmOptions, caller?: CallerInfo): Promise<string> {
@@ -140,9 +186,13 @@ export class WorkerService implements WorkerApi {
     this.reserve(spec);
     const id = `vm-${randomBytes(5).toString("hex")}`;
     const log = this.log.child({ vmId: id, requestId: caller?.requestId });
+    const create = this.runCreate(id, spec, secrets, ttlSeconds, log);
+    // Anything else done to this VM meanwhile (a delete, a fault) waits until the create has ended.
+    this.creates.set(id, create.then(() => undefined, () => undefined));
     try {
-      return await this.runCreate(id, spec, secrets, ttlSeconds, log);
+      return await create;
     } finally {
+      this.creates.delete(id);
       this.release(spec);
     }
   }
@@ -172,7 +222,7 @@ export class WorkerService implements WorkerApi {
       expiresAtMs: ttlSeconds > 0 ? started + ttlSeconds * 1000 : undefined,
       secretNames: secrets.map((secret) => secret.name),
     };
-    const vm: Vm = { record, queue: Promise.resolve(), counters: zeroCounters(), egressDrops: 0n };
+    const vm: Vm = { record, queue: this.creates.get(id) ?? Promise.resolve(), counters: zeroCounters(), egressDrops: 0n };
     await plan.step("save state", () => records.save(record));
     await plan.step(
       "register",
@@ -216,6 +266,7 @@ export class WorkerService implements WorkerApi {
           consolePath: records.consolePath(id),
           net: record.net ? { tap: record.net.tap, mac: record.net.mac } : undefined,
           share: secretsDir ? { tag: "secrets", hostDir: secretsDir } : undefined,
+          dataDisk: spec.dataDiskBytes ? { path: `${vmDir}/data.img`, bytes: spec.dataDiskBytes } : undefined,
         }),
       async (started) => {
         await started.kill();
@@ -226,12 +277,14 @@ export class WorkerService implements WorkerApi {
     await plan.step("save state", () => records.save(record));
     await plan.step("wait for vmm running", () => handle.waitRunning(this.deps.timeouts.bootMs));
 
-    record.runningSinceMs = Date.now();
-    this.setStatus(vm, "running");
-    await records.save(record);
+    await plan.step("save state", async () => {
+      record.runningSinceMs = Date.now();
+      this.setStatus(vm, "running");
+      await records.save(record);
+    });
     this.watch(vm, handle);
     this.armTtl(vm);
-    log.info({ ms: Date.now() - started, backend: backend.name, cpu: spec.cpu, memoryBytes: spec.memoryBytes }, "vm running");
+    log.info({ ms: Date.now() - started, stepMs: plan.stepMs, backend: backend.name, cpu: spec.cpu, memoryBytes: spec.memoryBytes }, "vm running");
     return id;
   }
 
@@ -292,6 +345,15 @@ export class WorkerService implements WorkerApi {
         result.failed.push(record.id);
       }
     }
+    // VMMs and helpers that no record accounts for (a worker killed between spawning a VMM and
+    // saving its pid): everything adopted is kept, the rest pointing into our directories dies.
+    const keepPids = new Set<number>();
+    for (const vm of this.vms.values()) {
+      if (!vm.handle) continue;
+      keepPids.add(vm.handle.record.pid);
+      for (const helper of vm.handle.record.helpers) keepPids.add(helper.pid);
+    }
+    result.orphans.push(...((await backend.killStrays?.(this.deps.strayRoots ?? [], keepPids)) ?? []));
     const known = new Set(this.vms.keys());
     const keep = [...this.vms.values()]
       .filter((vm) => vm.record.net && isLive(vm.record.status))
@@ -362,6 +424,8 @@ export class WorkerService implements WorkerApi {
     clearTimeout(vm.ttlTimer);
     const id = vm.record.id;
     const steps: [string, () => Promise<unknown>][] = [
+      // First: tc and nft faults hang on the TAP the network detach removes.
+      ["clear faults", () => this.faults.clearAll(this.faultTarget(vm))],
       ["wipe secrets", () => this.deps.secrets.wipe(id)],
       ["detach network", async () => this.deps.network?.detach(id)],
     ];
@@ -457,6 +521,7 @@ export class WorkerService implements WorkerApi {
       counters: { ...vm.counters },
       egressDrops: vm.egressDrops,
       backend: record.backend,
+      faults: this.faults.list(record.id),
     };
   }
 }

@@ -16,7 +16,12 @@ export interface ValidSpec {
   cpu: number;
   memoryBytes: number;
   allowedDomains: string[];
+  /** Present only when a data disk was asked for, so hashes of specs without one do not change. */
+  dataDiskBytes?: number;
 }
+
+/** Sparse, so this bounds what a guest could fill, not what creating it costs. */
+export const MAX_DATA_DISK_BYTES = 64 * 1024 * MIB;
 
 export interface SpecLimits {
   maxCpu: number;
@@ -73,6 +78,12 @@ export function validateSpec(input: VmSpecInput, limits: SpecLimits): ValidSpec 
   if (input.allowedDomains.length > limits.maxAllowedDomains) {
     problems.push(`allowedDomains has ${input.allowedDomains.length} entries, at most ${limits.maxAllowedDomains}`);
   }
+  const dataDisk = input.dataDiskBytes ?? 0n;
+  if (dataDisk < 0n || dataDisk > BigInt(MAX_DATA_DISK_BYTES)) {
+    problems.push(`dataDiskBytes ${dataDisk} is out of range 0..${MAX_DATA_DISK_BYTES}`);
+  } else if (dataDisk % BigInt(MIB) !== 0n) {
+    problems.push(`dataDiskBytes ${dataDisk} is not a multiple of 1 MiB`);
+  }
   if (problems.length > 0) throw invalidArgument(problems.join("; "));
   return {
     hostname: input.hostname.toLowerCase(),
@@ -83,6 +94,7 @@ export function validateSpec(input: VmSpecInput, limits: SpecLimits): ValidSpec 
     cpu: input.cpu,
     memoryBytes: Number(memory),
     allowedDomains: [...input.allowedDomains],
+    ...(dataDisk > 0n ? { dataDiskBytes: Number(dataDisk) } : {}),
   };
 }
 
@@ -107,6 +119,8 @@ export const vmSpecJsonSchema = z.strictObject({
   allowedDomains: z.array(z.string()).default([]),
   cpu: wholeNumber.default(1),
   memoryBytes: wholeNumber.default(256 * MIB),
+  /** Not from nix: added by hand (or --data-disk) for a writable scratch disk. */
+  dataDiskBytes: wholeNumber.optional(),
 });
 
 /** Parses a spec JSON document into a VmSpecInput; INVALID_ARGUMENT with every problem on bad input. */
@@ -139,5 +153,6 @@ export function vmSpecFromObject(raw: unknown): VmSpecInput {
     allowedDomains: spec.allowedDomains,
     cpu: Number(spec.cpu),
     memoryBytes: BigInt(spec.memoryBytes),
+    ...(spec.dataDiskBytes !== undefined ? { dataDiskBytes: BigInt(spec.dataDiskBytes) } : {}),
   };
 }

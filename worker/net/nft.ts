@@ -24,12 +24,14 @@ export type Expression =
   | { payload: PayloadField }
   | { ct: { key: "state" } }
   | { prefix: { addr: string; len: number } }
-  | { set: (string | number)[] };
+  | { set: (string | number)[] }
+  /** A random number in [0, mod): fault injection's packet loss. */
+  | { numgen: { mode: "random"; mod: number; offset: number } };
 
 export type Verdict = { accept: null } | { drop: null } | { jump: { target: string } } | { goto: { target: string } };
 
 export type Statement =
-  | { match: { op: "==" | "!=" | "in"; left: Expression; right: Expression | string[] } }
+  | { match: { op: "==" | "!=" | "in" | "<"; left: Expression; right: Expression | string[] } }
   | Verdict
   /** A named counter object, or an anonymous one on the rule. */
   | { counter: string | { packets: number; bytes: number } }
@@ -47,7 +49,9 @@ export interface ChainSpec extends TableRef {
   name: string;
   /** Base chains only. */
   type?: "filter" | "nat";
-  hook?: "prerouting" | "input" | "forward" | "output" | "postrouting" | "ingress";
+  hook?: "prerouting" | "input" | "forward" | "output" | "postrouting" | "ingress" | "egress";
+  /** netdev base chains: the device they hook. */
+  dev?: string;
   prio?: number;
   policy?: "accept" | "drop";
 }

@@ -10,6 +10,10 @@ export interface AuditEntry {
   vmId?: string;
   code: string;
   durationMs: number;
+  /** injectFault: the fault kind and its parameters; injectFault and clearFault: the fault id. */
+  fault?: string;
+  faultSpec?: unknown;
+  faultId?: string;
 }
 
 export class AuditLog {

@@ -6,10 +6,17 @@ import { asWorkerError } from "../core/errors.js";
 import type { AuditLog } from "./audit.js";
 import type { WorkerMetrics } from "./metrics.js";
 
-const MUTATING = new Set(["createVm", "deleteVm"]);
+const MUTATING = new Set(["createVm", "deleteVm", "injectFault", "clearFault"]);
 
 export function instrument(api: WorkerApi, metrics: WorkerMetrics, audit: AuditLog | undefined, logger: Logger): WorkerApi {
-  async function observe<T>(method: keyof WorkerApi, caller: CallerInfo | undefined, vmId: string | undefined, run: () => Promise<T>): Promise<T> {
+  /** `details` go into the audit entry of a mutating call (what fault, which fault id). */
+  async function observe<T>(
+    method: keyof WorkerApi,
+    caller: CallerInfo | undefined,
+    vmId: string | undefined,
+    run: () => Promise<T>,
+    details?: { fault?: string; faultSpec?: unknown; faultId?: string },
+  ): Promise<T> {
     const started = performance.now();
     let code = "OK";
     let result: T | undefined;
@@ -28,6 +35,7 @@ export function instrument(api: WorkerApi, metrics: WorkerMetrics, audit: AuditL
       if (code === "OK" && method === "deleteVm") metrics.deleteSeconds.observe(seconds);
       if (MUTATING.has(method)) {
         const id = vmId ?? (typeof result === "string" ? result : undefined);
+        const faultId = details?.faultId ?? (method === "injectFault" && typeof result === "string" ? result : undefined);
         const entry = {
           time: new Date().toISOString(),
           caller: caller?.connection ?? "in-process",
@@ -36,6 +44,8 @@ export function instrument(api: WorkerApi, metrics: WorkerMetrics, audit: AuditL
           vmId: id,
           code,
           durationMs: Math.round(seconds * 1000),
+          ...(details?.fault ? { fault: details.fault, faultSpec: details.faultSpec } : {}),
+          ...(faultId ? { faultId } : {}),
         };
         audit?.write(entry);
         logger.info({ ...entry, vmId: id }, "call");
@@ -49,5 +59,9 @@ export function instrument(api: WorkerApi, metrics: WorkerMetrics, audit: AuditL
     createVm: (spec, options, caller) => observe("createVm", caller, undefined, () => api.createVm(spec, options, caller)),
     deleteVm: (id, caller) => observe("deleteVm", caller, id, () => api.deleteVm(id, caller)),
     events: (since, max, waitMs, caller) => observe("events", caller, undefined, () => api.events(since, max, waitMs, caller)),
+    injectFault: (id, fault, caller) =>
+      observe("injectFault", caller, id, () => api.injectFault(id, fault, caller), { fault: fault.kind, faultSpec: fault }),
+    clearFault: (id, faultId, caller) => observe("clearFault", caller, id, () => api.clearFault(id, faultId, caller), { faultId }),
+    listFaults: (id, caller) => observe("listFaults", caller, id, () => api.listFaults(id, caller)),
   };
 }

@@ -3,7 +3,7 @@
 // client half (questions). Anything we do not speak gets an `unimplemented` echo, never a crash.
 import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
-import { asWorkerError } from "../core/errors.js";
+import { asWorkerError, WorkerError } from "../core/errors.js";
 import { FrameDecoder } from "./framing.js";
 import { type RpcLimits, withDefaults } from "./limits.js";
 import {
@@ -231,6 +231,13 @@ export class RpcConnection {
       this.freeQuestionIds.push(questionId);
       return Promise.reject(err);
     }
+    if (message.length > this.limits.maxMessageBytes) {
+      // The peer would abort the whole connection over it: refuse this one call instead.
+      this.questions.delete(questionId);
+      this.freeQuestionIds.push(questionId);
+      const reason = `RESOURCE_EXHAUSTED: request of ${message.length} bytes exceeds the ${this.limits.maxMessageBytes}-byte message limit`;
+      return Promise.reject(new RpcException("failed", reason));
+    }
     this.write(message);
     return result;
   }
@@ -381,6 +388,7 @@ export class RpcConnection {
     } catch (err) {
       pending = Promise.reject(err);
     }
+    if (this.limits.callDeadlineMs > 0) pending = withDeadline(pending, this.limits.callDeadlineMs, method.name);
     this.runningCalls++;
     pending
       .then(
@@ -655,6 +663,17 @@ export class RpcConnection {
     for (const waiter of this.closeWaiters.splice(0)) waiter();
     if (err) this.log.debug({ peer: this.peer, err: err.message }, "rpc connection closed");
   }
+}
+
+/** `work`, or DEADLINE_EXCEEDED once `ms` have passed; a late outcome of `work` is dropped. */
+function withDeadline<T>(work: Promise<T>, ms: number, name: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new WorkerError("DEADLINE_EXCEEDED", `${name} did not finish within the ${ms} ms call deadline`)), ms);
+    timer.unref();
+  });
+  work.catch(() => undefined); // a rejection after the deadline must not go unhandled
+  return Promise.race([work, deadline]).finally(() => clearTimeout(timer));
 }
 
 function readException(exception: StructReader | null): RpcException {

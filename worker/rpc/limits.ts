@@ -14,6 +14,11 @@ export interface RpcLimits {
   maxUnfinishedAnswers: number;
   /** Bytes queued for a slow reader before we stop reading its requests. */
   maxWriteBufferBytes: number;
+  /**
+   * Longest a call may run on us before it is answered `DEADLINE_EXCEEDED`; 0 means no deadline.
+   * The work itself is not cancelled: its late result is dropped.
+   */
+  callDeadlineMs: number;
 }
 
 export const DEFAULT_LIMITS: RpcLimits = {
@@ -24,6 +29,7 @@ export const DEFAULT_LIMITS: RpcLimits = {
   maxOutstandingCalls: 256,
   maxUnfinishedAnswers: 16_384,
   maxWriteBufferBytes: 64 * 1024 * 1024,
+  callDeadlineMs: 0,
 };
 
 export function withDefaults(limits: Partial<RpcLimits> | undefined): RpcLimits {

@@ -1,9 +1,20 @@
 // A typed Worker client mirroring WorkerApi; RPC exceptions come back as WorkerError.
-import type { ConsoleChunk, CreateVmOptions, VmEvent, VmSpecInput, VmView } from "../core/api.js";
+import type { ActiveFault, ConsoleChunk, CreateVmOptions, FaultInput, VmEvent, VmSpecInput, VmView } from "../core/api.js";
 import { WorkerError } from "../core/errors.js";
 import { type RemoteCapability, type RpcConnection, RpcException, type ContentWriter } from "./connection.js";
 import { type ConnectOptions, connectRpc } from "./client.js";
-import { Size, WORKER_INTERFACE_ID, WorkerMethod, readRunningVm, readRunningVmList, readVmEventList, writeSecrets, writeVmSpec } from "./worker-codec.js";
+import {
+  Size,
+  WORKER_INTERFACE_ID,
+  WorkerMethod,
+  readActiveFaultList,
+  readRunningVm,
+  readRunningVmList,
+  readVmEventList,
+  writeFault,
+  writeSecrets,
+  writeVmSpec,
+} from "./worker-codec.js";
 import { type StructReader, readData, readStruct, readText, readU64 } from "./wire.js";
 
 const toWorkerError = (err: unknown): never => {
@@ -89,6 +100,33 @@ export class WorkerClient {
         b.setU32(s + 12, waitMs);
       }),
     );
+  }
+
+  injectFault(id: string, fault: FaultInput): Promise<string> {
+    return this.call(
+      WorkerMethod.injectFault,
+      (r) => readText(r, 0),
+      params(Size.InjectFaultParams, (b, s) => {
+        b.setText(s, id);
+        writeFault(b, s + 8, fault);
+      }),
+      1024 + (fault.kind === "partition" ? fault.cidrs.length * 64 : 0),
+    );
+  }
+
+  async clearFault(id: string, faultId: string): Promise<void> {
+    await this.call(
+      WorkerMethod.clearFault,
+      () => undefined,
+      params(Size.ClearFaultParams, (b, s) => {
+        b.setText(s, id);
+        b.setText(s + 8, faultId);
+      }),
+    );
+  }
+
+  listFaults(id: string): Promise<ActiveFault[]> {
+    return this.call(WorkerMethod.listFaults, (r) => readActiveFaultList(r, 0), params(Size.IdParams, (b, s) => b.setText(s, id)));
   }
 
   close(): void {

@@ -1,7 +1,20 @@
 // schema/worker.capnp and schema/common.capnp on the wire: struct layouts and codecs shared by
 // the service and the client. Layouts from `capnp compile -ocapnp`; test/rpc/codec.test.ts checks
 // them against the compiler and test/interop against the C++ implementation.
-import { VM_STATUSES, type IoCounters, type SecretInput, type VmEvent, type VmSpecInput, type VmStatus, type VmView } from "../core/api.js";
+import {
+  type ActiveFault,
+  DISK_OPS,
+  FAULT_KINDS,
+  type FaultInput,
+  type IoCounters,
+  type SecretInput,
+  type VmEvent,
+  type VmSpecInput,
+  type VmStatus,
+  type VmView,
+  VM_STATUSES,
+} from "../core/api.js";
+import { invalidArgument } from "../core/errors.js";
 import {
   type MessageBuilder,
   type StructReader,
@@ -25,14 +38,17 @@ export const WorkerMethod = {
   deleteVm: 3,
   getVm: 4,
   events: 5,
+  injectFault: 6,
+  clearFault: 7,
+  listFaults: 8,
 } as const;
 
 /** Struct sizes: data words, pointer count. */
 export const Size = {
-  RunningVm: [5, 8],
+  RunningVm: [5, 9],
   IoCounters: [8, 0],
   VmEvent: [3, 2],
-  VmSpec: [2, 6],
+  VmSpec: [3, 6],
   Secret: [0, 2],
   ListVmsResults: [0, 1],
   ReadParams: [2, 1],
@@ -43,6 +59,18 @@ export const Size = {
   GetVmResults: [0, 1],
   EventsParams: [2, 0],
   EventsResults: [1, 1],
+  Fault: [1, 1],
+  Partition: [0, 1],
+  Loss: [1, 0],
+  Delay: [1, 0],
+  Bandwidth: [1, 0],
+  DiskErrors: [3, 0],
+  CpuThrottle: [1, 0],
+  ActiveFault: [2, 3],
+  InjectFaultParams: [0, 2],
+  InjectFaultResults: [0, 1],
+  ClearFaultParams: [0, 2],
+  ListFaultsResults: [0, 1],
 } as const satisfies Record<string, readonly [number, number]>;
 
 const statusFromWire = (value: number): VmStatus => VM_STATUSES[value] ?? "failed";
@@ -50,7 +78,7 @@ const statusFromWire = (value: number): VmStatus => VM_STATUSES[value] ?? "faile
  * Most elements a list may have before we decode it into objects: far above what the core accepts
  * (64 secrets, 256 domains), low enough that a small message cannot make us build millions of objects.
  */
-export const MAX_LIST_LENGTH = { secrets: 1024, allowedDomains: 4096, vms: 100_000, events: 100_000 } as const;
+export const MAX_LIST_LENGTH = { secrets: 1024, allowedDomains: 4096, vms: 100_000, events: 100_000, faults: 10_000, cidrs: 4096 } as const;
 
 const STATUS_CODES = new Map(VM_STATUSES.map((status, code) => [status, code]));
 const statusToWire = (status: VmStatus): number => STATUS_CODES.get(status) ?? 0;
@@ -97,6 +125,7 @@ export function writeRunningVm(b: MessageBuilder, s: number, vm: VmView): void {
   b.setU64(counters + 56, c.netTxPackets);
   b.setU64(s + 32, vm.egressDrops);
   b.setText(p + 56, vm.backend);
+  writeActiveFaultList(b, p + 64, vm.faults ?? []);
 }
 
 export function readRunningVm(s: StructReader): VmView {
@@ -118,6 +147,7 @@ export function readRunningVm(s: StructReader): VmView {
     counters,
     egressDrops: readU64(s, 32),
     backend: readText(s, 7),
+    faults: readActiveFaultList(s, 8),
   };
 }
 
@@ -178,6 +208,7 @@ export function writeVmSpec(b: MessageBuilder, at: number, spec: VmSpecInput): v
   b.setU32(s, spec.cpu);
   b.setU64(s + 8, spec.memoryBytes);
   b.setTextList(p + 40, spec.allowedDomains);
+  b.setU64(s + 16, spec.dataDiskBytes ?? 0n);
 }
 
 export function readVmSpec(s: StructReader | null): VmSpecInput {
@@ -193,6 +224,8 @@ export function readVmSpec(s: StructReader | null): VmSpecInput {
     cpu: readU32(s, 0),
     memoryBytes: readU64(s, 8),
     allowedDomains: readTextList(s, 5, MAX_LIST_LENGTH.allowedDomains),
+    // Absent rather than 0n when unset, like a spec from a peer that predates the field.
+    ...(readU64(s, 16) > 0n ? { dataDiskBytes: readU64(s, 16) } : {}),
   };
 }
 
@@ -212,6 +245,129 @@ export function readSecrets(s: StructReader, index: number): SecretInput[] {
   for (let i = 0; i < list.length; i++) {
     const e = listStruct(list, i);
     out[i] = { name: readText(e, 0), value: readData(e, 1) };
+  }
+  return out;
+}
+
+// ---- Fault / ActiveFault ----
+
+/** Float64 fields: the builder and reader only know integers, so go through the bits. */
+const f64 = new Float64Array(1);
+const f64Bits = new BigUint64Array(f64.buffer);
+const setF64 = (b: MessageBuilder, at: number, value: number): void => {
+  f64[0] = value;
+  b.setU64(at, f64Bits[0]!);
+};
+const readF64 = (s: StructReader, byteOffset: number): number => {
+  f64Bits[0] = readU64(s, byteOffset);
+  return f64[0]!;
+};
+
+const FAULT_TAGS = new Map<string, number>(FAULT_KINDS.map((kind, tag) => [kind, tag]));
+
+/** Writes a Fault struct and points `at` to it. */
+export function writeFault(b: MessageBuilder, at: number, fault: FaultInput): void {
+  const s = b.initStruct(at, Size.Fault[0], Size.Fault[1]);
+  const p = s + Size.Fault[0] * 8;
+  b.setU32(s, fault.durationMs ?? 0);
+  b.setU16(s + 4, FAULT_TAGS.get(fault.kind)!);
+  switch (fault.kind) {
+    case "partition":
+      b.setTextList(b.initStruct(p, Size.Partition[0], Size.Partition[1]), fault.cidrs);
+      break;
+    case "loss":
+      setF64(b, b.initStruct(p, Size.Loss[0], Size.Loss[1]), fault.percent);
+      break;
+    case "delay": {
+      const d = b.initStruct(p, Size.Delay[0], Size.Delay[1]);
+      b.setU32(d, fault.ms);
+      b.setU32(d + 4, fault.jitterMs);
+      break;
+    }
+    case "bandwidth":
+      b.setU64(b.initStruct(p, Size.Bandwidth[0], Size.Bandwidth[1]), BigInt(fault.kbitPerSecond));
+      break;
+    case "diskErrors": {
+      const d = b.initStruct(p, Size.DiskErrors[0], Size.DiskErrors[1]);
+      b.setU16(d, DISK_OPS.indexOf(fault.op));
+      b.setU32(d + 4, fault.errno);
+      b.setU64(d + 8, BigInt(fault.afterOps));
+      setF64(b, d + 16, fault.probabilityPercent);
+      break;
+    }
+    case "cpuThrottle":
+      b.setU32(b.initStruct(p, Size.CpuThrottle[0], Size.CpuThrottle[1]), fault.percent);
+      break;
+    default:
+      break; // Void members
+  }
+}
+
+/** Reads a Fault; INVALID_ARGUMENT for a union member this worker does not know. */
+export function readFault(s: StructReader | null): FaultInput {
+  if (s === null) throw invalidArgument("fault is required");
+  const durationMs = readU32(s, 0);
+  const tag = readU16(s, 4);
+  const kind = FAULT_KINDS[tag];
+  const inner = readStruct(s, 0);
+  const u64 = (offset: number) => (inner === null ? 0n : readU64(inner, offset));
+  const u32 = (offset: number) => (inner === null ? 0 : readU32(inner, offset));
+  switch (kind) {
+    case "partition":
+      return { kind, durationMs, cidrs: inner === null ? [] : readTextList(inner, 0, MAX_LIST_LENGTH.cidrs) };
+    case "loss":
+      return { kind, durationMs, percent: inner === null ? 0 : readF64(inner, 0) };
+    case "delay":
+      return { kind, durationMs, ms: u32(0), jitterMs: u32(4) };
+    case "bandwidth":
+      return { kind, durationMs, kbitPerSecond: Number(u64(0)) };
+    case "diskErrors":
+      return {
+        kind,
+        durationMs,
+        op: DISK_OPS[inner === null ? 0 : readU16(inner, 0)] ?? "readWrite",
+        errno: u32(4),
+        afterOps: Number(u64(8)),
+        probabilityPercent: inner === null ? 0 : readF64(inner, 16),
+      };
+    case "cpuThrottle":
+      return { kind, durationMs, percent: u32(0) };
+    case undefined:
+      throw invalidArgument(`unknown fault kind (union tag ${tag})`);
+    default:
+      return { kind, durationMs };
+  }
+}
+
+export function writeActiveFaultList(b: MessageBuilder, at: number, faults: readonly ActiveFault[]): void {
+  const [dataWords, ptrCount] = Size.ActiveFault;
+  const start = b.initStructList(at, faults.length, dataWords, ptrCount);
+  const step = (dataWords + ptrCount) * 8;
+  for (let i = 0; i < faults.length; i++) {
+    const s = start + i * step;
+    const p = s + dataWords * 8;
+    const fault = faults[i]!;
+    b.setText(p, fault.id);
+    b.setText(p + 8, fault.kind);
+    b.setText(p + 16, fault.description);
+    b.setU64(s, fault.injectedAtMs);
+    b.setU64(s + 8, fault.expiresAtMs);
+  }
+}
+
+export function readActiveFaultList(s: StructReader, index: number): ActiveFault[] {
+  const list = readStructList(s, index, MAX_LIST_LENGTH.faults);
+  if (list === null) return [];
+  const out: ActiveFault[] = new Array(list.length);
+  for (let i = 0; i < list.length; i++) {
+    const e = listStruct(list, i);
+    out[i] = {
+      id: readText(e, 0),
+      kind: readText(e, 1) as ActiveFault["kind"],
+      description: readText(e, 2),
+      injectedAtMs: readU64(e, 0),
+      expiresAtMs: readU64(e, 8),
+    };
   }
   return out;
 }

@@ -7,8 +7,10 @@ import {
   Size,
   WORKER_INTERFACE_ID,
   WorkerMethod,
+  readFault,
   readSecrets,
   readVmSpec,
+  writeActiveFaultList,
   writeRunningVm,
   writeRunningVmList,
   writeVmEventList,
@@ -87,6 +89,23 @@ export function workerDispatcher(api: WorkerApi): InterfaceDispatcher {
       },
       256 + events.length * 128,
     );
+  });
+
+  define(WorkerMethod.injectFault, "injectFault", async (params, context) => {
+    const id = readText(params, 0);
+    const fault = readFault(readStruct(params, 1));
+    const faultId = await api.injectFault(id, fault, caller(context));
+    return results(Size.InjectFaultResults, (b, s) => b.setText(s, faultId));
+  });
+
+  define(WorkerMethod.clearFault, "clearFault", async (params, context) => {
+    await api.clearFault(readText(params, 0), readText(params, 1), caller(context));
+    return results([0, 0]);
+  });
+
+  define(WorkerMethod.listFaults, "listFaults", async (params, context) => {
+    const faults = await api.listFaults(readText(params, 0), caller(context));
+    return results(Size.ListFaultsResults, (b, s) => writeActiveFaultList(b, s, faults), 256 + faults.length * 128);
   });
 
   return { interfaceId: WORKER_INTERFACE_ID, name: "Worker", methods };

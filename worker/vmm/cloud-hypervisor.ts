@@ -7,11 +7,11 @@ import { rm } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import type { Logger } from "pino";
-import { WorkerError } from "../core/errors.js";
+import { WorkerError, failedPrecondition } from "../core/errors.js";
 import type { BlockCounters, GuestRunState, VmLaunchSpec, VmmBackend, VmmExit, VmmHandle, VmmProcessRecord } from "../ports.js";
 import { ChApiClient, ChApiError, ChConnectionError, type ChVmState } from "./ch-api.js";
 import { tailEventFile, type ChEvent, type EventTail } from "./ch-events.js";
-import { isSameLiveProcess, signalProcess, spawnDetached, tailLines, watchNonChild } from "./process.js";
+import { isSameLiveProcess, killStrayProcesses, signalProcess, spawnDetached, tailLines, watchNonChild } from "./process.js";
 import { adoptVirtiofsd, startVirtiofsd, type VirtiofsdHandle } from "./virtiofsd.js";
 
 export interface CloudHypervisorBackendOptions {
@@ -143,6 +143,8 @@ export function createCloudHypervisorBackend(options: CloudHypervisorBackendOpti
   const pollIntervalMs = options.pollIntervalMs ?? 50;
 
   async function launch(spec: VmLaunchSpec): Promise<VmmHandle> {
+    // Disk faults need QEMU's blkdebug, so the writable data disk exists only there for now.
+    if (spec.dataDisk) throw failedPrecondition("dataDiskBytes is not supported on cloud-hypervisor (its disk faults are not either); use the QEMU backend");
     const paths = chPaths(spec.vmDir);
     const log = logger.child({ vmId: spec.id });
     await clearStaleApiSocket(paths.apiSocket);
@@ -227,6 +229,11 @@ export function createCloudHypervisorBackend(options: CloudHypervisorBackendOpti
     extraCmdline: () => [],
     launch,
     adopt,
+    async killStrays(roots, keep) {
+      const killed = await killStrayProcesses(roots, keep, /cloud-hypervisor|virtiofsd/);
+      if (killed.length) logger.warn({ killed }, "killed VMM and virtiofsd processes no record accounts for");
+      return killed.map(({ pid, argv0 }) => `${argv0.includes("virtiofsd") ? "virtiofsd" : "vmm"}:${pid}`);
+    },
   };
 }
 

@@ -2,7 +2,7 @@
 // exit watching for children and for adopted (non-child) processes, kill with wait.
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, openSync } from "node:fs";
-import { open, readFile } from "node:fs/promises";
+import { open, readdir, readFile } from "node:fs/promises";
 import { constants as osConstants } from "node:os";
 
 /** Fields of /proc/<pid>/stat after the command name: state (field 3) and start time (field 22). */
@@ -141,4 +141,35 @@ export async function tailLines(path: string, count: number): Promise<string[]> 
   } finally {
     await handle.close();
   }
+}
+
+/**
+ * Finds processes whose program name matches `program` and whose arguments point inside one of
+ * `roots` (a VM's directory, a secrets directory), except the pids in `keep`: VMMs and helpers a
+ * killed worker left behind with no record. Kills them (SIGKILL) and waits until they are gone.
+ */
+export async function killStrayProcesses(roots: string[], keep: Set<number>, program: RegExp, waitMs = 3000): Promise<{ pid: number; argv0: string }[]> {
+  const prefixes = roots.filter(Boolean).map((root) => (root.endsWith("/") ? root : `${root}/`));
+  if (prefixes.length === 0) return [];
+  const strays: { pid: number; startTime: string; argv0: string }[] = [];
+  for (const entry of await readdir("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    const pid = Number(entry);
+    if (pid === process.pid || keep.has(pid)) continue;
+    const argv = await readFile(`/proc/${pid}/cmdline`, "utf8").then((text) => text.split("\0"), () => undefined);
+    const argv0 = argv?.[0] ?? "";
+    if (!argv || !program.test(argv0.slice(argv0.lastIndexOf("/") + 1))) continue;
+    if (!argv.some((arg) => prefixes.some((prefix) => arg.includes(prefix)))) continue;
+    const stat = await readProcStat(pid);
+    if (!stat || stat.state === "Z" || stat.state === "X") continue;
+    strays.push({ pid, startTime: stat.startTime, argv0 });
+  }
+  for (const stray of strays) signalProcess(stray.pid, "SIGKILL");
+  const deadline = Date.now() + waitMs;
+  for (const stray of strays) {
+    while (Date.now() < deadline && (await isSameLiveProcess(stray.pid, stray.startTime))) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+  }
+  return strays.map(({ pid, argv0 }) => ({ pid, argv0 }));
 }

@@ -6,6 +6,7 @@ import type { Logger } from "pino";
 import { WorkerError, failedPrecondition, internal, unavailable } from "../core/errors.js";
 import type {
   BlockCounters,
+  DiskErrorRule,
   GuestRunState,
   VmLaunchSpec,
   VmmBackend,
@@ -14,8 +15,9 @@ import type {
   VmmProcessRecord,
 } from "../ports.js";
 import { hostTscKhz, type Accelerator } from "./accel.js";
-import { isSameLiveProcess, signalProcess, spawnDetached, tailLines, watchNonChild } from "./process.js";
+import { isSameLiveProcess, killStrayProcesses, signalProcess, spawnDetached, tailLines, watchNonChild } from "./process.js";
 import { QmpClient, QmpConnectionError } from "./qmp.js";
+import { DATA_DEVICE, DATA_FILE_NODE, DATA_NODE, DiskFaults } from "./qemu-disk-faults.js";
 
 export interface QemuBackendOptions {
   /** Name on PATH or absolute path. */
@@ -88,6 +90,14 @@ export function qemuArgv(
       "-device", "virtio-blk-device,drive=root",
     );
   }
+  if (spec.dataDisk) {
+    // Format node over a file node, so a blkdebug filter can be slid between them at runtime.
+    argv.push(
+      "-blockdev", `driver=file,node-name=${DATA_FILE_NODE},filename=${optionValue(spec.dataDisk.path)}`,
+      "-blockdev", `driver=raw,node-name=${DATA_NODE},file=${DATA_FILE_NODE}`,
+      "-device", `virtio-blk-device,drive=${DATA_NODE},id=${DATA_DEVICE}`,
+    );
+  }
   if (spec.net) {
     argv.push(
       "-netdev", `tap,id=n0,ifname=${optionValue(spec.net.tap)},script=no,downscript=no`,
@@ -157,6 +167,7 @@ export function createQemuBackend(options: QemuBackendOptions): VmmBackend {
         throw failedPrecondition(`control socket path ${qmpSocket} exceeds ${MAX_UNIX_SOCKET_PATH} bytes; use a shorter state directory`);
       }
       await unlink(qmpSocket).catch(() => undefined);
+      if (spec.dataDisk) await createSparseFile(spec.dataDisk.path, spec.dataDisk.bytes);
       const argv = qemuArgv(spec, { accel: options.accel, qmpSocket, cpuModel: options.cpuModel });
       const logPath = join(spec.vmDir, VMM_LOG);
       const vmLog = log.child({ vmId: spec.id });
@@ -206,10 +217,26 @@ export function createQemuBackend(options: QemuBackendOptions): VmmBackend {
       }
       return new QemuHandle(record, qmp, logPath, vmLog, { watcher });
     },
+
+    async killStrays(roots, keep) {
+      const killed = await killStrayProcesses(roots, keep, /qemu/);
+      if (killed.length) log.warn({ killed }, "killed QEMU processes no record accounts for");
+      return killed.map(({ pid }) => `vmm:${pid}`);
+    },
   };
 }
 
 class ExitedFirst extends Error {}
+
+/** A fresh sparse file: the data disk costs nothing until the guest writes. */
+async function createSparseFile(path: string, bytes: number): Promise<void> {
+  const file = await open(path, "wx", 0o600);
+  try {
+    await file.truncate(bytes);
+  } finally {
+    await file.close();
+  }
+}
 
 /**
  * The VMM child is unref'd (it must not keep a stopping worker alive), so whoever awaits its exit
@@ -382,6 +409,39 @@ class QemuHandle implements VmmHandle {
 
   async pause(): Promise<void> {
     await this.execute("stop");
+  }
+
+  async reset(): Promise<void> {
+    // -no-reboot turns every reset into an exit: allow this one reset, then restore.
+    await this.execute("set-action", { reboot: "reset" });
+    try {
+      const reset = this.control.waitEvent("RESET", 5000);
+      reset.catch(() => undefined);
+      await this.execute("system_reset");
+      await reset;
+    } finally {
+      await this.execute("set-action", { reboot: "shutdown" }).catch(() => undefined);
+    }
+  }
+
+  async powerOff(): Promise<void> {
+    // `quit` is the pulled plug: no ACPI, QEMU exits 0 at once.
+    const exited = this.exited;
+    await this.execute("quit").catch((err) => {
+      if (!this.exitValue && this.qmp?.isOpen) throw err; // the connection closing under the reply is expected
+    });
+    await holdingLoop(exited);
+  }
+
+  private diskFaults: DiskFaults | undefined;
+
+  async injectDiskErrors(faultId: string, rule: DiskErrorRule): Promise<void> {
+    this.diskFaults ??= new DiskFaults((command, args) => this.execute(command, args), this.log);
+    await this.diskFaults.inject(faultId, rule);
+  }
+
+  async clearDiskErrors(faultId: string): Promise<void> {
+    await this.diskFaults?.clear(faultId, Boolean(this.exitValue));
   }
 
   async resume(): Promise<void> {

@@ -1,0 +1,256 @@
+// Fault injection against a real test guest (TCG microvm) through a real worker's RPC: the guest
+// pings a peer across the bridge and reads and writes its data disk once per tick, and each fault
+// must show in those ticks, then vanish when cleared, leaving no rule or qdisc behind.
+import assert from "node:assert/strict";
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { WorkerError } from "../../worker/core/errors.js";
+import { cgroup2Mount, cpuThrottleUnavailable } from "../../worker/faults/cgroup.js";
+import { FAULT_TABLE } from "../../worker/faults/nft-faults.js";
+import { testGuest, type TestGuestSpec } from "../helpers/repo.js";
+import { waitFor } from "../helpers/vm.js";
+import { GuestWorld, TICK_SCRIPT, type Tick } from "./guest-world.js";
+
+const guest = testGuest();
+const skip = process.getuid?.() !== 0 ? "needs root for network namespaces" : "skip" in guest ? guest.skip : false;
+const MIB = 1024n * 1024n;
+
+const lossRate = (ticks: Tick[]) => ticks.filter((t) => t.lost).length / ticks.length;
+const mean = (values: number[]) => values.reduce((a, b) => a + b, 0) / values.length;
+/** Ticks that started after a change may straddle it: judge only those well inside a window. */
+const settled = (ticks: Tick[], skipFirst = 1) => ticks.slice(skipFirst);
+
+async function rejectsWith(promise: Promise<unknown>, code: string, pattern: RegExp): Promise<string> {
+  try {
+    await promise;
+  } catch (err) {
+    assert.ok(err instanceof WorkerError, String(err));
+    assert.equal(err.code, code, err.message);
+    assert.match(err.message, pattern);
+    return err.message;
+  }
+  assert.fail(`expected ${code}`);
+}
+
+describe("fault injection on a real guest", { skip }, () => {
+  let world: GuestWorld;
+  let id: string;
+  let tap: string;
+  let qdiscBefore: string;
+  let baseline: Tick[];
+  let at = 0n;
+
+  const qdiscs = async () => (await world.inWorkerNs("tc", ["-j", "qdisc", "show", "dev", tap])).stdout;
+  const faultTable = async () => (await world.inWorkerNs("nft", ["list", "table", "netdev", FAULT_TABLE])).exitCode === 0;
+  /** `count` fresh ticks from now on. */
+  const next = async (count: number) => {
+    const { ticks, end } = await world.ticks(id, at, count);
+    at = end;
+    return ticks;
+  };
+
+  before(async () => {
+    world = await GuestWorld.create();
+    id = await world.createVm((guest as { spec: TestGuestSpec }).spec, TICK_SCRIPT, 64n * MIB);
+    const vm = await world.client.getVm(id);
+    tap = `pcr-${id.slice(3)}`;
+    assert.equal(vm.status, "running");
+    qdiscBefore = await qdiscs();
+    await world.ticks(id, 0n, 2, 90_000);
+    at = (await world.console(id)).end;
+    baseline = await next(4);
+  });
+
+  after(async () => {
+    await world?.destroy();
+  });
+
+  test("baseline: every ping answers, every read and write succeeds", (t) => {
+    t.diagnostic(`baseline rtt ${mean(baseline.map((tick) => tick.rttMs ?? 0)).toFixed(2)} ms over ${baseline.length} ticks`);
+    assert.equal(lossRate(baseline), 0, JSON.stringify(baseline));
+    assert.ok(baseline.every((tick) => tick.read === "ok" && tick.write === "ok"), JSON.stringify(baseline));
+  });
+
+  test("loss: the guest's pings get lost at about the injected rate, and all answer again after clear", async (t) => {
+    const faultId = await world.client.injectFault(id, { kind: "loss", percent: 40 });
+    assert.deepEqual((await world.client.listFaults(id)).map((f) => f.kind), ["loss"]);
+    assert.equal((await world.client.getVm(id)).faults?.[0]?.id, faultId);
+    assert.ok(await faultTable(), "fault table present while active");
+    await next(1);
+    const during = await next(14);
+    await world.client.clearFault(id, faultId);
+    // Each way 40 %: a round trip survives with 0.6 * 0.6 = 36 %, so about 64 % of pings are lost.
+    t.diagnostic(`loss 40% each way: ${(lossRate(during) * 100).toFixed(0)}% of ${during.length} pings lost (expected ~64%)`);
+    assert.ok(lossRate(during) >= 0.3 && lossRate(during) <= 0.95, JSON.stringify(during));
+    assert.equal(await faultTable(), false, "fault table gone after clear");
+    assert.equal(await qdiscs(), qdiscBefore);
+    await next(1);
+    assert.equal(lossRate(await next(4)), 0);
+    assert.deepEqual(await world.client.listFaults(id), []);
+  });
+
+  test("partition: all traffic, then only the peer's CIDR; durationMs clears it by itself", async (t) => {
+    const all = await world.client.injectFault(id, { kind: "partition", cidrs: [], durationMs: 6000 });
+    await next(1);
+    const cut = await next(3);
+    assert.equal(lossRate(cut), 1, JSON.stringify(cut));
+    await waitFor("partition to expire", 15_000, async () => ((await world.client.listFaults(id)).length === 0 ? true : undefined));
+    assert.equal(await faultTable(), false);
+    await next(1);
+    assert.equal(lossRate(await next(3)), 0);
+
+    const peer = await world.client.injectFault(id, { kind: "partition", cidrs: ["198.18.0.0/24"] });
+    await next(1);
+    const cidrCut = await next(3);
+    await world.client.clearFault(id, peer);
+    t.diagnostic(`partition all (${all}): ${cut.length}/${cut.length} lost; partition 198.18.0.0/24: ${cidrCut.filter((x) => x.lost).length}/${cidrCut.length} lost`);
+    assert.equal(lossRate(cidrCut), 1);
+    await next(1);
+    assert.equal(lossRate(await next(3)), 0);
+    assert.equal(await faultTable(), false);
+  });
+
+  test("delay: measured RTT rises by about the injected delay (or FAILED_PRECONDITION without sch_netem)", async (t) => {
+    const injected = world.client.injectFault(id, { kind: "delay", ms: 100, jitterMs: 0 });
+    const faultId = await injected.catch((err: unknown) => err as WorkerError);
+    if (faultId instanceof WorkerError) {
+      assert.equal(faultId.code, "FAILED_PRECONDITION", faultId.message);
+      assert.match(faultId.message, /sch_netem/);
+      t.diagnostic(`delay not possible here: ${faultId.message}`);
+      assert.equal(await qdiscs(), qdiscBefore);
+      assert.deepEqual(await world.client.listFaults(id), []);
+      return;
+    }
+    await next(1);
+    const during = await next(6);
+    await world.client.clearFault(id, faultId);
+    const base = mean(baseline.map((tick) => tick.rttMs!));
+    const measured = mean(during.filter((tick) => !tick.lost).map((tick) => tick.rttMs!)) - base;
+    t.diagnostic(`injected 100 ms, measured +${measured.toFixed(1)} ms`);
+    assert.ok(Math.abs(measured - 100) < 30, `measured +${measured} ms`);
+    assert.equal(await qdiscs(), qdiscBefore);
+  });
+
+  test("bandwidth: a tbf qdisc on the TAP while active, the original qdisc after clear", async (t) => {
+    const faultId = await world.client.injectFault(id, { kind: "bandwidth", kbitPerSecond: 512 });
+    const shaped = JSON.parse(await qdiscs()) as { kind: string; options: { rate: number } }[];
+    t.diagnostic(`during: ${JSON.stringify(shaped)}`);
+    assert.equal(shaped[0]?.kind, "tbf");
+    assert.equal(shaped[0]?.options.rate, (512 * 1000) / 8);
+    await rejectsWith(world.client.injectFault(id, { kind: "bandwidth", kbitPerSecond: 64 }), "FAILED_PRECONDITION", /already shapes/);
+    await next(2);
+    await world.client.clearFault(id, faultId);
+    assert.equal(await qdiscs(), qdiscBefore);
+  });
+
+  test("pause: the console counter stops while paused and continues after resume", async (t) => {
+    const last = (await next(1)).at(-1)!.n;
+    const faultId = await world.client.injectFault(id, { kind: "pause" });
+    assert.equal((await world.client.getVm(id)).status, "paused");
+    assert.ok((await world.client.listVms()).find((vm) => vm.id === id)?.faults?.some((f) => f.kind === "pause"));
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const frozenAt = (await world.console(id)).end;
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+    const stillAt = (await world.console(id)).end;
+    await rejectsWith(world.client.injectFault(id, { kind: "pause" }), "FAILED_PRECONDITION", /already paused/);
+    await world.client.clearFault(id, faultId);
+    assert.equal((await world.client.getVm(id)).status, "running");
+    const resumed = await next(2);
+    t.diagnostic(`console at ${frozenAt} and 3 s later at ${stillAt}; ticks ${last} -> ${resumed.map((x) => x.n).join(",")}`);
+    assert.equal(stillAt, frozenAt, "no console output while paused");
+    assert.ok(resumed[0]!.n <= last + 2 && resumed.at(-1)!.n > last, "the counter continues, not restarts");
+    // The instant `resume` fault ends a pause too.
+    await world.client.injectFault(id, { kind: "pause", durationMs: 60_000 });
+    await world.client.injectFault(id, { kind: "resume" });
+    assert.equal((await world.client.getVm(id)).status, "running");
+    assert.deepEqual(await world.client.listFaults(id), []);
+    await rejectsWith(world.client.injectFault(id, { kind: "resume" }), "FAILED_PRECONDITION", /not paused/);
+  });
+
+  test("diskErrors: the guest sees I/O errors on reads, then on writes after N ops; clean after clear", async (t) => {
+    const reads = await world.client.injectFault(id, { kind: "diskErrors", op: "read", errno: 5, afterOps: 0, probabilityPercent: 0 });
+    await next(1);
+    const failing = await next(3);
+    await world.client.clearFault(id, reads);
+    assert.ok(failing.every((tick) => tick.read === "err" && tick.write === "ok"), JSON.stringify(failing));
+    await next(1);
+    const healed = await next(2);
+    assert.ok(healed.every((tick) => tick.read === "ok" && tick.write === "ok"), JSON.stringify(healed));
+
+    const writes = await world.client.injectFault(id, { kind: "diskErrors", op: "write", errno: 5, afterOps: 6, probabilityPercent: 0 });
+    const seq = await next(8);
+    await world.client.clearFault(id, writes);
+    const firstErr = seq.findIndex((tick) => tick.write === "err");
+    t.diagnostic(`read errors: ${failing.length}/${failing.length} ticks; writes after 6 ops: ${seq.map((x) => x.write).join(" ")}`);
+    assert.ok(firstErr > 0, "some writes succeed before the Nth op");
+    assert.ok(seq.slice(firstErr + 1).every((tick) => tick.write === "err"), JSON.stringify(seq));
+    await next(1);
+    assert.ok((await next(2)).every((tick) => tick.read === "ok" && tick.write === "ok"));
+    const nodes = await readFile(join(world.worker.stateDir, "vms", id, "vmm.log"), "utf8").catch(() => "");
+    assert.doesNotMatch(nodes, /blkdebug.*error/i);
+  });
+
+  test("cpuThrottle: FAILED_PRECONDITION with the reason where cgroup v2 has no cpu controller", async (t) => {
+    const why = await cpuThrottleUnavailable(await cgroup2Mount());
+    if (why) {
+      const message = await rejectsWith(world.client.injectFault(id, { kind: "cpuThrottle", percent: 20 }), "FAILED_PRECONDITION", /cgroup v2/);
+      t.diagnostic(message);
+      return;
+    }
+    const faultId = await world.client.injectFault(id, { kind: "cpuThrottle", percent: 20 });
+    await next(2);
+    await world.client.clearFault(id, faultId);
+  });
+
+  test("bad faults are INVALID_ARGUMENT; unknown ids NOT_FOUND", async () => {
+    await rejectsWith(world.client.injectFault(id, { kind: "loss", percent: 140 }), "INVALID_ARGUMENT", /percent/);
+    await rejectsWith(world.client.injectFault(id, { kind: "partition", cidrs: ["example.com"] }), "INVALID_ARGUMENT", /CIDR/);
+    await rejectsWith(world.client.clearFault(id, "fault-nope"), "NOT_FOUND", /fault-nope/);
+    await rejectsWith(world.client.injectFault("vm-nope", { kind: "pause" }), "NOT_FOUND", /vm-nope/);
+  });
+
+  test("reboot: the guest boots again in the same VM", async () => {
+    const before = (await world.console(id)).text.split("pcr-guest: ready").length - 1;
+    await world.client.injectFault(id, { kind: "reboot" });
+    await waitFor("second boot", 90_000, async () =>
+      (await world.console(id)).text.split("pcr-guest: ready").length - 1 > before ? true : undefined,
+    );
+    assert.equal((await world.client.getVm(id)).status, "running");
+  });
+
+  test("the audit log has every inject and clear, with the fault and its id", async () => {
+    const lines = (await readFile(join(world.worker.stateDir, "audit.log"), "utf8")).trim().split("\n").map((line) => JSON.parse(line) as Record<string, unknown>);
+    const injects = lines.filter((entry) => entry.method === "injectFault");
+    assert.ok(injects.some((entry) => entry.fault === "loss" && entry.code === "OK" && String(entry.faultId).startsWith("fault-")));
+    assert.ok(injects.some((entry) => entry.fault === "cpuThrottle" || entry.fault === "delay"));
+    assert.ok(lines.some((entry) => entry.method === "clearFault" && entry.code === "OK" && entry.faultId));
+  });
+
+  test("killVmm crashes the VM (failed); powerOff stops another one (stopped)", async () => {
+    await world.client.injectFault(id, { kind: "killVmm" });
+    const crashed = await waitFor("vm failed", 15_000, async () => {
+      const vm = await world.client.getVm(id);
+      return vm.status === "failed" ? vm : undefined;
+    });
+    assert.match(crashed.failure, /SIGKILL/);
+    assert.deepEqual(crashed.faults, []);
+    assert.equal(await faultTable(), false);
+    await world.client.deleteVm(id);
+
+    const other = await world.createVm((guest as { spec: TestGuestSpec }).spec, "true");
+    await waitFor("second vm ready", 90_000, async () => ((await world.console(other)).text.includes("pcr-guest: ready") ? true : undefined));
+    await rejectsWith(
+      world.client.injectFault(other, { kind: "diskErrors", op: "read", errno: 5, afterOps: 0, probabilityPercent: 0 }),
+      "FAILED_PRECONDITION",
+      /no data disk/,
+    );
+    await world.client.injectFault(other, { kind: "powerOff" });
+    const off = await waitFor("vm stopped", 15_000, async () => {
+      const vm = await world.client.getVm(other);
+      return vm.status === "stopped" ? vm : undefined;
+    });
+    assert.equal(off.failure, "");
+    await world.client.deleteVm(other);
+  });
+});

@@ -1,0 +1,67 @@
+// Partition and packet loss with nftables: per fault, two netdev base chains hooked on the VM's TAP
+// (ingress: frames from the guest, egress: frames to it), in a table of their own so the worker's
+// networking tables never change. Clearing deletes exactly those chains (and the table once empty).
+import { type Command, Nft, type Statement, drop, field, prefix } from "../net/nft.js";
+import type { Runner } from "../net/run.js";
+
+export const FAULT_TABLE = "procurator_faults";
+const table = { family: "netdev" as const, table: FAULT_TABLE };
+/** Before anything else on the device. */
+const PRIORITY = -500;
+
+const chainNames = (faultId: string) => {
+  const base = faultId.replace(/[^A-Za-z0-9_]/g, "_");
+  return { from: `${base}_from_vm`, to: `${base}_to_vm` };
+};
+
+export type NftFault = { kind: "partition"; cidrs: string[] } | { kind: "loss"; percent: number };
+
+/** Statements of the rules per direction; `towardsVm` picks which address is the far end. */
+function rules(fault: NftFault, towardsVm: boolean): Statement[][] {
+  if (fault.kind === "loss") {
+    // Resolution of 0.01 %: numgen draws from [0, 10000).
+    const threshold = Math.round(fault.percent * 100);
+    return [[{ match: { op: "<", left: { numgen: { mode: "random", mod: 10_000, offset: 0 } }, right: threshold } }, drop]];
+  }
+  if (fault.cidrs.length === 0) return [[drop]]; // everything, ARP included
+  const far = field("ip", towardsVm ? "saddr" : "daddr");
+  return fault.cidrs.map((cidr) => [{ match: { op: "==", left: far, right: prefix(cidr) } }, drop]);
+}
+
+export class NftFaults {
+  private readonly nft: Nft;
+
+  constructor(run: Runner) {
+    this.nft = new Nft(run);
+  }
+
+  async apply(faultId: string, tap: string, fault: NftFault): Promise<void> {
+    const names = chainNames(faultId);
+    const commands: Command[] = [{ add: { table: { family: "netdev", name: FAULT_TABLE } } }];
+    for (const [name, hook, towardsVm] of [
+      [names.from, "ingress", false],
+      [names.to, "egress", true],
+    ] as const) {
+      commands.push({ add: { chain: { ...table, name, type: "filter", hook, dev: tap, prio: PRIORITY, policy: "accept" } } });
+      for (const expr of rules(fault, towardsVm)) commands.push({ add: { rule: { ...table, chain: name, expr } } });
+    }
+    await this.nft.apply(commands);
+  }
+
+  async clear(faultId: string): Promise<void> {
+    const names = chainNames(faultId);
+    const present = await this.chains();
+    const doomed = [names.from, names.to].filter((name) => present.has(name));
+    const commands: Command[] = doomed.map((name) => ({ delete: { chain: { ...table, name } } }) as Command);
+    if (present.size > 0 && doomed.length === present.size) {
+      commands.push({ delete: { table: { family: "netdev", name: FAULT_TABLE } } });
+    }
+    await this.nft.apply(commands);
+  }
+
+  /** Chain names in the fault table; empty when the table does not exist. */
+  async chains(): Promise<Set<string>> {
+    const listing = await this.nft.list(["table", "netdev", FAULT_TABLE]).catch(() => []);
+    return new Set(listing.filter((entry) => "chain" in entry).map((entry) => (entry.chain as { name: string }).name));
+  }
+}
