@@ -297,12 +297,20 @@ export class WorkerService implements WorkerApi {
       if (!this.vms.has(id)) throw notFound(`vm ${id} not found`);
       const wasLive = isLive(vm.record.status);
       if (wasLive) {
+        const wasPaused = vm.record.status === "paused";
         this.setStatus(vm, "stopping");
         await this.deps.records.save(vm.record).catch(() => undefined);
-        const exit = await vm.handle?.stop(this.deps.timeouts.stopGraceMs);
+        // While the guest powers off, free what does not need the VMM gone (TAP, rules, secrets):
+        // the guest is going away, and this halves the time a delete takes. A paused guest cannot
+        // see the power button, so it is killed at once.
+        const [exit] = await Promise.all([
+          wasPaused ? vm.handle?.kill() : vm.handle?.stop(this.deps.timeouts.stopGraceMs),
+          this.releaseResources(vm),
+        ]);
         log.info({ exit: exit?.description }, "vmm stopped");
+      } else {
+        await this.releaseResources(vm);
       }
-      await this.releaseResources(vm);
       await this.deps.records.remove(id);
       this.vms.delete(id);
       if (wasLive) this.setStatus(vm, "stopped", "deleted");
