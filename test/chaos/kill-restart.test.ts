@@ -2,6 +2,8 @@
 // same state, and every invariant must hold: VMMs that still run are re-adopted, interrupted
 // creates are undone, and nothing (process, TAP, nft object, lease, directory) is left behind.
 import assert from "node:assert/strict";
+import { readdirSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { after, before, describe, test } from "node:test";
 import { isLive } from "../../worker/core/lifecycle.js";
 import { destroyWorker, type WorkerProcess } from "../helpers/worker-process.js";
@@ -36,6 +38,9 @@ describe("worker SIGKILL at random points", { skip }, () => {
     probe.close();
 
     const figures = { kills: 0, createsKilled: CREATES, deletesKilled: DELETES, completedBeforeKill: 0, rolledBack: 0, adopted: 0, leaks: 0, createMs, restartMs: [] as number[] };
+    const killedPids = new Set<number>();
+    // nft transaction files of a worker killed mid-apply: the next worker removes them.
+    const staleFiles = () => readdirSync(tmpdir()).filter((name) => killedPids.has(Number(/^pcr-nft-(\d+)-/.exec(name)?.[1])));
     const plan = [...Array(CREATES).fill("create"), ...Array(DELETES).fill("delete")] as ("create" | "delete")[];
     for (let i = plan.length - 1; i > 0; i--) {
       const j = Math.floor(random() * (i + 1));
@@ -65,6 +70,7 @@ describe("worker SIGKILL at random points", { skip }, () => {
         (err: Error) => (outcome = `error: ${err.message}`),
       );
       await new Promise((resolve) => setTimeout(resolve, offset));
+      killedPids.add(worker.pid);
       await worker.stop("SIGKILL");
       figures.kills++;
       await call;
@@ -75,6 +81,7 @@ describe("worker SIGKILL at random points", { skip }, () => {
       worker = await restartWorker(worker);
       figures.restartMs.push(Date.now() - t);
       const { problems, snap } = await checkInvariants(worker);
+      problems.push(...staleFiles().map((name) => `leaked nft transaction file ${name}`));
       figures.leaks += problems.length;
       assert.deepEqual(problems, [], `round ${round} (${kind} killed after ${offset} ms, outcome ${outcome}):\n${logTail(worker)}`);
 

@@ -118,6 +118,19 @@ describe("limits, rollback, timeouts and SIGTERM", { skip }, () => {
     await waitFor("ttl delete after restart", 8000, async () => ((await c.listVms()).length === 0 ? true : undefined));
     await assertClean(worker);
     c.close();
+    // A client's delete racing the expiry: whichever comes second is a no-op, not an error.
+    c = await client(worker);
+    const ids = await Promise.all([0, 1].map(() => c.createVm(guestSpec(), { ttlSeconds: 1 })));
+    await Promise.all(
+      ids.map(async (id, i) => {
+        await new Promise((resolve) => setTimeout(resolve, 880 + 80 * i));
+        await c.deleteVm(id).catch((err: { code?: string }) => assert.equal(err.code, "NOT_FOUND"));
+      }),
+    );
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.deepEqual(worker.logs().split("\n").filter((line) => /"level":50/.test(line)), []);
+    await assertClean(worker);
+    c.close();
     figures.ttl = { ttlSeconds: 1, deletedAfterMs: Math.round(ttlMs), restartedVmDeleted: true, ids: [short, survivor].length };
   });
 

@@ -51,7 +51,7 @@ export async function startWorker(options: StartOptions = {}): Promise<WorkerPro
   child.stderr!.on("data", (chunk: Buffer) => {
     logText += chunk.toString();
   });
-  await new Promise<void>((resolve, reject) => {
+  const listening = new Promise<void>((resolve, reject) => {
     let out = "";
     const timer = setTimeout(() => reject(new Error(`worker did not start in 60 s; logs:\n${logText}`)), 60_000);
     child.stdout!.on("data", (chunk: Buffer) => {
@@ -66,6 +66,18 @@ export async function startWorker(options: StartOptions = {}): Promise<WorkerPro
       reject(new Error(`worker exited (${result.exitCode ?? result.signal}) before listening; logs:\n${logText}`));
     });
   });
+  try {
+    await listening;
+  } catch (err) {
+    // A fresh start that failed leaves no worker, namespace or directories behind.
+    child.kill("SIGKILL");
+    await child.catch(() => undefined);
+    if (!options.reuse) {
+      await deleteNetns(netns);
+      await rm(base!, { recursive: true, force: true });
+    }
+    throw err;
+  }
   return {
     socket,
     stateDir,

@@ -460,7 +460,11 @@ export class WorkerService implements WorkerApi {
     const delay = Math.max(0, vm.record.expiresAtMs - Date.now());
     vm.ttlTimer = setTimeout(() => {
       this.log.info({ vmId: vm.record.id }, "ttl expired; deleting vm");
-      this.deleteVm(vm.record.id).catch((err) => this.log.error({ vmId: vm.record.id, err: asWorkerError(err).message }, "ttl delete failed"));
+      this.deleteVm(vm.record.id).catch((err) => {
+        // A client's delete that got there first is no failure.
+        if (asWorkerError(err).code === "NOT_FOUND") return;
+        this.log.error({ vmId: vm.record.id, err: asWorkerError(err).message }, "ttl delete failed");
+      });
     }, Math.min(delay, 2 ** 31 - 1));
     vm.ttlTimer.unref();
   }

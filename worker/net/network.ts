@@ -8,7 +8,7 @@ import { DEFAULT_REFRESH, DomainFollower, dnsResolver, parseAllowlist, type Refr
 import { IpLinks, TAP_PREFIX, tapName } from "./ip.js";
 import { formatCidr, gatewayOf, Ipam, macForIp, parseCidr, type Subnet } from "./ipam.js";
 import { type LayoutConfig, names, rebuildCommands, refreshAllowCommands, TABLE, vmAddCommands, vmIdOf, vmRemoveCommands, type VmRules } from "./layout.js";
-import { Nft } from "./nft.js";
+import { Nft, removeStaleTransactionFiles } from "./nft.js";
 import { createRunner, type Runner } from "./run.js";
 
 export interface NetworkOptions {
@@ -105,6 +105,8 @@ class Network implements NetworkPort {
   }
 
   private async rebuild(existing: { vmId: string; net: VmNetwork; allowedDomains: string[] }[]): Promise<void> {
+    const stale = await removeStaleTransactionFiles();
+    if (stale.length) this.log.info({ files: stale.length }, "removed nft transaction files of killed workers");
     const ipam = await this.ipam();
     await this.links.ensureBridge(this.options.bridge, `${this.gateway}/${this.subnet.prefixLength}`);
     await this.links.sysctl("net.ipv4.ip_forward", "1");

@@ -1,7 +1,7 @@
 // Typed subset of the nftables JSON schema (libnftables-json(5)) that the worker writes, plus
 // the applier: every change is one `nft -j -f <file>` transaction, so it applies whole or not at all.
 import { randomBytes } from "node:crypto";
-import { rm, writeFile } from "node:fs/promises";
+import { readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Runner } from "./run.js";
@@ -139,6 +139,29 @@ export class Nft {
     if (result.exitCode !== 0) throw new NftError(`nft list ${what.join(" ")} failed: ${firstLine(result.stderr)}`, result.stderr);
     const parsed = JSON.parse(result.stdout) as { nftables: Record<string, unknown>[] };
     return parsed.nftables.filter((entry) => !("metainfo" in entry));
+  }
+}
+
+const TRANSACTION_FILE = /^pcr-nft-(\d+)-[0-9a-f]+\.json$/;
+
+/** Removes transaction files a worker killed in the middle of `apply` left behind (their pid is gone). */
+export async function removeStaleTransactionFiles(dir = tmpdir()): Promise<string[]> {
+  const removed: string[] = [];
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    const pid = Number(TRANSACTION_FILE.exec(name)?.[1] ?? NaN);
+    if (!Number.isInteger(pid) || pid === process.pid || processExists(pid)) continue;
+    await rm(join(dir, name), { force: true });
+    removed.push(name);
+  }
+  return removed;
+}
+
+function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code !== "ESRCH";
   }
 }
 

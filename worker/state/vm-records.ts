@@ -49,6 +49,13 @@ export class FileRecordRepo implements RecordRepo {
       await file.close();
     }
     await rename(temp, path);
+    // The rename itself must reach the disk too, or a power loss could bring back the old record.
+    const dir = await open(this.vmDir(record.id), "r");
+    try {
+      await dir.sync();
+    } finally {
+      await dir.close();
+    }
   }
 
   async remove(id: string): Promise<void> {
