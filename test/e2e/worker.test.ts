@@ -1,9 +1,13 @@
 // End to end through the CLI against a running worker: real QEMU, real Nix store, real sockets.
 import assert from "node:assert/strict";
 import { execa } from "execa";
+import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
+import { copyFile, mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { testGuest, type TestGuestSpec } from "../helpers/repo.js";
+import { NIX_CACHE_URL, testGuest, type TestGuestSpec } from "../helpers/repo.js";
 import { assertNothingLeft, createFromSpec, listJson, vmmPids, waitFor, waitForConsole, withCommand } from "../helpers/vm.js";
 import { destroyWorker, startWorker, type WorkerProcess } from "../helpers/worker-process.js";
 
@@ -57,15 +61,26 @@ describe("worker end to end (real QEMU, real Nix store)", { skip }, () => {
   });
 
   test("a store path deleted locally is pulled back from the file:// binary cache", async () => {
-    const deleted = await execa("nix-store", ["--delete", spec.image], { reject: false });
-    assert.equal(deleted.exitCode, 0, `could not delete ${spec.image}: ${deleted.stderr}`);
-    assert.equal(existsSync(spec.image), false);
-    const id = await createFromSpec(worker, spec);
-    assert.ok(existsSync(spec.image), "image is back in the store");
+    // A root image of our own, under a name no other process can hold open (an open file is a GC
+    // root, and nix-store --delete refuses live paths): added, pushed to the cache, deleted.
+    const scratch = await mkdtemp(join(tmpdir(), "pcr-fetch-"));
+    const copy = join(scratch, `pcr-fetch-${randomBytes(6).toString("hex")}.ext4`);
+    await copyFile(spec.image, copy);
+    const image = (await execa("nix-store", ["--add", copy])).stdout.trim();
+    await rm(scratch, { recursive: true, force: true });
+    await execa("nix", ["copy", "--to", NIX_CACHE_URL, image], { env: { NIX_CONFIG: "experimental-features = nix-command" } });
+    const deleted = await execa("nix-store", ["--delete", image], { reject: false });
+    assert.equal(deleted.exitCode, 0, `could not delete ${image}: ${deleted.stderr}`);
+    assert.equal(existsSync(image), false);
+
+    const id = await createFromSpec(worker, { ...spec, image });
+    assert.ok(existsSync(image), "image is back in the store");
     await waitForConsole(worker, id, "pcr-guest: ready");
-    assert.match(worker.logs(), /fetched store paths/);
+    const fetchedLine = worker.logs().split("\n").find((line) => line.includes('"msg":"fetched store paths"'));
+    assert.ok(fetchedLine?.includes(image), `the worker logged the fetch of ${image}`);
     assert.equal((await worker.cli(["delete-vm", id])).exitCode, 0);
     await assertNothingLeft(worker);
+    await execa("nix-store", ["--delete", image], { reject: false });
   });
 
   test("bad input gets INVALID_ARGUMENT or NOT_FOUND and leaves nothing behind", async () => {

@@ -27,6 +27,7 @@ function describeVm(vm: VmView): string {
   return [
     vm.id, vm.hostname, VM_STATUSES.indexOf(vm.status), vm.failure, vm.ip, vm.mac, vm.cpu, vm.memoryBytes, vm.specHash,
     vm.createdAtMs, vm.uptimeMs, counters.join(","), vm.egressDrops, vm.backend,
+    (vm.faults ?? []).map((f) => `${f.id},${f.kind},${f.description},${f.injectedAtMs},${f.expiresAtMs};`).join(""),
   ].join("|");
 }
 

@@ -32,6 +32,22 @@ inline void fillSampleVm(RunningVm::Builder vm, uint32_t i) {
   c.setNetTxPackets((1ull << 40) + i);
   vm.setEgressDrops(i % 7);
   vm.setBackend("qemu");
+  if (i % 3 == 0) {
+    auto fault = vm.initFaults(1)[0];
+    fault.setId(kj::str("f-", i));
+    fault.setKind("loss");
+    fault.setDescription(kj::str("loss ", i, "%"));
+    fault.setInjectedAtMs(1700000000000ull + i);
+    fault.setExpiresAtMs(i);
+  }
+}
+
+inline kj::String describeFaults(capnp::List<ActiveFault>::Reader faults) {
+  kj::String out = kj::str("");
+  for (auto f : faults) {
+    out = kj::str(out, f.getId(), ",", f.getKind(), ",", f.getDescription(), ",", f.getInjectedAtMs(), ",", f.getExpiresAtMs(), ";");
+  }
+  return out;
 }
 
 // One line per VM, compared textually by the TypeScript side.
@@ -42,5 +58,6 @@ inline kj::String describeVm(RunningVm::Reader vm) {
                  vm.getSpecHash(), "|", vm.getCreatedAtMs(), "|", vm.getUptimeMs(), "|",
                  c.getBlockReadBytes(), ",", c.getBlockWriteBytes(), ",", c.getBlockReadOps(), ",",
                  c.getBlockWriteOps(), ",", c.getNetRxBytes(), ",", c.getNetTxBytes(), ",",
-                 c.getNetRxPackets(), ",", c.getNetTxPackets(), "|", vm.getEgressDrops(), "|", vm.getBackend());
+                 c.getNetRxPackets(), ",", c.getNetTxPackets(), "|", vm.getEgressDrops(), "|", vm.getBackend(), "|",
+                 describeFaults(vm.getFaults()));
 }
