@@ -16,6 +16,10 @@ export interface RawBootOptions {
   cpuModel?: string;
   readyMarker?: string;
   timeoutMs?: number;
+  /** A virtio-net device on a TAP QEMU creates itself (run it inside a namespace: see `wrapper`). */
+  net?: { tap: string; mac: string };
+  /** Command QEMU runs under, e.g. ["ip", "netns", "exec", "<ns>"]. */
+  wrapper?: string[];
 }
 
 /** Boots, waits for the ready marker on the console, kills QEMU; rejects on exit or timeout. */
@@ -30,13 +34,15 @@ export function bootRawQemu(options: RawBootOptions): Promise<{ msToReady: numbe
       cmdline: [options.cmdline, ...extra].join(" "),
       cpu: options.cpu ?? 1,
       memoryBytes: options.memoryBytes ?? 256 * 1024 * 1024,
+      net: options.net,
     },
     { accel: options.accel, cpuModel: options.cpuModel },
   );
   const marker = options.readyMarker ?? "pcr-guest: ready";
   const timeoutMs = options.timeoutMs ?? 60000;
   const started = performance.now();
-  const child = spawn(options.qemuBinary ?? "qemu-system-x86_64", argv, { stdio: ["ignore", "pipe", "pipe"] });
+  const command = [...(options.wrapper ?? []), options.qemuBinary ?? "qemu-system-x86_64", ...argv];
+  const child = spawn(command[0]!, command.slice(1), { stdio: ["ignore", "pipe", "pipe"] });
   return new Promise((resolve, reject) => {
     let output = "";
     let settled = false;
