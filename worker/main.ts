@@ -62,7 +62,7 @@ async function run(config: WorkerConfig): Promise<void> {
       consoleMaxBytes: config.consoleMaxBytes,
     },
     timeouts: { bootMs: config.bootTimeoutMs, stopGraceMs: config.stopGraceMs },
-    faults: { net: network ? createNetFaults() : undefined, cpu: createCgroupCpuThrottle() },
+    faults: { net: network ? createNetFaults() : undefined, cpu: createCgroupCpuThrottle({ mountDir: join(config.runtimeDir, "cgroup-cpu") }) },
     strayRoots: [records.vmsDir, join(config.runtimeDir, "secrets")],
     observer: {
       storeFetched: ({ bytes, seconds }) => {

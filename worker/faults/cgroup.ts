@@ -1,5 +1,10 @@
-// CPU throttling of a VMM process with cgroup v2 `cpu.max`: the process moves into a cgroup of
-// its own for the fault's lifetime and back to where it was when cleared.
+// CPU throttling of a VMM process with the CFS bandwidth controller: cgroup v2 `cpu.max` where
+// the v2 hierarchy has the cpu controller, else cgroup v1 `cpu.cfs_quota_us` (hosts in v1 or
+// hybrid mode). The process moves into a cgroup of its own for the fault's lifetime and back to
+// where it was when cleared. When no hierarchy is visible (a private mount namespace with a fresh
+// /sys, as under `ip netns exec`), the worker mounts the v1 cpu hierarchy under its runtime dir:
+// the kernel attaches the same hierarchy, so the limit is real.
+import { execa } from "execa";
 import { mkdir, readFile, rmdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { failedPrecondition } from "../core/errors.js";
@@ -8,17 +13,35 @@ import type { CpuThrottlePort } from "../ports.js";
 const PERIOD_US = 100_000;
 const PARENT = "procurator-faults";
 
-/** Mount point of the cgroup v2 hierarchy, from /proc/self/mountinfo; undefined when none is mounted. */
-export async function cgroup2Mount(mountinfo = "/proc/self/mountinfo"): Promise<string | undefined> {
-  const text = await readFile(mountinfo, "utf8").catch(() => "");
-  for (const line of text.split("\n")) {
-    const [before, after] = line.split(" - ");
-    if (after?.split(" ")[0] === "cgroup2") return before!.split(" ")[4];
-  }
-  return undefined;
+interface Mount {
+  path: string;
+  fstype: string;
+  superOptions: string[];
 }
 
-/** Why cpu.max cannot work here, or undefined when it can. */
+async function mounts(mountinfo = "/proc/self/mountinfo"): Promise<Mount[]> {
+  const text = await readFile(mountinfo, "utf8").catch(() => "");
+  return text
+    .split("\n")
+    .filter(Boolean)
+    .map((line) => {
+      const [before, after] = line.split(" - ");
+      const [fstype, , superOptions] = (after ?? "").split(" ");
+      return { path: before!.split(" ")[4]!, fstype: fstype ?? "", superOptions: (superOptions ?? "").split(",") };
+    });
+}
+
+/** Mount point of the cgroup v2 hierarchy; undefined when none is mounted. */
+export async function cgroup2Mount(mountinfo?: string): Promise<string | undefined> {
+  return (await mounts(mountinfo)).find((mount) => mount.fstype === "cgroup2")?.path;
+}
+
+/** Mount point of a cgroup v1 hierarchy with the cpu controller; undefined when none is mounted. */
+export async function cgroup1CpuMount(mountinfo?: string): Promise<string | undefined> {
+  return (await mounts(mountinfo)).find((mount) => mount.fstype === "cgroup" && mount.superOptions.includes("cpu"))?.path;
+}
+
+/** Why cgroup v2 cpu.max cannot work under root, or undefined when it can. */
 export async function cpuThrottleUnavailable(root: string | undefined): Promise<string | undefined> {
   if (!root) return "no cgroup v2 hierarchy is mounted on this host";
   const controllers = (await readFile(join(root, "cgroup.controllers"), "utf8").catch(() => "")).trim();
@@ -28,34 +51,77 @@ export async function cpuThrottleUnavailable(root: string | undefined): Promise<
   return undefined;
 }
 
-export function createCgroupCpuThrottle(options: { root?: string } = {}): CpuThrottlePort {
+type Hierarchy = { version: 2; root: string } | { version: 1; root: string };
+
+export interface CgroupCpuThrottleOptions {
+  /** A cgroup v2 root to use (tests); otherwise found from mountinfo. */
+  root?: string;
+  /** Where to mount the v1 cpu hierarchy when no cgroup hierarchy with cpu is visible. */
+  mountDir?: string;
+}
+
+export function createCgroupCpuThrottle(options: CgroupCpuThrottleOptions = {}): CpuThrottlePort {
   const origins = new Map<string, string>();
-  const rootOf = async () => options.root ?? (await cgroup2Mount());
+  let found: Promise<Hierarchy> | undefined;
+
+  const locate = async (): Promise<Hierarchy> => {
+    const v2 = options.root ?? (await cgroup2Mount());
+    const v2Why = await cpuThrottleUnavailable(v2);
+    if (!v2Why) return { version: 2, root: v2! };
+    const v1 = await cgroup1CpuMount();
+    if (v1) return { version: 1, root: v1 };
+    if (options.mountDir) {
+      await mkdir(options.mountDir, { recursive: true, mode: 0o700 });
+      const mounted = await execa("mount", ["-t", "cgroup", "-o", "cpu", "procurator-cpu", options.mountDir], { reject: false });
+      if (mounted.exitCode === 0) return { version: 1, root: options.mountDir };
+      throw failedPrecondition(`cpuThrottle needs the cpu cgroup controller: ${v2Why}, no cgroup v1 cpu hierarchy is mounted, and mounting one failed: ${mounted.stderr.trim()}`);
+    }
+    throw failedPrecondition(`cpuThrottle needs the cpu cgroup controller: ${v2Why}, and no cgroup v1 cpu hierarchy is mounted`);
+  };
+  const hierarchy = (): Promise<Hierarchy> => {
+    found ??= locate().catch((err) => {
+      found = undefined; // retry next time: the host may change
+      throw err;
+    });
+    return found;
+  };
+
   return {
     async throttle(faultId, pid, percent) {
-      const root = await rootOf();
-      const why = await cpuThrottleUnavailable(root);
-      if (why) throw failedPrecondition(`cpuThrottle needs cgroup v2 cpu.max: ${why}`);
-      const parent = join(root!, PARENT);
+      const { version, root } = await hierarchy();
+      const parent = join(root, PARENT);
       const dir = join(parent, faultId);
+      const quota = Math.max(1_000, Math.round((percent / 100) * PERIOD_US));
       try {
-        await writeFile(join(root!, "cgroup.subtree_control"), "+cpu");
-        await mkdir(dir, { recursive: true });
-        await writeFile(join(parent, "cgroup.subtree_control"), "+cpu").catch(() => undefined);
-        await writeFile(join(dir, "cpu.max"), `${Math.max(1_000, Math.round((percent / 100) * PERIOD_US))} ${PERIOD_US}`);
-        const origin = /^0::(.*)$/m.exec(await readFile(`/proc/${pid}/cgroup`, "utf8"))?.[1] ?? "/";
-        origins.set(faultId, join(root!, origin));
+        const procCgroup = await readFile(`/proc/${pid}/cgroup`, "utf8");
+        if (version === 2) {
+          await writeFile(join(root, "cgroup.subtree_control"), "+cpu");
+          await mkdir(dir, { recursive: true });
+          await writeFile(join(parent, "cgroup.subtree_control"), "+cpu").catch(() => undefined);
+          await writeFile(join(dir, "cpu.max"), `${quota} ${PERIOD_US}`);
+          origins.set(faultId, join(root, /^0::(.*)$/m.exec(procCgroup)?.[1] ?? "/"));
+        } else {
+          await mkdir(dir, { recursive: true });
+          await writeFile(join(dir, "cpu.cfs_period_us"), String(PERIOD_US));
+          await writeFile(join(dir, "cpu.cfs_quota_us"), String(quota));
+          // "4:cpu:/some/path" or "4:cpu,cpuacct:/some/path"
+          const origin = /^\d+:([^:]*):(.*)$/gm;
+          let path = "/";
+          for (const match of procCgroup.matchAll(origin)) if (match[1]!.split(",").includes("cpu")) path = match[2]!;
+          origins.set(faultId, join(root, path));
+        }
+        // In v1 and v2 alike, cgroup.procs moves the whole process, every thread of it.
         await writeFile(join(dir, "cgroup.procs"), String(pid));
       } catch (err) {
         await rmdir(dir).catch(() => undefined);
-        throw failedPrecondition(`cannot set cpu.max for the VMM: ${(err as Error).message}`);
+        throw failedPrecondition(`cannot limit the VMM's CPU with cgroup v${version}: ${(err as Error).message}`);
       }
     },
     async clear(faultId, pid) {
-      const root = await rootOf();
-      if (!root) return;
       const origin = origins.get(faultId);
       origins.delete(faultId);
+      const { root } = await hierarchy().catch(() => ({ root: undefined }));
+      if (!root) return;
       if (origin) await writeFile(join(origin, "cgroup.procs"), String(pid)).catch(() => undefined); // gone already: fine
       await rmdir(join(root, PARENT, faultId)).catch(() => undefined);
     },
