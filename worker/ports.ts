@@ -77,6 +77,9 @@ export interface VmmHandle {
   /** Makes I/O on the data disk fail until clearDiskErrors(faultId); throws FAILED_PRECONDITION where unsupported. */
   injectDiskErrors?(faultId: string, rule: DiskErrorRule): Promise<void>;
   clearDiskErrors?(faultId: string): Promise<void>;
+  /** Delays packets towards the guest inside the VMM (for hosts without sch_netem). */
+  delayNetwork?(faultId: string, delay: { ms: number; jitterMs: number }): Promise<void>;
+  clearNetworkDelay?(faultId: string): Promise<void>;
 }
 
 export interface DiskErrorRule {

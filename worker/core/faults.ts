@@ -181,7 +181,14 @@ export class FaultController {
         const tap = target.tap;
         if (!net || !tap) throw failedPrecondition(`${fault.kind} needs the VM's network, and vm ${target.id} has none (networking disabled?)`);
         const netFault = fault as NetFault;
-        await net.apply(faultId, tap, netFault);
+        try {
+          await net.apply(faultId, tap, netFault);
+        } catch (err) {
+          // No sch_netem on this host: the VMM can hold packets itself (QEMU's filter-redirector).
+          if (fault.kind !== "delay" || asWorkerError(err).code !== "FAILED_PRECONDITION" || !handle.delayNetwork || !handle.clearNetworkDelay) throw err;
+          await handle.delayNetwork(faultId, { ms: fault.ms, jitterMs: fault.jitterMs });
+          return () => handle.clearNetworkDelay!(faultId);
+        }
         return () => net.clear(faultId, tap, netFault);
       }
       case "pause":

@@ -1,7 +1,7 @@
 // The QEMU backend: one detached qemu-system-x86_64 per VM (microvm machine), driven over QMP.
 import { constants } from "node:fs";
 import { access, open, unlink } from "node:fs/promises";
-import { delimiter, join } from "node:path";
+import { delimiter, dirname, join } from "node:path";
 import type { Logger } from "pino";
 import { WorkerError, failedPrecondition, internal, unavailable } from "../core/errors.js";
 import type {
@@ -18,6 +18,7 @@ import { hostTscKhz, type Accelerator } from "./accel.js";
 import { isSameLiveProcess, killStrayProcesses, signalProcess, spawnDetached, tailLines, watchNonChild } from "./process.js";
 import { QmpClient, QmpConnectionError } from "./qmp.js";
 import { DATA_DEVICE, DATA_FILE_NODE, DATA_NODE, DiskFaults } from "./qemu-disk-faults.js";
+import { NETDEV_ID, QemuNetDelay } from "./qemu-net-delay.js";
 
 export interface QemuBackendOptions {
   /** Name on PATH or absolute path. */
@@ -100,8 +101,8 @@ export function qemuArgv(
   }
   if (spec.net) {
     argv.push(
-      "-netdev", `tap,id=n0,ifname=${optionValue(spec.net.tap)},script=no,downscript=no`,
-      "-device", `virtio-net-device,netdev=n0,mac=${spec.net.mac}`,
+      "-netdev", `tap,id=${NETDEV_ID},ifname=${optionValue(spec.net.tap)},script=no,downscript=no`,
+      "-device", `virtio-net-device,netdev=${NETDEV_ID},mac=${spec.net.mac}`,
     );
   }
   if (spec.share) {
@@ -442,6 +443,17 @@ class QemuHandle implements VmmHandle {
 
   async clearDiskErrors(faultId: string): Promise<void> {
     await this.diskFaults?.clear(faultId, Boolean(this.exitValue));
+  }
+
+  private netDelay: QemuNetDelay | undefined;
+
+  async delayNetwork(faultId: string, delay: { ms: number; jitterMs: number }): Promise<void> {
+    this.netDelay ??= new QemuNetDelay((command, args) => this.execute(command, args), dirname(this.logPath), this.log);
+    await this.netDelay.start(faultId, delay.ms, delay.jitterMs);
+  }
+
+  async clearNetworkDelay(faultId: string): Promise<void> {
+    await this.netDelay?.stop(faultId);
   }
 
   async resume(): Promise<void> {

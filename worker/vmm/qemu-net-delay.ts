@@ -1,0 +1,154 @@
+// Delay towards the guest inside QEMU, for hosts without sch_netem: two filter-redirectors on the
+// VM's netdev. The first steals every packet going to the guest and writes it to a chardev socket
+// the worker listens on; the worker holds each packet for the delay (± jitter, order kept) and
+// writes it to a second chardev socket, where the second redirector injects it back on the path
+// to the guest, after the first. Clearing removes the stealing filter first, flushes what is held,
+// then removes the rest. Wire format on both sockets (vnet_hdr off): 4-byte big-endian length, packet.
+import { rm } from "node:fs/promises";
+import { createServer, type Server, type Socket } from "node:net";
+import { join } from "node:path";
+import type { Logger } from "pino";
+import { failedPrecondition } from "../core/errors.js";
+
+type Execute = (command: string, args?: Record<string, unknown>) => Promise<unknown>;
+
+/** The netdev id the QEMU backend gives the VM's NIC (qemuArgv). */
+export const NETDEV_ID = "n0";
+const MAX_PACKET = 65536 + 4;
+
+interface Active {
+  faultId: string;
+  servers: Server[];
+  out?: Socket;
+  into?: Socket;
+  timers: Set<NodeJS.Timeout>;
+  /** When the last packet is due out: packets leave in order even with jitter. */
+  lastDueMs: number;
+  held: Buffer[];
+}
+
+/** Reads length-prefixed packets from a byte stream. */
+export class PacketReader {
+  private buffer: Buffer = Buffer.alloc(0);
+
+  push(chunk: Buffer): Buffer[] {
+    this.buffer = this.buffer.length ? Buffer.concat([this.buffer, chunk]) : chunk;
+    const packets: Buffer[] = [];
+    while (this.buffer.length >= 4) {
+      const length = this.buffer.readUInt32BE(0);
+      if (length > MAX_PACKET) throw new Error(`redirector packet of ${length} bytes`);
+      if (this.buffer.length < 4 + length) break;
+      packets.push(this.buffer.subarray(0, 4 + length)); // kept framed: written back as is
+      this.buffer = this.buffer.subarray(4 + length);
+    }
+    return packets;
+  }
+}
+
+export class QemuNetDelay {
+  private active: Active | undefined;
+
+  constructor(
+    private readonly execute: Execute,
+    private readonly vmDir: string,
+    private readonly log: Logger,
+  ) {}
+
+  async start(faultId: string, ms: number, jitterMs: number): Promise<void> {
+    if (this.active) throw failedPrecondition(`a delay (${this.active.faultId}) is already active on this VM; clear it first`);
+    const active: Active = { faultId, servers: [], timers: new Set(), lastDueMs: 0, held: [] };
+    this.active = active;
+    const ids = this.ids();
+    try {
+      const outPath = join(this.vmDir, "delay-out.sock");
+      const inPath = join(this.vmDir, "delay-in.sock");
+      const outConnected = this.listen(active, outPath, (socket) => (active.out = socket));
+      const inConnected = this.listen(active, inPath, (socket) => (active.into = socket));
+      await Promise.all([outConnected.listening, inConnected.listening]);
+      for (const [id, path] of [[ids.outChardev, outPath], [ids.inChardev, inPath]] as const) {
+        await this.execute("chardev-add", { id, backend: { type: "socket", data: { addr: { type: "unix", data: { path } }, server: false } } });
+      }
+      await Promise.all([outConnected.connected, inConnected.connected]);
+      // The injecting filter first, so that it sits after the stealing one on the path to the guest.
+      await this.execute("object-add", { "qom-type": "filter-redirector", id: ids.inFilter, netdev: NETDEV_ID, queue: "tx", indev: ids.inChardev });
+      await this.execute("object-add", {
+        "qom-type": "filter-redirector",
+        id: ids.outFilter,
+        netdev: NETDEV_ID,
+        queue: "tx",
+        outdev: ids.outChardev,
+        position: `id=${ids.inFilter}`,
+        insert: "before",
+      });
+      const reader = new PacketReader();
+      active.out!.on("data", (chunk: Buffer) => {
+        for (const packet of reader.push(chunk)) this.hold(active, packet, ms, jitterMs);
+      });
+      this.log.info({ faultId, ms, jitterMs }, "network delay inside QEMU");
+    } catch (err) {
+      await this.teardown(active);
+      throw failedPrecondition(`cannot delay the VM's network inside QEMU: ${(err as Error).message}`);
+    }
+  }
+
+  async stop(faultId: string): Promise<void> {
+    const active = this.active;
+    if (!active || active.faultId !== faultId) return;
+    await this.teardown(active);
+  }
+
+  private hold(active: Active, packet: Buffer, ms: number, jitterMs: number): void {
+    const due = Math.max(Date.now() + ms + (jitterMs ? (Math.random() * 2 - 1) * jitterMs : 0), active.lastDueMs);
+    active.lastDueMs = due;
+    active.held.push(packet);
+    const timer = setTimeout(() => {
+      active.timers.delete(timer);
+      const next = active.held.shift();
+      if (next) active.into?.write(next);
+    }, due - Date.now());
+    active.timers.add(timer);
+  }
+
+  private async teardown(active: Active): Promise<void> {
+    const ids = this.ids();
+    const quietly = (command: string, args: Record<string, unknown>) => this.execute(command, args).catch(() => undefined);
+    await quietly("object-del", { id: ids.outFilter }); // stop stealing first
+    for (const timer of active.timers) clearTimeout(timer);
+    for (const packet of active.held.splice(0)) active.into?.write(packet); // what was held goes out now
+    await new Promise((resolve) => setTimeout(resolve, 20)); // let QEMU read them before the injector goes
+    await quietly("object-del", { id: ids.inFilter });
+    await quietly("chardev-remove", { id: ids.outChardev });
+    await quietly("chardev-remove", { id: ids.inChardev });
+    active.out?.destroy();
+    active.into?.destroy();
+    for (const server of active.servers) server.close();
+    await rm(join(this.vmDir, "delay-out.sock"), { force: true });
+    await rm(join(this.vmDir, "delay-in.sock"), { force: true });
+    if (this.active === active) this.active = undefined;
+  }
+
+  private ids() {
+    return { outChardev: "pcr-delay-out", inChardev: "pcr-delay-in", outFilter: "pcr-delay-steal", inFilter: "pcr-delay-inject" };
+  }
+
+  /** A one-connection unix server: QEMU's chardev connects to it as a client. */
+  private listen(active: Active, path: string, onConnect: (socket: Socket) => void) {
+    let resolveConnected!: () => void;
+    const connected = new Promise<void>((resolve) => (resolveConnected = resolve));
+    const server = createServer((socket) => {
+      socket.on("error", () => undefined); // QEMU going away mid-delay is not our error
+      onConnect(socket);
+      resolveConnected();
+    });
+    active.servers.push(server);
+    const listening = rm(path, { force: true }).then(
+      () =>
+        new Promise<void>((resolve, reject) => {
+          server.once("error", reject);
+          server.listen(path, () => resolve());
+        }),
+    );
+    const timeout = new Promise<never>((_, reject) => setTimeout(() => reject(new Error("QEMU did not connect to the delay socket")), 5_000).unref());
+    return { listening, connected: Promise.race([connected, timeout]) };
+  }
+}
