@@ -6,8 +6,8 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import type { SecretInput, VmSpecInput } from "../../worker/core/api.js";
 import { ERROR_CODES } from "../../worker/core/errors.js";
-import { MessageTag, bootstrapMessage, callMessage, finishMessage, releaseMessage, startMessage } from "../../worker/rpc/protocol.js";
-import { Size, WORKER_INTERFACE_ID, WorkerMethod, writeSecrets, writeVmSpec } from "../../worker/rpc/worker-codec.js";
+import { MessageTag } from "../../worker/rpc/protocol.js";
+import { frameCorpus, frameMutator } from "../rpc/frame-fuzz.js";
 import { RawPeer } from "../rpc/raw-peer.js";
 import { destroyWorker, type WorkerProcess } from "../helpers/worker-process.js";
 import { client, guestSpec, logTail, prng, report, SEED, settledFds, skip, startChaosWorker, waitFor } from "./harness.js";
@@ -20,6 +20,7 @@ const PARALLEL = 16;
 const EXPECTED_CODES = new Set(["INVALID_ARGUMENT", "NOT_FOUND", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION"]);
 
 const random = prng(SEED);
+const mutate = frameMutator(random);
 const int = (n: number) => Math.floor(random() * n);
 const pick = <T>(values: readonly T[]): T => values[int(values.length)]!;
 const chance = (p: number) => random() < p;
@@ -71,74 +72,6 @@ function fuzzedCall(): { spec: VmSpecInput; secrets: SecretInput[]; ttlSeconds: 
     for (let i = 0; i < count; i++) pick(mutations)();
   }
   return { spec, secrets, ttlSeconds };
-}
-
-/** Valid frames of every kind the worker answers, to mutate. */
-function frameCorpus(): Buffer[] {
-  const target = { kind: "answer", questionId: 0 } as const;
-  const spec = { hostname: "h", kernel: "/nix/store/k", initrd: "/nix/store/i", image: "/nix/store/r", cmdline: "c", cpu: 1, memoryBytes: 1n << 28n, allowedDomains: ["a.com", "10.0.0.0/8"] };
-  const text = (value: string) => (b: Parameters<NonNullable<Parameters<typeof callMessage>[4]>>[0], at: number) => b.setText(b.initStruct(at, 0, 1), value);
-  const provide = startMessage(MessageTag.Provide, 1, 2);
-  return [
-    bootstrapMessage(0),
-    callMessage(1, target, WORKER_INTERFACE_ID, WorkerMethod.listVms, undefined),
-    callMessage(2, { kind: "import", id: 0 }, WORKER_INTERFACE_ID, WorkerMethod.getVm, text("vm-0000000000")),
-    callMessage(3, target, WORKER_INTERFACE_ID, WorkerMethod.deleteVm, text("vm-0000000001")),
-    callMessage(4, target, WORKER_INTERFACE_ID, WorkerMethod.read, (b, at) => {
-      const s = b.initStruct(at, Size.ReadParams[0], Size.ReadParams[1]);
-      b.setText(s + 16, "vm-1");
-      b.setU32(s + 8, 100);
-    }),
-    callMessage(5, target, WORKER_INTERFACE_ID, WorkerMethod.createVm, (b, at) => {
-      const s = b.initStruct(at, Size.CreateVmParams[0], Size.CreateVmParams[1]);
-      writeVmSpec(b, s + 8, spec);
-      writeSecrets(b, s + 16, [{ name: "k", value: new Uint8Array([1, 2, 3]) }]);
-      b.setU32(s, 60);
-    }),
-    callMessage(6, target, WORKER_INTERFACE_ID, WorkerMethod.events, (b, at) => {
-      const s = b.initStruct(at, Size.EventsParams[0], Size.EventsParams[1]);
-      b.setU32(s + 8, 5);
-    }),
-    finishMessage(1, true),
-    releaseMessage(0, 1),
-    provide.b.finish(),
-  ];
-}
-
-const INTERESTING32 = [0, 1, 0xffffffff, 0x7fffffff, 0x80000000, 0xfffffffc, (2 ** 29 - 1) * 8 + 7, 0xffff0000, 0x10000];
-
-function mutate(frame: Buffer): Buffer {
-  let out = Buffer.from(frame);
-  for (let m = 1 + int(4); m > 0; m--) {
-    switch (int(6)) {
-      case 0:
-        out[int(out.length)]! ^= 1 << int(8);
-        break;
-      case 1:
-        out[int(out.length)] = pick([0, 1, 2, 3, 7, 0x7f, 0x80, 0xff]);
-        break;
-      case 2:
-        if (out.length >= 8) out.writeUInt32LE(pick(INTERESTING32) >>> 0, 4 * int(Math.floor(out.length / 4)));
-        break;
-      case 3:
-        out = out.subarray(0, int(out.length));
-        break;
-      case 4:
-        if (out.length >= 8) {
-          const at = 8 * int(Math.floor(out.length / 8));
-          out.writeUInt32LE(int(2 ** 32), at);
-          out.writeUInt32LE(int(2 ** 32), at + 4);
-        }
-        break;
-      default: {
-        const noise = Buffer.alloc(1 + int(16));
-        for (let i = 0; i < noise.length; i++) noise[i] = int(256);
-        const at = int(out.length);
-        out = Buffer.concat([out.subarray(0, at), noise, out.subarray(at)]);
-      }
-    }
-  }
-  return out;
 }
 
 /** "CODE: message" with a known code, or a protocol-level answer from the RPC layer itself. */
@@ -207,7 +140,7 @@ describe("fuzzing a real worker", { skip }, () => {
   test(`${FRAMES} malformed RPC frames: typed errors or a dropped connection, the worker serves on (seed ${SEED})`, { timeout: 600_000 }, async () => {
     const started = Date.now();
     const baselineFds = await settledFds(worker);
-    const corpus = frameCorpus();
+    const corpus = frameCorpus({ getVm: "vm-0000000000", deleteVm: "vm-0000000001" });
     const figures = { frames: 0, connections: 0, returns: 0, exceptions: 0, aborted: 0, untyped: [] as string[] };
     const hostile = async () => {
       const frames = [corpus[0]!];

@@ -70,17 +70,8 @@ export async function waitFor<T>(what: string, timeoutMs: number, probe: () => P
   }
 }
 
-/** mulberry32: small, seedable. The seed is printed so a failing run can be replayed (CHAOS_SEED). */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The seed is printed so a failing run can be replayed (CHAOS_SEED). */
+export { prng } from "../rpc/frame-fuzz.js";
 
 export const SEED = Number(process.env.CHAOS_SEED ?? Date.now() % 1_000_000);
 

@@ -77,6 +77,31 @@ describe("limits, rollback, timeouts and SIGTERM", { skip }, () => {
     figures.rollback = { steps: ["fetch store paths", "start vmm"], lastError: message.slice(0, 120) };
   });
 
+  test("a create whose call deadline passes is undone: the caller got DEADLINE_EXCEEDED, so no VM may stay", { timeout: 120_000 }, async () => {
+    // A QEMU that takes a second to start: the 400 ms call deadline passes during "start vmm".
+    const dir = await mkdtemp(join(tmpdir(), "pcr-chaos-qemu-"));
+    const wrapper = join(dir, "qemu-slow");
+    await writeFile(wrapper, '#!/bin/sh\nsleep 1\nexec qemu-system-x86_64 "$@"\n');
+    await chmod(wrapper, 0o755);
+    const worker = await startChaosWorker(["--qemu-binary", wrapper, "--accel", "tcg", "--call-deadline-ms", "400"]);
+    workers.push(worker);
+    try {
+      const c = await client(worker);
+      const t = performance.now();
+      await expectCode(c.createVm(guestSpec()), "DEADLINE_EXCEEDED", /call deadline/);
+      const answeredMs = performance.now() - t;
+      // The create goes on in the worker until its next step, then rolls back.
+      await waitFor("the late create undone", 15_000, async () => ((await c.listVms()).length === 0 && vmmProcesses(worker).live.size === 0 ? true : undefined));
+      // The service itself ended the create with DEADLINE_EXCEEDED (rolled back), not the RPC layer alone.
+      assert.match(worker.logs(), /"method":"createVm","code":"DEADLINE_EXCEEDED"/);
+      await assertClean(worker);
+      c.close();
+      figures.callDeadlineCreate = { deadlineMs: 400, answeredAfterMs: Math.round(answeredMs), leftBehind: 0 };
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   test("boot timeout: a VMM that never reports the guest running fails the create (DEADLINE_EXCEEDED) and is killed", { timeout: 120_000 }, async () => {
     // A QEMU that starts the guest paused (-S) never reports it running.
     const dir = await mkdtemp(join(tmpdir(), "pcr-chaos-qemu-"));

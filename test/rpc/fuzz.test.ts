@@ -8,94 +8,17 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { after, before, test } from "node:test";
-import { bootstrapMessage, callMessage, finishMessage, releaseMessage, startMessage, MessageTag } from "../../worker/rpc/protocol.js";
-import { Size, WORKER_INTERFACE_ID, WorkerMethod, writeSecrets, writeVmSpec } from "../../worker/rpc/worker-codec.js";
 import { connectWorker } from "../../worker/rpc/worker-client.js";
+import { frameCorpus, frameMutator, prng } from "./frame-fuzz.js";
 
 const SEED = Number(process.env.FUZZ_SEED ?? Date.now() % 1_000_000);
 const CONNECTIONS = 4000;
 const MAX_FRAMES_PER_CONNECTION = 12;
 const PARALLEL = 8;
 
-/** mulberry32: small, seedable, good enough for fuzzing. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const random = prng(SEED);
+const mutate = frameMutator(random);
 const int = (n: number) => Math.floor(random() * n);
-
-const target = { kind: "answer", questionId: 0 } as const;
-function corpus(): Buffer[] {
-  const spec = { hostname: "h", kernel: "/nix/store/k", initrd: "/nix/store/i", image: "/nix/store/r", cmdline: "c", cpu: 1, memoryBytes: 1n << 28n, allowedDomains: ["a.com", "*.b.org"] };
-  const id = (text: string) => (b: Parameters<NonNullable<Parameters<typeof callMessage>[4]>>[0], at: number) => b.setText(b.initStruct(at, 0, 1), text);
-  const provide = startMessage(MessageTag.Provide, 1, 2);
-  return [
-    bootstrapMessage(0),
-    callMessage(1, target, WORKER_INTERFACE_ID, WorkerMethod.listVms, undefined),
-    callMessage(2, { kind: "import", id: 0 }, WORKER_INTERFACE_ID, WorkerMethod.getVm, id("vm-000001")),
-    callMessage(3, target, WORKER_INTERFACE_ID, WorkerMethod.deleteVm, id("nope")),
-    callMessage(4, target, WORKER_INTERFACE_ID, WorkerMethod.read, (b, at) => {
-      const s = b.initStruct(at, Size.ReadParams[0], Size.ReadParams[1]);
-      b.setText(s + 16, "vm-1");
-      b.setU32(s + 8, 100);
-    }),
-    callMessage(5, target, WORKER_INTERFACE_ID, WorkerMethod.createVm, (b, at) => {
-      const s = b.initStruct(at, Size.CreateVmParams[0], Size.CreateVmParams[1]);
-      writeVmSpec(b, s + 8, spec);
-      writeSecrets(b, s + 16, [{ name: "k", value: new Uint8Array([1, 2, 3]) }]);
-      b.setU32(s, 60);
-    }),
-    callMessage(6, target, WORKER_INTERFACE_ID, WorkerMethod.events, (b, at) => {
-      const s = b.initStruct(at, 2, 0);
-      b.setU32(s + 8, 5);
-    }),
-    finishMessage(1, true),
-    releaseMessage(0, 1),
-    provide.b.finish(),
-  ];
-}
-
-const INTERESTING = [0, 1, 2, 3, 7, 0x7f, 0x80, 0xff];
-const INTERESTING32 = [0, 1, 0xffffffff, 0x7fffffff, 0x80000000, 0xfffffffc, (2 ** 29 - 1) * 8 + 7, 0xffff0000, 0x10000];
-
-function mutate(frame: Buffer): Buffer {
-  const out = Buffer.from(frame);
-  const mutations = 1 + int(4);
-  let result = out;
-  for (let m = 0; m < mutations; m++) {
-    switch (int(6)) {
-      case 0: // bit flip
-        result[int(result.length)]! ^= 1 << int(8);
-        break;
-      case 1: // interesting byte
-        result[int(result.length)] = INTERESTING[int(INTERESTING.length)]!;
-        break;
-      case 2: // interesting 32-bit word at a word-aligned spot (pointer halves)
-        if (result.length >= 8) result.writeUInt32LE(INTERESTING32[int(INTERESTING32.length)]! >>> 0, 4 * int(Math.floor(result.length / 4)));
-        break;
-      case 3: // truncate (the rest of the stream then misframes)
-        result = result.subarray(0, int(result.length));
-        break;
-      case 4: // random word
-        if (result.length >= 8) {
-          const at = 8 * int(Math.floor(result.length / 8));
-          result.writeUInt32LE(int(2 ** 32), at);
-          result.writeUInt32LE(int(2 ** 32), at + 4);
-        }
-        break;
-      default: // insert random bytes
-        result = Buffer.concat([result.subarray(0, int(result.length)), randomBytes(1 + int(16)), result.subarray(int(result.length))]);
-    }
-  }
-  return result;
-}
 
 function randomBytes(n: number): Buffer {
   const b = Buffer.alloc(n);
@@ -181,7 +104,7 @@ function hostileConnection(frames: Buffer[]): Promise<void> {
 }
 
 test(`fuzzing a server in a child process (seed ${SEED})`, { timeout: 120_000 }, async () => {
-  const valid = corpus();
+  const valid = frameCorpus();
   await healthy();
   const baseline = rss(child.pid!);
   let sent = 0;

@@ -111,6 +111,8 @@ export interface ConsoleChunk {
 export interface CallerInfo {
   connection: string;
   requestId: string;
+  /** Aborted when the call's deadline passed: the caller was already told DEADLINE_EXCEEDED. */
+  signal?: AbortSignal;
 }
 
 export interface WorkerApi {

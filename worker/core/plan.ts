@@ -9,13 +9,18 @@ export class Plan {
   /** Milliseconds each finished step took, for the log line that ends a create. */
   readonly stepMs: Record<string, number> = {};
 
-  constructor(private readonly onUndoError: (step: string, err: unknown) => void) {}
+  constructor(
+    private readonly onUndoError: (step: string, err: unknown) => void,
+    /** Once aborted, the next step does not start: everything done so far is undone. */
+    private readonly signal?: AbortSignal,
+  ) {}
 
   /** Runs `action`; on success registers `undo` (if any) and returns the action's result. */
   async step<T>(name: string, action: () => Promise<T>, undo?: (result: T) => Promise<void>): Promise<T> {
     let result: T;
     const started = performance.now();
     try {
+      if (this.signal?.aborted) throw new WorkerError("DEADLINE_EXCEEDED", "the call's deadline passed");
       result = await action();
       this.stepMs[name] = Math.round((this.stepMs[name] ?? 0) + performance.now() - started);
     } catch (err) {

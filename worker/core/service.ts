@@ -16,7 +16,7 @@ import type {
   WorkerApi,
 } from "./api.js";
 import { zeroCounters, type IoCounters } from "./api.js";
-import { asWorkerError, invalidArgument, notFound, resourceExhausted } from "./errors.js";
+import { asWorkerError, invalidArgument, notFound, resourceExhausted, WorkerError } from "./errors.js";
 import { EventLog } from "./events.js";
 import { FaultController, type FaultPorts, type FaultTarget } from "./faults.js";
 import { assertTransition, isLive } from "./lifecycle.js";
@@ -186,20 +186,27 @@ export class WorkerService implements WorkerApi {
     this.reserve(spec);
     const id = `vm-${randomBytes(5).toString("hex")}`;
     const log = this.log.child({ vmId: id, requestId: caller?.requestId });
-    const create = this.runCreate(id, spec, secrets, ttlSeconds, log);
+    const create = this.runCreate(id, spec, secrets, ttlSeconds, log, caller?.signal);
     // Anything else done to this VM meanwhile (a delete, a fault) waits until the create has ended.
     this.creates.set(id, create.then(() => undefined, () => undefined));
     try {
-      return await create;
+      await create;
     } finally {
       this.creates.delete(id);
       this.release(spec);
     }
+    if (caller?.signal?.aborted) {
+      // The caller was told DEADLINE_EXCEEDED and will never learn this id: nothing may stay.
+      log.warn("create finished after the call's deadline; deleting the VM");
+      await this.deleteVm(id, caller).catch(() => undefined);
+      throw new WorkerError("DEADLINE_EXCEEDED", "the call's deadline passed");
+    }
+    return id;
   }
 
-  private async runCreate(id: string, spec: ValidSpec, secrets: SecretInput[], ttlSeconds: number, log: Logger): Promise<string> {
+  private async runCreate(id: string, spec: ValidSpec, secrets: SecretInput[], ttlSeconds: number, log: Logger, signal?: AbortSignal): Promise<string> {
     const { backend, network, records, store } = this.deps;
-    const plan = new Plan((step, err) => log.error({ step, err: asWorkerError(err).message }, "undo failed"));
+    const plan = new Plan((step, err) => log.error({ step, err: asWorkerError(err).message }, "undo failed"), signal);
     const started = Date.now();
 
     const fetched = await plan.step("fetch store paths", () =>

@@ -49,6 +49,8 @@ export type ContentWriter = ((b: MessageBuilder, at: number) => void) & { sizeHi
 export interface CallContext {
   connection: string;
   requestId: string;
+  /** Aborted when the call's deadline passes (its answer, DEADLINE_EXCEEDED, is already sent). */
+  signal?: AbortSignal;
 }
 
 /** One method: decode params (synchronously, before awaiting), do the work, return how to write results. */
@@ -381,14 +383,15 @@ export class RpcConnection {
     }
 
     let pending: Promise<ContentWriter>;
+    const deadline = this.limits.callDeadlineMs > 0 ? new AbortController() : undefined;
     try {
       const payload = readStruct(body, Layout.Call.params);
       const params = (payload && readStruct(payload, Layout.Payload.content)) ?? emptyStruct(reader);
-      pending = method.handle(params, { connection: this.peer, requestId: `${this.peer}/${++this.requestCounter}` });
+      pending = method.handle(params, { connection: this.peer, requestId: `${this.peer}/${++this.requestCounter}`, signal: deadline?.signal });
     } catch (err) {
       pending = Promise.reject(err);
     }
-    if (this.limits.callDeadlineMs > 0) pending = withDeadline(pending, this.limits.callDeadlineMs, method.name);
+    if (deadline) pending = withDeadline(pending, this.limits.callDeadlineMs, method.name, deadline);
     this.runningCalls++;
     pending
       .then(
@@ -665,11 +668,17 @@ export class RpcConnection {
   }
 }
 
-/** `work`, or DEADLINE_EXCEEDED once `ms` have passed; a late outcome of `work` is dropped. */
-function withDeadline<T>(work: Promise<T>, ms: number, name: string): Promise<T> {
+/**
+ * `work`, or DEADLINE_EXCEEDED once `ms` have passed; a late outcome of `work` is dropped, and
+ * `controller` is aborted so the work can undo what the caller will never hear of.
+ */
+function withDeadline<T>(work: Promise<T>, ms: number, name: string, controller: AbortController): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new WorkerError("DEADLINE_EXCEEDED", `${name} did not finish within the ${ms} ms call deadline`)), ms);
+    timer = setTimeout(() => {
+      reject(new WorkerError("DEADLINE_EXCEEDED", `${name} did not finish within the ${ms} ms call deadline`));
+      controller.abort();
+    }, ms);
     timer.unref();
   });
   work.catch(() => undefined); // a rejection after the deadline must not go unhandled
