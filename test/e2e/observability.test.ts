@@ -144,7 +144,8 @@ describe("observability (real worker, real guest)", { skip }, () => {
       .filter((entry) => entry.vmId === id);
     assert.deepEqual(audit.map((entry) => [entry.method, entry.code]), [["createVm", "OK"], ["deleteVm", "OK"], ["deleteVm", "NOT_FOUND"]]);
     for (const entry of audit) {
-      assert.ok(typeof entry.caller === "string" && entry.caller.length > 0);
+      // The CLI process that called, by pid and uid (unix socket peer, found through ss -xp).
+      assert.match(String(entry.caller), /^unix#\d+ pid=\d+ uid=0 node$/);
       assert.ok(typeof entry.durationMs === "number");
     }
     // Every log line of a call names its VM and request.

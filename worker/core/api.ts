@@ -113,6 +113,8 @@ export interface CallerInfo {
   requestId: string;
   /** Aborted when the call's deadline passed: the caller was already told DEADLINE_EXCEEDED. */
   signal?: AbortSignal;
+  /** The caller's process and user where the transport can tell (unix sockets), for the audit log. */
+  describe?: () => Promise<string>;
 }
 
 export interface WorkerApi {

@@ -18,6 +18,8 @@ export function instrument(api: WorkerApi, metrics: WorkerMetrics, audit: AuditL
     details?: { fault?: string; faultSpec?: unknown; faultId?: string },
   ): Promise<T> {
     const started = performance.now();
+    // Looked up while the caller is surely still connected; ready long before most calls end.
+    const describing = MUTATING.has(method) ? caller?.describe?.().catch(() => undefined) : undefined;
     let code = "OK";
     let result: T | undefined;
     try {
@@ -38,7 +40,7 @@ export function instrument(api: WorkerApi, metrics: WorkerMetrics, audit: AuditL
         const faultId = details?.faultId ?? (method === "injectFault" && typeof result === "string" ? result : undefined);
         const entry = {
           time: new Date().toISOString(),
-          caller: caller?.connection ?? "in-process",
+          caller: (await describing) ?? caller?.connection ?? "in-process",
           requestId: caller?.requestId ?? "",
           method,
           vmId: id,

@@ -51,6 +51,7 @@ export interface CallContext {
   requestId: string;
   /** Aborted when the call's deadline passes (its answer, DEADLINE_EXCEEDED, is already sent). */
   signal?: AbortSignal;
+  describePeer?: () => Promise<string>;
 }
 
 /** One method: decode params (synchronously, before awaiting), do the work, return how to write results. */
@@ -84,6 +85,8 @@ export interface ConnectionOptions {
   logger: Logger;
   /** Who the peer is, for logs and CallerInfo. */
   peer: string;
+  /** A fuller description of the peer (process and user), looked up on demand. */
+  describePeer?: () => Promise<string>;
 }
 
 /** A capability the peer hosts: a bootstrap promise until its Return arrives, then an import. */
@@ -150,6 +153,7 @@ export class RpcConnection {
   private closedError: Error | undefined;
   private isClosed = false;
   private readonly closeWaiters: Array<() => void> = [];
+  private readonly describePeer: (() => Promise<string>) | undefined;
 
   constructor(
     private readonly socket: Duplex,
@@ -159,6 +163,7 @@ export class RpcConnection {
     this.limits = withDefaults(options.limits);
     this.log = options.logger;
     this.bootstrapDispatcher = options.bootstrap;
+    this.describePeer = options.describePeer;
     this.decoder = new FrameDecoder(this.limits);
     socket.on("data", (chunk: Buffer) => this.onData(chunk));
     socket.on("end", () => this.shutdown(undefined));
@@ -387,7 +392,7 @@ export class RpcConnection {
     try {
       const payload = readStruct(body, Layout.Call.params);
       const params = (payload && readStruct(payload, Layout.Payload.content)) ?? emptyStruct(reader);
-      pending = method.handle(params, { connection: this.peer, requestId: `${this.peer}/${++this.requestCounter}`, signal: deadline?.signal });
+      pending = method.handle(params, { connection: this.peer, requestId: `${this.peer}/${++this.requestCounter}`, signal: deadline?.signal, describePeer: this.describePeer });
     } catch (err) {
       pending = Promise.reject(err);
     }

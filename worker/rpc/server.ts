@@ -4,6 +4,7 @@ import { chmodSync, lstatSync, unlinkSync } from "node:fs";
 import net from "node:net";
 import type { Logger } from "pino";
 import { type InterfaceDispatcher, RpcConnection } from "./connection.js";
+import { unixPeerCredentials } from "./peer-cred.js";
 import type { WorkerApi } from "../core/api.js";
 import type { RpcLimits } from "./limits.js";
 import { workerDispatcher } from "./worker-service.js";
@@ -69,10 +70,22 @@ export class RpcServer {
 
   private createServer(kind: "unix" | "tcp"): net.Server {
     const server = net.createServer({ noDelay: true }, (socket) => {
-      // Node cannot read SO_PEERCRED; unix peers are named by a connection id.
+      // Unix peers are named by a connection id; their process and user are looked up when audited.
       const peer = kind === "tcp" ? `tcp:${socket.remoteAddress}:${socket.remotePort}#${++this.counter}` : `unix#${++this.counter}`;
       const log = this.options.logger;
-      const connection = new RpcConnection(socket, { bootstrap: this.options.dispatcher, logger: log, peer, limits: this.options.limits });
+      let described: Promise<string> | undefined;
+      const describePeer = () =>
+        (described ??= unixPeerCredentials(socket).then(
+          (cred) => (cred ? `${peer} pid=${cred.pid} uid=${cred.uid} ${cred.command}` : peer),
+          () => peer,
+        ));
+      const connection = new RpcConnection(socket, {
+        bootstrap: this.options.dispatcher,
+        logger: log,
+        peer,
+        limits: this.options.limits,
+        describePeer: kind === "unix" ? describePeer : undefined,
+      });
       this.connections.add(connection);
       log.debug({ peer }, "rpc connection opened");
       void connection.waitClosed().then(() => {

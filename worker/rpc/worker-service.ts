@@ -17,7 +17,12 @@ import {
 } from "./worker-codec.js";
 import { type MessageBuilder, type StructReader, readStruct, readText, readU32, readU64 } from "./wire.js";
 
-const caller = (context: CallContext): CallerInfo => ({ connection: context.connection, requestId: context.requestId, signal: context.signal });
+const caller = (context: CallContext): CallerInfo => ({
+  connection: context.connection,
+  requestId: context.requestId,
+  signal: context.signal,
+  describe: context.describePeer,
+});
 
 /** A results struct of the given size, filled by `fill` (which receives its data section offset). */
 function results(size: readonly [number, number], fill?: (b: MessageBuilder, s: number) => void, sizeHint?: number): ContentWriter {
