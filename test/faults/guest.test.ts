@@ -10,7 +10,7 @@ import { WorkerError } from "../../worker/core/errors.js";
 import { FAULT_TABLE } from "../../worker/faults/nft-faults.js";
 import { testGuest, type TestGuestSpec } from "../helpers/repo.js";
 import { waitFor } from "../helpers/vm.js";
-import { GuestWorld, TICK_SCRIPT, type Tick } from "./guest-world.js";
+import { GuestWorld, PEER_IP, TICK_SCRIPT, type Tick } from "./guest-world.js";
 
 const guest = testGuest();
 const skip = process.getuid?.() !== 0 ? "needs root for network namespaces" : "skip" in guest ? guest.skip : false;
@@ -140,6 +140,45 @@ describe("fault injection on a real guest", { skip }, () => {
     await next(2);
     await world.client.clearFault(id, faultId);
     assert.equal(await qdiscs(), qdiscBefore);
+  });
+
+  test("bandwidth: a guest's downloads slow to about the injected rate, and speed up again after clear", async (t) => {
+    // The peer serves 128 KiB over HTTP; a VM of its own downloads it in a loop and prints how long each took.
+    const server = execa("ip", ["netns", "exec", world.upstream, process.execPath, "-e",
+      `require("node:http").createServer((q, s) => s.end(Buffer.alloc(131072, 120))).listen(9000, "${PEER_IP}")`], { reject: false });
+    const script = [
+      "while :; do",
+      "s=$(cut -d' ' -f1 /proc/uptime)",
+      `if wget -q -O /dev/null http://${PEER_IP}:9000/; then echo "BW $s $(cut -d' ' -f1 /proc/uptime)"; else echo "BW fail"; fi`,
+      "sleep 0.2",
+      "done",
+    ].join("\n");
+    const downloader = await world.createVm((guest as { spec: TestGuestSpec }).spec, script);
+    /** Seconds of the next `count` downloads that start after console offset `from`. */
+    const downloads = async (from: bigint, count: number): Promise<{ seconds: number[]; end: bigint }> => {
+      return waitFor(`${count} downloads`, 90_000, async () => {
+        const { text, end } = await world.console(downloader, from);
+        const seconds = [...text.matchAll(/^BW ([\d.]+) ([\d.]+)$/gm)].map((m) => Number(m[2]) - Number(m[1]));
+        return seconds.length >= count ? { seconds: seconds.slice(0, count), end } : undefined;
+      }, 250);
+    };
+    try {
+      const free = await downloads(0n, 3);
+      const faultId = await world.client.injectFault(downloader, { kind: "bandwidth", kbitPerSecond: 512 });
+      const during = await downloads(free.end, 3); // the first may have started before the shaping
+      await world.client.clearFault(downloader, faultId);
+      const cleared = await downloads(during.end, 3);
+      const kbit = (seconds: number) => (131072 * 8) / 1000 / seconds;
+      const shaped = kbit(Math.max(...during.seconds.slice(1)));
+      t.diagnostic(`128 KiB downloads: ${free.seconds.map((x) => x.toFixed(2)).join(", ")} s free; ` +
+        `${during.seconds.map((x) => x.toFixed(2)).join(", ")} s at 512 kbit/s (${shaped.toFixed(0)} kbit/s); ` +
+        `${cleared.seconds.slice(1).map((x) => x.toFixed(2)).join(", ")} s after clear`);
+      assert.ok(shaped > 512 * 0.6 && shaped < 512 * 1.25, `shaped to ${shaped.toFixed(0)} kbit/s`);
+      assert.ok(Math.max(...cleared.seconds.slice(1)) < 1, "fast again after clear");
+    } finally {
+      await world.client.deleteVm(downloader).catch(() => undefined);
+      server.kill("SIGKILL");
+    }
   });
 
   test("pause: the console counter stops while paused and continues after resume", async (t) => {
