@@ -80,6 +80,8 @@ export interface VmmHandle {
   /** Delays packets towards the guest inside the VMM (for hosts without sch_netem). */
   delayNetwork?(faultId: string, delay: { ms: number; jitterMs: number }): Promise<void>;
   clearNetworkDelay?(faultId: string): Promise<void>;
+  /** After a restart: removes fault machinery a previous worker left inside the VMM. */
+  resetFaults?(): Promise<string[]>;
 }
 
 export interface DiskErrorRule {
@@ -103,6 +105,8 @@ export interface NetFaultPort {
   apply(faultId: string, tap: string, fault: NetFault): Promise<void>;
   /** Removes exactly what apply added. Idempotent. */
   clear(faultId: string, tap: string, fault: NetFault): Promise<void>;
+  /** After a restart: removes every fault rule and shaping qdisc (on these TAPs) a worker left. */
+  reset(taps: string[]): Promise<string[]>;
 }
 
 /** CPU limits on a VMM process. */
@@ -111,6 +115,8 @@ export interface CpuThrottlePort {
   throttle(faultId: string, pid: number, percent: number): Promise<void>;
   /** Lifts the limit and puts the process back where it was. Idempotent. */
   clear(faultId: string, pid: number): Promise<void>;
+  /** After a restart: lifts every limit a worker left (processes back to the root, cgroups removed). */
+  reset(): Promise<string[]>;
 }
 
 export interface VmmBackend {

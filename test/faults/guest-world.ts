@@ -8,6 +8,7 @@ import type { TestGuestSpec } from "../helpers/repo.js";
 import { destroyWorker, startWorker, type WorkerProcess } from "../helpers/worker-process.js";
 
 export const PEER_IP = "198.18.0.10";
+const WORKER_ARGS = ["--uplink", "up0", "--http-listen", "off"];
 
 /**
  * The guest's workload: one TICK line per round with a ping to the peer and one 4 KiB read and
@@ -46,13 +47,22 @@ export function parseTicks(text: string): Tick[] {
 
 export class GuestWorld {
   private constructor(
-    readonly worker: WorkerProcess,
-    readonly client: WorkerClient,
+    public worker: WorkerProcess,
+    public client: WorkerClient,
     readonly upstream: string,
   ) {}
 
+  /** SIGKILLs the worker (its VMs keep running) and starts a new one on the same state. */
+  async restartAfterKill(): Promise<void> {
+    this.client.close();
+    await this.worker.stop("SIGKILL");
+    const { stateDir, runtimeDir, netns } = this.worker;
+    this.worker = await startWorker({ reuse: { stateDir, runtimeDir, netns }, extraArgs: WORKER_ARGS });
+    this.client = await connectWorker(this.worker.socket);
+  }
+
   static async create(): Promise<GuestWorld> {
-    const worker = await startWorker({ extraArgs: ["--uplink", "up0", "--http-listen", "off"] });
+    const worker = await startWorker({ extraArgs: WORKER_ARGS });
     const upstream = await createNetns("pcr-u");
     try {
       await execa("ip", ["-n", worker.netns, "link", "add", "up0", "type", "veth", "peer", "name", "dn0", "netns", upstream]);

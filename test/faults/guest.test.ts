@@ -3,7 +3,7 @@
 // must show in those ticks, then vanish when cleared, leaving no rule or qdisc behind.
 import assert from "node:assert/strict";
 import { execa } from "execa";
-import { readFile } from "node:fs/promises";
+import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { WorkerError } from "../../worker/core/errors.js";
@@ -280,6 +280,32 @@ describe("fault injection on a real guest", { skip }, () => {
     assert.ok(injects.some((entry) => entry.fault === "loss" && entry.code === "OK" && String(entry.faultId).startsWith("fault-")));
     assert.ok(injects.some((entry) => entry.fault === "cpuThrottle" || entry.fault === "delay"));
     assert.ok(lines.some((entry) => entry.method === "clearFault" && entry.code === "OK" && entry.faultId));
+  });
+
+  test("a worker SIGKILLed with faults active: the next one removes every fault and the guest runs unfaulted", async (t) => {
+    await world.client.injectFault(id, { kind: "partition", cidrs: [] });
+    await world.client.injectFault(id, { kind: "bandwidth", kbitPerSecond: 256 });
+    await world.client.injectFault(id, { kind: "delay", ms: 200, jitterMs: 0 });
+    await world.client.injectFault(id, { kind: "diskErrors", op: "read", errno: 5, afterOps: 0, probabilityPercent: 0 });
+    await world.client.injectFault(id, { kind: "cpuThrottle", percent: 50 });
+    assert.equal((await world.client.listFaults(id)).length, 5);
+    at = (await world.console(id)).end; // ticks printed before the faults do not count
+    const faulted = await next(2);
+    assert.ok(faulted.every((tick) => tick.lost && tick.read === "err"), "the faults bite before the kill");
+
+    await world.restartAfterKill();
+    assert.equal((await world.client.getVm(id)).status, "running", "the VM was re-adopted");
+    assert.deepEqual(await world.client.listFaults(id), []);
+    assert.equal(await faultTable(), false, "no fault table left");
+    assert.equal(await qdiscs(), qdiscBefore, "the TAP's qdisc is the default again");
+    const cgroups = await readdir("/sys/fs/cgroup/cpu/procurator-faults", { withFileTypes: true }).catch(() => []);
+    assert.deepEqual(cgroups.filter((entry) => entry.isDirectory()).map((entry) => entry.name), [], "no fault cgroup left");
+    await next(1);
+    const after = await next(3);
+    t.diagnostic(`after restart: ${after.map((tick) => `${tick.rttMs ?? "lost"}ms r=${tick.read}`).join(", ")}`);
+    assert.ok(after.every((tick) => !tick.lost && tick.rttMs! < 50 && tick.read === "ok" && tick.write === "ok"), JSON.stringify(after));
+    const removed = world.worker.logs().split("\n").find((line) => line.includes('"msg":"recovered state"'));
+    for (const what of ["nft:", "qdisc:", "cgroup:", "qemu:pcr-delay-steal", "qemu:blkdebug-"]) assert.ok(removed?.includes(what), `recovery removed ${what}: ${removed}`);
   });
 
   test("killVmm crashes the VM (failed); powerOff stops another one (stopped)", async () => {

@@ -101,6 +101,28 @@ export class FaultController {
     private readonly onExpired: (vmId: string, faultId: string) => void,
   ) {}
 
+  /**
+   * After a worker restart: faults are not kept across one, so whatever a previous worker applied
+   * (rules, qdiscs, cgroups, filters inside the VMMs) is removed and the VMs run unfaulted.
+   */
+  async resetAfterRestart(handles: VmmHandle[], taps: string[]): Promise<string[]> {
+    const attempts: Promise<string[]>[] = [
+      this.ports.net?.reset(taps) ?? Promise.resolve([]),
+      this.ports.cpu?.reset() ?? Promise.resolve([]),
+      ...handles.map((handle) => handle.resetFaults?.() ?? Promise.resolve([])),
+    ];
+    const removed: string[] = [];
+    for (const attempt of attempts) {
+      removed.push(
+        ...(await attempt.catch((err) => {
+          this.log.warn({ err: asWorkerError(err).message }, "cannot remove a fault left by a previous worker");
+          return [];
+        })),
+      );
+    }
+    return removed;
+  }
+
   list(vmId: string): ActiveFault[] {
     return [...(this.byVm.get(vmId)?.values() ?? [])].map((entry) => ({ ...entry.view }));
   }

@@ -377,6 +377,13 @@ export class WorkerService implements WorkerApi {
       await network.init(keep);
       result.orphans.push(...(await network.removeOrphans(new Set(keep.map((entry) => entry.vmId)))));
     }
+    const adopted = [...this.vms.values()].filter((vm) => vm.handle);
+    result.orphans.push(
+      ...(await this.faults.resetAfterRestart(
+        adopted.map((vm) => vm.handle!),
+        adopted.flatMap((vm) => (vm.record.net ? [vm.record.net.tap] : [])),
+      )),
+    );
     const liveWithSecrets = new Set([...this.vms.values()].filter((vm) => isLive(vm.record.status)).map((vm) => vm.record.id));
     result.orphans.push(...(await this.deps.secrets.removeOrphans(liveWithSecrets)));
     this.log.info({ ...result, known: known.size }, "recovered state");

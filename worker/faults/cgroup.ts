@@ -5,7 +5,7 @@
 // /sys, as under `ip netns exec`), the worker mounts the v1 cpu hierarchy under its runtime dir:
 // the kernel attaches the same hierarchy, so the limit is real.
 import { execa } from "execa";
-import { mkdir, readFile, rmdir, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rmdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { failedPrecondition } from "../core/errors.js";
 import type { CpuThrottlePort } from "../ports.js";
@@ -116,6 +116,22 @@ export function createCgroupCpuThrottle(options: CgroupCpuThrottleOptions = {}):
         await rmdir(dir).catch(() => undefined);
         throw failedPrecondition(`cannot limit the VMM's CPU with cgroup v${version}: ${(err as Error).message}`);
       }
+    },
+    async reset() {
+      const found = await hierarchy().catch(() => undefined);
+      if (!found) return [];
+      const parent = join(found.root, PARENT);
+      const removed: string[] = [];
+      const entries = await readdir(parent, { withFileTypes: true }).catch(() => []);
+      for (const faultId of entries.filter((entry) => entry.isDirectory()).map((entry) => entry.name)) {
+        const dir = join(parent, faultId);
+        const pids = (await readFile(join(dir, "cgroup.procs"), "utf8").catch(() => "")).split("\n").filter(Boolean);
+        // The origin died with the worker that knew it: back to the root, which every host allows.
+        for (const pid of pids) await writeFile(join(found.root, "cgroup.procs"), pid).catch(() => undefined);
+        await rmdir(dir).catch(() => undefined);
+        removed.push(`cgroup:${faultId}`);
+      }
+      return removed;
     },
     async clear(faultId, pid) {
       const origin = origins.get(faultId);

@@ -19,5 +19,15 @@ export function createNetFaults(options: { netns?: string; run?: Runner } = {}):
       if (fault.kind === "partition" || fault.kind === "loss") await nft.clear(faultId);
       else await tc.clear(tap);
     },
+    async reset(taps: string[]) {
+      const removed = [...(await nft.reset())];
+      for (const tap of taps) {
+        const shaped = (await tc.show(tap)).filter((qdisc) => qdisc.kind === "tbf" || qdisc.kind === "netem");
+        if (shaped.length === 0) continue;
+        await tc.clear(tap);
+        removed.push(`qdisc:${tap}:${shaped.map((qdisc) => qdisc.kind).join(",")}`);
+      }
+      return removed;
+    },
   };
 }

@@ -59,6 +59,14 @@ export class NftFaults {
     await this.nft.apply(commands);
   }
 
+  /** Deletes the whole fault table (every fault's chains); returns the chains it held. */
+  async reset(): Promise<string[]> {
+    const present = await this.chains();
+    if (present.size === 0) return [];
+    await this.nft.apply([{ delete: { table: { family: "netdev", name: FAULT_TABLE } } }]);
+    return [...present].map((name) => `nft:${name}`);
+  }
+
   /** Chain names in the fault table; empty when the table does not exist. */
   async chains(): Promise<Set<string>> {
     const listing = await this.nft.list(["table", "netdev", FAULT_TABLE]).catch(() => []);

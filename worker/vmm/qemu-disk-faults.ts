@@ -111,6 +111,17 @@ export class DiskFaults {
     await this.execute("blockdev-del", { "node-name": active.node });
   }
 
+  /** Slides out and deletes any blkdebug filter a previous worker left under the data disk. */
+  static async reset(execute: Execute): Promise<string[]> {
+    const nodes = ((await execute("query-named-block-nodes", { flat: true }).catch(() => [])) as { "node-name": string }[])
+      .map((node) => node["node-name"])
+      .filter((name) => name.startsWith("blkdebug-"));
+    if (nodes.length === 0) return [];
+    await execute("blockdev-reopen", { options: [{ driver: "raw", "node-name": DATA_NODE, file: DATA_FILE_NODE }] });
+    for (const node of nodes) await execute("blockdev-del", { "node-name": node }).catch(() => undefined);
+    return nodes.map((node) => `qemu:${node}`);
+  }
+
   private async insert(active: Active, rules: InjectErrorRule[]): Promise<void> {
     await this.execute("blockdev-add", { driver: "blkdebug", "node-name": active.node, image: DATA_FILE_NODE, "inject-error": rules });
     try {

@@ -15,6 +15,7 @@ type Execute = (command: string, args?: Record<string, unknown>) => Promise<unkn
 /** The netdev id the QEMU backend gives the VM's NIC (qemuArgv). */
 export const NETDEV_ID = "n0";
 const MAX_PACKET = 65536 + 4;
+const DELAY_IDS = { outChardev: "pcr-delay-out", inChardev: "pcr-delay-in", outFilter: "pcr-delay-steal", inFilter: "pcr-delay-inject" } as const;
 
 interface Active {
   faultId: string;
@@ -128,7 +129,24 @@ export class QemuNetDelay {
   }
 
   private ids() {
-    return { outChardev: "pcr-delay-out", inChardev: "pcr-delay-in", outFilter: "pcr-delay-steal", inFilter: "pcr-delay-inject" };
+    return DELAY_IDS;
+  }
+
+  /**
+   * Removes the filters and chardevs a previous worker left: with its end of the sockets gone, the
+   * stealing filter would drop every packet to the guest.
+   */
+  static async reset(execute: Execute): Promise<string[]> {
+    const removed: string[] = [];
+    for (const [command, id] of [
+      ["object-del", DELAY_IDS.outFilter],
+      ["object-del", DELAY_IDS.inFilter],
+      ["chardev-remove", DELAY_IDS.outChardev],
+      ["chardev-remove", DELAY_IDS.inChardev],
+    ] as const) {
+      if (await execute(command, { id }).then(() => true, () => false)) removed.push(`qemu:${id}`);
+    }
+    return removed;
   }
 
   /** A one-connection unix server: QEMU's chardev connects to it as a client. */

@@ -456,6 +456,11 @@ class QemuHandle implements VmmHandle {
     await this.netDelay?.stop(faultId);
   }
 
+  async resetFaults(): Promise<string[]> {
+    const execute = (command: string, args?: Record<string, unknown>) => this.execute(command, args);
+    return [...(await QemuNetDelay.reset(execute)), ...(await DiskFaults.reset(execute))];
+  }
+
   async resume(): Promise<void> {
     await this.execute("cont");
   }
