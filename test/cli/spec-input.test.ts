@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -24,8 +24,9 @@ test("individual flags build a spec; exactly one source is required", () => {
   assert.throws(() => specFromFlags({ kernel: KERNEL, specJson: "{}" }), /exactly one/);
 });
 
-test("secrets come from files or the environment, never literally", () => {
+test("secrets come from files or the environment, never literally", (t) => {
   const dir = mkdtempSync(join(tmpdir(), "pcr-cli-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
   writeFileSync(join(dir, "token"), "s3cr3t-file");
   assert.equal(Buffer.from(secretFromFlag(`TOKEN=@${join(dir, "token")}`).value).toString(), "s3cr3t-file");
   assert.equal(Buffer.from(secretFromFlag("KEY=env:PCR_T_KEY", { PCR_T_KEY: "from-env" }).value).toString(), "from-env");
