@@ -23,7 +23,7 @@ if ("skip" in guest) {
   console.error(guest.skip);
   process.exit(1);
 }
-const { spec } = guest;
+const { spec, input } = guest;
 
 const median = (samples: number[]) => {
   const sorted = [...samples].sort((a, b) => a - b);
@@ -48,7 +48,7 @@ const rawNetOptions = {
 const created: number[] = [];
 const deleted: number[] = [];
 const returned: number[] = [];
-const worker = await startWorker({ extraArgs: process.env.PCR_BENCH_NO_NET ? ["--no-network"] : [] });
+const worker = await startWorker();
 const client = await connectWorker(worker.socket);
 try {
   for (let run = 0; run < runs; run++) {
@@ -56,7 +56,7 @@ try {
     rawNet.push((await bootRawQemu({ ...rawNetOptions, accel, readyMarker: MARKER })).msToReady);
 
     const start = performance.now();
-    const id = await client.createVm({ ...spec, memoryBytes: BigInt(spec.memoryBytes) }, {});
+    const id = await client.createVm(input, {});
     returned.push(performance.now() - start);
     // Polling `read` the way a client would; 50 ms apart, so the poller itself barely competes
     // with the guest's vCPU for the two cores.
@@ -77,7 +77,6 @@ try {
     deleted.push(performance.now() - deleteStart);
   }
 } finally {
-  if (process.env.PCR_BENCH_LOGS) console.error(worker.logs().split("\n").filter((l) => /vm running|vmm stopped|"call"/.test(l)).join("\n"));
   client.close();
   await destroyWorker(worker);
   await deleteNetns(rawNetns);

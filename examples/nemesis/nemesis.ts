@@ -4,7 +4,7 @@
 // each phase plus the VM's counters. Run as root: `npm run build && node dist/examples/nemesis/nemesis.js`.
 import { writeFile } from "node:fs/promises";
 import type { FaultInput } from "../../worker/core/api.js";
-import { testGuest, type TestGuestSpec } from "../../test/helpers/repo.js";
+import { testGuest } from "../../test/helpers/repo.js";
 import { GuestWorld, TICK_SCRIPT, type Tick, parseTicks } from "../../test/faults/guest-world.js";
 
 /** The nemesis schedule: each phase holds a fault (or none) for about `seconds`. */
@@ -54,7 +54,7 @@ async function main(): Promise<void> {
   const world = await GuestWorld.create();
   const phases: PhaseReport[] = [];
   try {
-    const id = await world.createVm(guest.spec as TestGuestSpec, TICK_SCRIPT, 64n * 1024n * 1024n);
+    const id = await world.createVm(guest.input, TICK_SCRIPT, 64n * 1024n * 1024n);
     console.log(`vm ${id} created; waiting for the workload`);
     await world.ticks(id, 0n, 1, 90_000);
     let at = (await world.console(id)).end;

@@ -14,18 +14,7 @@ export const skip: string | false = "skip" in guest ? guest.skip : false;
 /** The test guest's spec as the RPC client takes it. */
 export function guestSpec(overrides: Partial<VmSpecInput> = {}): VmSpecInput {
   if ("skip" in guest) throw new Error(guest.skip);
-  const spec = guest.spec;
-  return {
-    hostname: spec.hostname,
-    kernel: spec.kernel,
-    initrd: spec.initrd,
-    image: spec.image,
-    cmdline: spec.cmdline,
-    cpu: spec.cpu,
-    memoryBytes: BigInt(spec.memoryBytes),
-    allowedDomains: spec.allowedDomains,
-    ...overrides,
-  };
+  return { ...guest.input, ...overrides };
 }
 
 /** Flags every chaos worker runs with: no HTTP listener, quick stops (the guest is never waited for). */

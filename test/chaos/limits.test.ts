@@ -25,6 +25,15 @@ async function expectCode(promise: Promise<unknown>, code: string, message?: Reg
   return error.message ?? "";
 }
 
+/** A stand-in for qemu-system-x86_64: a shell script that ends in exec'ing it; `args` go after the worker's. */
+async function qemuWrapper(before: string, args = ""): Promise<{ path: string; remove: () => Promise<void> }> {
+  const dir = await mkdtemp(join(tmpdir(), "pcr-chaos-qemu-"));
+  const path = join(dir, "qemu");
+  await writeFile(path, `#!/bin/sh\n${before}exec qemu-system-x86_64 "$@"${args}\n`);
+  await chmod(path, 0o755);
+  return { path, remove: () => rm(dir, { recursive: true, force: true }) };
+}
+
 async function assertClean(worker: WorkerProcess, context = ""): Promise<void> {
   const { problems } = await checkInvariants(worker);
   assert.deepEqual(problems, [], `${context}\n${logTail(worker)}`);
@@ -79,19 +88,16 @@ describe("limits, rollback, timeouts and SIGTERM", { skip }, () => {
 
   test("a create whose call deadline passes is undone: the caller got DEADLINE_EXCEEDED, so no VM may stay", { timeout: 120_000 }, async () => {
     // A QEMU that takes a second to start: the 400 ms call deadline passes during "start vmm".
-    const dir = await mkdtemp(join(tmpdir(), "pcr-chaos-qemu-"));
-    const wrapper = join(dir, "qemu-slow");
-    await writeFile(wrapper, '#!/bin/sh\nsleep 1\nexec qemu-system-x86_64 "$@"\n');
-    await chmod(wrapper, 0o755);
-    const worker = await startChaosWorker(["--qemu-binary", wrapper, "--accel", "tcg", "--call-deadline-ms", "400"]);
+    const wrapper = await qemuWrapper("sleep 1\n");
+    const worker = await startChaosWorker(["--qemu-binary", wrapper.path, "--accel", "tcg", "--call-deadline-ms", "400"]);
     workers.push(worker);
     try {
       const c = await client(worker);
       const t = performance.now();
       await expectCode(c.createVm(guestSpec()), "DEADLINE_EXCEEDED", /call deadline/);
       const answeredMs = performance.now() - t;
-      // The create goes on in the worker until its next step, then rolls back.
-      // The service itself ends the create with DEADLINE_EXCEEDED once it is rolled back (logged last).
+      // The create goes on in the worker until its next step, then rolls back; the service's own
+      // DEADLINE_EXCEEDED is logged last.
       const ended = /"method":"createVm","code":"DEADLINE_EXCEEDED"/;
       await waitFor("the late create undone", 15_000, async () =>
         ended.test(worker.logs()) && (await c.listVms()).length === 0 && vmmProcesses(worker).live.size === 0 ? true : undefined,
@@ -100,17 +106,14 @@ describe("limits, rollback, timeouts and SIGTERM", { skip }, () => {
       c.close();
       figures.callDeadlineCreate = { deadlineMs: 400, answeredAfterMs: Math.round(answeredMs), leftBehind: 0 };
     } finally {
-      await rm(dir, { recursive: true, force: true });
+      await wrapper.remove();
     }
   });
 
   test("boot timeout: a VMM that never reports the guest running fails the create (DEADLINE_EXCEEDED) and is killed", { timeout: 120_000 }, async () => {
     // A QEMU that starts the guest paused (-S) never reports it running.
-    const dir = await mkdtemp(join(tmpdir(), "pcr-chaos-qemu-"));
-    const wrapper = join(dir, "qemu-paused");
-    await writeFile(wrapper, '#!/bin/sh\nexec qemu-system-x86_64 "$@" -S\n');
-    await chmod(wrapper, 0o755);
-    const worker = await startChaosWorker(["--qemu-binary", wrapper, "--accel", "tcg", "--boot-timeout-ms", "1500"]);
+    const wrapper = await qemuWrapper("", " -S");
+    const worker = await startChaosWorker(["--qemu-binary", wrapper.path, "--accel", "tcg", "--boot-timeout-ms", "1500"]);
     workers.push(worker);
     try {
       const c = await client(worker);
@@ -123,7 +126,7 @@ describe("limits, rollback, timeouts and SIGTERM", { skip }, () => {
       c.close();
       figures.bootTimeout = { timeoutMs: 1500, answeredAfterMs: Math.round(ms) };
     } finally {
-      await rm(dir, { recursive: true, force: true });
+      await wrapper.remove();
     }
   });
 

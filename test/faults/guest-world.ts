@@ -4,7 +4,6 @@ import { execa } from "execa";
 import type { VmSpecInput } from "../../worker/core/api.js";
 import { type WorkerClient, connectWorker } from "../../worker/rpc/worker-client.js";
 import { createNetns, deleteNetns } from "../helpers/netns.js";
-import type { TestGuestSpec } from "../helpers/repo.js";
 import { destroyWorker, startWorker, type WorkerProcess } from "../helpers/worker-process.js";
 
 export const PEER_IP = "198.18.0.10";
@@ -78,11 +77,10 @@ export class GuestWorld {
     }
   }
 
-  async createVm(spec: TestGuestSpec, script: string, dataDiskBytes = 0n): Promise<string> {
+  async createVm(spec: VmSpecInput, script: string, dataDiskBytes = 0n): Promise<string> {
     const input: VmSpecInput = {
       ...spec,
       cmdline: `${spec.cmdline} pcr.cmd=${Buffer.from(script).toString("base64")}`,
-      memoryBytes: BigInt(spec.memoryBytes),
       allowedDomains: [PEER_IP],
       dataDiskBytes,
     };

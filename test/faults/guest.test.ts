@@ -6,9 +6,10 @@ import { execa } from "execa";
 import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import type { VmSpecInput } from "../../worker/core/api.js";
 import { WorkerError } from "../../worker/core/errors.js";
 import { FAULT_TABLE } from "../../worker/faults/nft-faults.js";
-import { testGuest, type TestGuestSpec } from "../helpers/repo.js";
+import { testGuest } from "../helpers/repo.js";
 import { waitFor } from "../helpers/vm.js";
 import { GuestWorld, PEER_IP, TICK_SCRIPT, type Tick } from "./guest-world.js";
 
@@ -52,7 +53,7 @@ describe("fault injection on a real guest", { skip }, () => {
 
   before(async () => {
     world = await GuestWorld.create();
-    id = await world.createVm((guest as { spec: TestGuestSpec }).spec, TICK_SCRIPT, 64n * MIB);
+    id = await world.createVm((guest as { input: VmSpecInput }).input, TICK_SCRIPT, 64n * MIB);
     const vm = await world.client.getVm(id);
     tap = `pcr-${id.slice(3)}`;
     assert.equal(vm.status, "running");
@@ -153,7 +154,7 @@ describe("fault injection on a real guest", { skip }, () => {
       "sleep 0.2",
       "done",
     ].join("\n");
-    const downloader = await world.createVm((guest as { spec: TestGuestSpec }).spec, script);
+    const downloader = await world.createVm((guest as { input: VmSpecInput }).input, script);
     /** Seconds of the next `count` downloads that start after console offset `from`. */
     const downloads = async (from: bigint, count: number): Promise<{ seconds: number[]; end: bigint }> => {
       return waitFor(`${count} downloads`, 90_000, async () => {
@@ -230,7 +231,7 @@ describe("fault injection on a real guest", { skip }, () => {
 
   test("cpuThrottle: a busy guest's VMM gets at most the injected share of a CPU, and all of it again after clear", async (t) => {
     // A VM of its own whose guest spins, so its VMM wants a whole core.
-    const busy = await world.createVm((guest as { spec: TestGuestSpec }).spec, "while :; do :; done");
+    const busy = await world.createVm((guest as { input: VmSpecInput }).input, "while :; do :; done");
     await waitFor("busy vm ready", 90_000, async () => ((await world.console(busy)).text.includes("pcr-guest: ready") ? true : undefined));
     const [pid] = (await execa("pgrep", ["-f", `pcr-${busy}`])).stdout.split("\n").map(Number);
     assert.ok(pid, "the busy VM's VMM pid");
@@ -319,7 +320,7 @@ describe("fault injection on a real guest", { skip }, () => {
     assert.equal(await faultTable(), false);
     await world.client.deleteVm(id);
 
-    const other = await world.createVm((guest as { spec: TestGuestSpec }).spec, "true");
+    const other = await world.createVm((guest as { input: VmSpecInput }).input, "true");
     await waitFor("second vm ready", 90_000, async () => ((await world.console(other)).text.includes("pcr-guest: ready") ? true : undefined));
     await rejectsWith(
       world.client.injectFault(other, { kind: "diskErrors", op: "read", errno: 5, afterOps: 0, probabilityPercent: 0 }),

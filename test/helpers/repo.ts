@@ -2,6 +2,8 @@
 import { existsSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import type { VmSpecInput } from "../../worker/core/api.js";
+import { parseVmSpecJson } from "../../worker/core/spec.js";
 
 function findRepoRoot(start: string): string {
   let dir = start;
@@ -32,9 +34,12 @@ export interface TestGuestSpec {
   allowedDomains: string[];
 }
 
-/** The test guest's spec, or a skip reason when scripts/build-test-guest has not run. */
-export function testGuest(): { spec: TestGuestSpec; specText: string } | { skip: string } {
+/**
+ * The test guest's spec (as JSON holds it, and as the RPC client takes it: parsed the way the CLI
+ * parses --spec-file), or a skip reason when scripts/build-test-guest has not run.
+ */
+export function testGuest(): { spec: TestGuestSpec; specText: string; input: VmSpecInput } | { skip: string } {
   if (!existsSync(TEST_GUEST_SPEC)) return { skip: `test guest missing: run scripts/build-test-guest (no ${TEST_GUEST_SPEC})` };
   const specText = readFileSync(TEST_GUEST_SPEC, "utf8");
-  return { spec: JSON.parse(specText) as TestGuestSpec, specText };
+  return { spec: JSON.parse(specText) as TestGuestSpec, specText, input: parseVmSpecJson(specText) };
 }

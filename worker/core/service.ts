@@ -362,12 +362,8 @@ export class WorkerService implements WorkerApi {
     }
     // VMMs and helpers that no record accounts for (a worker killed between spawning a VMM and
     // saving its pid): everything adopted is kept, the rest pointing into our directories dies.
-    const keepPids = new Set<number>();
-    for (const vm of this.vms.values()) {
-      if (!vm.handle) continue;
-      keepPids.add(vm.handle.record.pid);
-      for (const helper of vm.handle.record.helpers) keepPids.add(helper.pid);
-    }
+    const adopted = [...this.vms.values()].filter((vm) => vm.handle);
+    const keepPids = new Set(adopted.flatMap((vm) => [vm.handle!.record.pid, ...vm.handle!.record.helpers.map((helper) => helper.pid)]));
     result.orphans.push(...((await backend.killStrays?.(this.deps.strayRoots ?? [], keepPids)) ?? []));
     const known = new Set(this.vms.keys());
     const keep = [...this.vms.values()]
@@ -377,7 +373,6 @@ export class WorkerService implements WorkerApi {
       await network.init(keep);
       result.orphans.push(...(await network.removeOrphans(new Set(keep.map((entry) => entry.vmId)))));
     }
-    const adopted = [...this.vms.values()].filter((vm) => vm.handle);
     result.orphans.push(
       ...(await this.faults.resetAfterRestart(
         adopted.map((vm) => vm.handle!),

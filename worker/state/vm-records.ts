@@ -2,13 +2,15 @@
 // The console file is bounded by punching holes at its head (fallocate): the VMM keeps appending
 // at the same offsets, disk use stays bounded and offsets stay monotonic for readers.
 import { execFile } from "node:child_process";
-import { mkdir, open, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import type { RecordRepo, VmRecord } from "../core/records.js";
 
 export class FileRecordRepo implements RecordRepo {
   readonly vmsDir: string;
+  /** Console start offsets, read from disk once per VM and kept here: `read` runs often. */
+  private readonly consoleStarts = new Map<string, number>();
 
   constructor(stateDir: string) {
     this.vmsDir = join(stateDir, "vms");
@@ -22,10 +24,15 @@ export class FileRecordRepo implements RecordRepo {
     return join(this.vmDir(id), "console.log");
   }
 
-  /** Offset of the oldest console byte still kept (a file next to the console; 0 when absent). */
+  /** Offset of the oldest console byte still kept (a file next to the console, for restarts; 0 when absent). */
   private async consoleStart(id: string): Promise<number> {
-    const text = await readFile(join(this.vmDir(id), "console.start"), "utf8").catch(() => "0");
-    return Number.parseInt(text, 10) || 0;
+    let start = this.consoleStarts.get(id);
+    if (start === undefined) {
+      const text = await readFile(join(this.vmDir(id), "console.start"), "utf8").catch(() => "0");
+      start = Number.parseInt(text, 10) || 0;
+      this.consoleStarts.set(id, start);
+    }
+    return start;
   }
 
   async init(): Promise<void> {
@@ -59,6 +66,7 @@ export class FileRecordRepo implements RecordRepo {
   }
 
   async remove(id: string): Promise<void> {
+    this.consoleStarts.delete(id);
     await rm(this.vmDir(id), { recursive: true, force: true });
   }
 
@@ -109,16 +117,18 @@ export class FileRecordRepo implements RecordRepo {
 
   async trimConsole(id: string, keepBytes: number): Promise<void> {
     const path = this.consolePath(id);
-    const file = await open(path, "r").catch(() => undefined);
-    if (!file) return;
-    const { size } = await file.stat().finally(() => file.close());
+    const info = await stat(path).catch(() => undefined);
+    if (!info) return;
+    const size = info.size;
     const start = await this.consoleStart(id);
     // Trim in whole pages, and only once the file is a quarter over, so this runs rarely.
     if (size - start <= keepBytes + keepBytes / 4) return;
     const newStart = Math.floor((size - keepBytes) / 4096) * 4096;
     if (newStart <= start) return;
-    await execFileAsync("fallocate", ["--punch-hole", "--offset", "0", "--length", String(newStart), path]);
+    // Readers move past the bytes first, so that none of them reads the hole.
     await writeFile(join(this.vmDir(id), "console.start"), String(newStart));
+    this.consoleStarts.set(id, newStart);
+    await execFileAsync("fallocate", ["--punch-hole", "--offset", "0", "--length", String(newStart), path]);
   }
 }
 

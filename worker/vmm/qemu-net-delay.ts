@@ -59,7 +59,7 @@ export class QemuNetDelay {
     if (this.active) throw failedPrecondition(`a delay (${this.active.faultId}) is already active on this VM; clear it first`);
     const active: Active = { faultId, servers: [], timers: new Set(), lastDueMs: 0, held: [] };
     this.active = active;
-    const ids = this.ids();
+    const ids = DELAY_IDS;
     try {
       const outPath = join(this.vmDir, "delay-out.sock");
       const inPath = join(this.vmDir, "delay-in.sock");
@@ -111,7 +111,7 @@ export class QemuNetDelay {
   }
 
   private async teardown(active: Active): Promise<void> {
-    const ids = this.ids();
+    const ids = DELAY_IDS;
     const quietly = (command: string, args: Record<string, unknown>) => this.execute(command, args).catch(() => undefined);
     await quietly("object-del", { id: ids.outFilter }); // stop stealing first
     for (const timer of active.timers) clearTimeout(timer);
@@ -126,10 +126,6 @@ export class QemuNetDelay {
     await rm(join(this.vmDir, "delay-out.sock"), { force: true });
     await rm(join(this.vmDir, "delay-in.sock"), { force: true });
     if (this.active === active) this.active = undefined;
-  }
-
-  private ids() {
-    return DELAY_IDS;
   }
 
   /**
