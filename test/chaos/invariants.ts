@@ -179,7 +179,9 @@ export function violations(snap: Snapshot, worker: WorkerProcess, options: Invar
   const recordPids = new Map<number, string>();
   for (const id of snap.vmDirs) {
     const dir = join(worker.stateDir, "vms", id);
-    if (existsSync(join(dir, "vm.json.tmp"))) problems.push(`VM ${id} has a leftover vm.json.tmp`);
+    for (const name of existsSync(dir) ? readdirSync(dir) : []) {
+      if (name.endsWith(".tmp")) problems.push(`VM ${id} has a leftover ${name}`);
+    }
     try {
       const record = JSON.parse(readFileSync(join(dir, "vm.json"), "utf8")) as { status: string; vmm?: { pid: number } };
       const view = snap.vms.find((vm) => vm.id === id);

@@ -9,7 +9,7 @@ import { FileRecordRepo } from "../../worker/state/vm-records.js";
 const base = await mkdtemp(join(tmpdir(), "pcr-records-"));
 after(() => rm(base, { recursive: true, force: true }));
 
-test("records are saved atomically and loaded back; a torn record is reported, not fatal", async () => {
+test("records are saved atomically and loaded back; a torn record is reported, not fatal; a crashed save's temp file is removed", async () => {
   const repo = new FileRecordRepo(base);
   await repo.init();
   await repo.createDir("vm-a");
@@ -17,6 +17,7 @@ test("records are saved atomically and loaded back; a torn record is reported, n
   await repo.save(record);
   await repo.createDir("vm-torn");
   await appendFile(join(repo.vmDir("vm-torn"), "vm.json"), "{ half");
+  await appendFile(join(repo.vmDir("vm-a"), "vm.json.4242.7.tmp"), "{ cut short");
   const { records, unreadable } = await repo.loadAll();
   assert.deepEqual(records.map((r) => r.id), ["vm-a"]);
   assert.deepEqual(unreadable, ["vm-torn"]);

@@ -11,6 +11,7 @@ export class FileRecordRepo implements RecordRepo {
   readonly vmsDir: string;
   /** Console start offsets, read from disk once per VM and kept here: `read` runs often. */
   private readonly consoleStarts = new Map<string, number>();
+  private saves = 0;
 
   constructor(stateDir: string) {
     this.vmsDir = join(stateDir, "vms");
@@ -47,7 +48,8 @@ export class FileRecordRepo implements RecordRepo {
 
   async save(record: VmRecord): Promise<void> {
     const path = join(this.vmDir(record.id), "vm.json");
-    const temp = `${path}.tmp`;
+    // A temp name of its own per save: two saves of one record never share (and truncate) a file.
+    const temp = `${path}.${process.pid}.${++this.saves}.tmp`;
     const file = await open(temp, "w", 0o600);
     try {
       await file.writeFile(JSON.stringify(record, null, 2));
@@ -67,13 +69,18 @@ export class FileRecordRepo implements RecordRepo {
 
   async remove(id: string): Promise<void> {
     this.consoleStarts.delete(id);
-    await rm(this.vmDir(id), { recursive: true, force: true });
+    // Retries: a save racing the delete may add a temp file while rm walks the directory.
+    await rm(this.vmDir(id), { recursive: true, force: true, maxRetries: 3 });
   }
 
   async loadAll(): Promise<{ records: VmRecord[]; unreadable: string[] }> {
     const records: VmRecord[] = [];
     const unreadable: string[] = [];
     for (const id of await readdir(this.vmsDir).catch(() => [] as string[])) {
+      // A temp file is a save cut short by a crash: never authoritative, so it goes.
+      for (const name of await readdir(this.vmDir(id)).catch(() => [] as string[])) {
+        if (name.endsWith(".tmp")) await rm(join(this.vmDir(id), name), { force: true });
+      }
       try {
         records.push(JSON.parse(await readFile(join(this.vmDir(id), "vm.json"), "utf8")) as VmRecord);
       } catch {
