@@ -151,48 +151,58 @@ export function readRunningVm(s: StructReader): VmView {
   };
 }
 
-export function writeRunningVmList(b: MessageBuilder, at: number, vms: readonly VmView[]): void {
-  const [dataWords, ptrCount] = Size.RunningVm;
-  const start = b.initStructList(at, vms.length, dataWords, ptrCount);
+// ---- lists of structs ----
+
+/** Writes `items` as a list of structs of `size`; `writeOne` gets each element's data offset `s` and pointer offset `p`. */
+function writeStructs<T>(
+  b: MessageBuilder,
+  at: number,
+  items: readonly T[],
+  [dataWords, ptrCount]: readonly [number, number],
+  writeOne: (s: number, p: number, item: T) => void,
+): void {
+  const start = b.initStructList(at, items.length, dataWords, ptrCount);
   const step = (dataWords + ptrCount) * 8;
-  for (let i = 0; i < vms.length; i++) writeRunningVm(b, start + i * step, vms[i]!);
+  for (let i = 0; i < items.length; i++) writeOne(start + i * step, start + i * step + dataWords * 8, items[i]!);
+}
+
+/** Reads a list of structs (at most `maxLength`, else malformed) through `readOne`; an absent list is empty. */
+function readStructs<T>(s: StructReader, index: number, maxLength: number, readOne: (e: StructReader) => T): T[] {
+  const list = readStructList(s, index, maxLength);
+  if (list === null) return [];
+  const out: T[] = new Array(list.length);
+  for (let i = 0; i < list.length; i++) out[i] = readOne(listStruct(list, i));
+  return out;
+}
+
+export function writeRunningVmList(b: MessageBuilder, at: number, vms: readonly VmView[]): void {
+  writeStructs(b, at, vms, Size.RunningVm, (s, _p, vm) => writeRunningVm(b, s, vm));
 }
 
 export function readRunningVmList(s: StructReader, index: number): VmView[] {
-  const list = readStructList(s, index, MAX_LIST_LENGTH.vms);
-  if (list === null) return [];
-  const out: VmView[] = new Array(list.length);
-  for (let i = 0; i < list.length; i++) out[i] = readRunningVm(listStruct(list, i));
-  return out;
+  return readStructs(s, index, MAX_LIST_LENGTH.vms, readRunningVm);
 }
 
 // ---- VmEvent ----
 
 export function writeVmEventList(b: MessageBuilder, at: number, events: readonly VmEvent[]): void {
-  const [dataWords, ptrCount] = Size.VmEvent;
-  const start = b.initStructList(at, events.length, dataWords, ptrCount);
-  const step = (dataWords + ptrCount) * 8;
-  for (let i = 0; i < events.length; i++) {
-    const s = start + i * step;
-    const p = s + dataWords * 8;
-    const event = events[i]!;
+  writeStructs(b, at, events, Size.VmEvent, (s, p, event) => {
     b.setU64(s, event.seq);
     b.setText(p, event.vmId);
     b.setU16(s + 8, statusToWire(event.status));
     b.setU64(s + 16, event.atMs);
     b.setText(p + 8, event.reason);
-  }
+  });
 }
 
 export function readVmEventList(s: StructReader, index: number): VmEvent[] {
-  const list = readStructList(s, index, MAX_LIST_LENGTH.events);
-  if (list === null) return [];
-  const out: VmEvent[] = new Array(list.length);
-  for (let i = 0; i < list.length; i++) {
-    const e = listStruct(list, i);
-    out[i] = { seq: readU64(e, 0), vmId: readText(e, 0), status: statusFromWire(readU16(e, 8)), atMs: readU64(e, 16), reason: readText(e, 1) };
-  }
-  return out;
+  return readStructs(s, index, MAX_LIST_LENGTH.events, (e) => ({
+    seq: readU64(e, 0),
+    vmId: readText(e, 0),
+    status: statusFromWire(readU16(e, 8)),
+    atMs: readU64(e, 16),
+    reason: readText(e, 1),
+  }));
 }
 
 // ---- VmSpec / Secret ----
@@ -230,23 +240,14 @@ export function readVmSpec(s: StructReader | null): VmSpecInput {
 }
 
 export function writeSecrets(b: MessageBuilder, at: number, secrets: readonly SecretInput[]): void {
-  const start = b.initStructList(at, secrets.length, Size.Secret[0], Size.Secret[1]);
-  for (let i = 0; i < secrets.length; i++) {
-    const p = start + i * 16;
-    b.setText(p, secrets[i]!.name);
-    b.setData(p + 8, secrets[i]!.value);
-  }
+  writeStructs(b, at, secrets, Size.Secret, (_s, p, secret) => {
+    b.setText(p, secret.name);
+    b.setData(p + 8, secret.value);
+  });
 }
 
 export function readSecrets(s: StructReader, index: number): SecretInput[] {
-  const list = readStructList(s, index, MAX_LIST_LENGTH.secrets);
-  if (list === null) return [];
-  const out: SecretInput[] = new Array(list.length);
-  for (let i = 0; i < list.length; i++) {
-    const e = listStruct(list, i);
-    out[i] = { name: readText(e, 0), value: readData(e, 1) };
-  }
-  return out;
+  return readStructs(s, index, MAX_LIST_LENGTH.secrets, (e) => ({ name: readText(e, 0), value: readData(e, 1) }));
 }
 
 // ---- Fault / ActiveFault ----
@@ -340,34 +341,21 @@ export function readFault(s: StructReader | null): FaultInput {
 }
 
 export function writeActiveFaultList(b: MessageBuilder, at: number, faults: readonly ActiveFault[]): void {
-  const [dataWords, ptrCount] = Size.ActiveFault;
-  const start = b.initStructList(at, faults.length, dataWords, ptrCount);
-  const step = (dataWords + ptrCount) * 8;
-  for (let i = 0; i < faults.length; i++) {
-    const s = start + i * step;
-    const p = s + dataWords * 8;
-    const fault = faults[i]!;
+  writeStructs(b, at, faults, Size.ActiveFault, (s, p, fault) => {
     b.setText(p, fault.id);
     b.setText(p + 8, fault.kind);
     b.setText(p + 16, fault.description);
     b.setU64(s, fault.injectedAtMs);
     b.setU64(s + 8, fault.expiresAtMs);
-  }
+  });
 }
 
 export function readActiveFaultList(s: StructReader, index: number): ActiveFault[] {
-  const list = readStructList(s, index, MAX_LIST_LENGTH.faults);
-  if (list === null) return [];
-  const out: ActiveFault[] = new Array(list.length);
-  for (let i = 0; i < list.length; i++) {
-    const e = listStruct(list, i);
-    out[i] = {
-      id: readText(e, 0),
-      kind: readText(e, 1) as ActiveFault["kind"],
-      description: readText(e, 2),
-      injectedAtMs: readU64(e, 0),
-      expiresAtMs: readU64(e, 8),
-    };
-  }
-  return out;
+  return readStructs(s, index, MAX_LIST_LENGTH.faults, (e) => ({
+    id: readText(e, 0),
+    kind: readText(e, 1) as ActiveFault["kind"],
+    description: readText(e, 2),
+    injectedAtMs: readU64(e, 0),
+    expiresAtMs: readU64(e, 8),
+  }));
 }
