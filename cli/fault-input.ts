@@ -1,5 +1,6 @@
 // Turning inject-fault flags into a FaultInput; the worker validates the values themselves.
 import { type ActiveFault, type DiskOp, FAULT_KINDS, type FaultInput } from "../worker/core/api.js";
+import { printable } from "./terminal.js";
 import { invalidArgument } from "../worker/core/errors.js";
 
 export const FAULT_KIND_NAMES = [...FAULT_KINDS];
@@ -59,7 +60,7 @@ export function formatFaultTable(faults: ActiveFault[]): string {
     f.id,
     f.kind,
     f.expiresAtMs > 0n ? `${Math.max(0, Math.round((Number(f.expiresAtMs) - Date.now()) / 1000))}s` : "-",
-    f.description,
+    printable(f.description),
   ]);
   const header = ["FAULT", "KIND", "EXPIRES IN", "DESCRIPTION"];
   const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => row[column]!.length)));

@@ -1,5 +1,6 @@
 // Human and JSON renderings of VMs for the CLI.
 import type { VmView } from "../worker/core/api.js";
+import { printable } from "./terminal.js";
 
 /** A VmView with bigints as numbers, for JSON output. */
 export function vmToJson(vm: VmView): Record<string, unknown> {
@@ -36,7 +37,7 @@ export function formatVmTable(vms: VmView[]): string {
     String(vm.cpu),
     human(vm.memoryBytes),
     vm.uptimeMs > 0n ? duration(vm.uptimeMs) : "-",
-    vm.failure ? vm.failure.slice(0, 80) : "",
+    vm.failure ? printable(vm.failure).slice(0, 80) : "",
   ]);
   const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => row[column]!.length)));
   return [header, ...rows].map((row) => row.map((cell, column) => cell.padEnd(widths[column]!)).join("  ").trimEnd()).join("\n");

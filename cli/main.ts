@@ -8,6 +8,7 @@ import { connectWorker, type WorkerClient } from "../worker/rpc/worker-client.js
 import { FAULT_KIND_NAMES, faultFromFlags, formatFaultTable } from "./fault-input.js";
 import { formatVmTable, vmToJson } from "./format.js";
 import { secretFromFlag, secretsFromDir, specFromFlags } from "./spec-input.js";
+import { printable, PrintableStream } from "./terminal.js";
 
 const DEFAULT_WORKER = "/run/procurator/worker.sock";
 
@@ -34,7 +35,23 @@ function local<T>(build: () => T): T {
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-async function followLogs(client: WorkerClient, id: string, follow: boolean, from: bigint): Promise<void> {
+/** Console bytes to stdout: as they are with --raw, else with control characters made visible. */
+function consoleWriter(raw: boolean): { write(bytes: Uint8Array): void; end(): void } {
+  if (raw) return { write: (bytes) => process.stdout.write(bytes), end: () => undefined };
+  const stream = new PrintableStream();
+  return { write: (bytes) => process.stdout.write(stream.write(bytes)), end: () => process.stdout.write(stream.end()) };
+}
+
+async function followLogs(client: WorkerClient, id: string, follow: boolean, from: bigint, raw: boolean): Promise<void> {
+  const out = consoleWriter(raw);
+  try {
+    await copyConsole(client, id, follow, from, out);
+  } finally {
+    out.end();
+  }
+}
+
+async function copyConsole(client: WorkerClient, id: string, follow: boolean, from: bigint, out: { write(bytes: Uint8Array): void }): Promise<void> {
   let offset = from;
   for (;;) {
     let chunk;
@@ -46,7 +63,7 @@ async function followLogs(client: WorkerClient, id: string, follow: boolean, fro
       throw err;
     }
     if (chunk.data.length > 0) {
-      process.stdout.write(chunk.data);
+      out.write(chunk.data);
       offset = chunk.nextOffset;
       continue;
     }
@@ -54,7 +71,7 @@ async function followLogs(client: WorkerClient, id: string, follow: boolean, fro
     const vm = await client.getVm(id).catch(() => undefined);
     if (!vm || vm.status === "stopped" || vm.status === "failed") {
       const last = await client.read(id, offset, 256 * 1024).catch(() => undefined);
-      if (last?.data.length) process.stdout.write(last.data);
+      if (last?.data.length) out.write(last.data);
       return;
     }
     await sleep(150);
@@ -131,9 +148,10 @@ export function buildCli(argv: string[]): Argv {
         y
           .positional("id", { type: "string", demandOption: true })
           .option("follow", { alias: "f", type: "boolean", describe: "Keep printing until the VM stops" })
-          .option("offset", { type: "number", default: 0, describe: "Start at this byte offset" }),
+          .option("offset", { type: "number", default: 0, describe: "Start at this byte offset" })
+          .option("raw", { type: "boolean", describe: "Print the guest's bytes as they are, terminal escapes included" }),
       async (args) => {
-        await withClient(args.worker, (client) => followLogs(client, args.id, Boolean(args.follow), BigInt(args.offset)));
+        await withClient(args.worker, (client) => followLogs(client, args.id, Boolean(args.follow), BigInt(args.offset), Boolean(args.raw)));
       },
     )
     .command(
@@ -226,7 +244,7 @@ export async function main(argv: string[]): Promise<number> {
       return 2;
     }
     if (err instanceof WorkerError) {
-      console.error(err.reason);
+      console.error(printable(err.reason)); // a failure may quote the guest's console
       return 1;
     }
     console.error(`pcr-worker-test: ${(err as Error).message ?? String(err)}`);

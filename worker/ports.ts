@@ -31,6 +31,12 @@ export interface VmLaunchSpec {
   share?: { tag: string; hostDir: string };
   /** Writable data disk (/dev/vdb): the backend creates this sparse raw file in vmDir. */
   dataDisk?: { path: string; bytes: number };
+  /**
+   * Open descriptors of kernel, initrd and image, checked by the store. A backend hands these to
+   * the VMM (as /proc/self/fd/N) instead of the paths, so no file can be swapped between the
+   * check and the VMM's own open. The paths above still name them in logs and records.
+   */
+  bootFds?: { kernel: number; initrd?: number; image?: number };
 }
 
 /** Persisted by the core so that a restarted worker can re-adopt the VMM. */
@@ -172,6 +178,21 @@ export interface NetworkPort {
 export interface StorePort {
   /** Makes sure each path is in the local store: a cheap local check, then `nix copy --from` for what is missing. */
   ensurePaths(paths: string[]): Promise<{ fetched: string[]; bytes: number; seconds: number }>;
+  /**
+   * Opens a file the VMM will read (kernel, initrd, image) after checking it: through any symlinks
+   * it must reach a regular file inside the store and inside the closure of its top-level path;
+   * the last open follows no link. INVALID_ARGUMENT (naming `field`) otherwise.
+   */
+  openBootFile(field: string, path: string): Promise<BootFile>;
+}
+
+/** A checked boot file, held open until the VMM has its own descriptor. */
+export interface BootFile {
+  fd: number;
+  /** The file itself, every symlink resolved. */
+  realPath: string;
+  /** Idempotent. */
+  close(): Promise<void>;
 }
 
 export interface SecretsPort {

@@ -13,6 +13,42 @@ const LANES = 2;
 const CHECK_EVERY = 25;
 const RACES = 20;
 
+/**
+ * Lets one lane hold the others still between two calls: `close()` resolves once every other lane
+ * is parked (or has finished), `open()` lets them go on.
+ */
+class Gate {
+  private held: Promise<void> | undefined;
+  private release = () => {};
+  private parked = 0;
+  private wake = () => {};
+
+  constructor(private others: number) {}
+
+  async park(): Promise<void> {
+    if (!this.held) return;
+    this.parked++;
+    this.wake();
+    await this.held;
+    this.parked--;
+  }
+
+  leave(): void {
+    this.others--;
+    this.wake();
+  }
+
+  async close(): Promise<void> {
+    this.held = new Promise((resolve) => (this.release = resolve));
+    while (this.parked < this.others) await new Promise<void>((resolve) => (this.wake = resolve));
+  }
+
+  open(): void {
+    this.held = undefined;
+    this.release();
+  }
+}
+
 describe("create/delete cycles", { skip }, () => {
   let worker: WorkerProcess;
 
@@ -38,6 +74,7 @@ describe("create/delete cycles", { skip }, () => {
     let leaks = 0;
     const seenPids = new Set<number>();
 
+    const gate = new Gate(LANES - 1);
     const lane = async (index: number) => {
       const c = clients[index]!;
       for (let i = index; i < CYCLES; i += LANES) {
@@ -49,17 +86,26 @@ describe("create/delete cycles", { skip }, () => {
         createMs.push(performance.now() - t);
         for (const pid of vmmProcesses(worker).live.keys()) seenPids.add(pid);
         maxFds = Math.max(maxFds, fdCount(worker.pid) ?? 0);
+        if (index !== 0) await gate.park(); // holding its VM: the check sees a live one
         t = performance.now();
         await c.deleteVm(id);
         deleteMs.push(performance.now() - t);
         done++;
+        if (index !== 0) await gate.park();
         if (done % CHECK_EVERY === 0 && index === 0) {
-          // Mid-run: the other lane may hold one VM; the invariants allow exactly what is live.
-          const { problems } = await checkInvariants(worker);
-          leaks += problems.length;
-          assert.deepEqual(problems, [], `after ${done} cycles:\n${logTail(worker)}`);
+          // Mid-run, with the other lanes held between two calls (one of them maybe holding a
+          // VM): a snapshot taken while a create or delete runs would see it half done.
+          await gate.close();
+          try {
+            const { problems } = await checkInvariants(worker);
+            leaks += problems.length;
+            assert.deepEqual(problems, [], `after ${done} cycles:\n${logTail(worker)}`);
+          } finally {
+            gate.open();
+          }
         }
       }
+      if (index !== 0) gate.leave();
     };
     await Promise.all(Array.from({ length: LANES }, (_, index) => lane(index)));
     for (const c of clients) c.close();

@@ -144,7 +144,7 @@ describe("observability (real worker, real guest)", { skip }, () => {
       .filter((entry) => entry.vmId === id);
     assert.deepEqual(audit.map((entry) => [entry.method, entry.code]), [["createVm", "OK"], ["deleteVm", "OK"], ["deleteVm", "NOT_FOUND"]]);
     for (const entry of audit) {
-      // The CLI process that called, by pid and uid (unix socket peer, found through ss -xp).
+      // The CLI process that called, by pid and uid (unix socket peer, from SO_PEERCRED).
       assert.match(String(entry.caller), /^unix#\d+ pid=\d+ uid=0 node$/);
       assert.ok(typeof entry.durationMs === "number");
     }

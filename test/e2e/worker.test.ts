@@ -2,8 +2,8 @@
 import assert from "node:assert/strict";
 import { execa } from "execa";
 import { randomBytes } from "node:crypto";
-import { existsSync } from "node:fs";
-import { copyFile, mkdtemp, rm } from "node:fs/promises";
+import { existsSync, readFileSync, realpathSync } from "node:fs";
+import { copyFile, mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -112,6 +112,44 @@ describe("worker end to end (real QEMU, real Nix store)", { skip }, () => {
     const unknownLogs = await worker.cli(["logs", "vm-0000000000"]);
     assert.match(unknownLogs.stderr, /^NOT_FOUND: /);
     assert.deepEqual(await listJson(worker), []);
+    await assertNothingLeft(worker);
+  });
+
+  test("a store path whose files link to a host file or a device is refused before anything is made", async () => {
+    // The attack: a closure in the cache carries `disk -> /some/host/file`; the VMM runs as root.
+    const scratch = await mkdtemp(join(tmpdir(), "pcr-links-"));
+    const hostFile = join(scratch, "root-only.txt");
+    await writeFile(hostFile, "host secret\n", { mode: 0o600 });
+    const dir = join(scratch, "evil");
+    await mkdir(dir);
+    await symlink(hostFile, join(dir, "disk"));
+    await symlink("/dev/null", join(dir, "initrd"));
+    const evil = (await execa("nix-store", ["--add", dir])).stdout.trim();
+    try {
+      for (const [field, target] of [["image", "disk"], ["initrd", "initrd"]] as const) {
+        const result = await worker.cli(["create-vm", "--spec-json", JSON.stringify({ ...spec, [field]: `${evil}/${target}` })]);
+        assert.equal(result.exitCode, 1, result.stderr);
+        assert.match(result.stderr, new RegExp(`^INVALID_ARGUMENT: check boot files: ${field} ${evil}/${target} resolves outside the Nix store`));
+        assert.doesNotMatch(result.stderr, new RegExp(scratch), "the host path is not echoed");
+      }
+      assert.deepEqual(await listJson(worker), []);
+      await assertNothingLeft(worker);
+    } finally {
+      await rm(scratch, { recursive: true, force: true });
+    }
+  });
+
+  test("the VMM opens the boot files it was handed, not the paths", async () => {
+    const id = await createFromSpec(worker, spec);
+    const [pid] = await vmmPids(id);
+    assert.ok(pid, "VMM pid");
+    const argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0");
+    assert.equal(argv[argv.indexOf("-kernel") + 1], "/proc/self/fd/3");
+    assert.equal(realpathSync(`/proc/${pid}/fd/3`), spec.kernel);
+    assert.equal(realpathSync(`/proc/${pid}/fd/4`), spec.initrd);
+    assert.equal(realpathSync(`/proc/${pid}/fd/5`), spec.image);
+    await waitForConsole(worker, id, "pcr-guest: ready");
+    assert.equal((await worker.cli(["delete-vm", id])).exitCode, 0);
     await assertNothingLeft(worker);
   });
 

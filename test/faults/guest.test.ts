@@ -50,6 +50,16 @@ describe("fault injection on a real guest", { skip }, () => {
     at = end;
     return ticks;
   };
+  /**
+   * Call right after a change took effect: drops every tick already printed (all started before
+   * the change), then waits out the one in flight, which may straddle it, and one more in case a
+   * finished tick's line was still on its way through the serial port. What `next` returns after
+   * this started wholly after the change. (A fixed sleep instead would sample at a boundary.)
+   */
+  const skipPastChange = async () => {
+    at = (await world.console(id, at)).end;
+    await next(2);
+  };
 
   before(async () => {
     world = await GuestWorld.create();
@@ -78,7 +88,7 @@ describe("fault injection on a real guest", { skip }, () => {
     assert.deepEqual((await world.client.listFaults(id)).map((f) => f.kind), ["loss"]);
     assert.equal((await world.client.getVm(id)).faults?.[0]?.id, faultId);
     assert.ok(await faultTable(), "fault table present while active");
-    await next(1);
+    await skipPastChange();
     const during = await next(14);
     await world.client.clearFault(id, faultId);
     // Each way 40 %: a round trip survives with 0.6 * 0.6 = 36 %, so about 64 % of pings are lost.
@@ -86,28 +96,28 @@ describe("fault injection on a real guest", { skip }, () => {
     assert.ok(lossRate(during) >= 0.3 && lossRate(during) <= 0.95, JSON.stringify(during));
     assert.equal(await faultTable(), false, "fault table gone after clear");
     assert.equal(await qdiscs(), qdiscBefore);
-    await next(1);
+    await skipPastChange();
     assert.equal(lossRate(await next(4)), 0);
     assert.deepEqual(await world.client.listFaults(id), []);
   });
 
   test("partition: all traffic, then only the peer's CIDR; durationMs clears it by itself", async (t) => {
     const all = await world.client.injectFault(id, { kind: "partition", cidrs: [], durationMs: 6000 });
-    await next(1);
+    await skipPastChange();
     const cut = await next(3);
     assert.equal(lossRate(cut), 1, JSON.stringify(cut));
     await waitFor("partition to expire", 15_000, async () => ((await world.client.listFaults(id)).length === 0 ? true : undefined));
     assert.equal(await faultTable(), false);
-    await next(1);
+    await skipPastChange();
     assert.equal(lossRate(await next(3)), 0);
 
     const peer = await world.client.injectFault(id, { kind: "partition", cidrs: ["198.18.0.0/24"] });
-    await next(1);
+    await skipPastChange();
     const cidrCut = await next(3);
     await world.client.clearFault(id, peer);
     t.diagnostic(`partition all (${all}): ${cut.length}/${cut.length} lost; partition 198.18.0.0/24: ${cidrCut.filter((x) => x.lost).length}/${cidrCut.length} lost`);
     assert.equal(lossRate(cidrCut), 1);
-    await next(1);
+    await skipPastChange();
     assert.equal(lossRate(await next(3)), 0);
     assert.equal(await faultTable(), false);
   });
@@ -115,10 +125,10 @@ describe("fault injection on a real guest", { skip }, () => {
   test("delay: measured RTT rises by about the injected delay (tc netem, or inside QEMU without sch_netem), and falls back after clear", async (t) => {
     const faultId = await world.client.injectFault(id, { kind: "delay", ms: 100, jitterMs: 0 });
     assert.ok((await world.client.listFaults(id)).some((fault) => fault.id === faultId && fault.kind === "delay"));
-    await next(1);
+    await skipPastChange();
     const during = await next(6);
     await world.client.clearFault(id, faultId);
-    await next(1);
+    await skipPastChange();
     const afterClear = await next(3);
     const base = mean(baseline.map((tick) => tick.rttMs!));
     const measured = mean(during.filter((tick) => !tick.lost).map((tick) => tick.rttMs!)) - base;
@@ -208,11 +218,11 @@ describe("fault injection on a real guest", { skip }, () => {
 
   test("diskErrors: the guest sees I/O errors on reads, then on writes after N ops; clean after clear", async (t) => {
     const reads = await world.client.injectFault(id, { kind: "diskErrors", op: "read", errno: 5, afterOps: 0, probabilityPercent: 0 });
-    await next(1);
+    await skipPastChange();
     const failing = await next(3);
     await world.client.clearFault(id, reads);
     assert.ok(failing.every((tick) => tick.read === "err" && tick.write === "ok"), JSON.stringify(failing));
-    await next(1);
+    await skipPastChange();
     const healed = await next(2);
     assert.ok(healed.every((tick) => tick.read === "ok" && tick.write === "ok"), JSON.stringify(healed));
 
@@ -223,7 +233,7 @@ describe("fault injection on a real guest", { skip }, () => {
     t.diagnostic(`read errors: ${failing.length}/${failing.length} ticks; writes after 6 ops: ${seq.map((x) => x.write).join(" ")}`);
     assert.ok(firstErr > 0, "some writes succeed before the Nth op");
     assert.ok(seq.slice(firstErr + 1).every((tick) => tick.write === "err"), JSON.stringify(seq));
-    await next(1);
+    await skipPastChange();
     assert.ok((await next(2)).every((tick) => tick.read === "ok" && tick.write === "ok"));
     const nodes = await readFile(join(world.worker.stateDir, "vms", id, "vmm.log"), "utf8").catch(() => "");
     assert.doesNotMatch(nodes, /blkdebug.*error/i);
@@ -290,7 +300,7 @@ describe("fault injection on a real guest", { skip }, () => {
     await world.client.injectFault(id, { kind: "diskErrors", op: "read", errno: 5, afterOps: 0, probabilityPercent: 0 });
     await world.client.injectFault(id, { kind: "cpuThrottle", percent: 50 });
     assert.equal((await world.client.listFaults(id)).length, 5);
-    at = (await world.console(id)).end; // ticks printed before the faults do not count
+    await skipPastChange();
     const faulted = await next(2);
     assert.ok(faulted.every((tick) => tick.lost && tick.read === "err"), "the faults bite before the kill");
 
@@ -301,7 +311,7 @@ describe("fault injection on a real guest", { skip }, () => {
     assert.equal(await qdiscs(), qdiscBefore, "the TAP's qdisc is the default again");
     const cgroups = await readdir("/sys/fs/cgroup/cpu/procurator-faults", { withFileTypes: true }).catch(() => []);
     assert.deepEqual(cgroups.filter((entry) => entry.isDirectory()).map((entry) => entry.name), [], "no fault cgroup left");
-    await next(1);
+    await skipPastChange();
     const after = await next(3);
     t.diagnostic(`after restart: ${after.map((tick) => `${tick.rttMs ?? "lost"}ms r=${tick.read}`).join(", ")}`);
     assert.ok(after.every((tick) => !tick.lost && tick.rttMs! < 50 && tick.read === "ok" && tick.write === "ok"), JSON.stringify(after));

@@ -8,7 +8,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { after, afterEach, before, describe, test } from "node:test";
 import { pino } from "pino";
 import { WorkerError } from "../../worker/core/errors.js";
@@ -292,11 +292,29 @@ describe("Cloud Hypervisor backend against the contract fake (not real Cloud Hyp
     });
   });
 
-  test("with a share: one real virtiofsd (QEMU's C virtiofsd) tied to the VM's life, its socket in the fs config", { skip: !existsSync(C_VIRTIOFSD) && `${C_VIRTIOFSD} missing (Debian package qemu-system-common)` }, async () => {
+  test("with a share and QEMU's C virtiofsd (no read-only mode): FAILED_PRECONDITION before any process starts", { skip: !existsSync(C_VIRTIOFSD) && `${C_VIRTIOFSD} missing (Debian package qemu-system-common)` }, async () => {
     const hostDir = await mkdtemp(join(tmpdir(), "pcr-ch-share-"));
     cleanups.push(() => rm(hostDir, { recursive: true, force: true }));
     const spec = await makeSpec({ share: { tag: "secrets", hostDir } });
-    const handle = await launch(spec);
+    await rejectsWith(backend().launch(spec), "FAILED_PRECONDITION", /cannot export a share read-only/);
+    assert.deepEqual(await processesMentioning(spec.vmDir), [], "neither virtiofsd nor the VMM runs");
+  });
+
+  test("with a share: one real virtiofsd (read-only capable) tied to the VM's life, its socket in the fs config", { skip: !existsSync(C_VIRTIOFSD) && `${C_VIRTIOFSD} missing (Debian package qemu-system-common)` }, async () => {
+    const hostDir = await mkdtemp(join(tmpdir(), "pcr-ch-share-"));
+    cleanups.push(() => rm(hostDir, { recursive: true, force: true }));
+    // No Rust virtiofsd here: a stand-in that speaks its argv (with --readonly) and runs the C daemon,
+    // so the process plumbing is real; what it serves is not mounted by the contract fake anyway.
+    const rustLike = join(hostDir, "..", `${basename(hostDir)}-virtiofsd`);
+    await writeFile(rustLike, [
+      "#!/bin/sh",
+      'if [ "$1" = --help ]; then echo "Usage: virtiofsd [OPTIONS] --shared-dir <shared-dir>"; echo "      --readonly"; exit 0; fi',
+      'while [ $# -gt 0 ]; do case "$1" in --socket-path) s=$2; shift;; --shared-dir) d=$2; shift;; esac; shift; done',
+      `exec ${C_VIRTIOFSD} --socket-path="$s" -o source="$d" -o cache=none -o sandbox=namespace`,
+    ].join("\n"), { mode: 0o755 });
+    cleanups.push(() => rm(rustLike, { force: true }));
+    const spec = await makeSpec({ share: { tag: "secrets", hostDir } });
+    const handle = await launch(spec, { virtiofsdBinary: rustLike });
     await handle.waitRunning(2000);
     assert.equal(handle.record.helpers.length, 1);
     const helper = handle.record.helpers[0]!;
@@ -308,7 +326,7 @@ describe("Cloud Hypervisor backend against the contract fake (not real Cloud Hyp
     assert.ok(existsSync(chPaths(spec.vmDir).virtiofsSocket));
 
     // Adoption carries the helper along; stopping the VM ends virtiofsd.
-    const adopted = await backend().adopt(handle.record, spec.vmDir);
+    const adopted = await backend({ virtiofsdBinary: rustLike }).adopt(handle.record, spec.vmDir);
     assert.ok(adopted);
     await adopted.stop(2000);
     await handle.exited;

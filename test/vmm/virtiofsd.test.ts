@@ -59,7 +59,7 @@ test("QEMU's C virtiofsd starts, creates its socket, and exits when killed", { s
   await writeFile(join(shared, "token"), "s3cret");
   const socketPath = join(dir, "virtiofs.sock");
   const started = Date.now();
-  const handle: VirtiofsdHandle = await startVirtiofsd({ binary: C_VIRTIOFSD, socketPath, sharedDir: shared, readOnly: true, logger });
+  const handle: VirtiofsdHandle = await startVirtiofsd({ binary: C_VIRTIOFSD, socketPath, sharedDir: shared, readOnly: false, logger });
   const startMs = Date.now() - started;
   cleanups.push(() => handle.kill());
   assert.ok((await stat(socketPath)).isSocket(), "vhost-user socket created");
@@ -73,6 +73,18 @@ test("QEMU's C virtiofsd starts, creates its socket, and exits when killed", { s
   assert.equal(await isSameLiveProcess(handle.pid, handle.startTime), false);
   assert.deepEqual(await handle.kill(), exit, "idempotent");
   assert.equal(existsSync(socketPath), false, "socket removed after exit");
+});
+
+test("a read-only share is refused with the C daemon (it cannot export read-only): FAILED_PRECONDITION, nothing started", { skip: skipNoVirtiofsd }, async () => {
+  const dir = await tempDir("pcr-vfsd-ro-");
+  const socketPath = join(dir, "fs.sock");
+  await assert.rejects(startVirtiofsd({ binary: C_VIRTIOFSD, socketPath, sharedDir: dir, readOnly: true, logger }), (err: unknown) => {
+    assert.ok(err instanceof WorkerError);
+    assert.equal(err.code, "FAILED_PRECONDITION");
+    assert.match(err.message, /cannot export a share read-only; install the Rust virtiofsd/);
+    return true;
+  });
+  assert.equal(existsSync(socketPath), false);
 });
 
 test("a virtiofsd that fails (shared dir missing) is reported with its last words", { skip: skipNoVirtiofsd }, async () => {
@@ -110,10 +122,14 @@ test(
     await mkdir(shared, { mode: 0o700 });
     await writeFile(join(shared, "token"), "s3cret-over-virtiofs\n", { mode: 0o400 });
     const socketPath = join(dir, "virtiofs.sock");
-    const virtiofsd = await startVirtiofsd({ binary: C_VIRTIOFSD, socketPath, sharedDir: shared, readOnly: true, logger });
+    // Not read-only (the C daemon cannot be): this test shows why the worker never uses it for secrets.
+    const virtiofsd = await startVirtiofsd({ binary: C_VIRTIOFSD, socketPath, sharedDir: shared, readOnly: false, logger });
     cleanups.push(() => virtiofsd.kill());
 
-    const command = Buffer.from("cat /run/secrets/token; touch /run/secrets/x 2>/dev/null && echo WRITABLE || echo READONLY").toString("base64");
+    const command = Buffer.from(
+      "cat /run/secrets/token; touch /run/secrets/x 2>/dev/null && echo WRITABLE || echo READONLY; " +
+        "mount -o remount,rw /run/secrets && echo planted >/run/secrets/planted && echo REMOUNTED-RW",
+    ).toString("base64");
     const consolePath = join(dir, "console.log");
     const memMiB = guest.spec.memoryBytes / (1024 * 1024);
     const argv = [
@@ -157,6 +173,9 @@ test(
     t.diagnostic(`accel ${accel}: guest ran the command after ${Date.now() - started} ms`);
     assert.match(console, /s3cret-over-virtiofs/, `console:\n${console.slice(-2000)}\nqemu stderr: ${stderr}`);
     assert.match(console, /READONLY/, "the guest mounts the share read-only");
+    // ...but nothing stops it from mounting it again read-write and writing to the host.
+    assert.match(console, /REMOUNTED-RW/);
+    assert.equal(await readFile(join(shared, "planted"), "utf8").catch(() => ""), "planted\n", "the C daemon let the guest write");
     assert.equal(await qemuExit, 0, "guest powered off");
     // QEMU's virtiofsd serves one vhost-user session: it ends with the VM by itself.
     const exit = await Promise.race([virtiofsd.exited, new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 5000))]);

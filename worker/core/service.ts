@@ -24,7 +24,7 @@ import { Plan } from "./plan.js";
 import type { RecordRepo, VmRecord } from "./records.js";
 import { validateSecrets } from "./secrets.js";
 import { specHash, storePathRoot, validateSpec, type SpecLimits, type ValidSpec } from "./spec.js";
-import type { NetworkPort, SecretsPort, StorePort, VmmBackend, VmmExit, VmmHandle } from "../ports.js";
+import type { BootFile, NetworkPort, SecretsPort, StorePort, VmmBackend, VmmExit, VmmHandle } from "../ports.js";
 
 export interface ServiceLimits extends SpecLimits {
   maxVms: number;
@@ -78,6 +78,16 @@ interface Vm {
 }
 
 const CONSOLE_TAIL_LINES = 5;
+
+interface BootFiles {
+  kernel: BootFile;
+  initrd?: BootFile;
+  image?: BootFile;
+}
+
+async function closeBootFiles(files: BootFiles): Promise<void> {
+  await Promise.all([files.kernel.close(), files.initrd?.close(), files.image?.close()]);
+}
 
 export class WorkerService implements WorkerApi {
   private readonly vms = new Map<string, Vm>();
@@ -217,6 +227,8 @@ export class WorkerService implements WorkerApi {
       this.deps.observer?.storeFetched?.({ bytes: fetched.bytes, seconds: fetched.seconds, paths: fetched.fetched.length });
     }
 
+    // Opened now and handed to the VMM as descriptors: what was checked is what it boots.
+    const bootFiles = await plan.step("check boot files", () => this.openBootFiles(spec), (files) => closeBootFiles(files));
     const vmDir = await plan.step("create vm directory", () => records.createDir(id), () => records.remove(id));
     const record: VmRecord = {
       id,
@@ -274,11 +286,13 @@ export class WorkerService implements WorkerApi {
           net: record.net ? { tap: record.net.tap, mac: record.net.mac } : undefined,
           share: secretsDir ? { tag: "secrets", hostDir: secretsDir } : undefined,
           dataDisk: spec.dataDiskBytes ? { path: `${vmDir}/data.img`, bytes: spec.dataDiskBytes } : undefined,
+          bootFds: { kernel: bootFiles.kernel.fd, initrd: bootFiles.initrd?.fd, image: bootFiles.image?.fd },
         }),
       async (started) => {
         await started.kill();
       },
     );
+    await closeBootFiles(bootFiles); // the VMM holds its own copies
     vm.handle = handle;
     record.vmm = handle.record;
     await plan.step("save state", () => records.save(record));
@@ -293,6 +307,19 @@ export class WorkerService implements WorkerApi {
     this.armTtl(vm);
     log.info({ ms: Date.now() - started, stepMs: plan.stepMs, backend: backend.name, cpu: spec.cpu, memoryBytes: spec.memoryBytes }, "vm running");
     return id;
+  }
+
+  private async openBootFiles(spec: ValidSpec): Promise<BootFiles> {
+    const { store } = this.deps;
+    const files: BootFiles = { kernel: await store.openBootFile("kernel", spec.kernel) };
+    try {
+      if (spec.initrd) files.initrd = await store.openBootFile("initrd", spec.initrd);
+      if (spec.image) files.image = await store.openBootFile("image", spec.image);
+    } catch (err) {
+      await closeBootFiles(files);
+      throw err;
+    }
+    return files;
   }
 
   // --- delete ----------------------------------------------------------------------------

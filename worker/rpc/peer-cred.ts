@@ -1,56 +1,47 @@
-// Who is on the other end of a unix socket connection. Node has no SO_PEERCRED, so this asks the
-// kernel's socket diagnostics through `ss -xp`: our end's inode (fstat of the fd) names the peer's
-// inode, whose line carries the peer process. It costs one `ss` run (~20 ms), so callers ask
-// lazily, once per connection, and only for what they audit.
-import { execFile } from "node:child_process";
-import { fstatSync, readFileSync } from "node:fs";
+// Who is on the other end of a unix socket connection: the kernel's SO_PEERCRED (recorded when
+// the peer connected, so nothing the peer names or binds can change it), through our native
+// addon. One getsockopt, no process spawned; the command is the peer's /proc/<pid>/comm.
+import { readFileSync } from "node:fs";
 import type { Socket } from "node:net";
-import { promisify } from "node:util";
-
-const execFileAsync = promisify(execFile);
+import { native } from "../native.js";
 
 export interface PeerCredentials {
   pid: number;
   uid: number;
+  gid: number;
+  /** The peer's own name for itself (/proc/<pid>/comm); informative, not an identity. */
   command: string;
 }
 
-/** The inode of our end of a connected unix socket, or undefined (not a unix socket, closed). */
-function localInode(socket: Socket): number | undefined {
+/** The fd of a connected socket, or undefined (not open, or not backed by one fd). */
+function socketFd(socket: Socket): number | undefined {
   const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (typeof fd !== "number" || fd < 0) return undefined;
+  return typeof fd === "number" && fd >= 0 ? fd : undefined;
+}
+
+function commandOf(pid: number): string {
   try {
-    return fstatSync(fd).ino;
+    // comm is at most 15 bytes, chosen by the process: keep it printable for the audit line.
+    return readFileSync(`/proc/${pid}/comm`, "utf8").trim().replace(/[^\x20-\x7e]/g, "?");
+  } catch {
+    return "";
+  }
+}
+
+/** The peer's credentials, or undefined when the socket is not a connected unix socket. */
+export function unixPeerCredentials(socket: Socket): PeerCredentials | undefined {
+  const fd = socketFd(socket);
+  if (fd === undefined) return undefined;
+  try {
+    const { pid, uid, gid } = native().peerCred(fd);
+    return { pid, uid, gid, command: pid > 0 ? commandOf(pid) : "" };
   } catch {
     return undefined;
   }
 }
 
-/** Parses `ss -xpnH` output: inode -> peer inode and the owning process of that socket. */
-export function parseSsUnix(text: string): Map<number, { peer: number; pid?: number; command?: string }> {
-  const sockets = new Map<number, { peer: number; pid?: number; command?: string }>();
-  for (const line of text.split("\n")) {
-    const fields = line.trim().split(/\s+/);
-    // Netid State Recv-Q Send-Q Local-Address Local-Port Peer-Address Peer-Port [users:((...))]
-    if (fields.length < 8) continue;
-    const inode = Number(fields[5]);
-    const peer = Number(fields[7]);
-    if (!Number.isInteger(inode) || !Number.isInteger(peer)) continue;
-    const users = /users:\(\("((?:[^"\\]|\\.)*)",pid=(\d+),/.exec(line);
-    sockets.set(inode, { peer, pid: users ? Number(users[2]) : undefined, command: users?.[1] });
-  }
-  return sockets;
-}
-
-export async function unixPeerCredentials(socket: Socket): Promise<PeerCredentials | undefined> {
-  const inode = localInode(socket);
-  if (inode === undefined) return undefined;
-  const { stdout } = await execFileAsync("ss", ["-xpnH"], { timeout: 2_000, maxBuffer: 16 * 1024 * 1024 });
-  const sockets = parseSsUnix(stdout);
-  const peerInode = sockets.get(inode)?.peer;
-  const peer = peerInode === undefined ? undefined : sockets.get(peerInode);
-  if (!peer?.pid) return undefined;
-  const status = readFileSync(`/proc/${peer.pid}/status`, "utf8");
-  const uid = Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]);
-  return { pid: peer.pid, uid, command: peer.command ?? "" };
+/** How an audit line names the peer: `unix#3 pid=4242 uid=0 node`. */
+export function describeUnixPeer(peer: string, cred: PeerCredentials | undefined): string {
+  if (!cred) return peer;
+  return `${peer} pid=${cred.pid} uid=${cred.uid}${cred.command ? ` ${cred.command}` : ""}`;
 }

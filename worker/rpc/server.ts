@@ -4,7 +4,7 @@ import { chmodSync, lstatSync, unlinkSync } from "node:fs";
 import net from "node:net";
 import type { Logger } from "pino";
 import { type InterfaceDispatcher, RpcConnection } from "./connection.js";
-import { unixPeerCredentials } from "./peer-cred.js";
+import { describeUnixPeer, unixPeerCredentials } from "./peer-cred.js";
 import type { WorkerApi } from "../core/api.js";
 import type { RpcLimits } from "./limits.js";
 import { workerDispatcher } from "./worker-service.js";
@@ -70,15 +70,11 @@ export class RpcServer {
 
   private createServer(kind: "unix" | "tcp"): net.Server {
     const server = net.createServer({ noDelay: true }, (socket) => {
-      // Unix peers are named by a connection id; their process and user are looked up when audited.
+      // Unix peers are named by a connection id; audits add the kernel's record of their process and user.
       const peer = kind === "tcp" ? `tcp:${socket.remoteAddress}:${socket.remotePort}#${++this.counter}` : `unix#${++this.counter}`;
       const log = this.options.logger;
-      let described: Promise<string> | undefined;
-      const describePeer = () =>
-        (described ??= unixPeerCredentials(socket).then(
-          (cred) => (cred ? `${peer} pid=${cred.pid} uid=${cred.uid} ${cred.command}` : peer),
-          () => peer,
-        ));
+      const described = kind === "unix" ? describeUnixPeer(peer, unixPeerCredentials(socket)) : peer;
+      const describePeer = () => Promise.resolve(described);
       const connection = new RpcConnection(socket, {
         bootstrap: this.options.dispatcher,
         logger: log,

@@ -1,10 +1,12 @@
 // Secrets live only on tmpfs, one directory per VM (0700, files 0400), shared read-only
 // into the guest. Values never reach argv, environment, logs or state files.
 import { execa } from "execa";
+import { constants } from "node:fs";
 import { mkdir, open, readdir, rm, statfs } from "node:fs/promises";
 import { join } from "node:path";
 import type { Logger } from "pino";
 import { failedPrecondition } from "../core/errors.js";
+import { SECRET_LIMITS } from "../core/secrets.js";
 import type { SecretsPort } from "../ports.js";
 
 const TMPFS_MAGIC = 0x01021994;
@@ -50,13 +52,16 @@ export class TmpfsSecrets implements SecretsPort {
     const dir = this.dirFor(vmId);
     const names = await readdir(dir).catch(() => undefined);
     if (!names) return;
-    // Overwrite before unlinking so a file still held open elsewhere reads zeros.
+    // Overwrite before unlinking so a file still held open elsewhere reads zeros. The directory may
+    // hold what a guest put there (a writable share, a bug): never follow a link, never open a
+    // FIFO or device, never touch a file with other names (a hard link's other name is not ours).
     for (const name of names) {
-      const file = await open(join(dir, name), "r+").catch(() => undefined);
+      const file = await open(join(dir, name), constants.O_WRONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY).catch(() => undefined);
       if (!file) continue;
       try {
-        const { size } = await file.stat();
-        await file.write(Buffer.alloc(size), 0, size, 0);
+        const stats = await file.stat();
+        const ours = stats.isFile() && stats.nlink === 1 && stats.size <= SECRET_LIMITS.maxValueBytes;
+        if (ours && stats.size > 0) await file.write(Buffer.alloc(stats.size), 0, stats.size, 0);
       } finally {
         await file.close();
       }

@@ -1,10 +1,16 @@
 // The Nix store adapter: the worker never builds; it checks paths locally and pulls
 // missing ones from a binary cache with `nix copy --from`.
 import { execa } from "execa";
-import { access } from "node:fs/promises";
+import { closeSync, constants, fstatSync, openSync } from "node:fs";
+import { access, realpath } from "node:fs/promises";
 import type { Logger } from "pino";
-import { notFound, unavailable } from "../core/errors.js";
-import type { StorePort } from "../ports.js";
+import { invalidArgument, notFound, unavailable } from "../core/errors.js";
+import { isStorePath, storePathRoot } from "../core/spec.js";
+import { native } from "../native.js";
+import type { BootFile, StorePort } from "../ports.js";
+
+export const STORE_DIR = "/nix/store";
+const MAX_CACHED_CLOSURES = 256;
 
 export interface NixStoreOptions {
   cacheUrl?: string;
@@ -24,7 +30,70 @@ export class NixStore implements StorePort {
    */
   private readonly knownValid = new Set<string>();
 
+  /** Closures by top-level path: a valid path's closure never changes. */
+  private readonly closures = new Map<string, Promise<Set<string>>>();
+  /** /nix/store, held open: every boot file is opened beneath it. */
+  private storeFd: number | undefined;
+
   constructor(private readonly options: NixStoreOptions) {}
+
+  async openBootFile(field: string, path: string): Promise<BootFile> {
+    let real: string;
+    try {
+      real = await realpath(path);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === "ENOENT" || code === "ENOTDIR") throw notFound(`${field} ${path} does not exist`);
+      throw invalidArgument(`${field} ${path} cannot be resolved (${code})`);
+    }
+    // Where it points is the host's business: say only that it is outside.
+    if (!real.startsWith(`${STORE_DIR}/`) || !isStorePath(real)) throw invalidArgument(`${field} ${path} resolves outside the Nix store`);
+    const root = storePathRoot(path);
+    const realRoot = storePathRoot(real);
+    if (realRoot !== root && !(await this.closureOf(root)).has(realRoot)) {
+      throw invalidArgument(`${field} ${path} resolves to ${real}, outside the closure of ${root}`);
+    }
+    let fd: number;
+    try {
+      fd = native().openBeneath(this.openStoreDir(), real.slice(STORE_DIR.length + 1));
+    } catch (err) {
+      // A component turned into a link, or left the store, after realpath: a race, refused.
+      throw invalidArgument(`${field} ${path} cannot be opened without following links (${(err as NodeJS.ErrnoException).code})`);
+    }
+    if (!fstatSync(fd).isFile()) {
+      closeSync(fd);
+      throw invalidArgument(`${field} ${path} is not a regular file`);
+    }
+    let open = true;
+    return {
+      fd,
+      realPath: real,
+      close: async () => {
+        if (open) closeSync(fd);
+        open = false;
+      },
+    };
+  }
+
+  private openStoreDir(): number {
+    this.storeFd ??= openSync(STORE_DIR, constants.O_RDONLY | constants.O_DIRECTORY);
+    return this.storeFd;
+  }
+
+  private closureOf(root: string): Promise<Set<string>> {
+    let closure = this.closures.get(root);
+    if (!closure) {
+      closure = execa(this.options.nixStoreBin ?? "nix-store", ["--query", "--requisites", root], { reject: false }).then((result) => {
+        if (result.exitCode !== 0) throw unavailable(`nix-store --query --requisites ${root} failed: ${lastLine(result.stderr)}`);
+        return new Set(result.stdout.split("\n").filter(Boolean));
+      });
+      closure.catch(() => this.closures.delete(root));
+      this.closures.set(root, closure);
+      // Bounded: a long-lived worker sees many top-level paths; the oldest go first.
+      if (this.closures.size > MAX_CACHED_CLOSURES) this.closures.delete(this.closures.keys().next().value!);
+    }
+    return closure;
+  }
 
   async ensurePaths(paths: string[]): Promise<{ fetched: string[]; bytes: number; seconds: number }> {
     const missing = await this.invalidPaths(paths);

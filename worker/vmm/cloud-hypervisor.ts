@@ -11,6 +11,7 @@ import { WorkerError, failedPrecondition } from "../core/errors.js";
 import type { BlockCounters, GuestRunState, VmLaunchSpec, VmmBackend, VmmExit, VmmHandle, VmmProcessRecord } from "../ports.js";
 import { ChApiClient, ChApiError, ChConnectionError, type ChVmState } from "./ch-api.js";
 import { tailEventFile, type ChEvent, type EventTail } from "./ch-events.js";
+import { handOverBootFiles } from "./boot-files.js";
 import { isSameLiveProcess, killStrayProcesses, signalProcess, spawnDetached, tailLines, watchNonChild } from "./process.js";
 import { adoptVirtiofsd, startVirtiofsd, type VirtiofsdHandle } from "./virtiofsd.js";
 
@@ -164,9 +165,10 @@ export function createCloudHypervisorBackend(options: CloudHypervisorBackendOpti
       });
     }
 
+    const passed = handOverBootFiles(spec);
     let spawned;
     try {
-      spawned = await spawnDetached(binary, vmmArgv(spec.vmDir), paths.stdio);
+      spawned = await spawnDetached(binary, vmmArgv(spec.vmDir), paths.stdio, passed.fds);
     } catch (err) {
       await virtiofsd?.kill();
       if ((err as NodeJS.ErrnoException).code === "ENOENT") {
@@ -187,7 +189,7 @@ export function createCloudHypervisorBackend(options: CloudHypervisorBackendOpti
 
     try {
       await handle.waitForApi(apiReadyTimeoutMs);
-      const config = buildVmConfig(spec, { virtiofsSocket: virtiofsd?.socketPath });
+      const config = buildVmConfig(passed.spec, { virtiofsSocket: virtiofsd?.socketPath });
       await handle.guard(() => client.createVm(config, bootRequestTimeoutMs), "vm.create");
       await handle.guard(() => client.bootVm(bootRequestTimeoutMs), "vm.boot");
     } catch (err) {

@@ -86,13 +86,14 @@ export interface SpawnedProcess {
 
 /**
  * Starts a process in its own process group, stdio to `logPath` (append), not tied to our
- * lifetime: a worker restart neither kills it nor breaks its pipes.
+ * lifetime: a worker restart neither kills it nor breaks its pipes. `passFds` are inherited.
  */
-export async function spawnDetached(binary: string, argv: string[], logPath: string): Promise<SpawnedProcess> {
+export async function spawnDetached(binary: string, argv: string[], logPath: string, passFds: number[] = []): Promise<SpawnedProcess> {
   const logFd = openSync(logPath, "a", 0o600);
   let child: ChildProcess;
   try {
-    child = spawn(binary, argv, { detached: true, stdio: ["ignore", logFd, logFd] });
+    // passFds become the child's fds 3, 4, ... (see boot-files.ts).
+    child = spawn(binary, argv, { detached: true, stdio: ["ignore", logFd, logFd, ...passFds] });
   } finally {
     closeSync(logFd);
   }

@@ -44,12 +44,21 @@ export function blkdebugRules(faultId: string, rule: DiskErrorRule, diskBytes: n
   if (rule.probabilityPercent <= 0 || rule.probabilityPercent >= 100) return iotypes.map((iotype) => ({ ...base, iotype }));
   const random = seededRandom(faultId);
   const blocks = Math.floor(diskBytes / BLOCK_BYTES);
-  const bad: number[] = [];
-  for (let block = 0; block < blocks; block++) if (random() * 100 < rule.probabilityPercent) bad.push(block);
-  if (bad.length > MAX_BAD_BLOCKS) {
-    throw invalidArgument(
-      `${rule.probabilityPercent}% of the data disk's ${blocks} blocks is ${bad.length} bad blocks, above the ${MAX_BAD_BLOCKS} this supports; lower the probability or the disk size`,
+  const tooMany = () =>
+    invalidArgument(
+      `${rule.probabilityPercent}% of the data disk's ${blocks} blocks is about ${Math.round((blocks * rule.probabilityPercent) / 100)} bad blocks, ` +
+        `above the ${MAX_BAD_BLOCKS} this supports; lower the probability or the disk size`,
     );
+  // Refuse what is surely too many before any work; otherwise jump from bad block to bad block
+  // (geometric gaps), so the work is bounded by MAX_BAD_BLOCKS, not by the disk's size.
+  if ((blocks * rule.probabilityPercent) / 100 > 2 * MAX_BAD_BLOCKS) throw tooMany();
+  const p = rule.probabilityPercent / 100;
+  const bad: number[] = [];
+  for (let block = -1; ; ) {
+    block += 1 + Math.floor(Math.log(1 - random()) / Math.log(1 - p));
+    if (block >= blocks) break;
+    bad.push(block);
+    if (bad.length > MAX_BAD_BLOCKS) throw tooMany();
   }
   return bad.flatMap((block) => iotypes.map((iotype) => ({ ...base, iotype, sector: (block * BLOCK_BYTES) / 512 })));
 }

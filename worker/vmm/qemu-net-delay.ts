@@ -15,6 +15,9 @@ type Execute = (command: string, args?: Record<string, unknown>) => Promise<unkn
 /** The netdev id the QEMU backend gives the VM's NIC (qemuArgv). */
 export const NETDEV_ID = "n0";
 const MAX_PACKET = 65536 + 4;
+/** As netem's `limit` (1000 packets by default): past it, packets are dropped, not queued. */
+export const MAX_HELD_PACKETS = 1000;
+const MAX_HELD_BYTES = 16 * 1024 * 1024;
 const DELAY_IDS = { outChardev: "pcr-delay-out", inChardev: "pcr-delay-in", outFilter: "pcr-delay-steal", inFilter: "pcr-delay-inject" } as const;
 
 interface Active {
@@ -25,7 +28,45 @@ interface Active {
   timers: Set<NodeJS.Timeout>;
   /** When the last packet is due out: packets leave in order even with jitter. */
   lastDueMs: number;
-  held: Buffer[];
+  held: HeldPackets;
+}
+
+/** The packets held back, in order, bounded in count and bytes: what does not fit is dropped. */
+export class HeldPackets {
+  private readonly packets: Buffer[] = [];
+  private bytes = 0;
+  dropped = 0;
+
+  constructor(
+    private readonly maxPackets = MAX_HELD_PACKETS,
+    private readonly maxBytes = MAX_HELD_BYTES,
+  ) {}
+
+  get size(): number {
+    return this.packets.length;
+  }
+
+  /** False (and counted) when the queue is full. */
+  add(packet: Buffer): boolean {
+    if (this.packets.length >= this.maxPackets || this.bytes + packet.length > this.maxBytes) {
+      this.dropped++;
+      return false;
+    }
+    this.packets.push(packet);
+    this.bytes += packet.length;
+    return true;
+  }
+
+  take(): Buffer | undefined {
+    const packet = this.packets.shift();
+    if (packet) this.bytes -= packet.length;
+    return packet;
+  }
+
+  drain(): Buffer[] {
+    this.bytes = 0;
+    return this.packets.splice(0);
+  }
 }
 
 /** Reads length-prefixed packets from a byte stream. */
@@ -57,7 +98,7 @@ export class QemuNetDelay {
 
   async start(faultId: string, ms: number, jitterMs: number): Promise<void> {
     if (this.active) throw failedPrecondition(`a delay (${this.active.faultId}) is already active on this VM; clear it first`);
-    const active: Active = { faultId, servers: [], timers: new Set(), lastDueMs: 0, held: [] };
+    const active: Active = { faultId, servers: [], timers: new Set(), lastDueMs: 0, held: new HeldPackets() };
     this.active = active;
     const ids = DELAY_IDS;
     try {
@@ -83,7 +124,16 @@ export class QemuNetDelay {
       });
       const reader = new PacketReader();
       active.out!.on("data", (chunk: Buffer) => {
-        for (const packet of reader.push(chunk)) this.hold(active, packet, ms, jitterMs);
+        let packets: Buffer[];
+        try {
+          packets = reader.push(chunk);
+        } catch (err) {
+          // A stream we cannot frame: stop stealing rather than guess (the guest's traffic stalls until clear).
+          this.log.error({ faultId, err: (err as Error).message }, "delay stream unreadable; dropping it");
+          active.out?.destroy();
+          return;
+        }
+        for (const packet of packets) this.hold(active, packet, ms, jitterMs);
       });
       this.log.info({ faultId, ms, jitterMs }, "network delay inside QEMU");
     } catch (err) {
@@ -99,12 +149,15 @@ export class QemuNetDelay {
   }
 
   private hold(active: Active, packet: Buffer, ms: number, jitterMs: number): void {
+    if (!active.held.add(packet)) {
+      if (active.held.dropped === 1) this.log.warn({ faultId: active.faultId, limit: MAX_HELD_PACKETS }, "delay queue full: dropping packets");
+      return;
+    }
     const due = Math.max(Date.now() + ms + (jitterMs ? (Math.random() * 2 - 1) * jitterMs : 0), active.lastDueMs);
     active.lastDueMs = due;
-    active.held.push(packet);
     const timer = setTimeout(() => {
       active.timers.delete(timer);
-      const next = active.held.shift();
+      const next = active.held.take();
       if (next) active.into?.write(next);
     }, due - Date.now());
     active.timers.add(timer);
@@ -115,7 +168,7 @@ export class QemuNetDelay {
     const quietly = (command: string, args: Record<string, unknown>) => this.execute(command, args).catch(() => undefined);
     await quietly("object-del", { id: ids.outFilter }); // stop stealing first
     for (const timer of active.timers) clearTimeout(timer);
-    for (const packet of active.held.splice(0)) active.into?.write(packet); // what was held goes out now
+    for (const packet of active.held.drain()) active.into?.write(packet); // what was held goes out now
     await new Promise((resolve) => setTimeout(resolve, 20)); // let QEMU read them before the injector goes
     await quietly("object-del", { id: ids.inFilter });
     await quietly("chardev-remove", { id: ids.outChardev });

@@ -15,6 +15,7 @@ import type {
   VmmProcessRecord,
 } from "../ports.js";
 import { hostTscKhz, type Accelerator } from "./accel.js";
+import { handOverBootFiles, workerSidePath } from "./boot-files.js";
 import { isSameLiveProcess, killStrayProcesses, signalProcess, spawnDetached, tailLines, watchNonChild } from "./process.js";
 import { QmpClient, QmpConnectionError } from "./qmp.js";
 import { DATA_DEVICE, DATA_FILE_NODE, DATA_NODE, DiskFaults } from "./qemu-disk-faults.js";
@@ -161,7 +162,7 @@ export function createQemuBackend(options: QemuBackendOptions): VmmBackend {
         resolved = undefined; // installed later? look again next time
         throw failedPrecondition(`${qemuBinary} not found; install qemu-system-x86`);
       }
-      const format = await kernelFormat(spec.kernel);
+      const format = await kernelFormat(workerSidePath(spec.bootFds?.kernel, spec.kernel));
       if (format === "unknown") throw failedPrecondition(`kernel ${spec.kernel} is neither an ELF vmlinux nor a bzImage`);
       const qmpSocket = join(spec.vmDir, QMP_SOCKET);
       if (Buffer.byteLength(qmpSocket) > MAX_UNIX_SOCKET_PATH) {
@@ -169,13 +170,14 @@ export function createQemuBackend(options: QemuBackendOptions): VmmBackend {
       }
       await unlink(qmpSocket).catch(() => undefined);
       if (spec.dataDisk) await createSparseFile(spec.dataDisk.path, spec.dataDisk.bytes);
-      const argv = qemuArgv(spec, { accel: options.accel, qmpSocket, cpuModel: options.cpuModel });
+      const passed = handOverBootFiles(spec);
+      const argv = qemuArgv(passed.spec, { accel: options.accel, qmpSocket, cpuModel: options.cpuModel });
       const logPath = join(spec.vmDir, VMM_LOG);
       const vmLog = log.child({ vmId: spec.id });
       const spawnedAt = performance.now();
       let spawned;
       try {
-        spawned = await spawnDetached(binary, argv, logPath);
+        spawned = await spawnDetached(binary, argv, logPath, passed.fds);
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
         if (code === "ENOENT") throw failedPrecondition(`${qemuBinary} not found; install qemu-system-x86`);

@@ -66,7 +66,7 @@ export function detectVirtiofsd(binary: string): Promise<VirtiofsdFlavour> {
   return flavour;
 }
 
-/** The argv for each implementation. The C one has no read-only switch, so `readOnly` only affects Rust. */
+/** The argv for each implementation. The C one has no read-only switch: it is never asked for one. */
 export function virtiofsdArgs(style: VirtiofsdStyle, socketPath: string, sharedDir: string, readOnly: boolean): string[] {
   if (style === "rust") {
     return ["--socket-path", socketPath, "--shared-dir", sharedDir, "--cache", "never", "--sandbox", "namespace", ...(readOnly ? ["--readonly"] : [])];
@@ -83,13 +83,17 @@ export async function startVirtiofsd(options: VirtiofsdOptions): Promise<Virtiof
   } catch (err) {
     throw new WorkerError("FAILED_PRECONDITION", `virtiofsd binary not found: ${binary} (install qemu-system-common or the virtiofsd release)`, { cause: err });
   }
-  const exportReadOnly = readOnly && flavour.readOnlyFlag;
-  if (readOnly && !exportReadOnly) {
-    // QEMU's C virtiofsd (and old Rust ones) cannot export read-only; the guest mounts the share ro (guest contract).
-    logger.warn({ binary, style: flavour.style }, "virtiofsd has no read-only mode: the share relies on the guest's ro mount");
+  if (readOnly && !flavour.readOnlyFlag) {
+    // QEMU's C virtiofsd (and old Rust ones) cannot export read-only, and a guest can remount its
+    // side rw: a share that must be read-only is not started at all.
+    throw new WorkerError(
+      "FAILED_PRECONDITION",
+      `virtiofsd ${binary} (${flavour.style === "c" ? "QEMU's C daemon" : "a Rust build without --readonly"}) cannot export a share read-only; ` +
+        "install the Rust virtiofsd (1.13 or later has --readonly) to share secrets on this backend",
+    );
   }
   await rm(socketPath, { force: true });
-  const argv = virtiofsdArgs(flavour.style, socketPath, sharedDir, exportReadOnly);
+  const argv = virtiofsdArgs(flavour.style, socketPath, sharedDir, readOnly);
   let spawned;
   try {
     spawned = await spawnDetached(binary, argv, logPath);

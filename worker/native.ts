@@ -1,0 +1,36 @@
+// The worker's native addon (native/pcr_native.c, built by scripts/setup): the kernel's own
+// answers where Node has no API — SO_PEERCRED and openat2. Loaded once, on first use.
+import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export interface NativeAddon {
+  /** Credentials the kernel recorded for the peer of a connected unix socket. */
+  peerCred(fd: number): { pid: number; uid: number; gid: number };
+  /**
+   * Opens `relativePath` read-only beneath the directory `dirFd`, failing (ELOOP, EXDEV) if any
+   * component is a symlink or leaves the directory. The caller owns the returned fd.
+   */
+  openBeneath(dirFd: number, relativePath: string): number;
+}
+
+export const NATIVE_ADDON_NAME = "pcr_native.node";
+
+/** native/build/ of the checkout, found from worker/ (tsx) and dist/worker/ (built) alike. */
+function addonPath(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 4; i++) {
+    const candidate = join(dir, "native", "build", NATIVE_ADDON_NAME);
+    if (existsSync(candidate)) return candidate;
+    dir = dirname(dir);
+  }
+  throw new Error(`${NATIVE_ADDON_NAME} is not built: run scripts/setup (it compiles native/pcr_native.c)`);
+}
+
+let addon: NativeAddon | undefined;
+
+export function native(): NativeAddon {
+  addon ??= createRequire(import.meta.url)(addonPath()) as NativeAddon;
+  return addon;
+}
