@@ -1,9 +1,11 @@
 #!/usr/bin/env node
 // pcr-worker-test: a thin client of the Worker RPC. Exit codes: 0 ok, 1 error from the worker, 2 usage error.
+import { readFileSync } from "node:fs";
 import yargs, { type Argv } from "yargs";
 import { hideBin } from "yargs/helpers";
 import type { SecretInput, VmView } from "../worker/core/api.js";
 import { WorkerError } from "../worker/core/errors.js";
+import type { ClientTls } from "../worker/rpc/client.js";
 import { connectWorker, type WorkerClient } from "../worker/rpc/worker-client.js";
 import { FAULT_KIND_NAMES, faultFromFlags, formatFaultTable } from "./fault-input.js";
 import { formatVmTable, vmToJson } from "./format.js";
@@ -15,8 +17,22 @@ const DEFAULT_WORKER = "/run/procurator/worker.sock";
 /** Errors found before anything was sent: exit code 2. */
 class UsageError extends Error {}
 
+/** Mutual TLS for tcp:// workers, from --tls-cert/--tls-key/--tls-ca (read before any command runs). */
+let clientTls: ClientTls | undefined;
+
+function loadClientTls(args: { "tls-cert"?: string; "tls-key"?: string; "tls-ca"?: string }): ClientTls | undefined {
+  const paths = [args["tls-cert"], args["tls-key"], args["tls-ca"]];
+  if (paths.every((path) => !path)) return undefined;
+  if (!paths.every(Boolean)) throw new UsageError("mutual TLS needs all of --tls-cert, --tls-key and --tls-ca");
+  try {
+    return { cert: readFileSync(paths[0]!), key: readFileSync(paths[1]!), ca: readFileSync(paths[2]!) };
+  } catch (err) {
+    throw new UsageError(`cannot read a TLS file: ${(err as Error).message}`);
+  }
+}
+
 async function withClient<T>(address: string, run: (client: WorkerClient) => Promise<T>): Promise<T> {
-  const client = await connectWorker(address);
+  const client = await connectWorker(address, { tls: clientTls });
   try {
     return await run(client);
   } finally {
@@ -86,6 +102,12 @@ export function buildCli(argv: string[]): Argv {
       type: "string",
       default: process.env.PCR_WORKER ?? DEFAULT_WORKER,
       describe: "Worker address: a unix socket path or tcp://host:port (env: PCR_WORKER)",
+    })
+    .option("tls-cert", { type: "string", default: process.env.PCR_TLS_CERT, describe: "Client certificate (PEM) for a tcp:// worker with mutual TLS (env: PCR_TLS_CERT)" })
+    .option("tls-key", { type: "string", default: process.env.PCR_TLS_KEY, describe: "Its key (PEM) (env: PCR_TLS_KEY)" })
+    .option("tls-ca", { type: "string", default: process.env.PCR_TLS_CA, describe: "CA (PEM) the worker's certificate must chain to (env: PCR_TLS_CA)" })
+    .middleware((args) => {
+      clientTls = loadClientTls(args);
     })
     .command(
       "create-vm",

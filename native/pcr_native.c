@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
+#include <malloc.h>
 #include <node_api.h>
 #include <stdio.h>
 #include <string.h>
@@ -27,7 +28,8 @@ static napi_value throw_errno(napi_env env, int err, const char *what) {
   const char *name = err == ELOOP ? "ELOOP" : err == EXDEV ? "EXDEV" : err == ENOENT ? "ENOENT"
                    : err == ENOTDIR ? "ENOTDIR" : err == EACCES ? "EACCES" : err == EBADF ? "EBADF"
                    : err == ENOTSOCK ? "ENOTSOCK" : err == ENOSYS ? "ENOSYS" : err == EAGAIN ? "EAGAIN"
-                   : err == EINVAL ? "EINVAL" : "EIO";
+                   : err == EINVAL ? "EINVAL" : err == ENOSPC ? "ENOSPC" : err == EOPNOTSUPP ? "EOPNOTSUPP"
+                   : err == EFBIG ? "EFBIG" : "EIO";
   napi_throw_error(env, name, message);
   return NULL;
 }
@@ -91,10 +93,36 @@ static napi_value open_beneath(napi_env env, napi_callback_info info) {
   return result;
 }
 
+static napi_value trim_memory(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value result;
+  napi_get_boolean(env, malloc_trim(0) == 1, &result);
+  return result;
+}
+
+static napi_value allocate(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  int32_t fd;
+  int64_t bytes;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 ||
+      napi_get_value_int32(env, argv[0], &fd) != napi_ok || napi_get_value_int64(env, argv[1], &bytes) != napi_ok || bytes < 0) {
+    napi_throw_type_error(env, NULL, "allocate(fd: number, bytes: number)");
+    return NULL;
+  }
+  int result;
+  do result = fallocate(fd, 0, 0, (off_t)bytes);
+  while (result != 0 && errno == EINTR);
+  if (result != 0) return throw_errno(env, errno, "fallocate");
+  return NULL;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor properties[] = {
       {"peerCred", NULL, peer_cred, NULL, NULL, NULL, napi_enumerable, NULL},
       {"openBeneath", NULL, open_beneath, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"trimMemory", NULL, trim_memory, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"allocate", NULL, allocate, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof properties / sizeof properties[0], properties);
   return exports;

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // pcr-worker: wiring only. config -> adapters -> service -> RPC server.
-import { chmod, mkdir } from "node:fs/promises";
+import { readFileSync } from "node:fs";
+import { chmod, mkdir, statfs } from "node:fs/promises";
 import { join } from "node:path";
 import { pino } from "pino";
 import { loadConfig, type WorkerConfig } from "./config.js";
@@ -36,6 +37,7 @@ async function run(config: WorkerConfig): Promise<void> {
         resolver: config.resolver,
         uplink: config.uplink,
         hostAllowedPorts: config.hostAllowedPorts,
+        denyCidrs: config.denyCidrs,
         statePath: join(config.stateDir, "network.json"),
         logger,
       })
@@ -57,6 +59,7 @@ async function run(config: WorkerConfig): Promise<void> {
       maxVms: config.maxVms,
       maxTotalCpu: config.maxTotalCpu,
       maxTotalMemoryBytes: config.maxTotalMemoryBytes,
+      maxTotalDiskBytes: config.maxTotalDiskBytes ?? (await freeBytes(config.stateDir)),
       maxTtlSeconds: config.maxTtlSeconds,
       maxReadBytes: 1024 * 1024,
       consoleMaxBytes: config.consoleMaxBytes,
@@ -82,12 +85,30 @@ async function run(config: WorkerConfig): Promise<void> {
 
   const audit = new AuditLog(config.auditLog ?? join(config.stateDir, "audit.log"));
   const api = instrument(service, metrics, audit, logger);
+  if (config.tcp && !config.tlsCert) {
+    logger.warn({ tcp: config.tcp }, "TCP without TLS: any local user can call the worker, bypassing the unix socket's permissions");
+  }
   const server = await startRpcServer({
     api,
     socketPath: config.socket,
     tcp: config.tcp,
+    tls:
+      config.tlsCert && config.tlsKey && config.tlsClientCa
+        ? { cert: readFileSync(config.tlsCert), key: readFileSync(config.tlsKey), clientCa: readFileSync(config.tlsClientCa) }
+        : undefined,
     logger,
-    limits: { maxOutstandingCalls: config.maxCallsPerConnection, callDeadlineMs: config.callDeadlineMs },
+    limits: {
+      maxOutstandingCalls: config.maxCallsPerConnection,
+      callDeadlineMs: config.callDeadlineMs,
+      maxMessageBytes: config.maxMessageBytes,
+      frameTimeoutMs: config.frameTimeoutMs,
+    },
+    admission: {
+      maxConnections: config.maxConnections,
+      maxConnectionsPerPeer: config.maxConnectionsPerPeer,
+      maxPendingBytes: config.maxPendingBytes,
+      idleTimeoutMs: config.idleTimeoutMs,
+    },
   });
   await chmod(config.socket, 0o660);
   let ready = true;
@@ -115,6 +136,12 @@ async function run(config: WorkerConfig): Promise<void> {
   };
   process.on("SIGTERM", () => void shutdown("SIGTERM"));
   process.on("SIGINT", () => void shutdown("SIGINT"));
+}
+
+/** Bytes an unprivileged writer could still put on the filesystem holding `dir`. */
+async function freeBytes(dir: string): Promise<number> {
+  const stats = await statfs(dir);
+  return stats.bavail * stats.bsize;
 }
 
 async function main(): Promise<void> {

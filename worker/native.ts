@@ -4,6 +4,8 @@ import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 
 export interface NativeAddon {
   /** Credentials the kernel recorded for the peer of a connected unix socket. */
@@ -13,6 +15,10 @@ export interface NativeAddon {
    * component is a symlink or leaves the directory. The caller owns the returned fd.
    */
   openBeneath(dirFd: number, relativePath: string): number;
+  /** malloc_trim(0): returns freed heap pages to the system; true when some were. */
+  trimMemory(): boolean;
+  /** fallocate(fd, 0, 0, bytes): the blocks are reserved now (ENOSPC now, not when written). */
+  allocate(fd: number, bytes: number): void;
 }
 
 export const NATIVE_ADDON_NAME = "pcr_native.node";
@@ -33,4 +39,19 @@ let addon: NativeAddon | undefined;
 export function native(): NativeAddon {
   addon ??= createRequire(import.meta.url)(addonPath()) as NativeAddon;
   return addon;
+}
+
+let collect: (() => void) | undefined;
+
+/**
+ * After a burst of large buffers was dropped (a flood of big messages, say): collect them now and
+ * give the heap pages back, so RSS falls back instead of staying at its peak. Costs one full GC.
+ */
+export function releaseFreedMemory(): void {
+  if (!collect) {
+    setFlagsFromString("--expose-gc");
+    collect = runInNewContext("gc") as () => void;
+  }
+  collect();
+  native().trimMemory();
 }

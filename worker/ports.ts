@@ -45,6 +45,10 @@ export interface VmmProcessRecord {
   pid: number;
   /** Process start time (field 22 of /proc/<pid>/stat), to tell a reused pid apart. */
   startTime: string;
+  /** The host's boot id when it started: a record from another boot is never adopted. */
+  bootId?: string;
+  /** Its /proc/<pid>/exe when it started. */
+  exe?: string;
   /** Control socket: QMP for QEMU, the API socket for Cloud Hypervisor. */
   controlSocket: string;
   /** Helper processes tied to the VM's life (virtiofsd), with their start times. */

@@ -7,11 +7,11 @@ import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import type { VmSpecInput } from "../../worker/core/api.js";
-import { WorkerError } from "../../worker/core/errors.js";
 import { FAULT_TABLE } from "../../worker/faults/nft-faults.js";
 import { testGuest } from "../helpers/repo.js";
 import { waitFor } from "../helpers/vm.js";
 import { GuestWorld, PEER_IP, TICK_SCRIPT, type Tick } from "./guest-world.js";
+import { rejectsWith } from "../helpers/errors.js";
 
 const guest = testGuest();
 const skip = process.getuid?.() !== 0 ? "needs root for network namespaces" : "skip" in guest ? guest.skip : false;
@@ -22,17 +22,6 @@ const mean = (values: number[]) => values.reduce((a, b) => a + b, 0) / values.le
 /** Ticks that started after a change may straddle it: judge only those well inside a window. */
 const settled = (ticks: Tick[], skipFirst = 1) => ticks.slice(skipFirst);
 
-async function rejectsWith(promise: Promise<unknown>, code: string, pattern: RegExp): Promise<string> {
-  try {
-    await promise;
-  } catch (err) {
-    assert.ok(err instanceof WorkerError, String(err));
-    assert.equal(err.code, code, err.message);
-    assert.match(err.message, pattern);
-    return err.message;
-  }
-  assert.fail(`expected ${code}`);
-}
 
 describe("fault injection on a real guest", { skip }, () => {
   let world: GuestWorld;

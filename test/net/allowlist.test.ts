@@ -43,7 +43,7 @@ test("addresses: MAC is locally administered unicast and derived from the IP", (
   assert.deepEqual(parseCidr("10.213.7.9/16"), { base: 0x0ad50000, prefixLength: 16 });
 });
 
-test("ipam: leases persist, are reused after release, and run out", async () => {
+test("ipam: leases persist, a released address cools down while others are free, and they run out", async () => {
   const dir = await mkdtemp(join(tmpdir(), "pcr-ipam-"));
   try {
     const path = join(dir, "leases.json");
@@ -56,8 +56,11 @@ test("ipam: leases persist, are reused after release, and run out", async () => 
     const reopened = await Ipam.open(subnet, path);
     assert.equal(reopened.get("b"), "10.9.0.3");
     await reopened.release("a");
-    assert.equal(await reopened.allocate("c"), "10.9.0.2");
-    for (const id of ["d", "e", "f"]) await reopened.allocate(id);
+    // .2 was just released: the next VM gets a fresh address, not the one whose flows may linger.
+    assert.equal(await reopened.allocate("c"), "10.9.0.4");
+    for (const id of ["d", "e"]) await reopened.allocate(id);
+    // Only the cooling address is left: used rather than refusing the VM.
+    assert.equal(await reopened.allocate("f"), "10.9.0.2");
     await assert.rejects(reopened.allocate("g"), (err: unknown) => err instanceof WorkerError && err.code === "RESOURCE_EXHAUSTED");
     assert.deepEqual(Object.keys((JSON.parse(await readFile(path, "utf8")) as { leases: object }).leases).sort(), ["b", "c", "d", "e", "f"]);
   } finally {

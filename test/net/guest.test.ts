@@ -10,7 +10,7 @@ import type { NetworkPort, VmNetwork } from "../../worker/ports.js";
 import { hostTscKhz } from "../../worker/vmm/accel.js";
 import { createNetns, deleteNetns } from "../helpers/netns.js";
 import { testGuest, type TestGuestSpec } from "../helpers/repo.js";
-import { ALLOWED_IP, DENIED_IP, LISTEN_PORT, OTHER_DNS, RESOLVER, Topology, UPLINK } from "./topology.js";
+import { ALLOWED_IP, DENIED_IP, LISTEN_PORT, OTHER_DNS, RESOLVER, Topology, UPLINK, UPLINK_IP } from "./topology.js";
 
 const logger = pino({ level: process.env.PCR_TEST_LOG ?? "silent" });
 const guest = testGuest();
@@ -65,7 +65,8 @@ describe("a test guest behind the network adapter", { skip }, () => {
       refresh: { minSeconds: 1, maxSeconds: 60, slackSeconds: 5 },
     });
     await network.init([]);
-    world.startHostListeners([`10.213.0.1:${HOST_ALLOWED_PORT}`, `10.213.0.1:${HOST_OTHER_PORT}`]);
+    // The allowed port also listens on the uplink's address: reachable only on the gateway's.
+    world.startHostListeners([`10.213.0.1:${HOST_ALLOWED_PORT}`, `10.213.0.1:${HOST_OTHER_PORT}`, `${UPLINK_IP}:${HOST_ALLOWED_PORT}`]);
 
     // "VM B": a real endpoint on a port of the bridge, with B's address and MAC and a listener.
     // A veth stands in for B's TAP so that only one QEMU runs; the bridge treats both alike.
@@ -94,6 +95,7 @@ describe("a test guest behind the network adapter", { skip }, () => {
       `check denied-by-address ${url(DENIED_IP)}`,
       `check host-allowed-port ${url(vmA.gateway, HOST_ALLOWED_PORT)}`,
       `check host-other-port ${url(vmA.gateway, HOST_OTHER_PORT)}`,
+      `check host-allowed-port-other-address ${url(UPLINK_IP, HOST_ALLOWED_PORT)}`,
       `check other-vm ${url(vmB.ip)}`,
       `if timeout 3 nslookup allowed.test ${OTHER_DNS} >/dev/null 2>&1; then echo "CHECK dns-elsewhere reached"; else echo "CHECK dns-elsewhere blocked"; fi`,
       reset(spoofIp, vmA.mac),
@@ -118,7 +120,7 @@ describe("a test guest behind the network adapter", { skip }, () => {
   test("the guest ran every check", (t) => {
     t.diagnostic([...results].map(([name, outcome]) => `${name}: ${outcome}`).join("; "));
     assert.match(consoleText, /pcr-guest: cmd exit=0/, consoleText.slice(-3000));
-    assert.equal(results.size, 10, [...results].join("\n"));
+    assert.equal(results.size, 11, [...results].join("\n"));
   });
 
   test("an allowed name is reachable, also after spoofing attempts end", () => {
@@ -127,7 +129,7 @@ describe("a test guest behind the network adapter", { skip }, () => {
   });
 
   test("what is not allowed is not reachable", () => {
-    for (const name of ["denied-by-name", "denied-by-address", "host-other-port", "other-vm", "dns-elsewhere", "spoofed-ip", "spoofed-mac"]) {
+    for (const name of ["denied-by-name", "denied-by-address", "host-other-port", "host-allowed-port-other-address", "other-vm", "dns-elsewhere", "spoofed-ip", "spoofed-mac"]) {
       assert.equal(results.get(name), "blocked", name);
     }
   });
@@ -142,6 +144,7 @@ describe("a test guest behind the network adapter", { skip }, () => {
     assert.equal(await get(`http://${vmB.ip}:${LISTEN_PORT}/`), "hello-vm-b");
     assert.equal(await get(`http://${DENIED_IP}:${LISTEN_PORT}/`), `hello-${DENIED_IP}:${LISTEN_PORT}`);
     assert.equal(await get(`http://10.213.0.1:${HOST_OTHER_PORT}/`), `hello-10.213.0.1:${HOST_OTHER_PORT}`);
+    assert.equal(await get(`http://${UPLINK_IP}:${HOST_ALLOWED_PORT}/`), `hello-${UPLINK_IP}:${HOST_ALLOWED_PORT}`);
     const nslookup = await execa("ip", ["netns", "exec", world.ns, "busybox", "nslookup", "allowed.test", OTHER_DNS], { reject: false });
     assert.match(nslookup.stdout, new RegExp(ALLOWED_IP.replaceAll(".", "\\.")));
   });

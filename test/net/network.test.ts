@@ -8,7 +8,7 @@ import pino from "pino";
 import { WorkerError } from "../../worker/core/errors.js";
 import { createNetwork, type NetworkOptions } from "../../worker/net/network.js";
 import type { NetworkPort } from "../../worker/ports.js";
-import { ALLOWED_IP, MOVED_IP, RESOLVER, setAddresses, Topology, UPLINK } from "./topology.js";
+import { ALLOWED_IP, DENIED_IP, MOVED_IP, RESOLVER, setAddresses, Topology, UPLINK, UPLINK_IP } from "./topology.js";
 
 const logger = pino({ level: process.env.PCR_TEST_LOG ?? "silent" });
 const skip = process.getuid?.() !== 0 ? "needs root for network namespaces" : false;
@@ -46,7 +46,8 @@ describe("network adapter in a namespace", { skip }, () => {
 
   test("bad allowedDomains are rejected before anything is made", async () => {
     const before = await world.nftJson(["list", "ruleset"]);
-    for (const bad of [["*.example.com"], ["exa mple.com"], ["-x.test"], ["10.0.0.300"], ["10.0.0.0/33"], ["::1"], ["host:443"]]) {
+    const denied = [["169.254.169.254"], ["0.0.0.0/0"], ["127.0.0.1"], ["224.0.0.251"], ["10.213.0.1"], [UPLINK_IP], ["198.18.0.0/24"]];
+    for (const bad of [["*.example.com"], ["exa mple.com"], ["-x.test"], ["10.0.0.300"], ["10.0.0.0/33"], ["::1"], ["host:443"], ...denied]) {
       assert.throws(() => network.validateAllowedDomains(bad), (err: unknown) => err instanceof WorkerError && err.code === "INVALID_ARGUMENT", bad[0]);
       await assert.rejects(network.attach("vm-bad0000001", bad), (err: unknown) => err instanceof WorkerError && err.code === "INVALID_ARGUMENT");
     }
@@ -112,6 +113,39 @@ describe("network adapter in a namespace", { skip }, () => {
     }
   });
 
+  test("a DNS answer in a denied range (cloud metadata, the host itself) never enters the allow set", async () => {
+    await world.setHosts({ "allowed.test": ALLOWED_IP, "denied.test": DENIED_IP, "metadata.test": "169.254.169.254", "self.test": UPLINK_IP });
+    world.reloadDns();
+    try {
+      await network.attach("vm-n000000001", ["allowed.test", "metadata.test", "self.test"]);
+      assert.deepEqual(setAddresses(await world.nftJson(["list", "set", "inet", "procurator", "allow_vm-n000000001"])), [ALLOWED_IP]);
+    } finally {
+      await network.detach("vm-n000000001");
+      await world.setHosts({ "allowed.test": ALLOWED_IP, "denied.test": DENIED_IP });
+      world.reloadDns();
+    }
+  });
+
+  test("the host forwards only on the bridge and the uplink, and the bridge answers ARP only for its own address", async () => {
+    const sysctl = async (key: string) => (await execa("ip", ["netns", "exec", world.ns, "sysctl", "-n", key])).stdout.trim();
+    assert.equal(await sysctl("net.ipv4.ip_forward"), "0", "not host-wide");
+    assert.equal(await sysctl("net.ipv4.conf.pcrbr0.forwarding"), "1");
+    assert.equal(await sysctl(`net.ipv4.conf.${UPLINK}.forwarding`), "1");
+    assert.equal(await sysctl("net.ipv4.conf.pcrbr0.arp_ignore"), "1");
+    assert.equal(await sysctl("net.ipv4.conf.pcrbr0.arp_announce"), "2");
+  });
+
+  test("detach forgets the address's tracked connections, so none reaches the next VM to get it", async () => {
+    const net = await network.attach("vm-c000000001", [ALLOWED_IP]);
+    const conntrack = (args: string[]) => execa("ip", ["netns", "exec", world.ns, "conntrack", ...args], { reject: false });
+    const flow = ["-p", "tcp", "--sport", "40000", "--dport", "80", "--state", "ESTABLISHED", "-u", "SEEN_REPLY", "-t", "600"];
+    const inserted = await conntrack(["-I", "-s", net.ip, "-d", ALLOWED_IP, ...flow]);
+    assert.equal(inserted.exitCode, 0, inserted.stderr);
+    assert.match((await conntrack(["-L", "-s", net.ip])).stdout, new RegExp(`src=${net.ip.replaceAll(".", "\\.")}`));
+    await network.detach("vm-c000000001");
+    assert.doesNotMatch((await conntrack(["-L", "-s", net.ip])).stdout, /src=/);
+  });
+
   test("50 VMs are applied and removed, leaving the ruleset and links exactly as before", async () => {
     const rulesBefore = await world.nftJson(["list", "ruleset"]);
     const linksBefore = await world.linkNames();
@@ -140,12 +174,12 @@ describe("network adapter in a namespace", { skip }, () => {
     const noExpiry = (value: unknown) => JSON.parse(JSON.stringify(value), (key, inner: unknown) => (key === "expires" ? undefined : inner));
     assert.deepEqual(noExpiry(rules2), noExpiry(rules1));
 
-    // The lease file survived: a new VM gets another address; a released one is reused.
+    // The lease file survived: a new VM gets another address; a just-released one cools down first.
     const other = await restarted.attach("vm-k000000002", []);
     assert.notEqual(other.ip, kept.ip);
     await restarted.detach("vm-k000000002");
     const again = await restarted.attach("vm-k000000003", []);
-    assert.equal(again.ip, other.ip);
+    assert.ok(again.ip !== other.ip && again.ip !== kept.ip, `${again.ip} is neither ${kept.ip} nor the cooling ${other.ip}`);
     await restarted.detach("vm-k000000003");
     await restarted.detach("vm-k000000001");
     await restarted.close();

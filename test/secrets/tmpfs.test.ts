@@ -7,6 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import pino from "pino";
+import { WorkerError } from "../../worker/core/errors.js";
 import { TmpfsSecrets } from "../../worker/secrets/tmpfs.js";
 
 const logger = pino({ level: "silent" });
@@ -24,6 +25,30 @@ describe("TmpfsSecrets.wipe", { skip: process.getuid?.() !== 0 ? "needs root to 
   after(async () => {
     await execa("umount", [join(base, "secrets")], { reject: false });
     await rm(base, { recursive: true, force: true });
+  });
+
+  test("the tmpfs is private, bounded and never swapped (noswap, where the kernel has it)", async (t) => {
+    const line = (await readFile("/proc/mounts", "utf8")).split("\n").find((entry) => entry.includes(` ${join(base, "secrets")} tmpfs `));
+    assert.ok(line, "mounted");
+    t.diagnostic(line);
+    assert.match(line, /size=65536k/);
+    assert.match(line, /nosuid,nodev,noexec/);
+    const [major, minor] = (await readFile("/proc/sys/kernel/osrelease", "utf8")).split(".").map(Number) as [number, number];
+    if (major > 6 || (major === 6 && minor >= 4)) assert.match(line, /noswap/);
+  });
+
+  test("secrets that do not fit are RESOURCE_EXHAUSTED and leave no directory", async () => {
+    const small = new TmpfsSecrets(join(base, "small"), logger, 64 * 1024);
+    await small.init();
+    try {
+      await assert.rejects(small.write("vm-big", [{ name: "a", value: new Uint8Array(48 * 1024) }, { name: "b", value: new Uint8Array(48 * 1024) }]), (err: unknown) => {
+        assert.ok(err instanceof WorkerError && err.code === "RESOURCE_EXHAUSTED", String(err));
+        return true;
+      });
+      assert.equal(existsSync(join(base, "small", "vm-big")), false);
+    } finally {
+      await execa("umount", [join(base, "small")], { reject: false });
+    }
   });
 
   test("a link planted in a VM's secrets directory is removed, and its target is left untouched", async () => {

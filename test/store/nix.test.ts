@@ -8,8 +8,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import pino from "pino";
-import { WorkerError } from "../../worker/core/errors.js";
 import { NixStore } from "../../worker/store/nix.js";
+import { rejectsWith } from "../helpers/errors.js";
 
 const logger = pino({ level: "silent" });
 const skip = process.getuid?.() !== 0 ? "needs root for the Nix store" : false;
@@ -18,14 +18,6 @@ async function addToStore(dir: string): Promise<string> {
   return (await execa("nix-store", ["--add", dir])).stdout.trim();
 }
 
-async function rejects(promise: Promise<unknown>, code: string, pattern: RegExp): Promise<void> {
-  await assert.rejects(promise, (err: unknown) => {
-    assert.ok(err instanceof WorkerError, String(err));
-    assert.equal(err.code, code, err.message);
-    assert.match(err.message, pattern);
-    return true;
-  });
-}
 
 describe("NixStore.openBootFile", { skip }, () => {
   let scratch: string;
@@ -79,21 +71,21 @@ describe("NixStore.openBootFile", { skip }, () => {
   });
 
   test("a link to a host file is INVALID_ARGUMENT, naming the field but not the target", async () => {
-    await rejects(store.openBootFile("image", `${path}/disk`), "INVALID_ARGUMENT", /^image \/nix\/store\/\S+\/disk resolves outside the Nix store$/);
-    await rejects(store.openBootFile("image", `${path}/dotdot`), "INVALID_ARGUMENT", /resolves outside the Nix store/);
+    await rejectsWith(store.openBootFile("image", `${path}/disk`), "INVALID_ARGUMENT", /^image \/nix\/store\/\S+\/disk resolves outside the Nix store$/);
+    await rejectsWith(store.openBootFile("image", `${path}/dotdot`), "INVALID_ARGUMENT", /resolves outside the Nix store/);
   });
 
   test("a link to a device is INVALID_ARGUMENT", async () => {
-    await rejects(store.openBootFile("initrd", `${path}/device`), "INVALID_ARGUMENT", /resolves outside the Nix store/);
+    await rejectsWith(store.openBootFile("initrd", `${path}/device`), "INVALID_ARGUMENT", /resolves outside the Nix store/);
   });
 
   test("a link to a store path outside the closure is INVALID_ARGUMENT", async () => {
-    await rejects(store.openBootFile("kernel", `${path}/foreign`), "INVALID_ARGUMENT", /outside the closure of/);
+    await rejectsWith(store.openBootFile("kernel", `${path}/foreign`), "INVALID_ARGUMENT", /outside the closure of/);
   });
 
   test("a directory, a link loop and a missing file are refused", async () => {
-    await rejects(store.openBootFile("image", `${path}/sub`), "INVALID_ARGUMENT", /not a regular file/);
-    await rejects(store.openBootFile("image", `${path}/loop`), "INVALID_ARGUMENT", /cannot be resolved \(ELOOP\)/);
-    await rejects(store.openBootFile("image", `${path}/missing`), "NOT_FOUND", /does not exist/);
+    await rejectsWith(store.openBootFile("image", `${path}/sub`), "INVALID_ARGUMENT", /not a regular file/);
+    await rejectsWith(store.openBootFile("image", `${path}/loop`), "INVALID_ARGUMENT", /cannot be resolved \(ELOOP\)/);
+    await rejectsWith(store.openBootFile("image", `${path}/missing`), "NOT_FOUND", /does not exist/);
   });
 });

@@ -11,13 +11,13 @@ import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { after, afterEach, before, describe, test } from "node:test";
 import { pino } from "pino";
-import { WorkerError } from "../../worker/core/errors.js";
 import type { VmLaunchSpec, VmmHandle } from "../../worker/ports.js";
 import { ChApiClient, ChApiError } from "../../worker/vmm/ch-api.js";
 import { buildVmConfig, chPaths, createCloudHypervisorBackend } from "../../worker/vmm/cloud-hypervisor.js";
 import { isSameLiveProcess } from "../../worker/vmm/process.js";
 import { FAKE_CH_BINARY } from "../fixtures/ch/fixtures.js";
 import { testGuest } from "../helpers/repo.js";
+import { rejectsWith } from "../helpers/errors.js";
 
 const logger = pino({ level: "silent" });
 const C_VIRTIOFSD = "/usr/lib/qemu/virtiofsd";
@@ -86,14 +86,6 @@ async function processesMentioning(text: string): Promise<number[]> {
   return pids;
 }
 
-async function rejectsWith(promise: Promise<unknown>, code: string, pattern: RegExp) {
-  await assert.rejects(promise, (err: unknown) => {
-    assert.ok(err instanceof WorkerError, `a WorkerError, got ${err}`);
-    assert.equal(err.code, code, err.message);
-    assert.match(err.message, pattern);
-    return true;
-  });
-}
 
 describe("Cloud Hypervisor backend against the contract fake (not real Cloud Hypervisor)", () => {
   test("launch, run state, counters, pause/resume and a graceful stop through the power button", async () => {

@@ -31,6 +31,8 @@ export interface ServiceLimits extends SpecLimits {
   /** Sums over all live VMs. */
   maxTotalCpu: number;
   maxTotalMemoryBytes: number;
+  /** Data disks of every VM not yet deleted, together (they are preallocated). */
+  maxTotalDiskBytes: number;
   maxTtlSeconds: number;
   maxReadBytes: number;
   /** Console bytes kept per VM; older ones are dropped (offsets stay monotonic). */
@@ -94,7 +96,7 @@ export class WorkerService implements WorkerApi {
   private readonly log: Logger;
   readonly eventLog = new EventLog();
   /** Resources promised to creates still in flight, counted against the limits. */
-  private reserved = { vms: 0, cpu: 0, memory: 0 };
+  private reserved = { vms: 0, cpu: 0, memory: 0, disk: 0 };
   /** Creates in flight by VM id: the start of each such VM's operation queue. */
   private readonly creates = new Map<string, Promise<void>>();
   private readonly faults: FaultController;
@@ -516,11 +518,27 @@ export class WorkerService implements WorkerApi {
     if (memory > limits.maxTotalMemoryBytes) {
       throw resourceExhausted(`host memory limit ${limits.maxTotalMemoryBytes} bytes would be exceeded (${memory} requested in all)`);
     }
-    this.reserved = { vms: this.reserved.vms + 1, cpu: this.reserved.cpu + spec.cpu, memory: this.reserved.memory + spec.memoryBytes };
+    // A data disk holds its blocks until its VM is deleted, whatever the VM's status.
+    const diskBytes = spec.dataDiskBytes ?? 0;
+    const disk = sum([...this.vms.values()].map((vm) => vm.record.spec.dataDiskBytes ?? 0)) + this.reserved.disk + diskBytes;
+    if (diskBytes > 0 && disk > limits.maxTotalDiskBytes) {
+      throw resourceExhausted(`host data-disk limit ${limits.maxTotalDiskBytes} bytes would be exceeded (${disk} held or requested in all)`);
+    }
+    this.reserved = {
+      vms: this.reserved.vms + 1,
+      cpu: this.reserved.cpu + spec.cpu,
+      memory: this.reserved.memory + spec.memoryBytes,
+      disk: this.reserved.disk + diskBytes,
+    };
   }
 
   private release(spec: ValidSpec): void {
-    this.reserved = { vms: this.reserved.vms - 1, cpu: this.reserved.cpu - spec.cpu, memory: this.reserved.memory - spec.memoryBytes };
+    this.reserved = {
+      vms: this.reserved.vms - 1,
+      cpu: this.reserved.cpu - spec.cpu,
+      memory: this.reserved.memory - spec.memoryBytes,
+      disk: this.reserved.disk - (spec.dataDiskBytes ?? 0),
+    };
   }
 
   private async consoleTail(id: string): Promise<string> {

@@ -13,8 +13,49 @@ export interface Allowlist {
 
 const LABEL = /^(?!-)[a-z0-9-]{1,63}(?<!-)$/;
 
-/** Parses allowedDomains; throws INVALID_ARGUMENT naming the first bad entry. */
-export function parseAllowlist(entries: string[]): Allowlist {
+/**
+ * Ranges no guest may be allowed to reach, whatever its allowlist or DNS says: "this network",
+ * loopback, link-local (cloud metadata at 169.254.169.254), multicast and reserved. The worker adds
+ * the host's own addresses; operators add their internal networks (--deny-cidr).
+ */
+export const DEFAULT_DENY_CIDRS = ["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4"];
+
+/** A set of IPv4 ranges; asks which one an address or a CIDR touches. */
+export class DenyList {
+  private subnets: { base: number; prefixLength: number; text: string }[] = [];
+
+  constructor(cidrs: string[] = []) {
+    this.add(cidrs);
+  }
+
+  /** Adds CIDRs (or bare addresses); throws on one that does not parse. */
+  add(cidrs: string[]): void {
+    for (const cidr of cidrs) {
+      const subnet = parseCidr(cidr.includes("/") ? cidr : `${cidr}/32`);
+      if (!subnet) throw invalidArgument(`deny CIDR "${cidr}" is not an IPv4 address or CIDR`);
+      this.subnets.push({ ...subnet, text: formatCidr(subnet) });
+    }
+  }
+
+  get cidrs(): string[] {
+    return this.subnets.map((subnet) => subnet.text);
+  }
+
+  /** The denied range that overlaps `subnet` (inside it or containing it), if any. */
+  overlapping(subnet: { base: number; prefixLength: number }): string | undefined {
+    const end = subnet.base + 2 ** (32 - subnet.prefixLength);
+    return this.subnets.find((deny) => deny.base < end && subnet.base < deny.base + 2 ** (32 - deny.prefixLength))?.text;
+  }
+
+  /** The denied range an address lies in, if any. */
+  blocking(address: string): string | undefined {
+    const value = parseIpv4(address);
+    return value === undefined ? undefined : this.overlapping({ base: value, prefixLength: 32 });
+  }
+}
+
+/** Parses allowedDomains; throws INVALID_ARGUMENT naming the first bad entry (or one that reaches a denied range). */
+export function parseAllowlist(entries: string[], deny?: DenyList): Allowlist {
   const domains = new Set<string>();
   const cidrs: { base: number; prefixLength: number }[] = [];
   for (const raw of entries) {
@@ -26,6 +67,8 @@ export function parseAllowlist(entries: string[]): Allowlist {
     if (/^[0-9./]+$/.test(entry)) {
       const subnet = parseCidr(entry.includes("/") ? entry : `${entry}/32`);
       if (!subnet) throw invalidArgument(`allowedDomains entry "${raw}" is not a valid IPv4 address or CIDR`);
+      const denied = deny?.overlapping(subnet);
+      if (denied) throw invalidArgument(`allowedDomains entry "${raw}" reaches ${denied}, which no VM may be allowed`);
       cidrs.push(subnet);
       continue;
     }

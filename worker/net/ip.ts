@@ -64,6 +64,13 @@ export class IpLinks {
     }
   }
 
+  /** Every IPv4 address on this host's (namespace's) interfaces. */
+  async ownAddresses(): Promise<string[]> {
+    const text = await this.ip(["-j", "-4", "addr", "show"]);
+    const links = JSON.parse(text || "[]") as { addr_info?: { family?: string; local?: string }[] }[];
+    return links.flatMap((link) => (link.addr_info ?? []).filter((info) => info.family === "inet" && info.local).map((info) => info.local!));
+  }
+
   async sysctl(key: string, value: string): Promise<void> {
     const result = await this.run("sysctl", ["-q", "-w", `${key}=${value}`]);
     if (result.exitCode !== 0) throw new Error(`sysctl ${key}=${value} failed: ${result.stderr.trim()}`);

@@ -49,17 +49,26 @@ export function macForIp(ip: string): string {
 
 const leaseFileSchema = z.object({ leases: z.record(z.string(), z.string()) });
 
+/**
+ * How long a released address stays out of use while others are free: packets in flight and
+ * connection-tracking state of the VM that had it must not reach the next one.
+ */
+export const ADDRESS_COOLDOWN_MS = 30_000;
+
 export class Ipam {
   private leases = new Map<string, string>();
+  /** Released address -> when it may be handed out again (in memory: a restart forgets it). */
+  private readonly cooling = new Map<string, number>();
   private writing: Promise<void> = Promise.resolve();
 
   private constructor(
     private readonly subnet: Subnet,
     private readonly statePath: string,
+    private readonly cooldownMs: number,
   ) {}
 
-  static async open(subnet: Subnet, statePath: string): Promise<Ipam> {
-    const ipam = new Ipam(subnet, statePath);
+  static async open(subnet: Subnet, statePath: string, cooldownMs = ADDRESS_COOLDOWN_MS): Promise<Ipam> {
+    const ipam = new Ipam(subnet, statePath, cooldownMs);
     const text = await readFile(statePath, "utf8").catch((err: NodeJS.ErrnoException) => {
       if (err.code === "ENOENT") return undefined;
       throw err;
@@ -79,21 +88,25 @@ export class Ipam {
     return [...this.leases];
   }
 
-  /** The VM's address: its existing lease or the lowest free one. */
+  /** The VM's address: its existing lease, else the lowest free one not cooling down, else the one cooling longest. */
   async allocate(vmId: string): Promise<string> {
     const existing = this.leases.get(vmId);
     if (existing) return existing;
     const used = new Set(this.leases.values());
+    const now = Date.now();
+    for (const [ip, until] of this.cooling) if (until <= now) this.cooling.delete(ip);
+    let ip: string | undefined;
     // .0 is the network, .1 the gateway (the bridge), the last is broadcast.
-    for (let offset = 2; offset < subnetSize(this.subnet) - 1; offset++) {
-      const ip = formatIpv4(this.subnet.base + offset);
-      if (!used.has(ip)) {
-        this.leases.set(vmId, ip);
-        await this.save();
-        return ip;
-      }
+    for (let offset = 2; offset < subnetSize(this.subnet) - 1 && !ip; offset++) {
+      const candidate = formatIpv4(this.subnet.base + offset);
+      if (!used.has(candidate) && !this.cooling.has(candidate)) ip = candidate;
     }
-    throw resourceExhausted(`no free address in ${formatCidr(this.subnet)}`);
+    ip ??= [...this.cooling].filter(([candidate]) => !used.has(candidate)).sort((a, b) => a[1] - b[1])[0]?.[0];
+    if (!ip) throw resourceExhausted(`no free address in ${formatCidr(this.subnet)}`);
+    this.cooling.delete(ip);
+    this.leases.set(vmId, ip);
+    await this.save();
+    return ip;
   }
 
   /** Records a lease that already exists elsewhere (a VM re-adopted at restart). */
@@ -104,7 +117,10 @@ export class Ipam {
   }
 
   async release(vmId: string): Promise<void> {
-    if (!this.leases.delete(vmId)) return;
+    const ip = this.leases.get(vmId);
+    if (ip === undefined) return;
+    this.leases.delete(vmId);
+    if (this.cooldownMs > 0) this.cooling.set(ip, Date.now() + this.cooldownMs);
     await this.save();
   }
 

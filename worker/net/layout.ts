@@ -30,8 +30,10 @@ export interface LayoutConfig {
   resolver?: string;
   /** Interface NAT goes out of; without it, anything but the bridge. */
   uplink?: string;
-  /** TCP ports on the host that guests may connect to. */
+  /** TCP ports on the host that guests may connect to, on the gateway address only. */
   hostAllowedPorts: number[];
+  /** The bridge's address: the guests' gateway. */
+  gateway: string;
 }
 
 export interface VmRules {
@@ -99,8 +101,9 @@ function baseCommands(config: LayoutConfig): Command[] {
     // input (the host itself): replies, DNS to the resolver, the allowed ports; else counted drop.
     rule(inet, "input", br, ctEstablished, accept),
     ...(config.resolver ? [rule(inet, "input", br, ...dnsTo(config.resolver), accept)] : []),
+    // Only on the gateway address: the same port on the host's other interfaces stays closed.
     ...(config.hostAllowedPorts.length
-      ? [rule(inet, "input", br, eq(field("tcp", "dport"), { set: config.hostAllowedPorts }), accept)]
+      ? [rule(inet, "input", br, eq(field("ip", "daddr"), config.gateway), eq(field("tcp", "dport"), { set: config.hostAllowedPorts }), accept)]
       : []),
     rule(inet, "input", br, { vmap: { key: field("ip", "saddr"), data: "@deny" } }),
     rule(inet, "input", br, { counter: { packets: 0, bytes: 0 } }, drop),

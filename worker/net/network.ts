@@ -4,7 +4,7 @@ import { readFile } from "node:fs/promises";
 import type { Logger } from "pino";
 import { internal, invalidArgument, notFound } from "../core/errors.js";
 import type { NetCounters, NetworkPort, VmNetwork } from "../ports.js";
-import { DEFAULT_REFRESH, DomainFollower, dnsResolver, parseAllowlist, type RefreshPolicy, type ResolveFn } from "./allowlist.js";
+import { DEFAULT_DENY_CIDRS, DEFAULT_REFRESH, DenyList, DomainFollower, dnsResolver, parseAllowlist, type RefreshPolicy, type ResolveFn } from "./allowlist.js";
 import { IpLinks, TAP_PREFIX, tapName } from "./ip.js";
 import { formatCidr, gatewayOf, Ipam, macForIp, parseCidr, type Subnet } from "./ipam.js";
 import { type LayoutConfig, names, rebuildCommands, refreshAllowCommands, TABLE, vmAddCommands, vmIdOf, vmRemoveCommands, type VmRules } from "./layout.js";
@@ -25,6 +25,8 @@ export interface NetworkOptions {
   logger: Logger;
   /** TCP ports on the host that guests may connect to (besides DNS to the resolver). */
   hostAllowedPorts?: number[];
+  /** Ranges no VM may reach (literal entries refused, DNS answers dropped); DEFAULT_DENY_CIDRS by default. The host's own addresses are always added. */
+  denyCidrs?: string[];
   /** Overrides DNS resolution (tests resolve inside their namespace). */
   resolve?: ResolveFn;
   refresh?: Partial<RefreshPolicy>;
@@ -55,7 +57,11 @@ class Network implements NetworkPort {
   private readonly follower: DomainFollower;
   private readonly attached = new Map<string, Attached>();
   private readonly log: Logger;
+  private readonly deny: DenyList;
   private ipamPromise?: Promise<Ipam>;
+  /** Whether the uplink's forwarding is on (see ensureUplinkForwarding). */
+  private uplinkForwarding = false;
+  private uplinkMissingLogged = false;
   /** Set by init(); attach() before any init() initialises with no VMs. */
   private ready?: Promise<void>;
   private counterCache?: { at: number; value: Promise<Map<string, bigint>> };
@@ -67,6 +73,8 @@ class Network implements NetworkPort {
     if (options.bridge.length > 15 || !/^[A-Za-z0-9_.-]+$/.test(options.bridge)) throw invalidArgument(`bad bridge name "${options.bridge}"`);
     this.subnet = subnet;
     this.gateway = gatewayOf(subnet);
+    this.deny = new DenyList(options.denyCidrs ?? DEFAULT_DENY_CIDRS);
+    this.deny.add([this.gateway]);
     this.log = options.logger.child({ component: "network" });
     this.run = options.runner ?? createRunner({ netns: options.netns });
     this.nft = new Nft(this.run);
@@ -77,6 +85,7 @@ class Network implements NetworkPort {
       resolver: options.resolver,
       uplink: options.uplink,
       hostAllowedPorts: options.hostAllowedPorts ?? [],
+      gateway: this.gateway,
     };
     const resolve = options.resolve ?? (options.resolver ? dnsResolver(options.resolver) : undefined);
     this.follower = new DomainFollower(
@@ -93,7 +102,7 @@ class Network implements NetworkPort {
   }
 
   validateAllowedDomains(allowedDomains: string[]): void {
-    const parsed = parseAllowlist(allowedDomains);
+    const parsed = parseAllowlist(allowedDomains, this.deny);
     if (parsed.domains.length > 0 && !this.options.resolver && !this.options.resolve) {
       throw invalidArgument(`allowedDomains has names (${parsed.domains[0]}), but this worker has no DNS resolver configured`);
     }
@@ -109,7 +118,8 @@ class Network implements NetworkPort {
     if (stale.length) this.log.info({ files: stale.length }, "removed nft transaction files of killed workers");
     const ipam = await this.ipam();
     await this.links.ensureBridge(this.options.bridge, `${this.gateway}/${this.subnet.prefixLength}`);
-    await this.links.sysctl("net.ipv4.ip_forward", "1");
+    await this.hardenHost();
+    this.deny.add((await this.links.ownAddresses()).filter((address) => !this.deny.blocking(address)));
     this.follower.stopAll();
     this.attached.clear();
     const keep: { vmId: string; domains: string[] }[] = [];
@@ -132,10 +142,42 @@ class Network implements NetworkPort {
     this.log.info({ bridge: this.options.bridge, subnet: this.layout.subnet, vms: existing.length }, "network ready");
   }
 
+  /**
+   * Forwarding only where VM traffic passes (the bridge in, the uplink back), not host-wide; and
+   * the bridge answers ARP only for its own address, so guests do not learn the host's others.
+   */
+  private async hardenHost(): Promise<void> {
+    const { bridge, uplink } = this.options;
+    await this.links.sysctl(`net.ipv4.conf.${bridge}.forwarding`, "1");
+    if (uplink) {
+      this.uplinkForwarding = false;
+      await this.ensureUplinkForwarding();
+    } else {
+      this.log.warn("no uplink named: IPv4 forwarding is enabled host-wide; name one with --uplink to keep it to the bridge and the uplink");
+      await this.links.sysctl("net.ipv4.ip_forward", "1");
+    }
+    await this.links.sysctl(`net.ipv4.conf.${bridge}.arp_ignore`, "1");
+    await this.links.sysctl(`net.ipv4.conf.${bridge}.arp_announce`, "2");
+  }
+
+  /** The uplink may appear after the worker starts (a VPN, a test's veth): checked again at every attach until it is set. */
+  private async ensureUplinkForwarding(): Promise<void> {
+    const { uplink } = this.options;
+    if (!uplink || this.uplinkForwarding) return;
+    if (!(await this.links.exists(uplink))) {
+      if (!this.uplinkMissingLogged) this.log.warn({ uplink }, "the uplink does not exist (yet): guests' egress is not forwarded until it does");
+      this.uplinkMissingLogged = true;
+      return;
+    }
+    await this.links.sysctl(`net.ipv4.conf.${uplink}.forwarding`, "1");
+    this.uplinkForwarding = true;
+  }
+
   async attach(vmId: string, allowedDomains: string[]): Promise<VmNetwork> {
     if (!VM_ID.test(vmId)) throw invalidArgument(`bad vm id "${vmId}"`);
-    const allowlist = parseAllowlist(allowedDomains);
     await (this.ready ??= this.rebuild([]));
+    const allowlist = parseAllowlist(allowedDomains, this.deny);
+    await this.ensureUplinkForwarding();
     const known = this.attached.get(vmId);
     if (known) return known.net;
     const ipam = await this.ipam();
@@ -171,8 +213,19 @@ class Network implements NetworkPort {
     const ip = entry?.net.ip ?? ipam.get(vmId);
     await this.removeRules({ vmId, tap, ip }, entry !== undefined);
     await this.links.remove(tap);
+    if (ip) await this.forgetFlows(vmId, ip);
     await ipam.release(vmId);
     this.attached.delete(vmId);
+  }
+
+  /** Deletes the connection-tracking entries of an address, so no flow of this VM reaches the next one to get it. */
+  private async forgetFlows(vmId: string, ip: string): Promise<void> {
+    const results = await Promise.all(["--orig-src", "--orig-dst"].map((direction) => this.run("conntrack", ["-D", "-f", "ipv4", direction, ip])));
+    // Exit 1 with "0 flow entries" is the common case: nothing to delete.
+    const failed = results.find((result) => result.exitCode !== 0 && !/0 flow entries/.test(result.stderr));
+    if (failed) {
+      this.log.warn({ vmId, ip, err: failed.stderr.trim() || `exit ${failed.exitCode}` }, "flushing the address's conntrack entries failed (the address still cools down before reuse)");
+    }
   }
 
   guestCmdline(net: VmNetwork): string[] {
@@ -229,6 +282,12 @@ class Network implements NetworkPort {
     const now = Date.now();
     const merged = new Map<string, number>();
     for (const { address, timeoutSeconds } of addresses) {
+      const denied = this.deny.blocking(address);
+      if (denied) {
+        // An allowed name pointing at metadata or an internal range must not open it.
+        this.log.warn({ vmId, address, denied }, "DNS answer in a denied range: not allowed");
+        continue;
+      }
       const current = entry.expiries.get(address) ?? 0;
       const seconds = Math.max(timeoutSeconds, Math.ceil((current - now) / 1000), merged.get(address) ?? 0);
       merged.set(address, seconds);

@@ -1,5 +1,7 @@
-// Opens an RpcConnection to "unix:/path", "/path" or "tcp://host:port" and bootstraps it.
+// Opens an RpcConnection to "unix:/path", "/path" or "tcp://host:port" (optionally over mutual
+// TLS) and bootstraps it.
 import net from "node:net";
+import tls from "node:tls";
 import pino, { type Logger } from "pino";
 import { unavailable } from "../core/errors.js";
 import { RemoteCapability, RpcConnection } from "./connection.js";
@@ -10,6 +12,16 @@ export interface ConnectOptions {
   limits?: Partial<RpcLimits>;
   /** Milliseconds to wait for the socket to connect. */
   connectTimeoutMs?: number;
+  /** Mutual TLS for a tcp:// address: our certificate and key, and the CA the server's must chain to (PEM). */
+  tls?: ClientTls;
+}
+
+export interface ClientTls {
+  cert: string | Buffer;
+  key: string | Buffer;
+  ca: string | Buffer;
+  /** Name to check the server's certificate against; defaults to the host of the address. */
+  servername?: string;
 }
 
 export interface RpcClient {
@@ -28,13 +40,16 @@ export function parseAddress(address: string): net.NetConnectOpts {
 
 export async function connectRpc(address: string, options: ConnectOptions = {}): Promise<RpcClient> {
   const target = parseAddress(address);
-  const socket = net.connect({ ...target, noDelay: true } as net.NetConnectOpts);
+  if (options.tls && !("host" in target)) throw unavailable(`TLS options given for ${address}, which is not a tcp:// address`);
+  const socket = options.tls
+    ? tls.connect({ ...(target as net.TcpNetConnectOpts), ...options.tls, minVersion: "TLSv1.2" }).setNoDelay(true)
+    : net.connect({ ...target, noDelay: true } as net.NetConnectOpts);
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => {
       socket.destroy();
       reject(unavailable(`connecting to ${address} timed out`));
     }, options.connectTimeoutMs ?? 10_000);
-    socket.once("connect", () => {
+    socket.once(options.tls ? "secureConnect" : "connect", () => {
       clearTimeout(timer);
       resolve();
     });

@@ -5,7 +5,7 @@ import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
 import { asWorkerError, WorkerError } from "../core/errors.js";
 import { FrameDecoder } from "./framing.js";
-import { type RpcLimits, withDefaults } from "./limits.js";
+import { type ByteBudget, type RpcLimits, withDefaults } from "./limits.js";
 import {
   CapDescriptorTag,
   type CallTarget,
@@ -87,6 +87,8 @@ export interface ConnectionOptions {
   peer: string;
   /** A fuller description of the peer (process and user), looked up on demand. */
   describePeer?: () => Promise<string>;
+  /** Shared with the other connections of a server: bytes of incomplete messages held. */
+  budget?: ByteBudget;
 }
 
 /** A capability the peer hosts: a bootstrap promise until its Return arrives, then an import. */
@@ -154,6 +156,13 @@ export class RpcConnection {
   private isClosed = false;
   private readonly closeWaiters: Array<() => void> = [];
   private readonly describePeer: (() => Promise<string>) | undefined;
+  private readonly budget: ByteBudget | undefined;
+  /** Bytes of incomplete messages this connection holds against the budget. */
+  private charged = 0;
+  /** Armed while a message is incomplete. */
+  private frameTimer: NodeJS.Timeout | undefined;
+  /** When bytes last arrived, or a call of either side last ended. */
+  private lastActivityMs = Date.now();
 
   constructor(
     private readonly socket: Duplex,
@@ -164,6 +173,7 @@ export class RpcConnection {
     this.log = options.logger;
     this.bootstrapDispatcher = options.bootstrap;
     this.describePeer = options.describePeer;
+    this.budget = options.budget;
     this.decoder = new FrameDecoder(this.limits);
     socket.on("data", (chunk: Buffer) => this.onData(chunk));
     socket.on("end", () => this.shutdown(undefined));
@@ -178,6 +188,12 @@ export class RpcConnection {
   /** Calls the peer's methods are currently running on us. */
   get callsInFlight(): number {
     return this.runningCalls;
+  }
+
+  /** Milliseconds since the peer last sent bytes or a call ended, if nothing is under way; else 0. */
+  idleForMs(now = Date.now()): number {
+    if (this.runningCalls > 0 || this.questions.size > 0 || this.decoder.pendingBytes > 0) return 0;
+    return now - this.lastActivityMs;
   }
 
   /** Resolves once the connection is gone. */
@@ -262,6 +278,7 @@ export class RpcConnection {
 
   private onData(chunk: Buffer): void {
     if (this.isClosed) return;
+    this.lastActivityMs = Date.now();
     let frames: Buffer[][];
     try {
       frames = this.decoder.push(chunk);
@@ -269,6 +286,7 @@ export class RpcConnection {
       this.abort((err as Error).message);
       return;
     }
+    if (!this.holdPending(frames.length > 0)) return;
     for (const segments of frames) {
       if (this.isClosed) return;
       try {
@@ -285,6 +303,32 @@ export class RpcConnection {
         return;
       }
     }
+  }
+
+  /**
+   * Accounts for the incomplete message now held: against the shared budget, and against the
+   * frame deadline (restarted whenever a message completed). False when the connection was aborted.
+   */
+  private holdPending(completedOne: boolean): boolean {
+    const pending = this.decoder.pendingBytes;
+    if (pending > this.charged) {
+      if (this.budget && !this.budget.take(pending - this.charged)) {
+        this.abort(`RESOURCE_EXHAUSTED: the server holds ${this.budget.maxBytes} bytes of incomplete messages already; send whole messages, and fewer at once`);
+        return false;
+      }
+    } else {
+      this.budget?.give(this.charged - pending);
+    }
+    this.charged = pending;
+    if (pending === 0 || completedOne) {
+      clearTimeout(this.frameTimer);
+      this.frameTimer = undefined;
+    }
+    if (pending > 0 && !this.frameTimer && this.limits.frameTimeoutMs > 0) {
+      this.frameTimer = setTimeout(() => this.abort(`a message was not completed within ${this.limits.frameTimeoutMs} ms`), this.limits.frameTimeoutMs);
+      this.frameTimer.unref();
+    }
+    return true;
   }
 
   private handleMessage(reader: MessageReader): void {
@@ -412,6 +456,7 @@ export class RpcConnection {
 
   private completeCall(questionId: number, writeResults: ContentWriter | undefined, err: unknown): void {
     this.runningCalls--;
+    this.lastActivityMs = Date.now();
     try {
       this.sendCallResult(questionId, writeResults, err);
     } finally {
@@ -658,6 +703,10 @@ export class RpcConnection {
     if (this.isClosed) return;
     this.isClosed = true;
     this.closedError = err;
+    clearTimeout(this.frameTimer);
+    this.decoder.clear(); // nothing more will be read: hand the bytes back now, not at GC
+    this.budget?.give(this.charged);
+    this.charged = 0;
     if (this.corked) {
       this.corked = false;
       this.socket.uncork();

@@ -41,6 +41,13 @@ export class FrameDecoder {
     return this.buffered;
   }
 
+  /** Drops whatever is held (the connection is gone). */
+  clear(): void {
+    this.chunks = [];
+    this.buffered = 0;
+    this.expected = 0;
+  }
+
   private readHeader(): boolean {
     if (this.buffered < 4) return false;
     const first = this.peek(4);

@@ -19,10 +19,19 @@ export interface RpcLimits {
    * The work itself is not cancelled: its late result is dropped.
    */
   callDeadlineMs: number;
+  /** A message whose first bytes arrived must be whole within this (slow-sender guard); 0 means no limit. */
+  frameTimeoutMs: number;
 }
 
+/**
+ * The largest legitimate message is a createVm with its secrets (at most 4 MiB of values, see
+ * core/secrets.ts) or a listVms answer; twice that is the default, not the 64 MiB a peer could
+ * otherwise make us hold per connection.
+ */
+export const DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024;
+
 export const DEFAULT_LIMITS: RpcLimits = {
-  maxMessageBytes: 64 * 1024 * 1024,
+  maxMessageBytes: DEFAULT_MAX_MESSAGE_BYTES,
   maxSegments: 512,
   traversalLimitWords: 8 * 1024 * 1024,
   nestingLimit: 64,
@@ -30,7 +39,44 @@ export const DEFAULT_LIMITS: RpcLimits = {
   maxUnfinishedAnswers: 16_384,
   maxWriteBufferBytes: 64 * 1024 * 1024,
   callDeadlineMs: 0,
+  frameTimeoutMs: 30_000,
 };
+
+/**
+ * Bytes of incomplete messages held across all connections of one server: one slow peer, or
+ * many, cannot make the process hold more than this however many connections they open.
+ */
+export class ByteBudget {
+  private used = 0;
+  private highWater = 0;
+
+  constructor(readonly maxBytes: number) {}
+
+  get usedBytes(): number {
+    return this.used;
+  }
+
+  /** The most held at once since the last reset. */
+  get highWaterBytes(): number {
+    return this.highWater;
+  }
+
+  resetHighWater(): void {
+    this.highWater = this.used;
+  }
+
+  /** Takes `bytes` if they fit; false (nothing taken) otherwise. */
+  take(bytes: number): boolean {
+    if (this.used + bytes > this.maxBytes) return false;
+    this.used += bytes;
+    this.highWater = Math.max(this.highWater, this.used);
+    return true;
+  }
+
+  give(bytes: number): void {
+    this.used = Math.max(0, this.used - bytes);
+  }
+}
 
 export function withDefaults(limits: Partial<RpcLimits> | undefined): RpcLimits {
   return { ...DEFAULT_LIMITS, ...limits };

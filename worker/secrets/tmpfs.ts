@@ -5,7 +5,7 @@ import { constants } from "node:fs";
 import { mkdir, open, readdir, rm, statfs } from "node:fs/promises";
 import { join } from "node:path";
 import type { Logger } from "pino";
-import { failedPrecondition } from "../core/errors.js";
+import { failedPrecondition, resourceExhausted } from "../core/errors.js";
 import { SECRET_LIMITS } from "../core/secrets.js";
 import type { SecretsPort } from "../ports.js";
 
@@ -15,15 +15,25 @@ export class TmpfsSecrets implements SecretsPort {
   constructor(
     private readonly root: string,
     private readonly logger: Logger,
+    /** Size of the tmpfs, all VMs' secrets together. */
+    private readonly sizeBytes = 64 * 1024 * 1024,
   ) {}
 
-  /** Makes sure root is a tmpfs, mounting a private one there if it is not. */
+  /**
+   * Makes sure root is a tmpfs, mounting a private one there if it is not: bounded in size, and
+   * `noswap` (Linux 6.4+) so that secret pages never reach a swap device; older kernels get a
+   * warning. (The per-VM bound is core/secrets.ts's.)
+   */
   async init(): Promise<void> {
     await mkdir(this.root, { recursive: true, mode: 0o700 });
     if ((await statfs(this.root)).type === TMPFS_MAGIC) return;
-    const mounted = await execa("mount", ["-t", "tmpfs", "-o", "mode=0700,size=64m,nosuid,nodev,noexec", "procurator-secrets", this.root], {
-      reject: false,
-    });
+    const mount = (extra: string) =>
+      execa("mount", ["-t", "tmpfs", "-o", `mode=0700,size=${this.sizeBytes},nosuid,nodev,noexec${extra}`, "procurator-secrets", this.root], { reject: false });
+    let mounted = await mount(",noswap");
+    if (mounted.exitCode !== 0) {
+      mounted = await mount("");
+      if (mounted.exitCode === 0) this.logger.warn({ root: this.root }, "this kernel's tmpfs has no noswap: secrets could be swapped out");
+    }
     if (mounted.exitCode !== 0 || (await statfs(this.root)).type !== TMPFS_MAGIC) {
       throw failedPrecondition(`secrets directory ${this.root} is not on tmpfs and mounting one failed: ${mounted.stderr.trim()}`);
     }
@@ -37,13 +47,19 @@ export class TmpfsSecrets implements SecretsPort {
   async write(vmId: string, secrets: { name: string; value: Uint8Array }[]): Promise<string> {
     const dir = this.dirFor(vmId);
     await mkdir(dir, { mode: 0o700 });
-    for (const { name, value } of secrets) {
-      const file = await open(join(dir, name), "wx", 0o400);
-      try {
-        await file.writeFile(value);
-      } finally {
-        await file.close();
+    try {
+      for (const { name, value } of secrets) {
+        const file = await open(join(dir, name), "wx", 0o400);
+        try {
+          await file.writeFile(value);
+        } finally {
+          await file.close();
+        }
       }
+    } catch (err) {
+      await this.wipe(vmId);
+      if ((err as NodeJS.ErrnoException).code === "ENOSPC") throw resourceExhausted("the secrets tmpfs is full: too many secrets held by running VMs");
+      throw err;
     }
     return dir;
   }

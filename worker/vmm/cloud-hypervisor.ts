@@ -12,7 +12,7 @@ import type { BlockCounters, GuestRunState, VmLaunchSpec, VmmBackend, VmmExit, V
 import { ChApiClient, ChApiError, ChConnectionError, type ChVmState } from "./ch-api.js";
 import { tailEventFile, type ChEvent, type EventTail } from "./ch-events.js";
 import { handOverBootFiles } from "./boot-files.js";
-import { isSameLiveProcess, killStrayProcesses, signalProcess, spawnDetached, tailLines, watchNonChild } from "./process.js";
+import { bootId, isOurProcess, isSameLiveProcess, killStrayProcesses, signalProcess, spawnDetached, tailLines, watchNonChild } from "./process.js";
 import { adoptVirtiofsd, startVirtiofsd, type VirtiofsdHandle } from "./virtiofsd.js";
 
 export interface CloudHypervisorBackendOptions {
@@ -181,6 +181,8 @@ export function createCloudHypervisorBackend(options: CloudHypervisorBackendOpti
       backend: "cloud-hypervisor",
       pid: spawned.pid,
       startTime: spawned.startTime,
+      bootId: spawned.bootId,
+      exe: spawned.exe || undefined,
       controlSocket: paths.apiSocket,
       helpers: virtiofsd ? [{ pid: virtiofsd.pid, startTime: virtiofsd.startTime }] : [],
     };
@@ -203,7 +205,9 @@ export function createCloudHypervisorBackend(options: CloudHypervisorBackendOpti
     if (record.backend !== "cloud-hypervisor") return undefined;
     const paths = chPaths(vmDir);
     const log = logger.child({ pid: record.pid, vmDir });
-    if (!(await isSameLiveProcess(record.pid, record.startTime))) {
+    if (!(await isOurProcess(record, vmDir))) {
+      // Another boot's pids name unrelated processes: leave them be.
+      if (record.bootId !== undefined && record.bootId !== bootId()) return undefined;
       // The VM is gone; its helpers have nothing left to serve.
       for (const helper of record.helpers) {
         if (await isSameLiveProcess(helper.pid, helper.startTime)) signalProcess(helper.pid, "SIGKILL");

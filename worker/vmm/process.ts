@@ -1,8 +1,8 @@
 // Process helpers shared by the VMM backends: detached spawn, identity by /proc start time,
 // exit watching for children and for adopted (non-child) processes, kill with wait.
 import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, openSync } from "node:fs";
-import { open, readdir, readFile } from "node:fs/promises";
+import { closeSync, openSync, readFileSync } from "node:fs";
+import { open, readdir, readFile, readlink } from "node:fs/promises";
 import { constants as osConstants } from "node:os";
 
 /** Fields of /proc/<pid>/stat after the command name: state (field 3) and start time (field 22). */
@@ -76,10 +76,48 @@ export function signalProcess(pid: number, signal: NodeJS.Signals): boolean {
   }
 }
 
+/** This boot of the host: a pid and start time from another boot name some other process. */
+let currentBootId: string | undefined;
+export function bootId(): string {
+  currentBootId ??= readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim();
+  return currentBootId;
+}
+
+/** The executable a process runs, or "" when it is gone or unreadable. */
+export async function processExe(pid: number): Promise<string> {
+  return readlink(`/proc/${pid}/exe`).catch(() => "");
+}
+
+/** What identifies a process we started, beyond its pid: recorded at spawn, checked before adopting it. */
+export interface ProcessIdentity {
+  pid: number;
+  startTime: string;
+  /** Absent in records written before these were kept. */
+  bootId?: string;
+  exe?: string;
+}
+
+/**
+ * True only if `identity` still names the process we started for the VM in `vmDir`: same boot,
+ * same pid and start time, alive, the same executable, and an argument inside `vmDir`. An
+ * unrelated process that happens to match must never be adopted (and later killed).
+ */
+export async function isOurProcess(identity: ProcessIdentity, vmDir: string): Promise<boolean> {
+  if (identity.bootId !== undefined && identity.bootId !== bootId()) return false;
+  if (!(await isSameLiveProcess(identity.pid, identity.startTime))) return false;
+  if (identity.exe !== undefined && (await processExe(identity.pid)) !== identity.exe) return false;
+  const argv = await readFile(`/proc/${identity.pid}/cmdline`, "utf8").then((text) => text.split("\0"), () => [] as string[]);
+  const dir = vmDir.endsWith("/") ? vmDir : `${vmDir}/`;
+  return argv.some((arg) => arg.includes(dir));
+}
+
 export interface SpawnedProcess {
   child: ChildProcess;
   pid: number;
   startTime: string;
+  bootId: string;
+  /** /proc/<pid>/exe right after the spawn ("" if it could not be read). */
+  exe: string;
   /** Resolves when the child exits, with its code or signal. Never rejects. */
   exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
@@ -111,7 +149,7 @@ export async function spawnDetached(binary: string, argv: string[], logPath: str
   const pid = child.pid!;
   // The pid exists from fork on; only a process already reaped has no stat, then any value will do.
   const startTime = (await readStartTime(pid)) ?? "0";
-  return { child, pid, startTime, exit };
+  return { child, pid, startTime, bootId: bootId(), exe: await processExe(pid), exit };
 }
 
 /** Name of a signal number, e.g. 9 -> "SIGKILL". */

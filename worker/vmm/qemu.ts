@@ -3,7 +3,8 @@ import { constants } from "node:fs";
 import { access, open, unlink } from "node:fs/promises";
 import { delimiter, dirname, join } from "node:path";
 import type { Logger } from "pino";
-import { WorkerError, failedPrecondition, internal, unavailable } from "../core/errors.js";
+import { WorkerError, failedPrecondition, internal, resourceExhausted, unavailable } from "../core/errors.js";
+import { native } from "../native.js";
 import type {
   BlockCounters,
   DiskErrorRule,
@@ -16,7 +17,7 @@ import type {
 } from "../ports.js";
 import { hostTscKhz, type Accelerator } from "./accel.js";
 import { handOverBootFiles, workerSidePath } from "./boot-files.js";
-import { isSameLiveProcess, killStrayProcesses, signalProcess, spawnDetached, tailLines, watchNonChild } from "./process.js";
+import { isOurProcess, isSameLiveProcess, killStrayProcesses, signalProcess, spawnDetached, tailLines, watchNonChild } from "./process.js";
 import { QmpClient, QmpConnectionError } from "./qmp.js";
 import { DATA_DEVICE, DATA_FILE_NODE, DATA_NODE, DiskFaults } from "./qemu-disk-faults.js";
 import { NETDEV_ID, QemuNetDelay } from "./qemu-net-delay.js";
@@ -169,7 +170,7 @@ export function createQemuBackend(options: QemuBackendOptions): VmmBackend {
         throw failedPrecondition(`control socket path ${qmpSocket} exceeds ${MAX_UNIX_SOCKET_PATH} bytes; use a shorter state directory`);
       }
       await unlink(qmpSocket).catch(() => undefined);
-      if (spec.dataDisk) await createSparseFile(spec.dataDisk.path, spec.dataDisk.bytes);
+      if (spec.dataDisk) await createDataDisk(spec.dataDisk.path, spec.dataDisk.bytes, log);
       const passed = handOverBootFiles(spec);
       const argv = qemuArgv(passed.spec, { accel: options.accel, qmpSocket, cpuModel: options.cpuModel });
       const logPath = join(spec.vmDir, VMM_LOG);
@@ -187,6 +188,8 @@ export function createQemuBackend(options: QemuBackendOptions): VmmBackend {
         backend: "qemu",
         pid: spawned.pid,
         startTime: spawned.startTime,
+        bootId: spawned.bootId,
+        exe: spawned.exe || undefined,
         controlSocket: qmpSocket,
         helpers: [],
       };
@@ -206,7 +209,7 @@ export function createQemuBackend(options: QemuBackendOptions): VmmBackend {
 
     async adopt(record, vmDir) {
       if (record.backend !== "qemu") return undefined;
-      if (!(await isSameLiveProcess(record.pid, record.startTime))) return undefined;
+      if (!(await isOurProcess(record, vmDir))) return undefined;
       const logPath = join(vmDir, VMM_LOG);
       const vmLog = log.child({ pid: record.pid, vmDir });
       const watcher = watchNonChild(record.pid, record.startTime);
@@ -231,14 +234,28 @@ export function createQemuBackend(options: QemuBackendOptions): VmmBackend {
 
 class ExitedFirst extends Error {}
 
-/** A fresh sparse file: the data disk costs nothing until the guest writes. */
-async function createSparseFile(path: string, bytes: number): Promise<void> {
+/**
+ * A fresh data disk with its blocks reserved now: a host without room fails this create, never a
+ * running guest's write. Where the filesystem cannot reserve (EOPNOTSUPP), a sparse file.
+ */
+async function createDataDisk(path: string, bytes: number, log: Logger): Promise<void> {
   const file = await open(path, "wx", 0o600);
   try {
-    await file.truncate(bytes);
-  } finally {
+    try {
+      native().allocate(file.fd, bytes);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === "ENOSPC" || code === "EFBIG") throw resourceExhausted(`no room on the host for a ${bytes}-byte data disk`);
+      if (code !== "EOPNOTSUPP") throw err;
+      log.warn({ path }, "this filesystem cannot reserve blocks: the data disk is sparse");
+      await file.truncate(bytes);
+    }
+  } catch (err) {
     await file.close();
+    await unlink(path).catch(() => undefined);
+    throw err;
   }
+  await file.close();
 }
 
 /**

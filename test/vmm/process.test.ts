@@ -1,0 +1,42 @@
+// A process is adopted only when it is still the one we started: same boot, pid, start time,
+// executable, and an argument inside the VM's directory. Anything else is left alone.
+import assert from "node:assert/strict";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, test } from "node:test";
+import { bootId, isOurProcess, signalProcess, spawnDetached } from "../../worker/vmm/process.js";
+
+// spawnDetached unrefs its children (they must not hold the worker open): the test holds the loop.
+const keepAlive = setInterval(() => {}, 1000);
+const dirs: string[] = [];
+after(async () => {
+  clearInterval(keepAlive);
+  for (const dir of dirs) await rm(dir, { recursive: true, force: true });
+});
+
+test("the process we spawned is ours; a changed boot id, executable, start time or directory is not", async () => {
+  const vmDir = await mkdtemp(join(tmpdir(), "pcr-proc-"));
+  const otherDir = await mkdtemp(join(tmpdir(), "pcr-proc-"));
+  dirs.push(vmDir, otherDir);
+  // The shell's argv names a file inside vmDir, as a VMM's names its console or socket.
+  const spawned = await spawnDetached("/bin/sh", ["-c", "sleep 30; :", join(vmDir, "console.log")], join(vmDir, "log"));
+  try {
+    const identity = { pid: spawned.pid, startTime: spawned.startTime, bootId: spawned.bootId, exe: spawned.exe };
+    assert.equal(spawned.bootId, bootId());
+    assert.match(spawned.exe, /\/(dash|bash|sh)$/);
+    assert.equal(await isOurProcess(identity, vmDir), true);
+    assert.equal(await isOurProcess({ ...identity, exe: "/usr/bin/qemu-system-x86_64" }, vmDir), false, "another executable");
+    assert.equal(await isOurProcess({ ...identity, bootId: "00000000-0000-0000-0000-000000000000" }, vmDir), false, "another boot");
+    assert.equal(await isOurProcess({ ...identity, startTime: "1" }, vmDir), false, "another start time");
+    assert.equal(await isOurProcess(identity, otherDir), false, "argv names no file of this VM");
+    assert.equal(await isOurProcess({ pid: identity.pid, startTime: identity.startTime }, vmDir), true, "records from before boot ids were kept");
+  } finally {
+    signalProcess(spawned.pid, "SIGKILL");
+    await spawned.exit;
+  }
+});
+
+test("a live process of someone else (pid 1) with a guessed start time is never ours", async () => {
+  assert.equal(await isOurProcess({ pid: 1, startTime: "0", bootId: bootId() }, "/"), false);
+});
