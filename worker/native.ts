@@ -54,4 +54,7 @@ export function releaseFreedMemory(): void {
   }
   collect();
   native().trimMemory();
+  // V8 frees the buffers' backing stores on a background sweeper after the GC: trim again once
+  // that is done, or the pages it frees stay with the process.
+  for (const delayMs of [250, 1000, 3000]) setTimeout(() => native().trimMemory(), delayMs).unref();
 }

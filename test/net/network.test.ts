@@ -8,6 +8,7 @@ import pino from "pino";
 import { WorkerError } from "../../worker/core/errors.js";
 import { createNetwork, type NetworkOptions } from "../../worker/net/network.js";
 import type { NetworkPort } from "../../worker/ports.js";
+import { waitFor } from "../helpers/vm.js";
 import { ALLOWED_IP, DENIED_IP, MOVED_IP, RESOLVER, setAddresses, Topology, UPLINK, UPLINK_IP } from "./topology.js";
 
 const logger = pino({ level: process.env.PCR_TEST_LOG ?? "silent" });
@@ -117,6 +118,11 @@ describe("network adapter in a namespace", { skip }, () => {
     await world.setHosts({ "allowed.test": ALLOWED_IP, "denied.test": DENIED_IP, "metadata.test": "169.254.169.254", "self.test": UPLINK_IP });
     world.reloadDns();
     try {
+      // The resolver really answers those names before the VM asks, or the test proves nothing.
+      const resolve = world.resolver();
+      for (const [name, address] of [["metadata.test", "169.254.169.254"], ["self.test", UPLINK_IP]] as const) {
+        await waitFor(`${name} resolving`, 10_000, async () => ((await resolve(name)).some((answer) => answer.address === address) ? true : undefined), 100);
+      }
       await network.attach("vm-n000000001", ["allowed.test", "metadata.test", "self.test"]);
       assert.deepEqual(setAddresses(await world.nftJson(["list", "set", "inet", "procurator", "allow_vm-n000000001"])), [ALLOWED_IP]);
     } finally {

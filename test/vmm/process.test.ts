@@ -5,7 +5,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { bootId, isOurProcess, signalProcess, spawnDetached } from "../../worker/vmm/process.js";
+import { bootId, isOurProcess, processExe, signalProcess, spawnDetached } from "../../worker/vmm/process.js";
 
 // spawnDetached unrefs its children (they must not hold the worker open): the test holds the loop.
 const keepAlive = setInterval(() => {}, 1000);
@@ -22,9 +22,9 @@ test("the process we spawned is ours; a changed boot id, executable, start time 
   // The shell's argv names a file inside vmDir, as a VMM's names its console or socket.
   const spawned = await spawnDetached("/bin/sh", ["-c", "sleep 30; :", join(vmDir, "console.log")], join(vmDir, "log"));
   try {
-    const identity = { pid: spawned.pid, startTime: spawned.startTime, bootId: spawned.bootId, exe: spawned.exe };
+    const identity = { pid: spawned.pid, startTime: spawned.startTime, bootId: spawned.bootId, exe: await processExe(spawned.pid) };
     assert.equal(spawned.bootId, bootId());
-    assert.match(spawned.exe, /\/(dash|bash|sh)$/);
+    assert.match(identity.exe, /\/(dash|bash|sh)$/);
     assert.equal(await isOurProcess(identity, vmDir), true);
     assert.equal(await isOurProcess({ ...identity, exe: "/usr/bin/qemu-system-x86_64" }, vmDir), false, "another executable");
     assert.equal(await isOurProcess({ ...identity, bootId: "00000000-0000-0000-0000-000000000000" }, vmDir), false, "another boot");

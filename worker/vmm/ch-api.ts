@@ -43,20 +43,64 @@ export const vmInfoResponseSchema = z.object({
 });
 export type VmInfoResponse = z.infer<typeof vmInfoResponseSchema>;
 
-/** Per device id, counter name to value, e.g. {"disk0": {"read_bytes": 512, ...}}. */
-export const vmCountersResponseSchema = z.record(z.string(), z.record(z.string(), z.number().int()));
-export type VmCountersResponse = z.infer<typeof vmCountersResponseSchema>;
+/** Per device id, counter name to value, e.g. {"disk0": {"read_bytes": 512n, ...}}. */
+export type VmCountersResponse = Record<string, Record<string, bigint>>;
 
-/** A non-2xx answer; `body` is CH's own error text (it explains what went wrong). */
+/** Integers as parseCounters marks them; anything else (a string, a fraction) is not a counter. */
+const countersTextSchema = z.record(z.string(), z.record(z.string(), z.string().regex(/^#\d+$/, "a non-negative integer")));
+
+/**
+ * vm.counters with its integers exact. Every counter is a u64 (a map of Wrapping<u64> in Cloud
+ * Hypervisor), and a disk's latency minima start at u64::MAX (virtio-devices/src/block.rs): a
+ * double cannot hold them, so each integer is read from the text as a bigint.
+ */
+export function parseCounters(text: string): VmCountersResponse {
+  // Mark every integer in value position before JSON.parse sees it.
+  const quoted = text.replace(/(:\s*)(\d+)(\s*[,}])/g, '$1"#$2"$3');
+  let json: unknown;
+  try {
+    json = JSON.parse(quoted);
+  } catch {
+    throw new ChApiError("counters", 200, `response is not JSON: ${text.slice(0, 200)}`);
+  }
+  const parsed = countersTextSchema.safeParse(json);
+  if (!parsed.success) throw new ChApiError("counters", 200, `unexpected response: ${parsed.error.message}`);
+  const out: VmCountersResponse = {};
+  for (const [device, values] of Object.entries(parsed.data)) {
+    out[device] = {};
+    for (const [name, value] of Object.entries(values)) out[device][name] = BigInt(value.slice(1));
+  }
+  return out;
+}
+
+/**
+ * A non-2xx answer. Cloud Hypervisor's body is a JSON array of the error chain's messages, top to
+ * root (vmm/src/api/http/mod.rs, error_response): `chain` joins them all, so nothing of the
+ * cause is lost; a body of another shape is kept as text.
+ */
 export class ChApiError extends Error {
+  readonly chain: string;
+
   constructor(
     readonly call: string,
     readonly status: number,
     readonly body: string,
   ) {
-    super(`cloud-hypervisor ${call} failed with HTTP ${status}${body ? `: ${body}` : ""}`);
+    const chain = errorChain(body);
+    super(`cloud-hypervisor ${call} failed with HTTP ${status}${chain ? `: ${chain}` : ""}`);
     this.name = "ChApiError";
+    this.chain = chain;
   }
+}
+
+function errorChain(body: string): string {
+  try {
+    const messages = JSON.parse(body) as unknown;
+    if (Array.isArray(messages) && messages.every((message) => typeof message === "string")) return messages.join(": ");
+  } catch {
+    // not JSON: as it is
+  }
+  return body;
 }
 
 /** No answer: socket missing, refused, or timed out. */
@@ -95,7 +139,7 @@ export class ChApiClient {
     return this.call("info", undefined, timeoutMs).then((body) => parseResponse("info", vmInfoResponseSchema, body));
   }
   counters(timeoutMs?: number): Promise<VmCountersResponse> {
-    return this.call("counters", undefined, timeoutMs).then((body) => parseResponse("counters", vmCountersResponseSchema, body));
+    return this.call("counters", undefined, timeoutMs).then(parseCounters);
   }
   async pause(): Promise<void> {
     await this.call("pause");

@@ -12,7 +12,7 @@ import type { BlockCounters, GuestRunState, VmLaunchSpec, VmmBackend, VmmExit, V
 import { ChApiClient, ChApiError, ChConnectionError, type ChVmState } from "./ch-api.js";
 import { tailEventFile, type ChEvent, type EventTail } from "./ch-events.js";
 import { handOverBootFiles } from "./boot-files.js";
-import { bootId, isOurProcess, isSameLiveProcess, killStrayProcesses, signalProcess, spawnDetached, tailLines, watchNonChild } from "./process.js";
+import { bootId, isOurProcess, isSameLiveProcess, killStrayProcesses, processExe, signalProcess, spawnDetached, tailLines, watchNonChild } from "./process.js";
 import { adoptVirtiofsd, startVirtiofsd, type VirtiofsdHandle } from "./virtiofsd.js";
 
 export interface CloudHypervisorBackendOptions {
@@ -54,7 +54,7 @@ export interface ChVmConfig {
   cpus: { boot_vcpus: number; max_vcpus: number };
   memory: { size: number; shared: boolean };
   payload: { kernel: string; initramfs?: string; cmdline: string };
-  disks?: { path: string; readonly: boolean; id: string }[];
+  disks?: { path: string; readonly: boolean; id: string; image_type: "Raw" }[];
   net?: { tap: string; mac: string; id: string }[];
   fs?: { tag: string; socket: string; num_queues: number; queue_size: number; id: string }[];
   serial: { mode: "File"; file: string };
@@ -72,7 +72,8 @@ export function buildVmConfig(spec: VmLaunchSpec, opts: { virtiofsSocket?: strin
     // vhost-user devices (virtio-fs) need guest memory the backend process can map.
     memory: { size: spec.memoryBytes, shared: Boolean(spec.share) },
     payload: { kernel: spec.kernel, ...(spec.initrd ? { initramfs: spec.initrd } : {}), cmdline: spec.cmdline },
-    ...(spec.image ? { disks: [{ path: spec.image, readonly: true, id: ROOT_DISK_ID }] } : {}),
+    // image_type: without it v53 probes the format and warns; the worker only boots raw images.
+    ...(spec.image ? { disks: [{ path: spec.image, readonly: true, id: ROOT_DISK_ID, image_type: "Raw" }] } : {}),
     ...(spec.net ? { net: [{ tap: spec.net.tap, mac: spec.net.mac, id: "net0" }] } : {}),
     ...(spec.share ? { fs: [{ tag: spec.share.tag, socket: opts.virtiofsSocket!, num_queues: 1, queue_size: 1024, id: "fs0" }] } : {}),
     serial: { mode: "File", file: spec.consolePath },
@@ -104,12 +105,17 @@ export function eventRunState(event: ChEvent): GuestRunState | undefined {
   return undefined;
 }
 
+/** Calls that change the VM's state: an error answer to one says the state did not allow it. */
+const STATE_CHANGES = new Set(["vm.pause", "vm.resume", "vm.power-button", "vm.shutdown", "vm.reboot"]);
+
 /** API and connection errors as WorkerErrors, keeping CH's own message. */
 export function mapChError(err: unknown, what: string): WorkerError {
   if (err instanceof WorkerError) return err;
   if (err instanceof ChApiError) {
-    const code = err.status === 404 || err.status === 405 ? "FAILED_PRECONDITION" : "INTERNAL";
-    return new WorkerError(code, `${what}: cloud-hypervisor answered HTTP ${err.status}${err.body ? `: ${err.body}` : ""}`, { cause: err });
+    // 404: no VM was created. A state change refused (pause twice, power button on a stopped VM)
+    // is a 500 in Cloud Hypervisor, never a 405: on those calls it means the VM's state.
+    const code = err.status === 404 || (err.status === 500 && STATE_CHANGES.has(what)) ? "FAILED_PRECONDITION" : "INTERNAL";
+    return new WorkerError(code, `${what}: cloud-hypervisor answered HTTP ${err.status}${err.chain ? `: ${err.chain}` : ""}`, { cause: err });
   }
   if (err instanceof ChConnectionError) {
     const code = /no answer within/.test(err.message) ? "DEADLINE_EXCEEDED" : "UNAVAILABLE";
@@ -182,7 +188,6 @@ export function createCloudHypervisorBackend(options: CloudHypervisorBackendOpti
       pid: spawned.pid,
       startTime: spawned.startTime,
       bootId: spawned.bootId,
-      exe: spawned.exe || undefined,
       controlSocket: paths.apiSocket,
       helpers: virtiofsd ? [{ pid: virtiofsd.pid, startTime: virtiofsd.startTime }] : [],
     };
@@ -191,6 +196,7 @@ export function createCloudHypervisorBackend(options: CloudHypervisorBackendOpti
 
     try {
       await handle.waitForApi(apiReadyTimeoutMs);
+      record.exe = (await processExe(spawned.pid)) || undefined; // the program that answers the API
       const config = buildVmConfig(passed.spec, { virtiofsSocket: virtiofsd?.socketPath });
       await handle.guard(() => client.createVm(config, bootRequestTimeoutMs), "vm.create");
       await handle.guard(() => client.bootVm(bootRequestTimeoutMs), "vm.boot");
@@ -365,10 +371,10 @@ class ChVmHandle implements VmmHandle {
     for (const [id, values] of Object.entries(counters)) {
       // Disks are the devices with block counters (net devices have rx_/tx_ ones).
       if (!id.startsWith("disk") && values.read_ops === undefined) continue;
-      totals.readBytes += BigInt(values.read_bytes ?? 0);
-      totals.writeBytes += BigInt(values.write_bytes ?? 0);
-      totals.readOps += BigInt(values.read_ops ?? 0);
-      totals.writeOps += BigInt(values.write_ops ?? 0);
+      totals.readBytes += values.read_bytes ?? 0n;
+      totals.writeBytes += values.write_bytes ?? 0n;
+      totals.readOps += values.read_ops ?? 0n;
+      totals.writeOps += values.write_ops ?? 0n;
     }
     return totals;
   }

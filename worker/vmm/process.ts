@@ -83,7 +83,11 @@ export function bootId(): string {
   return currentBootId;
 }
 
-/** The executable a process runs, or "" when it is gone or unreadable. */
+/**
+ * The executable a process runs, or "" when it is gone or unreadable. Read it once the process
+ * answers on its control socket: right after a spawn it may still be an interpreter or `env`
+ * on its way to the program.
+ */
 export async function processExe(pid: number): Promise<string> {
   return readlink(`/proc/${pid}/exe`).catch(() => "");
 }
@@ -116,8 +120,6 @@ export interface SpawnedProcess {
   pid: number;
   startTime: string;
   bootId: string;
-  /** /proc/<pid>/exe right after the spawn ("" if it could not be read). */
-  exe: string;
   /** Resolves when the child exits, with its code or signal. Never rejects. */
   exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
@@ -149,7 +151,7 @@ export async function spawnDetached(binary: string, argv: string[], logPath: str
   const pid = child.pid!;
   // The pid exists from fork on; only a process already reaped has no stat, then any value will do.
   const startTime = (await readStartTime(pid)) ?? "0";
-  return { child, pid, startTime, bootId: bootId(), exe: await processExe(pid), exit };
+  return { child, pid, startTime, bootId: bootId(), exit };
 }
 
 /** Name of a signal number, e.g. 9 -> "SIGKILL". */

@@ -17,7 +17,7 @@ import type {
 } from "../ports.js";
 import { hostTscKhz, type Accelerator } from "./accel.js";
 import { handOverBootFiles, workerSidePath } from "./boot-files.js";
-import { isOurProcess, isSameLiveProcess, killStrayProcesses, signalProcess, spawnDetached, tailLines, watchNonChild } from "./process.js";
+import { isOurProcess, isSameLiveProcess, killStrayProcesses, processExe, signalProcess, spawnDetached, tailLines, watchNonChild } from "./process.js";
 import { QmpClient, QmpConnectionError } from "./qmp.js";
 import { DATA_DEVICE, DATA_FILE_NODE, DATA_NODE, DiskFaults } from "./qemu-disk-faults.js";
 import { NETDEV_ID, QemuNetDelay } from "./qemu-net-delay.js";
@@ -189,7 +189,6 @@ export function createQemuBackend(options: QemuBackendOptions): VmmBackend {
         pid: spawned.pid,
         startTime: spawned.startTime,
         bootId: spawned.bootId,
-        exe: spawned.exe || undefined,
         controlSocket: qmpSocket,
         helpers: [],
       };
@@ -200,6 +199,7 @@ export function createQemuBackend(options: QemuBackendOptions): VmmBackend {
         if (err instanceof ExitedFirst) throw failedPrecondition(`QEMU exited at start: ${exit.description}`);
         throw internal(`QEMU control socket did not answer: ${(err as Error).message}`, err);
       });
+      record.exe = (await processExe(spawned.pid)) || undefined; // QEMU itself answers now
       const qmpReadyMs = performance.now() - spawnedAt;
       vmLog.debug({ pid: spawned.pid, qmpReadyMs: Math.round(qmpReadyMs), format }, "qemu started");
       const handle = new QemuHandle(record, qmp, logPath, vmLog, { exit: spawned.exit });
