@@ -161,7 +161,7 @@ export class RpcConnection {
   private charged = 0;
   /** Armed while a message is incomplete. */
   private frameTimer: NodeJS.Timeout | undefined;
-  /** When bytes last arrived, or a call of either side last ended. */
+  /** When bytes last arrived from the peer, or one of its calls on us last ended. */
   private lastActivityMs = Date.now();
 
   constructor(

@@ -10,12 +10,12 @@ import type { WorkerApi } from "../core/api.js";
 import { ByteBudget, type RpcLimits } from "./limits.js";
 import { abortMessage } from "./protocol.js";
 import { releaseFreedMemory } from "../native.js";
+import { workerDispatcher } from "./worker-service.js";
 
 /** Connections the kernel queues for us before refusing (capped by net.core.somaxconn). */
 const LISTEN_BACKLOG = 4096;
 /** Held bytes past which a drop back is worth a GC and a heap trim. */
 const RECLAIM_ABOVE_BYTES = 16 * 1024 * 1024;
-import { workerDispatcher } from "./worker-service.js";
 
 export interface RpcServerOptions {
   dispatcher: InterfaceDispatcher;
@@ -67,7 +67,7 @@ export class RpcServer {
   private readonly budget: ByteBudget;
   private readonly idleSweep: NodeJS.Timeout | undefined;
   private refusedSinceLog = 0;
-  /** Set once the held bytes were high, cleared when the memory has been handed back. */
+  /** Pending hand-back of memory after a burst of held bytes (see maybeReclaim). */
   private reclaim: NodeJS.Timeout | undefined;
   private counter = 0;
 
@@ -170,10 +170,6 @@ export class RpcServer {
     return server;
   }
 
-  /**
-   * Stops listening; every connection refuses new calls, lets its running calls answer (for up to
-   * `graceMs`), then closes.
-   */
   /** Why a new connection from `peerKey` may not be served, or undefined when it may. */
   private admit(peerKey: string, exempt: boolean): string | undefined {
     const { maxConnections, maxConnectionsPerPeer } = this.admission;
@@ -224,11 +220,10 @@ export class RpcServer {
     }
   }
 
-  /** Bytes of incomplete messages held right now, all connections together. */
-  get pendingBytes(): number {
-    return this.budget.usedBytes;
-  }
-
+  /**
+   * Stops listening; every connection refuses new calls, lets its running calls answer (for up to
+   * `graceMs`), then closes.
+   */
   async close(graceMs = 5000): Promise<void> {
     clearInterval(this.idleSweep);
     clearTimeout(this.reclaim);

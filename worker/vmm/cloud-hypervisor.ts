@@ -105,8 +105,8 @@ export function eventRunState(event: ChEvent): GuestRunState | undefined {
   return undefined;
 }
 
-/** Calls that change the VM's state: an error answer to one says the state did not allow it. */
-const STATE_CHANGES = new Set(["vm.pause", "vm.resume", "vm.power-button", "vm.shutdown", "vm.reboot"]);
+/** The state-changing calls whose errors reach the caller: an error answer says the state did not allow it. */
+const STATE_CHANGES = new Set(["vm.pause", "vm.resume"]);
 
 /** API and connection errors as WorkerErrors, keeping CH's own message. */
 export function mapChError(err: unknown, what: string): WorkerError {
