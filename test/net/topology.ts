@@ -3,7 +3,7 @@
 //   upstream ns (pcr-u-*): 198.18.0.2 (+ .10 .11 .12 listeners, dnsmasq on .53 and .54)
 // Everything is removed by destroy(), listeners and dnsmasq included.
 import { execa, type ResultPromise } from "execa";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Answer, ResolveFn } from "../../worker/net/allowlist.js";
@@ -91,6 +91,15 @@ export class Topology {
     await writeFile(join(this.dir, "hosts"), text);
   }
 
+  get resolverLogPath(): string {
+    return join(this.dir, "resolver.log");
+  }
+
+  /** What the upstream resolver has logged so far (one line per query it received, and more). */
+  async resolverLog(): Promise<string> {
+    return readFile(this.resolverLogPath, "utf8").catch(() => "");
+  }
+
   reloadDns(): void {
     this.dnsmasq?.kill("SIGHUP");
   }
@@ -107,6 +116,9 @@ export class Topology {
       "--user=root",
       "--pid-file=",
       `--addn-hosts=${join(this.dir, "hosts")}`,
+      // Every query it receives, so tests can show what never reached it.
+      "--log-queries",
+      `--log-facility=${this.resolverLogPath}`,
       "--local-ttl=2",
     ]);
     // Ready when it answers.

@@ -1,6 +1,6 @@
 // FileRecordRepo on a real filesystem: atomic records and the bounded console.
 import assert from "node:assert/strict";
-import { appendFile, mkdtemp, readdir, rm, stat } from "node:fs/promises";
+import { appendFile, mkdtemp, readdir, rm, stat, truncate, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
@@ -63,4 +63,34 @@ test("the console is bounded: old bytes are dropped, disk use stays bounded, off
   assert.ok(last.toString().endsWith(line(99_999)));
   const tail = Buffer.from(await repo.readConsoleTail("vm-c", 24)).toString();
   assert.equal(tail, line(99_998) + line(99_999));
+});
+
+test("a console file that shrinks (Cloud Hypervisor creates it again on a guest reboot) is read from its new start", async () => {
+  const repo = new FileRecordRepo(base);
+  await repo.init();
+  await repo.createDir("vm-s");
+  const path = repo.consolePath("vm-s");
+  // A long first boot, trimmed so that the kept bytes start far into the file.
+  await writeFile(path, "first boot line\n".repeat(20_000));
+  await repo.trimConsole("vm-s", 16 * 1024);
+  const before = await repo.readConsole("vm-s", 0n, 1 << 20);
+  assert.ok(before.nextOffset > 200_000n && Number(before.nextOffset) - before.data.length > 0, "trimmed: the console starts past 0");
+  // The reboot truncates the file and the new boot writes from offset 0.
+  await truncate(path, 0);
+  await appendFile(path, "second boot\n");
+  assert.equal(Buffer.from(await repo.readConsoleTail("vm-s", 4096)).toString(), "second boot\n");
+  assert.equal(Buffer.from(await repo.readConsoleTail("vm-s", 5)).toString(), "boot\n");
+  // A reader whose offset is past the new end is not stuck there: it gets the new boot's output.
+  const after = await repo.readConsole("vm-s", before.nextOffset, 4096);
+  assert.equal(Buffer.from(after.data).toString(), "second boot\n");
+  assert.equal(after.nextOffset, 12n);
+  assert.equal(Buffer.from((await repo.readConsole("vm-s", 0n, 4096)).data).toString(), "second boot\n");
+  // An empty file after the truncation reads as empty, without throwing.
+  await truncate(path, 0);
+  assert.equal((await repo.readConsoleTail("vm-s", 4096)).length, 0);
+  assert.deepEqual(await repo.readConsole("vm-s", 12n, 4096), { data: new Uint8Array(0), nextOffset: 0n }, "start over at 0");
+  // A restarted worker reads the same (the start offset it keeps on disk was put back).
+  await appendFile(path, "third\n");
+  const fresh = new FileRecordRepo(base);
+  assert.equal(Buffer.from(await fresh.readConsoleTail("vm-s", 4096)).toString(), "third\n");
 });

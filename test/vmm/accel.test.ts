@@ -5,7 +5,7 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { detectAccelerator, hostTscKhz, probeFirmware } from "../../worker/vmm/accel.js";
+import { detectAccelerator, hostTscKhz, probeFirmware, probeKernelElf } from "../../worker/vmm/accel.js";
 import { testGuest } from "../helpers/repo.js";
 
 test("the probe firmware prints its marker and exits, under TCG (so it is correct whatever the host)", () => {
@@ -22,6 +22,24 @@ test("the probe firmware prints its marker and exits, under TCG (so it is correc
     );
     assert.match(run.stdout, /PCR-PROBE-OK/);
     assert.equal(run.status, 1, "isa-debug-exit with value 0 exits QEMU with status 1");
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("Cloud Hypervisor's probe kernel is an ELF booted through its PVH note: it prints the marker under TCG", () => {
+  const dir = mkdtempSync(join(tmpdir(), "pcr-accel-test-"));
+  try {
+    const elf = probeKernelElf();
+    assert.equal(elf.subarray(0, 4).toString("latin1"), "\x7fELF");
+    writeFileSync(join(dir, "probe.elf"), elf);
+    // QEMU takes the same PVH entry note as Cloud Hypervisor; the kernel halts, so the run is killed.
+    const run = spawnSync(
+      "qemu-system-x86_64",
+      ["-accel", "tcg", "-M", "microvm", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio", "-m", "32", "-kernel", join(dir, "probe.elf")],
+      { timeout: 5000, killSignal: "SIGKILL", encoding: "utf8" },
+    );
+    assert.match(run.stdout, /PCR-PROBE-OK/, run.stderr);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -144,7 +144,7 @@ describe("requests: every path, method and body the backend sends", () => {
   });
 
   test("the VMM argv has nothing about the VM", () => {
-    assert.deepEqual(vmmArgv("/v/vm1"), ["--api-socket", "path=/v/vm1/ch.sock", "--event-monitor", "path=/v/vm1/events", "--log-file", "/v/vm1/ch.log", "--seccomp", "true"]);
+    assert.deepEqual(vmmArgv("/v/vm1"), ["--api-socket", "path=/v/vm1/ch.sock", "--event-monitor", "path=/v/vm1/events", "--log-file", "/v/vm1/ch.log", "--seccomp", "true", "-v"]);
   });
 
   test("removing any field the contract requires from our body fails validation", () => {

@@ -1,11 +1,12 @@
-// The event-monitor stream parser: concatenated pretty-printed JSON objects, split anywhere.
+// The event-monitor stream parser: concatenated pretty-printed JSON objects, split anywhere; and
+// what Cloud Hypervisor's log lines say about how it ended.
 import assert from "node:assert/strict";
 import { appendFile, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { ChEventParser, JsonObjectStream, tailEventFile, type ChEvent } from "../../worker/vmm/ch-events.js";
-import { eventRunState } from "../../worker/vmm/cloud-hypervisor.js";
+import { eventRunState, readChLog } from "../../worker/vmm/cloud-hypervisor.js";
 
 const event = (source: string, name: string, properties: Record<string, unknown> | null = null, secs = 0) => ({
   timestamp: { secs, nanos: 29228206 },
@@ -95,6 +96,48 @@ test("tailEventFile follows a file that appears late and grows in pieces, includ
       ["booted", "shutdown"],
     );
     assert.equal(seen[0]!.properties!.who, "ünïcode ✓");
+  } finally {
+    await tail.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test("CH's log tells a guest power-off from its other exits with status 0 (lines in logger.rs's default format)", () => {
+  const line = (level: string, location: string, message: string) => `cloud-hypervisor:   2.123456s: <vmm> ${level}:${location} -- ${message}`;
+  const boot = [line("INFO", "vmm/src/api/mod.rs:1336", "API request event: VmBoot"), line("INFO", "vmm/src/vm.rs:1630", "Loading kernel"), "a line of something else"];
+  assert.deepEqual(readChLog([...boot, line("INFO", "devices/src/acpi.rs:80", "ACPI Shutdown signalled"), line("INFO", "vmm/src/lib.rs:2151", "VM guest exit event")]), {
+    guestExit: true,
+    exitEvent: false,
+    apiShutdown: false,
+  });
+  assert.deepEqual(readChLog([...boot, line("ERROR", "vmm/src/cpu.rs:1487", "VCPU generated error: VcpuRun(x)"), line("INFO", "vmm/src/lib.rs:2135", "VM exit event")]), {
+    guestExit: false,
+    exitEvent: true,
+    apiShutdown: false,
+    lastError: "VCPU generated error: VcpuRun(x)",
+  });
+  assert.deepEqual(readChLog([...boot, line("INFO", "vmm/src/api/mod.rs:2045", "API request event: VmmShutdown")]), { guestExit: false, exitEvent: false, apiShutdown: true });
+  // Without -v there are no info lines: nothing is claimed.
+  assert.deepEqual(readChLog([line("WARN", "vmm/src/lib.rs:1", "something")]), { guestExit: false, exitEvent: false, apiShutdown: false });
+});
+
+test("tailEventFile marks the events already in the file at adoption (liveFrom) as history", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "pcr-ch-events-"));
+  const path = join(dir, "events");
+  const old = [event("vm", "booted"), event("vm", "rebooting"), event("vm", "rebooted")].map((e) => JSON.stringify(e, null, 2) + "\n\n").join("");
+  await writeFile(path, old);
+  const seen: [string, boolean][] = [];
+  const tail = tailEventFile(path, (e, historic) => seen.push([e.event, historic]), { intervalMs: 10, liveFrom: Buffer.byteLength(old) });
+  try {
+    await appendFile(path, JSON.stringify(event("vm", "rebooting"), null, 2));
+    const deadline = Date.now() + 2000;
+    while (seen.length < 4 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+    assert.deepEqual(seen, [
+      ["booted", true],
+      ["rebooting", true],
+      ["rebooted", true],
+      ["rebooting", false],
+    ]);
   } finally {
     await tail.close();
     await rm(dir, { recursive: true, force: true });

@@ -86,6 +86,16 @@ async function processesMentioning(text: string): Promise<number[]> {
   return pids;
 }
 
+/** `promise`, or a failure naming `what` once `ms` passed: a bound on a wait, never a race. */
+async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms)));
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 describe("Cloud Hypervisor backend against the contract fake (not real Cloud Hypervisor)", () => {
   test("launch, run state, counters, pause/resume and a graceful stop through the power button", async () => {
@@ -175,6 +185,110 @@ describe("Cloud Hypervisor backend against the contract fake (not real Cloud Hyp
     assert.ok(!callSequence(await requests(spec.vmDir)).includes("/vm.power-button"), "nobody pressed the button");
   });
 
+  test("exit code 0 without the guest powering off (SIGTERM, a vCPU error, a thread panic) is a failure, with its reason", async () => {
+    const cases: { cause: string; pattern: RegExp; trigger?: (pid: number) => void }[] = [
+      { cause: "signal", pattern: /the guest did not power off.*VM exit event.*SIGTERM or SIGINT/, trigger: (pid) => process.kill(pid, "SIGTERM") },
+      { cause: "vcpu-error", pattern: /the guest did not power off.*VCPU generated error: VcpuRun/ },
+      { cause: "thread-panic", pattern: /the guest did not power off.*vCPU thread panicked/ },
+    ];
+    for (const { cause, pattern, trigger } of cases) {
+      if (!trigger) {
+        process.env.FAKE_CH_VMM_EXIT_MS = "200";
+        process.env.FAKE_CH_VMM_EXIT_CAUSE = cause;
+      }
+      const spec = await makeSpec();
+      const handle = await launch(spec);
+      await handle.waitRunning(2000);
+      trigger?.(handle.record.pid);
+      const exit = await within(handle.exited, 10_000, `the VMM exit (${cause})`);
+      assert.equal(exit.code, 0, cause);
+      assert.equal(exit.signal, null, cause);
+      assert.equal(exit.failed, true, `${cause}: ${exit.description}`);
+      assert.match(exit.description, pattern, cause);
+      delete process.env.FAKE_CH_VMM_EXIT_MS;
+    }
+  });
+
+  test("a guest reboot (ACPI reset, triple fault, panic=-1) ends the VM as QEMU's -no-reboot does: the worker shuts cloud-hypervisor down", async () => {
+    process.env.FAKE_CH_GUEST_REBOOT_MS = "200";
+    const spec = await makeSpec();
+    const handle = await launch(spec);
+    await handle.waitRunning(2000);
+    // Cloud Hypervisor reboots in-process; the worker must end it rather than let the guest run on.
+    const exit = await within(handle.exited, 10_000, "the VMM ended after the guest rebooted");
+    assert.equal(exit.code, 0);
+    assert.equal(exit.signal, null);
+    assert.match(exit.description, /exited with code 0 \(the guest rebooted/);
+    assert.equal(exit.failed, undefined, "a guest reboot is the guest's own end, not a failure");
+    assert.equal(await handle.runState(), "shutdown");
+    const sequence = callSequence(await requests(spec.vmDir));
+    assert.ok(sequence.includes("/vmm.shutdown"), sequence.join(" "));
+    assert.ok(!sequence.includes("/vm.power-button"), "nobody pressed the button");
+  });
+
+  test("the reboot fault reboots inside the same process (vm.reboot) and the VM keeps running", async () => {
+    const spec = await makeSpec();
+    const handle = await launch(spec);
+    await handle.waitRunning(2000);
+    assert.ok(handle.reset, "the backend offers a hard reset");
+    await handle.reset();
+    await handle.waitRunning(2000);
+    assert.equal(await handle.runState(), "running");
+    assert.equal(await isSameLiveProcess(handle.record.pid, handle.record.startTime), true, "same VMM process");
+    // Cloud Hypervisor creates the serial file again on reboot: the console starts over.
+    assert.match(await readFile(spec.consolePath, "utf8"), /^contract fake: no guest runs here \(boot 2\)\n$/);
+    await handle.pause();
+    await handle.resume();
+    // The reboot of ours is not mistaken for the guest's: a later stop is an ordinary power-off.
+    const exit = await handle.stop(2000);
+    assert.equal(exit.description, "exited with code 0 (guest powered off)");
+    const sequence = callSequence(await requests(spec.vmDir));
+    assert.ok(sequence.includes("/vm.reboot"));
+    assert.ok(!sequence.includes("/vmm.shutdown"), sequence.join(" "));
+    assertAllValid(await requests(spec.vmDir));
+  });
+
+  test("the powerOff fault pulls the plug (vmm.shutdown): exit code 0, the guest's end rather than a failure", async () => {
+    const spec = await makeSpec();
+    const handle = await launch(spec);
+    await handle.waitRunning(2000);
+    assert.ok(handle.powerOff, "the backend offers a hard power-off");
+    await within(handle.powerOff(), 10_000, "powerOff");
+    const exit = await handle.exited;
+    assert.deepEqual(exit, { code: 0, signal: null, description: "exited with code 0 (hard power-off: vmm.shutdown)" });
+    const sequence = callSequence(await requests(spec.vmDir));
+    assert.ok(!sequence.includes("/vm.power-button") && sequence.at(-1) === "/vmm.shutdown", sequence.join(" "));
+  });
+
+  test("Cloud Hypervisor's last events can be lost at exit: nothing depends on them", async () => {
+    process.env.FAKE_CH_GUEST_POWEROFF_MS = "300";
+    const spec = await makeSpec();
+    const handle = await launch(spec);
+    await handle.waitRunning(2000);
+    const exit = await within(handle.exited, 10_000, "the VMM exit");
+    assert.deepEqual(exit, { code: 0, signal: null, description: "exited with code 0 (guest powered off)" });
+    const events = await readFile(chPaths(spec.vmDir).events, "utf8");
+    assert.match(events, /"booted"/);
+    assert.doesNotMatch(events, /"shutdown"|"deleted"/, "the stand-in loses the events of the way out, as CH may");
+  });
+
+  test("vm.info says Created (not Shutdown) after vm.shutdown: the backend reports the guest shut down", async () => {
+    const spec = await makeSpec();
+    const handle = await launch(spec);
+    await handle.waitRunning(2000);
+    const client = new ChApiClient(handle.record.controlSocket);
+    try {
+      await client.shutdownVm();
+      assert.equal((await client.info()).state, "Created", "as vm_shutdown leaves it");
+    } finally {
+      await client.close();
+    }
+    assert.equal(await handle.runState(), "shutdown");
+    const exit = await handle.stop(1000);
+    assert.equal(exit.code, 0);
+    assert.equal(await isSameLiveProcess(handle.record.pid, handle.record.startTime), false);
+  });
+
   test("kill() is SIGKILL; a SIGKILL from elsewhere (OOM killer) is reported as not ours", async () => {
     const spec = await makeSpec();
     const killed = await launch(spec);
@@ -211,6 +325,25 @@ describe("Cloud Hypervisor backend against the contract fake (not real Cloud Hyp
     assert.match(exit.description, /exit status unknown/);
     assert.equal((await original.exited).code, 0);
     assert.equal(await backend().adopt(original.record, spec.vmDir), undefined, "gone");
+  });
+
+  test("a restarted worker adopting after a reboot fault takes the old vm:rebooting as history, not as the guest's reboot", async () => {
+    const spec = await makeSpec();
+    const original = await launch(spec);
+    await original.waitRunning(2000);
+    await original.reset!();
+    const adopted = await backend().adopt(original.record, spec.vmDir);
+    assert.ok(adopted, "adopted");
+    cleanups.push(() => adopted.kill());
+    await adopted.pause();
+    await adopted.resume();
+    assert.equal(await adopted.runState(), "running");
+    await adopted.stop(2000);
+    const sequence = callSequence(await requests(spec.vmDir));
+    const afterAdoption = sequence.slice(sequence.lastIndexOf("/vm.reboot"));
+    assert.ok(afterAdoption.includes("/vm.power-button"), afterAdoption.join(" "));
+    assert.ok(!afterAdoption.includes("/vmm.shutdown"), `nothing shut the VMM down for an old reboot: ${afterAdoption.join(" ")}`);
+    assert.equal((await original.exited).description, "exited with code 0 (guest powered off)");
   });
 
   test("a stale API socket (and lock file) left by a crash is removed; a live one is refused", async () => {

@@ -6,9 +6,9 @@ import { existsSync } from "node:fs";
 import { chmod, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { test } from "node:test";
+import { afterEach, test } from "node:test";
 import { WorkerError } from "../../worker/core/errors.js";
-import { detectAccelerator, type AcceleratorChoice } from "../../worker/vmm/accel.js";
+import { detectAccelerator, probeKvmWithCloudHypervisor, type AcceleratorChoice } from "../../worker/vmm/accel.js";
 import { detectBackends, findBinary, formatDetectionReport, requireChosenBackend, type DetectBackendsOptions } from "../../worker/vmm/detect.js";
 import { FAKE_CH_BINARY } from "../fixtures/ch/fixtures.js";
 
@@ -96,4 +96,71 @@ test("with accel.ts's real KVM probe (firmware only, no probe kernel)", { skip: 
   assert.ok(report.kvm.reason.length > 0);
   assert.deepEqual(report.chosen, report.kvm.usable ? { backend: "cloud-hypervisor", accel: "kvm" } : { backend: "qemu", accel: "tcg" });
   console.log(formatDetectionReport(report).replace(/^/gm, "# "));
+});
+
+afterEach(() => {
+  for (const key of Object.keys(process.env)) if (key.startsWith("FAKE_CH_")) delete process.env[key];
+});
+
+/** A file standing for /dev/kvm, for the probe's access check and the stand-in's hypervisor open. */
+async function fakeKvmDevice(): Promise<{ path: string; cleanup: () => Promise<void> }> {
+  const dir = await mkdtemp(join(tmpdir(), "pcr-detect-kvm-"));
+  const path = join(dir, "kvm");
+  await writeFile(path, "");
+  return { path, cleanup: () => rm(dir, { recursive: true, force: true }) };
+}
+
+// The stand-in has no vCPU: it runs the probe kernel under QEMU's TCG (FAKE_CH_VCPU=qemu-tcg), so
+// the kernel really executes; the worker's QEMU is absent all the same.
+test("a host with cloud-hypervisor and no QEMU: Cloud Hypervisor's own KVM probe boots its probe kernel, and it is chosen", { skip: !haveQemu && "qemu-system-x86_64 (the stand-in's vCPU) not installed" }, async () => {
+  const kvm = await fakeKvmDevice();
+  try {
+    process.env.FAKE_CH_KVM_DEVICE = kvm.path;
+    process.env.FAKE_CH_VCPU = "qemu-tcg";
+    const noQemu = "/nonexistent/qemu-system-x86_64";
+    const report = await detectBackends(
+      options({
+        qemuBinary: noQemu,
+        // The QEMU probe as the worker runs it: with no QEMU it cannot say KVM works.
+        kvmProbe: () => detectAccelerator({ qemuBinary: noQemu, kvmDevice: kvm.path, probeTimeoutMs: 5000 }),
+        chKvmProbe: (chPath) => probeKvmWithCloudHypervisor({ chBinary: chPath, kvmDevice: kvm.path, probeTimeoutMs: 30_000 }),
+      }),
+    );
+    assert.equal(report.kvm.usable, false, report.kvm.reason);
+    assert.equal(report.chKvm?.usable, true, report.chKvm?.reason);
+    assert.deepEqual(report.chosen, { backend: "cloud-hypervisor", accel: "kvm" });
+    const text = formatDetectionReport(report);
+    assert.match(text, /KVM under cloud-hypervisor: usable \(cloud-hypervisor booted its KVM probe kernel in \d+ ms\)/);
+    assert.match(text, /\* cloud-hypervisor: .*fake-cloud-hypervisor\.mjs, cloud-hypervisor v/);
+    assert.match(text, /Chosen: cloud-hypervisor \(kvm\)/);
+  } finally {
+    await kvm.cleanup();
+  }
+});
+
+test("Cloud Hypervisor's own KVM probe fails clearly: no hypervisor, or a vCPU that never runs the kernel", async () => {
+  const kvm = await fakeKvmDevice();
+  try {
+    const chProbe = (timeoutMs: number) => (chPath: string) => probeKvmWithCloudHypervisor({ chBinary: chPath, kvmDevice: kvm.path, probeTimeoutMs: timeoutMs });
+    process.env.FAKE_CH_KVM_DEVICE = "/nonexistent/kvm";
+    const noHypervisor = await detectBackends(options({ kvmProbe: kvmWorks, chKvmProbe: chProbe(30_000) }));
+    assert.equal(noHypervisor.chKvm?.usable, false);
+    assert.match(noHypervisor.chKvm!.reason, /cloud-hypervisor exited with code 1; last output: .*no supported hypervisor/);
+    assert.match(noHypervisor.candidates[0]!.why, /needs KVM, which does not run a vCPU here \(cloud-hypervisor's KVM probe failed/);
+    assert.equal(noHypervisor.chosen?.backend ?? "none", haveQemu ? "qemu" : "none");
+
+    process.env.FAKE_CH_KVM_DEVICE = kvm.path;
+    process.env.FAKE_CH_VCPU = "hang";
+    const started = Date.now();
+    const hangs = await detectBackends(options({ preference: "cloud-hypervisor", kvmProbe: kvmWorks, chKvmProbe: chProbe(1500) }));
+    assert.ok(Date.now() - started < 20_000, "the probe is bounded");
+    assert.match(hangs.chKvm!.reason, /no success marker within 1500 ms/);
+    assert.equal(hangs.chosen, undefined);
+    assert.match(hangs.error!, /cloud-hypervisor was asked for but cannot run: needs KVM/);
+    // The device itself unusable: nothing is started.
+    const none = await probeKvmWithCloudHypervisor({ chBinary: FAKE_CH_BINARY, kvmDevice: "/nonexistent/kvm", probeTimeoutMs: 1000 });
+    assert.deepEqual(none, { accel: "tcg", reason: "/nonexistent/kvm unusable (ENOENT)" });
+  } finally {
+    await kvm.cleanup();
+  }
 });

@@ -449,7 +449,8 @@ export class WorkerService implements WorkerApi {
 
   private async onVmmExit(vm: Vm, exit: VmmExit): Promise<void> {
     const tail = await this.consoleTail(vm.record.id);
-    if (exit.code === 0 && !exit.signal) {
+    // Status 0 is the guest's own end unless the backend knows better (Cloud Hypervisor exits 0 for more).
+    if (exit.code === 0 && !exit.signal && !exit.failed) {
       this.setStatus(vm, "stopped", "the guest powered off");
       await this.releaseResources(vm);
       await this.deps.records.save(vm.record).catch(() => undefined);

@@ -54,6 +54,12 @@ export class DenyList {
   }
 }
 
+/** A lower-case host name without a trailing dot: LDH labels, at most 253 characters, not all-numeric at the top. */
+export function isDomainName(name: string): boolean {
+  const labels = name.split(".");
+  return name.length > 0 && name.length <= 253 && labels.every((label) => LABEL.test(label)) && !/^\d+$/.test(labels.at(-1)!);
+}
+
 /** Parses allowedDomains; throws INVALID_ARGUMENT naming the first bad entry (or one that reaches a denied range). */
 export function parseAllowlist(entries: string[], deny?: DenyList): Allowlist {
   const domains = new Set<string>();
@@ -73,10 +79,7 @@ export function parseAllowlist(entries: string[], deny?: DenyList): Allowlist {
       continue;
     }
     const name = entry.endsWith(".") ? entry.slice(0, -1) : entry;
-    const labels = name.split(".");
-    if (name.length === 0 || name.length > 253 || !labels.every((label) => LABEL.test(label)) || /^\d+$/.test(labels.at(-1)!)) {
-      throw invalidArgument(`allowedDomains entry "${raw}" is not a valid domain name`);
-    }
+    if (!isDomainName(name)) throw invalidArgument(`allowedDomains entry "${raw}" is not a valid domain name`);
     domains.add(name);
   }
   return { domains: [...domains].sort(), cidrs: withoutNested(cidrs).map(formatCidr) };

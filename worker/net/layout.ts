@@ -26,8 +26,8 @@ export interface LayoutConfig {
   bridge: string;
   /** CIDR of the VM subnet, e.g. 10.213.0.0/16. */
   subnet: string;
-  /** The only DNS server guests may query. */
-  resolver?: string;
+  /** Whether the worker's DNS proxy serves guests (on the gateway, UDP 53). */
+  dnsProxy: boolean;
   /** Interface NAT goes out of; without it, anything but the bridge. */
   uplink?: string;
   /** TCP ports on the host that guests may connect to, on the gateway address only. */
@@ -61,11 +61,6 @@ export const vmIdOf = (objectName: string): string | undefined => PER_VM.exec(ob
 const rule = (table: TableRef, chain: string, ...expr: Statement[]): Command => ({ add: { rule: { ...table, chain, expr } as RuleSpec } });
 const fromBridge = (config: LayoutConfig) => eq(meta("iifname"), config.bridge);
 const ctEstablished: Statement = { match: { op: "in", left: { ct: { key: "state" } }, right: ["established", "related"] } };
-const dnsTo = (resolver: string): Statement[] => [
-  eq(field("ip", "daddr"), resolver),
-  eq(meta("l4proto"), { set: ["tcp", "udp"] }),
-  eq(field("th", "dport"), 53),
-];
 
 /** Recreates both tables from nothing in one transaction: no duplicates, no window. */
 export function rebuildCommands(config: LayoutConfig, vms: VmRules[]): Command[] {
@@ -94,13 +89,13 @@ function baseCommands(config: LayoutConfig): Command[] {
     rule(inet, "forward", eq(meta("oifname"), config.bridge), ctEstablished, accept),
     rule(inet, "forward", eq(meta("oifname"), config.bridge), drop),
     rule(inet, "forward", br, ctEstablished, accept),
-    ...(config.resolver ? [rule(inet, "forward", br, ...dnsTo(config.resolver), accept)] : []),
     rule(inet, "forward", br, { vmap: { key: field("ip", "saddr"), data: "@egress" } }),
     rule(inet, "forward", br, { counter: { packets: 0, bytes: 0 } }, drop),
 
-    // input (the host itself): replies, DNS to the resolver, the allowed ports; else counted drop.
+    // input (the host itself): replies, DNS to the worker's proxy, the allowed ports; else counted drop.
+    // Guests never reach a resolver themselves: the proxy answers only the names they may use.
     rule(inet, "input", br, ctEstablished, accept),
-    ...(config.resolver ? [rule(inet, "input", br, ...dnsTo(config.resolver), accept)] : []),
+    ...(config.dnsProxy ? [rule(inet, "input", br, eq(field("ip", "daddr"), config.gateway), eq(field("udp", "dport"), 53), accept)] : []),
     // Only on the gateway address: the same port on the host's other interfaces stays closed.
     ...(config.hostAllowedPorts.length
       ? [rule(inet, "input", br, eq(field("ip", "daddr"), config.gateway), eq(field("tcp", "dport"), { set: config.hostAllowedPorts }), accept)]

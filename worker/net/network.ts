@@ -2,9 +2,10 @@
 // and nftables egress allowlists that follow DNS. See docs/networking.md.
 import { readFile } from "node:fs/promises";
 import type { Logger } from "pino";
-import { internal, invalidArgument, notFound } from "../core/errors.js";
+import { failedPrecondition, internal, invalidArgument, notFound } from "../core/errors.js";
 import type { NetCounters, NetworkPort, VmNetwork } from "../ports.js";
-import { DEFAULT_DENY_CIDRS, DEFAULT_REFRESH, DenyList, DomainFollower, dnsResolver, parseAllowlist, type RefreshPolicy, type ResolveFn } from "./allowlist.js";
+import { type Answer, DEFAULT_DENY_CIDRS, DEFAULT_REFRESH, DenyList, DomainFollower, dnsResolver, parseAllowlist, isIpv4, type RefreshPolicy, type ResolveFn } from "./allowlist.js";
+import { DnsProxyProcess } from "./dns-proxy-process.js";
 import { IpLinks, TAP_PREFIX, tapName } from "./ip.js";
 import { formatCidr, gatewayOf, Ipam, macForIp, parseCidr, type Subnet } from "./ipam.js";
 import { type LayoutConfig, names, rebuildCommands, refreshAllowCommands, TABLE, vmAddCommands, vmIdOf, vmRemoveCommands, type VmRules } from "./layout.js";
@@ -15,8 +16,13 @@ export interface NetworkOptions {
   bridge: string;
   /** VM subnet; the bridge takes the first host address as the guests' gateway. */
   subnet: string;
-  /** DNS server for guests and for resolving allowedDomains. Without it, only literal IPs/CIDRs work. */
+  /**
+   * Upstream DNS server for allowedDomains names. Guests never query it: they ask the worker's DNS
+   * proxy on the gateway, which answers only their allowed names. Without it, only literal IPs/CIDRs work.
+   */
   resolver?: string;
+  /** The proxy's UDP port on the gateway (53; tests may move it). */
+  dnsProxyPort?: number;
   uplink?: string;
   /** Lease file (JSON, replaced atomically). */
   statePath: string;
@@ -36,6 +42,8 @@ export interface NetworkOptions {
 interface Attached {
   net: VmNetwork;
   rules: VmRules;
+  /** allowedDomains names: the only ones the DNS proxy answers for this VM. */
+  domains: Set<string>;
   /** Allowed address -> when its set element expires (ms), so one domain never shortens another's. */
   expiries: Map<string, number>;
 }
@@ -58,6 +66,10 @@ class Network implements NetworkPort {
   private readonly attached = new Map<string, Attached>();
   private readonly log: Logger;
   private readonly deny: DenyList;
+  private readonly dnsProxy?: DnsProxyProcess;
+  private readonly policy: RefreshPolicy;
+  /** Why the DNS proxy is not serving, when it is not. */
+  private dnsProxyDown?: string;
   private ipamPromise?: Promise<Ipam>;
   /** Whether the uplink's forwarding is on (see ensureUplinkForwarding). */
   private uplinkForwarding = false;
@@ -75,6 +87,8 @@ class Network implements NetworkPort {
     this.gateway = gatewayOf(subnet);
     this.deny = new DenyList(options.denyCidrs ?? DEFAULT_DENY_CIDRS);
     this.deny.add([this.gateway]);
+    // Reaching the resolver directly would bypass the proxy (and tunnel data through DNS).
+    if (options.resolver) this.deny.add([options.resolver]);
     this.log = options.logger.child({ component: "network" });
     this.run = options.runner ?? createRunner({ netns: options.netns });
     this.nft = new Nft(this.run);
@@ -82,18 +96,30 @@ class Network implements NetworkPort {
     this.layout = {
       bridge: options.bridge,
       subnet: formatCidr(subnet),
-      resolver: options.resolver,
+      dnsProxy: options.resolver !== undefined,
       uplink: options.uplink,
       hostAllowedPorts: options.hostAllowedPorts ?? [],
       gateway: this.gateway,
     };
+    this.policy = { ...DEFAULT_REFRESH, ...options.refresh };
     const resolve = options.resolve ?? (options.resolver ? dnsResolver(options.resolver) : undefined);
     this.follower = new DomainFollower(
       resolve ?? (async () => []),
       (vmId, addresses) => this.publish(vmId, addresses),
-      { ...DEFAULT_REFRESH, ...options.refresh },
+      this.policy,
       this.log,
     );
+    if (options.resolver) {
+      this.dnsProxy = new DnsProxyProcess({
+        listen: this.gateway,
+        port: options.dnsProxyPort,
+        upstream: options.resolver,
+        maxTtlSeconds: this.policy.maxSeconds,
+        netns: options.netns,
+        log: this.log,
+        publish: (vmIp, name, answers) => this.publishAnswer(vmIp, name, answers),
+      });
+    }
   }
 
   private ipam(): Promise<Ipam> {
@@ -103,8 +129,11 @@ class Network implements NetworkPort {
 
   validateAllowedDomains(allowedDomains: string[]): void {
     const parsed = parseAllowlist(allowedDomains, this.deny);
-    if (parsed.domains.length > 0 && !this.options.resolver && !this.options.resolve) {
+    if (parsed.domains.length > 0 && !this.options.resolver) {
       throw invalidArgument(`allowedDomains has names (${parsed.domains[0]}), but this worker has no DNS resolver configured`);
+    }
+    if (parsed.domains.length > 0 && this.dnsProxyDown) {
+      throw failedPrecondition(`allowedDomains has names (${parsed.domains[0]}), but the worker's DNS proxy is not serving: ${this.dnsProxyDown}`);
     }
   }
 
@@ -119,6 +148,7 @@ class Network implements NetworkPort {
     const ipam = await this.ipam();
     await this.links.ensureBridge(this.options.bridge, `${this.gateway}/${this.subnet.prefixLength}`);
     await this.hardenHost();
+    await this.startDnsProxy();
     this.deny.add((await this.links.ownAddresses()).filter((address) => !this.deny.blocking(address)));
     this.follower.stopAll();
     this.attached.clear();
@@ -133,13 +163,26 @@ class Network implements NetworkPort {
       await ipam.adopt(vmId, net.ip);
       await this.links.ensureTap(net.tap, this.options.bridge);
       const rules: VmRules = { vmId, tap: net.tap, ip: net.ip, mac: net.mac, cidrs: parsed.cidrs };
-      this.attached.set(vmId, { net, rules, expiries: new Map() });
+      this.attached.set(vmId, { net, rules, domains: new Set(parsed.domains), expiries: new Map() });
+      this.dnsProxy?.allow(net.ip, parsed.domains);
       keep.push({ vmId, domains: parsed.domains });
     }
     // One transaction: both tables deleted and rebuilt, so nothing is duplicated or briefly open.
     await this.nft.apply(rebuildCommands(this.layout, [...this.attached.values()].map((entry) => entry.rules)));
     await Promise.all(keep.map(({ vmId, domains }) => this.follower.start(vmId, domains)));
     this.log.info({ bridge: this.options.bridge, subnet: this.layout.subnet, vms: existing.length }, "network ready");
+  }
+
+  /** A proxy that cannot listen leaves names unusable (creates say why), not the whole worker down. */
+  private async startDnsProxy(): Promise<void> {
+    if (!this.dnsProxy) return;
+    try {
+      await this.dnsProxy.start();
+      this.dnsProxyDown = undefined;
+    } catch (err) {
+      this.dnsProxyDown = (err as Error).message;
+      this.log.error({ err: this.dnsProxyDown }, "the DNS proxy is not serving: VMs with allowed names cannot be created");
+    }
   }
 
   /**
@@ -176,6 +219,7 @@ class Network implements NetworkPort {
   async attach(vmId: string, allowedDomains: string[]): Promise<VmNetwork> {
     if (!VM_ID.test(vmId)) throw invalidArgument(`bad vm id "${vmId}"`);
     await (this.ready ??= this.rebuild([]));
+    this.validateAllowedDomains(allowedDomains);
     const allowlist = parseAllowlist(allowedDomains, this.deny);
     await this.ensureUplinkForwarding();
     const known = this.attached.get(vmId);
@@ -188,13 +232,14 @@ class Network implements NetworkPort {
       ip,
       prefixLength: this.subnet.prefixLength,
       gateway: this.gateway,
-      dns: this.options.resolver ?? this.gateway,
+      dns: this.gateway,
     };
     const rules: VmRules = { vmId, tap: net.tap, ip, mac: net.mac, cidrs: allowlist.cidrs };
     try {
       // Rules first, then the TAP: the port is guarded from its first frame.
       await this.nft.apply(vmAddCommands(this.layout, rules));
-      this.attached.set(vmId, { net, rules, expiries: new Map() });
+      this.attached.set(vmId, { net, rules, domains: new Set(allowlist.domains), expiries: new Map() });
+      this.dnsProxy?.allow(ip, allowlist.domains);
       await this.links.ensureTap(net.tap, this.options.bridge);
       await this.follower.start(vmId, allowlist.domains);
     } catch (err) {
@@ -214,6 +259,7 @@ class Network implements NetworkPort {
     await this.removeRules({ vmId, tap, ip }, entry !== undefined);
     await this.links.remove(tap);
     if (ip) await this.forgetFlows(vmId, ip);
+    if (ip) this.dnsProxy?.forget(ip);
     await ipam.release(vmId);
     this.attached.delete(vmId);
   }
@@ -269,8 +315,9 @@ class Network implements NetworkPort {
   }
 
   async close(): Promise<void> {
-    // VMs may outlive the worker, so their network stays; only the DNS timers stop.
+    // VMs may outlive the worker, so their network stays; only the DNS timers and proxy stop.
     this.follower.stopAll();
+    await this.dnsProxy?.close();
   }
 
   // --- internals -------------------------------------------------------------------------------
@@ -295,6 +342,28 @@ class Network implements NetworkPort {
     for (const [address, seconds] of merged) entry.expiries.set(address, now + seconds * 1000);
     const commands = refreshAllowCommands(vmId, [...merged].map(([address, timeoutSeconds]) => ({ address, timeoutSeconds })));
     if (this.attached.has(vmId)) await this.nft.apply(commands);
+  }
+
+  /**
+   * The DNS proxy told (or is about to tell) the VM at `vmIp` these answers for `name`: open them
+   * first, for at least the TTL it gives. The proxy's word is checked like a guest's: the address
+   * must be a VM's and the name on that VM's list. Returns the addresses the guest may be told.
+   */
+  private async publishAnswer(vmIp: string, name: string, answers: Answer[]): Promise<string[]> {
+    const entry = [...this.attached.values()].find((candidate) => candidate.net.ip === vmIp);
+    if (!entry || !entry.domains.has(name)) {
+      this.log.warn({ vmIp, name }, "the DNS proxy asked to open addresses for a name this VM may not resolve; refused");
+      return [];
+    }
+    const usable = answers.filter((answer) => isIpv4(answer.address) && !this.deny.blocking(answer.address));
+    const now = Date.now();
+    const { minSeconds, maxSeconds, slackSeconds } = this.policy;
+    // An element that already outlives the told TTL by half the slack needs no nft call.
+    const stale = usable
+      .map((answer) => ({ address: answer.address, timeoutSeconds: Math.min(Math.max(answer.ttl, minSeconds), maxSeconds) + slackSeconds }))
+      .filter(({ address, timeoutSeconds }) => (entry.expiries.get(address) ?? 0) < now + (timeoutSeconds - slackSeconds / 2) * 1000);
+    if (stale.length) await this.publish(entry.rules.vmId, stale);
+    return usable.map((answer) => answer.address);
   }
 
   /** Removes a VM's nft objects in one transaction; when some are missing, one by one. */

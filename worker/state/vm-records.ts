@@ -1,6 +1,7 @@
 // Per-VM state on disk: <stateDir>/vms/<id>/vm.json, written atomically (temp file, fsync, rename).
 // The console file is bounded by punching holes at its head (fallocate): the VMM keeps appending
-// at the same offsets, disk use stays bounded and offsets stay monotonic for readers.
+// at the same offsets, disk use stays bounded and offsets stay monotonic for readers, until the
+// VMM creates the file again (Cloud Hypervisor does on a guest reboot): then reading starts over.
 import { execFile } from "node:child_process";
 import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -95,7 +96,7 @@ export class FileRecordRepo implements RecordRepo {
     if (!file) return new Uint8Array(0);
     try {
       const { size } = await file.stat();
-      const start = Math.max(0, size - maxBytes, await this.consoleStart(id));
+      const start = Math.max(0, size - maxBytes, await this.liveConsoleStart(id, size));
       const buffer = Buffer.alloc(size - start);
       const { bytesRead } = await file.read(buffer, 0, buffer.length, start);
       return buffer.subarray(0, bytesRead);
@@ -104,6 +105,11 @@ export class FileRecordRepo implements RecordRepo {
     }
   }
 
+  /**
+   * Reads from `offset`. A file shorter than the offset was created again under the reader
+   * (Cloud Hypervisor truncates its serial file when the guest reboots): reading then starts over
+   * at the file's start, and nextOffset says so.
+   */
   async readConsole(id: string, offset: bigint, maxBytes: number): Promise<{ data: Uint8Array; nextOffset: bigint }> {
     let file;
     try {
@@ -112,14 +118,26 @@ export class FileRecordRepo implements RecordRepo {
       return { data: new Uint8Array(0), nextOffset: offset };
     }
     try {
-      const from = offset < BigInt(Number.MAX_SAFE_INTEGER) ? Math.max(Number(offset), await this.consoleStart(id)) : Number.MAX_SAFE_INTEGER;
+      if (offset >= BigInt(Number.MAX_SAFE_INTEGER)) return { data: new Uint8Array(0), nextOffset: offset };
+      const { size } = await file.stat();
+      const start = await this.liveConsoleStart(id, size);
+      const from = Number(offset) > size ? start : Math.max(Number(offset), start);
       const buffer = Buffer.alloc(maxBytes);
       const { bytesRead } = await file.read(buffer, 0, maxBytes, from);
-      if (bytesRead === 0) return { data: new Uint8Array(0), nextOffset: offset };
+      if (bytesRead === 0) return { data: new Uint8Array(0), nextOffset: Number(offset) > size ? BigInt(from) : offset };
       return { data: buffer.subarray(0, bytesRead), nextOffset: BigInt(from + bytesRead) };
     } finally {
       await file.close();
     }
+  }
+
+  /** The console start, unless the file shrank below it (created again): then 0, on disk too. */
+  private async liveConsoleStart(id: string, size: number): Promise<number> {
+    const start = await this.consoleStart(id);
+    if (start <= size) return start;
+    this.consoleStarts.set(id, 0);
+    await rm(join(this.vmDir(id), "console.start"), { force: true });
+    return 0;
   }
 
   async trimConsole(id: string, keepBytes: number): Promise<void> {

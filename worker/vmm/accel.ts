@@ -1,7 +1,8 @@
 // Chooses KVM or TCG by booting something under KVM, not by trusting that /dev/kvm exists:
 // some hosts expose a KVM variant (PVM) where QEMU aborts setting up a `-cpu host` vCPU, and
 // where other CPU models run small firmware yet hang stock kernels. So both probes use the
-// exact accelerator options the backend launches with (`-accel kvm -cpu host`).
+// exact accelerator options the backend launches with (`-accel kvm -cpu host`). Cloud Hypervisor
+// is probed with itself (probeKvmWithCloudHypervisor): its own KVM setup, no QEMU needed.
 import { spawn } from "node:child_process";
 import { constants, readFileSync } from "node:fs";
 import { access, mkdtemp, rm, writeFile } from "node:fs/promises";
@@ -54,6 +55,92 @@ export function probeFirmware(): Buffer {
   return firmware;
 }
 
+/** Where the probe kernel is linked and loaded: 1 MiB, the lowest address CH loads an ELF to (HIGH_RAM_START). */
+const PVH_LOAD = 0x100000;
+const PVH_CODE_OFFSET = 0x100;
+
+/**
+ * A tiny ELF kernel booted through its PVH note (XEN_ELFNOTE_PHYS32_ENTRY, type 18, name "Xen"),
+ * the entry Cloud Hypervisor uses for an ELF payload (vmm/src/vm.rs load_kernel): in 32-bit
+ * protected mode it prints PCR-PROBE-OK on COM1 and halts. One PT_LOAD at 1 MiB and one PT_NOTE.
+ */
+export function probeKernelElf(): Buffer {
+  const message = Buffer.from(`${FIRMWARE_MARKER}\n\0`, "latin1");
+  // cld; mov dx,0x3f8; mov esi,message; 1: lodsb; test al,al; jz 2f; out dx,al; jmp 1b; 2: hlt; jmp 2b
+  const code = Buffer.from("fc66baf803be00000000ac84c07403eeebf8f4ebfd", "hex");
+  code.writeUInt32LE(PVH_LOAD + PVH_CODE_OFFSET + code.length, 6);
+  const size = PVH_CODE_OFFSET + code.length + message.length;
+  const elf = Buffer.alloc(size);
+  // ELF header: ELFCLASS64, little-endian, ET_EXEC, EM_X86_64, program headers right after it.
+  elf.write("\x7fELF", 0, "latin1");
+  elf.set([2, 1, 1], 4);
+  elf.writeUInt16LE(2, 16);
+  elf.writeUInt16LE(62, 18);
+  elf.writeUInt32LE(1, 20);
+  elf.writeBigUInt64LE(BigInt(PVH_LOAD + PVH_CODE_OFFSET), 24);
+  elf.writeBigUInt64LE(64n, 32);
+  elf.writeUInt16LE(64, 52);
+  elf.writeUInt16LE(56, 54);
+  elf.writeUInt16LE(2, 56);
+  const noteOffset = 64 + 2 * 56;
+  const programHeader = (at: number, type: number, flags: number, offset: number, length: number, align: number) => {
+    elf.writeUInt32LE(type, at);
+    elf.writeUInt32LE(flags, at + 4);
+    elf.writeBigUInt64LE(BigInt(offset), at + 8);
+    elf.writeBigUInt64LE(BigInt(PVH_LOAD + offset), at + 16); // vaddr
+    elf.writeBigUInt64LE(BigInt(PVH_LOAD + offset), at + 24); // paddr
+    elf.writeBigUInt64LE(BigInt(length), at + 32);
+    elf.writeBigUInt64LE(BigInt(length), at + 40);
+    elf.writeBigUInt64LE(BigInt(align), at + 48);
+  };
+  programHeader(64, 1, 5, 0, size, 0x1000); // PT_LOAD, R+X: the whole file at 1 MiB
+  programHeader(64 + 56, 4, 4, noteOffset, 20, 4); // PT_NOTE
+  elf.writeUInt32LE(4, noteOffset); // namesz ("Xen\0")
+  elf.writeUInt32LE(4, noteOffset + 4); // descsz (a 32-bit address)
+  elf.writeUInt32LE(18, noteOffset + 8); // XEN_ELFNOTE_PHYS32_ENTRY
+  elf.write("Xen\0", noteOffset + 12, "latin1");
+  elf.writeUInt32LE(PVH_LOAD + PVH_CODE_OFFSET, noteOffset + 16);
+  code.copy(elf, PVH_CODE_OFFSET);
+  message.copy(elf, PVH_CODE_OFFSET + code.length);
+  return elf;
+}
+
+export interface ChKvmProbeOptions {
+  chBinary: string;
+  kvmDevice?: string;
+  /** Hard limit on the probe boot; the process is killed when it passes. */
+  probeTimeoutMs: number;
+  logger?: Logger;
+}
+
+/**
+ * Whether KVM really runs a vCPU for Cloud Hypervisor, asked of Cloud Hypervisor itself: it boots
+ * the probe kernel (PVH) with its serial on stdout, as the backend would boot a guest. Needs no
+ * QEMU, so a host with only Cloud Hypervisor can choose it.
+ */
+export async function probeKvmWithCloudHypervisor(options: ChKvmProbeOptions): Promise<AcceleratorChoice> {
+  const kvmDevice = options.kvmDevice ?? "/dev/kvm";
+  try {
+    await access(kvmDevice, constants.R_OK | constants.W_OK);
+  } catch (err) {
+    return { accel: "tcg", reason: `${kvmDevice} unusable (${(err as NodeJS.ErrnoException).code})` };
+  }
+  const dir = await mkdtemp(join(tmpdir(), "pcr-ch-probe-"));
+  try {
+    const kernel = join(dir, "probe.elf");
+    await writeFile(kernel, probeKernelElf());
+    const argv = ["--kernel", kernel, "--cmdline", "console=ttyS0", "--cpus", "boot=1", "--memory", "size=64M", "--serial", "tty", "--console", "off"];
+    const boot = await runProbe("cloud-hypervisor", options.chBinary, argv, (output) => output.includes(FIRMWARE_MARKER), options.probeTimeoutMs);
+    const result: AcceleratorChoice = boot.ok
+      ? { accel: "kvm", reason: `cloud-hypervisor booted its KVM probe kernel in ${boot.ms} ms` }
+      : { accel: "tcg", reason: `cloud-hypervisor's KVM probe failed: ${boot.summary}` };
+    options.logger?.info(result, "cloud-hypervisor KVM probe");
+    return result;
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
 const cache = new Map<string, Promise<AcceleratorChoice>>();
 
 /** Probes once per process and option set; later calls share the first result. */
@@ -86,8 +173,9 @@ async function probe(options: DetectAcceleratorOptions): Promise<AcceleratorChoi
     const firmwarePath = join(dir, "probe.fw");
     await writeFile(firmwarePath, probeFirmware());
     const firmware = await runProbe(
+      "QEMU",
       qemuBinary,
-      ["-M", "microvm,x-option-roms=off,rtc=off,acpi=off", "-cpu", cpuModel, "-bios", firmwarePath, "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-m", "16"],
+      [...QEMU_PROBE_ARGV, "-M", "microvm,x-option-roms=off,rtc=off,acpi=off", "-cpu", cpuModel, "-bios", firmwarePath, "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-m", "16"],
       (output) => output.includes(FIRMWARE_MARKER),
       options.probeTimeoutMs,
     );
@@ -98,8 +186,9 @@ async function probe(options: DetectAcceleratorOptions): Promise<AcceleratorChoi
     const ready = kernel.readyPattern ?? DEFAULT_KERNEL_READY;
     const cmdline = [kernel.cmdline ?? "", "console=ttyS0 panic=-1 reboot=t"].join(" ").trim();
     const boot = await runProbe(
+      "QEMU",
       qemuBinary,
-      ["-M", "microvm", "-cpu", cpuModel, "-m", "256", "-kernel", kernel.kernel, ...(kernel.initrd ? ["-initrd", kernel.initrd] : []), "-append", cmdline],
+      [...QEMU_PROBE_ARGV, "-M", "microvm", "-cpu", cpuModel, "-m", "256", "-kernel", kernel.kernel, ...(kernel.initrd ? ["-initrd", kernel.initrd] : []), "-append", cmdline],
       (output) => ready.test(output),
       options.probeTimeoutMs,
     );
@@ -117,12 +206,14 @@ interface ProbeResult {
   summary: string;
 }
 
-/** Boots QEMU under KVM with serial on stdout; success when `done` matches the output. Always kills. */
-function runProbe(qemuBinary: string, machineArgs: string[], done: (output: string) => boolean, timeoutMs: number): Promise<ProbeResult> {
+/** QEMU under KVM with serial on stdout. */
+const QEMU_PROBE_ARGV = ["-accel", "kvm", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio"];
+
+/** Runs a probe boot; success when `done` matches the output (stdout and stderr). Always kills. */
+function runProbe(name: string, binary: string, argv: string[], done: (output: string) => boolean, timeoutMs: number): Promise<ProbeResult> {
   const started = Date.now();
-  const argv = ["-accel", "kvm", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio", ...machineArgs];
   return new Promise((resolve) => {
-    const child = spawn(qemuBinary, argv, { stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(binary, argv, { stdio: ["ignore", "pipe", "pipe"] });
     let output = "";
     let settled = false;
     const finish = (ok: boolean, why: string) => {
@@ -140,11 +231,11 @@ function runProbe(qemuBinary: string, machineArgs: string[], done: (output: stri
     };
     child.stdout.on("data", onData);
     child.stderr.on("data", onData);
-    child.once("error", (err) => finish(false, `cannot run ${qemuBinary}: ${err.message}`));
+    child.once("error", (err) => finish(false, `cannot run ${binary}: ${err.message}`));
     // "close" comes after the pipes drained, so the output is complete.
     child.once("close", (code, signal) => {
       if (done(output)) finish(true, "ok");
-      else finish(false, signal ? `QEMU killed by ${signal}` : `QEMU exited with code ${code}`);
+      else finish(false, signal ? `${name} killed by ${signal}` : `${name} exited with code ${code}`);
     });
   });
 }

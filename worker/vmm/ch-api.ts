@@ -15,6 +15,7 @@ export const CH_API_CALLS = {
   pause: { method: "PUT", path: "/vm.pause", body: false },
   resume: { method: "PUT", path: "/vm.resume", body: false },
   powerButton: { method: "PUT", path: "/vm.power-button", body: false },
+  reboot: { method: "PUT", path: "/vm.reboot", body: false },
   shutdownVm: { method: "PUT", path: "/vm.shutdown", body: false },
   deleteVm: { method: "PUT", path: "/vm.delete", body: false },
 } as const;
@@ -149,6 +150,10 @@ export class ChApiClient {
   }
   async powerButton(): Promise<void> {
     await this.call("powerButton");
+  }
+  /** Answers once the new VM booted (vm_reboot runs inside the request). */
+  async reboot(timeoutMs?: number): Promise<void> {
+    await this.call("reboot", undefined, timeoutMs);
   }
   async shutdownVm(timeoutMs?: number): Promise<void> {
     await this.call("shutdownVm", undefined, timeoutMs);

@@ -98,13 +98,16 @@ export interface EventTail {
 
 /**
  * Follows the event file the VMM appends to (a regular file, so that a restarted worker can read it
- * again and the VMM never blocks on a reader). Polls for growth; reads from `fromOffset`.
+ * again and the VMM never blocks on a reader). Polls for growth; reads from the start. Events that
+ * end before `liveFrom` (the file's size when a restarted worker adopted the VMM) are history:
+ * they come with `historic` set, so that a state change long past is not acted on again.
  */
 export function tailEventFile(
   path: string,
-  onEvent: (event: ChEvent) => void,
-  options: { intervalMs?: number; onError?: (err: Error) => void } = {},
+  onEvent: (event: ChEvent, historic: boolean) => void,
+  options: { intervalMs?: number; onError?: (err: Error) => void; liveFrom?: number } = {},
 ): EventTail {
+  const liveFrom = options.liveFrom ?? 0;
   // Events only nudge waiters (they also poll vm.info), so a relaxed interval is enough.
   const intervalMs = options.intervalMs ?? 200;
   const parser = new ChEventParser((value, reason) => options.onError?.(new Error(`invalid event ${JSON.stringify(value)}: ${reason}`)));
@@ -125,11 +128,14 @@ export function tailEventFile(
     }
     const buffer = Buffer.alloc(65536);
     for (;;) {
-      const { bytesRead } = await handle.read(buffer, 0, buffer.length, offset);
+      // A read never crosses liveFrom, so every event it completes is wholly history or not.
+      const length = offset < liveFrom ? Math.min(buffer.length, liveFrom - offset) : buffer.length;
+      const { bytesRead } = await handle.read(buffer, 0, length, offset);
       if (bytesRead === 0) return;
       offset += bytesRead;
+      const historic = offset <= liveFrom;
       try {
-        for (const event of parser.push(decoder.write(buffer.subarray(0, bytesRead)))) onEvent(event);
+        for (const event of parser.push(decoder.write(buffer.subarray(0, bytesRead)))) onEvent(event, historic);
       } catch (err) {
         broken = true; // garbage in the stream: stop following it, vm.info still works
         options.onError?.(err as Error);

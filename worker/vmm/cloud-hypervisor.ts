@@ -3,7 +3,7 @@
 // The request bodies are built by pure functions so the contract test can check them against
 // Cloud Hypervisor's OpenAPI file.
 import { connect } from "node:net";
-import { rm } from "node:fs/promises";
+import { rm, stat } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import type { Logger } from "pino";
@@ -43,10 +43,46 @@ export function chPaths(vmDir: string) {
   };
 }
 
-/** The VMM's argv: nothing about the VM, which is described over the API. */
+/**
+ * The VMM's argv: nothing about the VM, which is described over the API. `-v` (info level) makes
+ * CH log how its control loop ended, the one place that tells a guest power-off from its other
+ * exits with status 0 (see readChLog).
+ */
 export function vmmArgv(vmDir: string): string[] {
   const paths = chPaths(vmDir);
-  return ["--api-socket", `path=${paths.apiSocket}`, "--event-monitor", `path=${paths.events}`, "--log-file", paths.log, "--seccomp", "true"];
+  return ["--api-socket", `path=${paths.apiSocket}`, "--event-monitor", `path=${paths.events}`, "--log-file", paths.log, "--seccomp", "true", "-v"];
+}
+
+/** What Cloud Hypervisor's log says about how it ended. */
+export interface ChLogFindings {
+  /** The guest powered off: the guest exit event (ACPI S5 or a vCPU's shutdown exit). */
+  guestExit: boolean;
+  /** The exit event: a signal, a vCPU error, a thread panic; not the guest. */
+  exitEvent: boolean;
+  /** vmm.shutdown through the API. */
+  apiShutdown: boolean;
+  /** The last ERROR line's message. */
+  lastError?: string;
+}
+
+/**
+ * Reads CH's log lines (cloud-hypervisor/src/logger.rs default format "cloud-hypervisor: <t>s:
+ * <thread> LEVEL:file:line -- message"). The control loop (vmm/src/lib.rs) logs "VM guest exit
+ * event" when the guest powered off and "VM exit event" for everything else that ends it; both
+ * go through vmm_shutdown with the same events and exit status 0, so only these lines tell.
+ */
+export function readChLog(lines: string[]): ChLogFindings {
+  const findings: ChLogFindings = { guestExit: false, exitEvent: false, apiShutdown: false };
+  for (const line of lines) {
+    const match = /^cloud-hypervisor:.*?\b(ERROR|WARN|INFO|DEBUG|TRACE):\S* -- (.*)$/.exec(line);
+    if (!match) continue;
+    const [, level, message] = match as unknown as [string, string, string];
+    if (message === "VM guest exit event" || message === "ACPI Shutdown signalled" || message === "VmExit::Shutdown") findings.guestExit = true;
+    else if (message === "VM exit event") findings.exitEvent = true;
+    else if (message === "API request event: VmmShutdown") findings.apiShutdown = true;
+    if (level === "ERROR") findings.lastError = message;
+  }
+  return findings;
 }
 
 /** The subset of CH's VmConfig the worker sends (field names as in the OpenAPI file). */
@@ -82,7 +118,11 @@ export function buildVmConfig(spec: VmLaunchSpec, opts: { virtiofsSocket?: strin
   };
 }
 
-export function guestRunState(state: ChVmState): GuestRunState {
+/**
+ * `booted`: vm.boot succeeded once. CH's vm.info then says Created after a vm.shutdown (vm_shutdown
+ * takes the VM away and keeps only its config, vmm/src/lib.rs vm_info), never Shutdown.
+ */
+export function guestRunState(state: ChVmState, booted = false): GuestRunState {
   switch (state) {
     case "Running":
       return "running";
@@ -92,7 +132,7 @@ export function guestRunState(state: ChVmState): GuestRunState {
     case "Shutdown":
       return "shutdown";
     case "Created":
-      return "unknown"; // created but not booted: not a guest state the core knows
+      return booted ? "shutdown" : "unknown"; // before the boot: not a guest state the core knows
   }
 }
 
@@ -192,7 +232,7 @@ export function createCloudHypervisorBackend(options: CloudHypervisorBackendOpti
       helpers: virtiofsd ? [{ pid: virtiofsd.pid, startTime: virtiofsd.startTime }] : [],
     };
     const client = new ChApiClient(paths.apiSocket, requestTimeoutMs);
-    const handle = new ChVmHandle(record, client, paths, virtiofsd, log, pollIntervalMs, { exit: spawned.exit });
+    const handle = new ChVmHandle(record, client, paths, virtiofsd, log, { pollIntervalMs, bootRequestTimeoutMs }, { exit: spawned.exit });
 
     try {
       await handle.waitForApi(apiReadyTimeoutMs);
@@ -200,6 +240,7 @@ export function createCloudHypervisorBackend(options: CloudHypervisorBackendOpti
       const config = buildVmConfig(passed.spec, { virtiofsSocket: virtiofsd?.socketPath });
       await handle.guard(() => client.createVm(config, bootRequestTimeoutMs), "vm.create");
       await handle.guard(() => client.bootVm(bootRequestTimeoutMs), "vm.boot");
+      handle.booted = true;
     } catch (err) {
       await handle.kill();
       throw err;
@@ -224,7 +265,11 @@ export function createCloudHypervisorBackend(options: CloudHypervisorBackendOpti
     const virtiofsd = helper ? await adoptVirtiofsd(helper.pid, helper.startTime, paths.virtiofsSocket) : undefined;
     const client = new ChApiClient(record.controlSocket, requestTimeoutMs);
     const watch = watchNonChild(record.pid, record.startTime);
-    const handle = new ChVmHandle(record, client, paths, virtiofsd, log, pollIntervalMs, { adopted: watch });
+    // What the events file holds now happened under the previous worker (a reboot fault's
+    // vm:rebooting among it): history, not to be acted on again.
+    const liveFrom = (await stat(paths.events).catch(() => undefined))?.size ?? 0;
+    const handle = new ChVmHandle(record, client, paths, virtiofsd, log, { pollIntervalMs, bootRequestTimeoutMs }, { adopted: watch, liveFrom });
+    handle.booted = true; // a recorded VMM was booted before the record was saved
     try {
       const info = await client.info();
       log.info({ state: info.state }, "cloud-hypervisor re-adopted");
@@ -249,7 +294,7 @@ export function createCloudHypervisorBackend(options: CloudHypervisorBackendOpti
   };
 }
 
-type ProcessWatch = { exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }> } | { adopted: { exited: Promise<void>; hurry(): void } };
+type ProcessWatch = { exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }> } | { adopted: { exited: Promise<void>; hurry(): void }; liveFrom: number };
 
 class ChVmHandle implements VmmHandle {
   readonly exited: Promise<VmmExit>;
@@ -257,8 +302,16 @@ class ChVmHandle implements VmmHandle {
   private killedByUs = false;
   /** We sent vm.shutdown/vmm.shutdown: a clean exit is then ours, not the guest's power-off. */
   private tornDownByUs = false;
-  /** The guest reached Shutdown (event or vm.info) before any teardown of ours. */
-  private guestWentOff = false;
+  /** vm.boot succeeded: from then on a VM in state Created is one that was shut down. */
+  booted = false;
+  /** Reboots we asked for (the reboot fault) whose vm:rebooting event has not come yet. */
+  private expectedReboots = 0;
+  /** The guest rebooted by itself (reset, triple fault, panic=-1): the VM's end, as with QEMU's -no-reboot. */
+  private guestRebooted = false;
+  /** The powerOff fault pulled the plug (vmm.shutdown): the VM's end, as QEMU's `quit` is. */
+  private pluggedByUs = false;
+  /** The process is gone (its exit is being described). */
+  private processGone = false;
   private lastEventState: GuestRunState | undefined;
   private readonly tail: EventTail;
   private readonly wakers = new Set<() => void>();
@@ -271,26 +324,29 @@ class ChVmHandle implements VmmHandle {
     private readonly paths: ReturnType<typeof chPaths>,
     private readonly virtiofsd: VirtiofsdHandle | undefined,
     private readonly log: Logger,
-    private readonly pollIntervalMs: number,
+    private readonly timing: { pollIntervalMs: number; bootRequestTimeoutMs: number },
     watch: ProcessWatch,
   ) {
-    this.tail = tailEventFile(paths.events, (event) => this.onEvent(event), {
+    this.tail = tailEventFile(paths.events, (event, historic) => this.onEvent(event, historic), {
       onError: (err) => log.warn({ err: err.message }, "event monitor stream unreadable"),
+      liveFrom: "adopted" in watch ? watch.liveFrom : 0,
     });
     let processGone: Promise<VmmExit>;
     if ("exit" in watch) {
       this.hurry = () => {};
       processGone = watch.exit.then(async ({ code, signal }) => {
-        await this.tail.flush(); // its last events tell a guest power-off from other exits
+        this.processGone = true;
+        await this.tail.flush(); // a vm:rebooting not read yet still tells a guest reboot
         return this.describeExit(code, signal);
       });
     } else {
       this.hurry = watch.adopted.hurry;
-      processGone = watch.adopted.exited.then(() =>
-        this.killedByUs
+      processGone = watch.adopted.exited.then(() => {
+        this.processGone = true;
+        return this.killedByUs
           ? { code: null, signal: "SIGKILL", description: "killed by SIGKILL" }
-          : { code: null, signal: null, description: "cloud-hypervisor exited (re-adopted process: exit status unknown)" },
-      );
+          : { code: null, signal: null, description: "cloud-hypervisor exited (re-adopted process: exit status unknown)" };
+      });
     }
     this.exited = processGone.then(async (exit) => {
       this.hasExited = true;
@@ -352,14 +408,14 @@ class ChVmHandle implements VmmHandle {
         if (err instanceof ChApiError && err.status !== 404) throw mapChError(err, "vm.info");
       }
       if (Date.now() > deadline) throw new WorkerError("DEADLINE_EXCEEDED", `guest not running within ${timeoutMs} ms`);
-      await this.sleepOrWake(this.pollIntervalMs);
+      await this.sleepOrWake(this.timing.pollIntervalMs);
     }
   }
 
   async runState(): Promise<GuestRunState> {
     if (this.hasExited) return "shutdown";
     try {
-      return guestRunState((await this.client.info()).state);
+      return guestRunState((await this.client.info()).state, this.booted);
     } catch {
       return this.hasExited ? "shutdown" : "unknown";
     }
@@ -387,6 +443,26 @@ class ChVmHandle implements VmmHandle {
     await this.guard(() => this.client.resume(), "vm.resume");
   }
 
+  /**
+   * The reboot fault: Cloud Hypervisor reboots in-process (vm.reboot takes the path a guest reset
+   * takes, vmm/src/lib.rs vm_reboot) and answers once the new VM booted. Its vm:rebooting event is
+   * ours, so it is expected and does not end the VM. CH emits that event before anything can fail,
+   * so the expectation stays even when the call fails.
+   */
+  async reset(): Promise<void> {
+    this.expectedReboots++;
+    await this.guard(() => this.client.reboot(this.timing.bootRequestTimeoutMs), "vm.reboot");
+  }
+
+  /** The powerOff fault: vmm.shutdown stops the vCPUs and the VMM without asking the guest; CH exits 0. */
+  async powerOff(): Promise<void> {
+    this.pluggedByUs = true;
+    await this.guard(() => this.client.shutdownVmm(), "vmm.shutdown").catch((err: unknown) => {
+      if (!this.processGone) throw err; // the answer may be lost to the exit
+    });
+    await this.whileWaiting(this.exited);
+  }
+
   stop(graceMs: number): Promise<VmmExit> {
     this.stopping ??= this.whileWaiting(this.stopNow(graceMs));
     return this.stopping;
@@ -405,26 +481,13 @@ class ChVmHandle implements VmmHandle {
   private async stopNow(graceMs: number): Promise<VmmExit> {
     if (this.hasExited) return this.exited;
     const deadline = Date.now() + graceMs;
-    let guestOff = false;
     try {
       await this.client.powerButton();
-      // CH exits by itself when the guest powers off; a VM left in Shutdown state also counts.
-      while (!this.hasExited && Date.now() < deadline) {
-        if (this.lastEventState === "shutdown") guestOff = true;
-        const state = await this.client.info(Math.max(100, deadline - Date.now())).then((info) => info.state, () => undefined);
-        if (state === "Shutdown") guestOff = true;
-        if (guestOff) {
-          this.guestWentOff = true;
-          break;
-        }
-        await this.sleepOrWake(Math.min(this.pollIntervalMs, Math.max(1, deadline - Date.now())));
-      }
+      // CH exits by itself once the guest is off. Nothing tells that sooner: vm.info never says
+      // Shutdown (the VM is gone, then so is the config) and the last events may never be written.
+      await this.exitedWithin(Math.max(0, deadline - Date.now()));
     } catch (err) {
       this.log.debug({ err: (err as Error).message }, "power button not delivered");
-    }
-    if (!this.hasExited && guestOff) {
-      // Cloud Hypervisor exits by itself once the guest is off: give it a moment.
-      await this.exitedWithin(1000);
     }
     if (!this.hasExited) {
       // Orderly teardown; each step may fail when the VM is already further along.
@@ -463,13 +526,35 @@ class ChVmHandle implements VmmHandle {
     }
   }
 
-  private onEvent(event: ChEvent): void {
+  private onEvent(event: ChEvent, historic: boolean): void {
     const state = eventRunState(event);
-    this.log.debug({ source: event.source, event: event.event }, "cloud-hypervisor event");
+    this.log.debug({ source: event.source, event: event.event, historic }, "cloud-hypervisor event");
+    if (event.source === "vm" && event.event === "rebooting" && !historic) this.onRebooting();
     if (state) {
       this.lastEventState = state;
       this.wake();
     }
+  }
+
+  /**
+   * Cloud Hypervisor has no -no-reboot: a guest reset, a triple fault or a panic with panic=-1
+   * reboots the VM inside the same process. The worker treats that as the guest's end, as QEMU's
+   * -no-reboot does, and shuts the VMM down (the request waits until the reboot is through).
+   */
+  private onRebooting(): void {
+    if (this.expectedReboots > 0) {
+      this.expectedReboots--;
+      return;
+    }
+    if (this.guestRebooted || this.processGone || this.tornDownByUs) return;
+    this.guestRebooted = true;
+    this.log.info("the guest rebooted: shutting cloud-hypervisor down (as -no-reboot does on QEMU)");
+    this.stopping ??= this.whileWaiting(this.endAfterGuestReboot());
+  }
+
+  private async endAfterGuestReboot(): Promise<VmmExit> {
+    await this.client.shutdownVmm(this.timing.bootRequestTimeoutMs).catch((err: Error) => this.log.debug({ err: err.message }, "vmm.shutdown after the guest rebooted failed"));
+    return (await this.exitedWithin(5000)) ?? this.killNow();
   }
 
   private wake(): void {
@@ -494,9 +579,22 @@ class ChVmHandle implements VmmHandle {
       const hint = signal === "SIGKILL" && !this.killedByUs ? " (not sent by the worker: out of memory?)" : "";
       return { code, signal, description: `killed by ${signal}${hint}` };
     }
+    if (code === 0 && this.guestRebooted && !this.tornDownByUs) {
+      return { code, signal, description: "exited with code 0 (the guest rebooted, which ends the VM as QEMU's -no-reboot does; a kernel panic does that)" };
+    }
+    if (code === 0 && this.tornDownByUs) return { code, signal, description: "exited with code 0" };
+    if (code === 0 && this.pluggedByUs) return { code, signal, description: "exited with code 0 (hard power-off: vmm.shutdown)" };
     if (code === 0) {
-      const guestOff = !this.tornDownByUs && (this.guestWentOff || this.lastEventState === "shutdown");
-      return { code, signal, description: guestOff ? "exited with code 0 (guest powered off)" : "exited with code 0" };
+      // Exit status 0 and the final events are the same for every way CH ends (and those events
+      // may be lost: CH exits without waiting for its event monitor): its log tells them apart.
+      const log = readChLog(await tailLines(this.paths.log, 400));
+      if (log.guestExit) return { code, signal, description: "exited with code 0 (guest powered off)" };
+      const why = log.exitEvent
+        ? `its exit event ("VM exit event")${log.lastError ? ` after the error "${log.lastError}"` : ": SIGTERM or SIGINT, or a failure it did not log"}`
+        : log.apiShutdown
+          ? "vmm.shutdown through its API, not sent by the worker"
+          : `no line in ${this.paths.log} says why (neither "VM guest exit event" nor "VM exit event")${log.lastError ? `; last error: ${log.lastError}` : ""}`;
+      return { code, signal, description: `exited with code 0, but the guest did not power off: ${why}`, failed: true };
     }
     const last = (await tailLines(this.paths.stdio, 1))[0] ?? (await tailLines(this.paths.log, 1))[0];
     return { code, signal, description: `exited with code ${code}${last ? `: ${last}` : ""}` };

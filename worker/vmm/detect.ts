@@ -1,5 +1,6 @@
-// Which VMM backend runs here, and why. Cloud Hypervisor needs KVM that really runs a vCPU (the
-// probe is injected: accel.ts boots something under KVM); QEMU runs anywhere (KVM, else TCG).
+// Which VMM backend runs here, and why. Cloud Hypervisor needs KVM that really runs a vCPU, asked
+// of Cloud Hypervisor itself when a chKvmProbe is given (accel.ts boots a probe kernel with it), so
+// that no QEMU is needed; QEMU runs anywhere (KVM, else TCG). Probes are injected.
 // The report is what `pcr-worker --check` prints and what the worker logs at start.
 import { execFile } from "node:child_process";
 import { constants } from "node:fs";
@@ -16,8 +17,14 @@ export interface DetectBackendsOptions {
   preference: BackendPreference;
   chBinary: string;
   qemuBinary: string;
-  /** Whether KVM really runs a vCPU; e.g. `() => detectAccelerator({...})` from accel.ts. */
+  /** Whether KVM really runs a vCPU under QEMU; e.g. `() => detectAccelerator({...})` from accel.ts. */
   kvmProbe: () => Promise<AcceleratorChoice>;
+  /**
+   * Whether KVM really runs a vCPU under Cloud Hypervisor, given the binary found; e.g.
+   * `(path) => probeKvmWithCloudHypervisor({ chBinary: path, ... })`. Without it the QEMU probe's
+   * verdict stands for both.
+   */
+  chKvmProbe?: (chPath: string) => Promise<AcceleratorChoice>;
   /** Bound on each `--version` run. */
   versionTimeoutMs?: number;
 }
@@ -37,7 +44,10 @@ export interface CandidateReport {
 
 export interface DetectionReport {
   preference: BackendPreference;
+  /** KVM as the QEMU probe saw it (the QEMU backend's accelerator). */
   kvm: { usable: boolean; reason: string };
+  /** KVM as Cloud Hypervisor's own probe saw it; absent when no chKvmProbe was given. */
+  chKvm?: { usable: boolean; reason: string };
   candidates: CandidateReport[];
   /** Undefined when nothing can run; then `error` says what to install. */
   chosen?: { backend: BackendName; accel: "kvm" | "tcg" };
@@ -71,9 +81,21 @@ export async function detectBackends(options: DetectBackendsOptions): Promise<De
     options.kvmProbe().catch((err: Error): AcceleratorChoice => ({ accel: "tcg", reason: `KVM probe failed: ${err.message}` })),
   ]);
   const kvm = { usable: accel.accel === "kvm", reason: accel.reason };
+  let chKvm: DetectionReport["chKvm"];
+  if (options.chKvmProbe) {
+    const choice = ch.found
+      ? await options.chKvmProbe(ch.path).catch((err: Error): AcceleratorChoice => ({ accel: "tcg", reason: `cloud-hypervisor's KVM probe failed: ${err.message}` }))
+      : { accel: "tcg" as const, reason: "not probed: cloud-hypervisor not found" };
+    chKvm = { usable: choice.accel === "kvm", reason: choice.reason };
+  }
+  const chKvmUsable = (chKvm ?? kvm).usable;
 
-  const chUsable = ch.found && kvm.usable;
-  const chWhy = !ch.found ? ch.reason : kvm.usable ? "runs here (KVM works)" : "needs KVM, which does not run a vCPU here";
+  const chUsable = ch.found && chKvmUsable;
+  const chWhy = !ch.found
+    ? ch.reason
+    : chKvmUsable
+      ? `runs here (KVM works${chKvm ? " under cloud-hypervisor" : ""})`
+      : `needs KVM, which does not run a vCPU here${chKvm ? ` (${chKvm.reason})` : ""}`;
   const qemuWhy = !qemu.found ? qemu.reason : `runs here with ${kvm.usable ? "KVM" : "TCG (software emulation: slow)"}`;
 
   let chosen: DetectionReport["chosen"];
@@ -105,7 +127,7 @@ export async function detectBackends(options: DetectBackendsOptions): Promise<De
     { backend: "cloud-hypervisor", binary: options.chBinary, finding: ch, usable: chUsable, chosen: chosen?.backend === "cloud-hypervisor", why: `${chWhy}; ${choiceWhy("cloud-hypervisor", chUsable)}` },
     { backend: "qemu", binary: options.qemuBinary, finding: qemu, usable: qemu.found, chosen: chosen?.backend === "qemu", why: `${qemuWhy}; ${choiceWhy("qemu", qemu.found)}` },
   ];
-  return { preference: pick, kvm, candidates, chosen, error };
+  return { preference: pick, kvm, ...(chKvm ? { chKvm } : {}), candidates, chosen, error };
 }
 
 /** The chosen backend, or FAILED_PRECONDITION naming what to install. */
@@ -117,6 +139,7 @@ export function requireChosenBackend(report: DetectionReport): { backend: Backen
 /** The text `pcr-worker --check` prints. */
 export function formatDetectionReport(report: DetectionReport): string {
   const lines = [`VMM backends (preference: ${report.preference})`, `  KVM: ${report.kvm.usable ? "usable" : "not usable"} (${report.kvm.reason})`];
+  if (report.chKvm) lines.push(`  KVM under cloud-hypervisor: ${report.chKvm.usable ? "usable" : "not usable"} (${report.chKvm.reason})`);
   for (const candidate of report.candidates) {
     const found = candidate.finding.found ? `${candidate.finding.path}, ${candidate.finding.version}` : "not found";
     lines.push(`  ${candidate.chosen ? "*" : "-"} ${candidate.backend}: ${found}`, `      ${candidate.why}`);

@@ -3,7 +3,7 @@
 import type { Logger } from "pino";
 import type { WorkerConfig } from "../config.js";
 import type { VmmBackend } from "../ports.js";
-import { detectAccelerator, type AcceleratorChoice } from "./accel.js";
+import { detectAccelerator, probeKvmWithCloudHypervisor, type AcceleratorChoice } from "./accel.js";
 import { createCloudHypervisorBackend } from "./cloud-hypervisor.js";
 import { detectBackends, formatDetectionReport, requireChosenBackend, type DetectionReport } from "./detect.js";
 import { createQemuBackend } from "./qemu.js";
@@ -19,12 +19,20 @@ function acceleratorProbe(config: BackendConfig, logger?: Logger): () => Promise
   return () => detectAccelerator({ qemuBinary: config.qemuBinary, probeTimeoutMs: PROBE_TIMEOUT_MS, logger });
 }
 
+/** KVM for Cloud Hypervisor, asked of Cloud Hypervisor itself (no QEMU needed); `--accel` pins it too. */
+function chKvmProbe(config: BackendConfig, logger?: Logger): (chPath: string) => Promise<AcceleratorChoice> {
+  if (config.accel === "tcg") return async () => ({ accel: "tcg", reason: "--accel tcg was configured" });
+  if (config.accel === "kvm") return async () => ({ accel: "kvm", reason: "--accel kvm was configured (not probed)" });
+  return (chPath) => probeKvmWithCloudHypervisor({ chBinary: chPath, probeTimeoutMs: PROBE_TIMEOUT_MS, logger });
+}
+
 export function detect(config: BackendConfig, logger?: Logger): Promise<DetectionReport> {
   return detectBackends({
     preference: config.vmm,
     chBinary: config.cloudHypervisorBinary,
     qemuBinary: config.qemuBinary,
     kvmProbe: acceleratorProbe(config, logger),
+    chKvmProbe: chKvmProbe(config, logger),
   });
 }
 
@@ -38,7 +46,7 @@ export async function checkBackends(config: BackendConfig): Promise<{ text: stri
 export async function selectBackend(config: BackendConfig, logger: Logger): Promise<VmmBackend> {
   const report = await detect(config, logger);
   logger.info(
-    { kvm: report.kvm, candidates: report.candidates.map(({ backend, usable, chosen, why }) => ({ backend, usable, chosen, why })) },
+    { kvm: report.kvm, chKvm: report.chKvm, candidates: report.candidates.map(({ backend, usable, chosen, why }) => ({ backend, usable, chosen, why })) },
     "vmm detection",
   );
   const chosen = requireChosenBackend(report);
