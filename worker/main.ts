@@ -27,7 +27,7 @@ async function run(config: WorkerConfig): Promise<void> {
   const backend = await selectBackend(config, logger);
   const records = new FileRecordRepo(config.stateDir);
   await records.init();
-  const secrets = new TmpfsSecrets(join(config.runtimeDir, "secrets"), logger);
+  const secrets = new TmpfsSecrets(join(config.runtimeDir, "secrets"), logger, config.secretsTmpfsBytes);
   await secrets.init();
   const store = new NixStore({ cacheUrl: config.cacheUrl, trustedKeys: config.trustedKeys, logger });
   const network = config.network
@@ -38,6 +38,7 @@ async function run(config: WorkerConfig): Promise<void> {
         uplink: config.uplink,
         hostAllowedPorts: config.hostAllowedPorts,
         denyCidrs: config.denyCidrs,
+        addressCooldownMs: config.addressCooldownMs,
         statePath: join(config.stateDir, "network.json"),
         logger,
       })
@@ -53,15 +54,15 @@ async function run(config: WorkerConfig): Promise<void> {
     logger,
     limits: {
       maxCpu: config.maxCpuPerVm,
-      minMemoryBytes: 64 * 1024 * 1024,
+      minMemoryBytes: config.minMemoryPerVmBytes,
       maxMemoryBytes: config.maxMemoryPerVmBytes,
-      maxAllowedDomains: 256,
+      maxAllowedDomains: config.maxAllowedDomains,
       maxVms: config.maxVms,
       maxTotalCpu: config.maxTotalCpu,
       maxTotalMemoryBytes: config.maxTotalMemoryBytes,
       maxTotalDiskBytes: config.maxTotalDiskBytes ?? (await freeBytes(config.stateDir)),
       maxTtlSeconds: config.maxTtlSeconds,
-      maxReadBytes: 1024 * 1024,
+      maxReadBytes: config.maxConsoleReadBytes,
       consoleMaxBytes: config.consoleMaxBytes,
     },
     timeouts: { bootMs: config.bootTimeoutMs, stopGraceMs: config.stopGraceMs },

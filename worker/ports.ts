@@ -134,8 +134,15 @@ export interface CpuThrottlePort {
   reset(): Promise<string[]>;
 }
 
+/** What a backend can serve; the core refuses anything else before a create or fault has any effect. */
+export interface BackendCapabilities {
+  /** A writable data disk (spec.dataDiskBytes). */
+  dataDisk: boolean;
+}
+
 export interface VmmBackend {
   readonly name: BackendName;
+  readonly capabilities: BackendCapabilities;
   /** Guest kernel parameters this backend needs (e.g. tsc_early_khz on TCG microvm). */
   extraCmdline(): string[];
   /** How the guest should mount a share: "9p" (QEMU) or "virtiofs" (Cloud Hypervisor). */

@@ -18,6 +18,8 @@ interface Served {
   child: ChildProcess;
   socketPath: string;
   dir: string;
+  /** The TCP port, when served with `tcp`. */
+  tcpPort?: number;
   rss(): number;
   stop(): void;
 }
@@ -27,14 +29,14 @@ after(() => {
   for (const server of servers) server.stop();
 });
 
-async function serve(options: { limits?: object; admission?: object } = {}): Promise<Served> {
+async function serve(options: { limits?: object; admission?: object; tcp?: string } = {}): Promise<Served> {
   const dir = mkdtempSync(join(tmpdir(), "pcr-front-"));
   chmodSync(dir, 0o755);
   const socketPath = join(dir, "worker.sock");
   const here = fileURLToPath(import.meta.url);
   const script = join(here, "..", here.endsWith(".ts") ? "serve-fake.ts" : "serve-fake.js");
   const execArgv = process.execArgv.filter((arg) => !arg.startsWith("--test"));
-  const child = spawn(process.execPath, [...execArgv, script, socketPath, "10"], {
+  const child = spawn(process.execPath, [...execArgv, script, socketPath, "10", ...(options.tcp ? [options.tcp] : [])], {
     stdio: ["ignore", "pipe", "inherit"],
     env: {
       ...process.env,
@@ -43,8 +45,14 @@ async function serve(options: { limits?: object; admission?: object } = {}): Pro
       ...(options.admission ? { PCR_TEST_ADMISSION: JSON.stringify(options.admission) } : {}),
     },
   });
+  let tcpPort: number | undefined;
   await new Promise<void>((resolve, reject) => {
-    child.stdout!.on("data", (chunk: Buffer) => chunk.toString().includes("ready") && resolve());
+    child.stdout!.on("data", (chunk: Buffer) => {
+      const ready = /ready(?: tcp (\d+))?/.exec(chunk.toString());
+      if (!ready) return;
+      tcpPort = ready[1] ? Number(ready[1]) : undefined;
+      resolve();
+    });
     child.once("exit", (code) => reject(new Error(`server exited with ${code}`)));
   });
   chmodSync(socketPath, 0o777);
@@ -52,6 +60,7 @@ async function serve(options: { limits?: object; admission?: object } = {}): Pro
     child,
     socketPath,
     dir,
+    tcpPort,
     rss: () => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${child.pid}/status`, "utf8"))![1]) * 1024,
     stop: () => {
       child.kill("SIGKILL");
@@ -69,7 +78,7 @@ interface RawConnection {
 }
 
 /** A raw connection that records what the server sent and when it closed; retried while the accept queue is full. */
-async function rawConnect(path: string): Promise<RawConnection> {
+async function rawConnect(path: string | net.NetConnectOpts): Promise<RawConnection> {
   for (let attempt = 0; ; attempt++) {
     try {
       return await rawConnectOnce(path);
@@ -80,10 +89,10 @@ async function rawConnect(path: string): Promise<RawConnection> {
   }
 }
 
-function rawConnectOnce(path: string): Promise<RawConnection> {
+function rawConnectOnce(path: string | net.NetConnectOpts): Promise<RawConnection> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
-    const socket = net.connect(path);
+    const socket = typeof path === "string" ? net.connect(path) : net.connect(path);
     const closed = new Promise<void>((done) => socket.once("close", () => done()));
     socket.on("data", (chunk) => chunks.push(chunk));
     socket.once("connect", () => resolve({ socket, received: () => Buffer.concat(chunks), closed }));
@@ -215,6 +224,21 @@ describe("rpc front door", () => {
     await new Promise((resolve) => setTimeout(resolve, 200));
     assert.ok(root.every((peer) => peer.received().length === 0 && !peer.socket.destroyed), "root is not capped per user");
     for (const peer of root) peer.socket.destroy();
+  });
+
+  test("over TCP one address may not take every connection: its extra one is refused, another address's are not", async () => {
+    const server = await serve({ admission: { maxConnectionsPerPeer: 3 }, tcp: "127.0.0.1:0" });
+    const from = (localAddress: string) => rawConnect({ host: "127.0.0.1", port: server.tcpPort!, localAddress });
+    const held = await Promise.all(Array.from({ length: 3 }, () => from("127.0.0.1")));
+    const extra = await from("127.0.0.1");
+    await within(extra.closed, 3000, "the extra connection closing");
+    assert.match(extra.received().toString("latin1"), /RESOURCE_EXHAUSTED: at most 3 connections at once from one address/);
+    // Another loopback address is another peer: all three of its connections are kept.
+    const other = await Promise.all(Array.from({ length: 3 }, () => from("127.0.0.2")));
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.ok(other.every((peer) => peer.received().length === 0 && !peer.socket.destroyed), "another address is not capped by the first one's connections");
+    assert.ok(held.every((peer) => !peer.socket.destroyed), "the first address keeps its three");
+    for (const peer of [...held, ...other]) peer.socket.destroy();
   });
 
   test("a new client is served within 1 s beside 5,000 idle connections", async (t) => {

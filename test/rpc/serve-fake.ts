@@ -23,4 +23,5 @@ process.on("message", (message) => {
   if (message === "rss") process.send?.(String(process.memoryUsage().rss));
 });
 process.on("SIGTERM", () => void server.close().then(() => process.exit(0)));
-console.log("ready");
+// The TCP port too, when one was asked for (port 0 picks a free one).
+console.log(server.tcpAddress ? `ready tcp ${server.tcpAddress.port}` : "ready");

@@ -16,7 +16,7 @@ import type {
   WorkerApi,
 } from "./api.js";
 import { zeroCounters, type IoCounters } from "./api.js";
-import { asWorkerError, invalidArgument, notFound, resourceExhausted, WorkerError } from "./errors.js";
+import { asWorkerError, failedPrecondition, invalidArgument, notFound, resourceExhausted, WorkerError } from "./errors.js";
 import { EventLog } from "./events.js";
 import { FaultController, type FaultPorts, type FaultTarget } from "./faults.js";
 import { assertTransition, isLive } from "./lifecycle.js";
@@ -184,6 +184,9 @@ export class WorkerService implements WorkerApi {
 
   async createVm(input: VmSpecInput, options: CreateVmOptions, caller?: CallerInfo): Promise<string> {
     const spec = validateSpec(input, this.deps.limits);
+    if (spec.dataDiskBytes && !this.deps.backend.capabilities.dataDisk) {
+      throw failedPrecondition(`dataDiskBytes: the ${this.deps.backend.name} backend cannot serve a data disk on this worker`);
+    }
     if (spec.allowedDomains.length > 0 && !this.deps.network) {
       throw invalidArgument("allowedDomains given, but networking is disabled on this worker");
     }

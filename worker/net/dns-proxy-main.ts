@@ -7,7 +7,7 @@ import { parseArgs } from "node:util";
 import { z } from "zod";
 import { dnsResolver } from "./allowlist.js";
 import { DnsProxy } from "./dns-proxy.js";
-import type { FromProxy } from "./dns-proxy-process.js";
+import { type FromProxy, readLine } from "./dns-proxy-process.js";
 
 const ToProxy = z.discriminatedUnion("op", [
   z.object({ op: z.literal("allow"), ip: z.string(), domains: z.array(z.string()) }),
@@ -16,7 +16,7 @@ const ToProxy = z.discriminatedUnion("op", [
   z.object({ op: z.literal("stats") }),
 ]);
 
-const { values } = parseArgs({ options: { listen: { type: "string" }, port: { type: "string" }, upstream: { type: "string" }, "max-ttl": { type: "string" } } });
+const { values } = parseArgs({ options: { listen: { type: "string" }, port: { type: "string" }, upstream: { type: "string" }, "max-ttl": { type: "string" }, "bind-wait-ms": { type: "string" } } });
 const send = (message: FromProxy) => process.stdout.write(`${JSON.stringify(message)}\n`);
 
 const waiting = new Map<number, (addresses: string[]) => void>();
@@ -44,13 +44,7 @@ const proxy = new DnsProxy({
 
 const lines = createInterface({ input: process.stdin });
 lines.on("line", (line) => {
-  let json: unknown;
-  try {
-    json = JSON.parse(line);
-  } catch {
-    json = undefined;
-  }
-  const parsed = ToProxy.safeParse(json);
+  const parsed = readLine(ToProxy, line);
   if (!parsed.success) return send({ op: "log", level: "error", msg: "dns proxy got a malformed command", fields: { line: line.slice(0, 200) } });
   const message = parsed.data;
   if (message.op === "allow") proxy.allow(message.ip, message.domains);
@@ -66,11 +60,12 @@ lines.on("close", () => process.exit(0));
 
 /** A predecessor (a worker killed a moment ago) may still hold the port: wait a little for it. */
 async function listen(): Promise<{ address: string; port: number }> {
-  for (let attempt = 0; ; attempt++) {
+  const deadline = Date.now() + Number(values["bind-wait-ms"] ?? 5_000);
+  for (;;) {
     try {
       return await proxy.listen(values.listen!, Number(values.port));
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "EADDRINUSE" || attempt >= 50) throw err;
+      if ((err as NodeJS.ErrnoException).code !== "EADDRINUSE" || Date.now() >= deadline) throw err;
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
   }

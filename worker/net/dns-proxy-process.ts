@@ -45,6 +45,19 @@ export interface DnsProxyProcessOptions {
   publish: PublishFn;
   /** How long a start may take before it counts as failed. */
   readyTimeoutMs?: number;
+  /** How long the proxy waits for its port to be freed by a predecessor before giving up. */
+  bindWaitMs?: number;
+}
+
+/** One JSON line of the protocol, checked against its schema (bad JSON fails like a bad shape). */
+export function readLine<T>(schema: z.ZodType<T>, line: string): z.ZodSafeParseResult<T> {
+  let json: unknown;
+  try {
+    json = JSON.parse(line);
+  } catch {
+    json = undefined;
+  }
+  return schema.safeParse(json);
 }
 
 const MAIN = fileURLToPath(new URL("./dns-proxy-main.js", import.meta.url));
@@ -68,7 +81,7 @@ export class DnsProxyProcess {
     if (this.child) return Promise.resolve();
     this.closed = false;
     const { listen, port = 53, upstream, netns } = this.options;
-    const argv = [process.execPath, MAIN, "--listen", listen, "--port", String(port), "--upstream", upstream, "--max-ttl", String(this.options.maxTtlSeconds)];
+    const argv = [process.execPath, MAIN, "--listen", listen, "--port", String(port), "--upstream", upstream, "--max-ttl", String(this.options.maxTtlSeconds), "--bind-wait-ms", String(this.options.bindWaitMs ?? 5_000)];
     const [file, args] = netns ? ["ip", ["netns", "exec", netns, ...argv]] : [argv[0]!, argv.slice(1)];
     const child = spawn(file, args, { stdio: ["pipe", "pipe", "pipe"] });
     this.child = child;
@@ -185,13 +198,7 @@ export class DnsProxyProcess {
   }
 
   private parse(line: string): FromProxy | undefined {
-    let json: unknown;
-    try {
-      json = JSON.parse(line);
-    } catch {
-      json = undefined;
-    }
-    const parsed = FromProxy.safeParse(json);
+    const parsed = readLine(FromProxy, line);
     if (!parsed.success) {
       this.log.error({ line: line.slice(0, 200) }, "dns proxy sent a malformed line");
       return undefined;

@@ -33,6 +33,8 @@ export interface NetworkOptions {
   hostAllowedPorts?: number[];
   /** Ranges no VM may reach (literal entries refused, DNS answers dropped); DEFAULT_DENY_CIDRS by default. The host's own addresses are always added. */
   denyCidrs?: string[];
+  /** How long a released address stays unused (ADDRESS_COOLDOWN_MS by default). */
+  addressCooldownMs?: number;
   /** Overrides DNS resolution (tests resolve inside their namespace). */
   resolve?: ResolveFn;
   refresh?: Partial<RefreshPolicy>;
@@ -123,7 +125,7 @@ class Network implements NetworkPort {
   }
 
   private ipam(): Promise<Ipam> {
-    this.ipamPromise ??= Ipam.open(this.subnet, this.options.statePath);
+    this.ipamPromise ??= Ipam.open(this.subnet, this.options.statePath, this.options.addressCooldownMs);
     return this.ipamPromise;
   }
 

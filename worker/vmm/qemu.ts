@@ -151,6 +151,7 @@ export function createQemuBackend(options: QemuBackendOptions): VmmBackend {
   return {
     name: "qemu",
     shareKind: "9p",
+    capabilities: { dataDisk: true },
 
     extraCmdline() {
       return extraCmdlineFor(options.accel, tscKhz);

@@ -1,0 +1,170 @@
+// What each CLI command does, once its arguments are parsed. Loaded only for a command that
+// runs (not for --help or a usage error), with the RPC client; create-vm loads the spec
+// validation (zod) on its own.
+import { readFileSync } from "node:fs";
+import type { SecretInput, VmView } from "../worker/core/api.js";
+import { WorkerError } from "../worker/core/errors.js";
+import type { ClientTls } from "../worker/rpc/client.js";
+import { connectWorker, type WorkerClient } from "../worker/rpc/worker-client.js";
+import { UsageError, type Values } from "./args.js";
+import { faultFromFlags, formatFaultTable } from "./fault-input.js";
+import { formatVmTable, vmToJson } from "./format.js";
+import { PrintableStream } from "./terminal.js";
+
+/** Mutual TLS for tcp:// workers, from --tls-cert/--tls-key/--tls-ca (read before any command runs). */
+let clientTls: ClientTls | undefined;
+
+export function loadClientTls(args: Values): void {
+  const paths = [args["tls-cert"], args["tls-key"], args["tls-ca"]] as Array<string | undefined>;
+  if (paths.every((path) => !path)) return;
+  if (!paths.every(Boolean)) throw new UsageError("mutual TLS needs all of --tls-cert, --tls-key and --tls-ca");
+  try {
+    clientTls = { cert: readFileSync(paths[0]!), key: readFileSync(paths[1]!), ca: readFileSync(paths[2]!) };
+  } catch (err) {
+    throw new UsageError(`cannot read a TLS file: ${(err as Error).message}`);
+  }
+}
+
+async function withClient<T>(address: string, run: (client: WorkerClient) => Promise<T>): Promise<T> {
+  const client = await connectWorker(address, { tls: clientTls });
+  try {
+    return await run(client);
+  } finally {
+    client.close();
+  }
+}
+
+/** Local validation errors carry a code too, but they are usage errors: nothing reached the worker. */
+function local<T>(build: () => T): T {
+  try {
+    return build();
+  } catch (err) {
+    throw new UsageError(err instanceof WorkerError ? err.reason : (err as Error).message);
+  }
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Console bytes to stdout: as they are with --raw, else with control characters made visible. */
+function consoleWriter(raw: boolean): { write(bytes: Uint8Array): void; end(): void } {
+  if (raw) return { write: (bytes) => process.stdout.write(bytes), end: () => undefined };
+  const stream = new PrintableStream();
+  return { write: (bytes) => process.stdout.write(stream.write(bytes)), end: () => process.stdout.write(stream.end()) };
+}
+
+async function followLogs(client: WorkerClient, id: string, follow: boolean, from: bigint, raw: boolean): Promise<void> {
+  const out = consoleWriter(raw);
+  try {
+    await copyConsole(client, id, follow, from, out);
+  } finally {
+    out.end();
+  }
+}
+
+async function copyConsole(client: WorkerClient, id: string, follow: boolean, from: bigint, out: { write(bytes: Uint8Array): void }): Promise<void> {
+  let offset = from;
+  for (;;) {
+    let chunk;
+    try {
+      chunk = await client.read(id, offset, 256 * 1024);
+    } catch (err) {
+      // The VM was deleted while we followed it: that is the natural end of the stream.
+      if (follow && err instanceof WorkerError && err.code === "NOT_FOUND" && offset > from) return;
+      throw err;
+    }
+    if (chunk.data.length > 0) {
+      out.write(chunk.data);
+      offset = chunk.nextOffset;
+      continue;
+    }
+    if (!follow) return;
+    const vm = await client.getVm(id).catch(() => undefined);
+    if (!vm || vm.status === "stopped" || vm.status === "failed") {
+      const last = await client.read(id, offset, 256 * 1024).catch(() => undefined);
+      if (last?.data.length) out.write(last.data);
+      return;
+    }
+    await sleep(150);
+  }
+}
+
+type Handler = (args: Values, positional: Record<string, string>) => Promise<void>;
+const str = (value: unknown) => value as string | undefined;
+const num = (value: unknown) => value as number | undefined;
+const list = (value: unknown) => value as string[] | undefined;
+
+export const handlers: Record<string, Handler> = {
+  "create-vm": async (args) => {
+    const { secretFromFlag, secretsFromDir, specFromFlags } = await import("./spec-input.js");
+    const spec = local(() =>
+      specFromFlags({
+        specJson: str(args["spec-json"]),
+        specFile: str(args["spec-file"]),
+        kernel: str(args.kernel),
+        initrd: str(args.initrd),
+        disk: str(args.disk),
+        cmdline: str(args.cmdline),
+        cpu: num(args.cpu),
+        memory: str(args.memory),
+        hostname: str(args.hostname),
+        allow: list(args.allow),
+      }),
+    );
+    const secrets: SecretInput[] = local(() => [
+      ...(args["secrets-dir"] ? secretsFromDir(str(args["secrets-dir"])!) : []),
+      ...(list(args.secret) ?? []).map((flag) => secretFromFlag(flag)),
+    ]);
+    const id = await withClient(str(args.worker)!, (client) => client.createVm(spec, { secrets, ttlSeconds: num(args.ttl) ?? 0 }));
+    console.log(id);
+  },
+  "delete-vm": async (args, { id }) => {
+    await withClient(str(args.worker)!, (client) => client.deleteVm(id!));
+  },
+  "list-vms": async (args) => {
+    const vms: VmView[] = await withClient(str(args.worker)!, (client) => client.listVms());
+    console.log(args.json ? JSON.stringify(vms.map(vmToJson), null, 2) : formatVmTable(vms));
+  },
+  "get-vm": async (args, { id }) => {
+    const vm = await withClient(str(args.worker)!, (client) => client.getVm(id!));
+    console.log(JSON.stringify(vmToJson(vm), null, 2));
+  },
+  logs: async (args, { id }) => {
+    await withClient(str(args.worker)!, (client) => followLogs(client, id!, Boolean(args.follow), BigInt(num(args.offset)!), Boolean(args.raw)));
+  },
+  events: async (args) => {
+    await withClient(str(args.worker)!, async (client) => {
+      let since = BigInt(num(args.since)!);
+      do {
+        const { events, nextSeq } = await client.events(since, 500, args.follow ? 10_000 : 0);
+        for (const event of events) {
+          console.log(JSON.stringify({ ...event, seq: Number(event.seq), atMs: Number(event.atMs) }));
+        }
+        since = nextSeq;
+      } while (args.follow);
+    });
+  },
+  "inject-fault": async (args, { id }) => {
+    const fault = local(() =>
+      faultFromFlags({
+        kind: str(args.kind)!,
+        durationMs: num(args["duration-ms"]),
+        cidrs: list(args.cidr),
+        percent: num(args.percent),
+        ms: num(args.ms),
+        jitterMs: num(args["jitter-ms"]),
+        kbit: num(args.kbit),
+        op: str(args.op),
+        errno: num(args.errno),
+        afterOps: num(args["after-ops"]),
+      }),
+    );
+    console.log(await withClient(str(args.worker)!, (client) => client.injectFault(id!, fault)));
+  },
+  "clear-fault": async (args, { id, fault }) => {
+    await withClient(str(args.worker)!, (client) => client.clearFault(id!, fault!));
+  },
+  "list-faults": async (args, { id }) => {
+    const faults = await withClient(str(args.worker)!, (client) => client.listFaults(id!));
+    console.log(args.json ? JSON.stringify(faults.map((f) => ({ ...f, injectedAtMs: Number(f.injectedAtMs), expiresAtMs: Number(f.expiresAtMs) })), null, 2) : formatFaultTable(faults));
+  },
+};
