@@ -1,8 +1,9 @@
 // Locating the repository and the bundled test guest from test/ and from dist/test/ alike.
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { VmSpecInput } from "../../worker/core/api.js";
+import type { VmLaunchSpec, VmmBackend } from "../../worker/ports.js";
 import { parseVmSpecJson } from "../../worker/core/spec.js";
 
 function findRepoRoot(start: string): string {
@@ -42,4 +43,32 @@ export function testGuest(): { spec: TestGuestSpec; specText: string; input: VmS
   if (!existsSync(TEST_GUEST_SPEC)) return { skip: `test guest missing: run scripts/build-test-guest (no ${TEST_GUEST_SPEC})` };
   const specText = readFileSync(TEST_GUEST_SPEC, "utf8");
   return { spec: JSON.parse(specText) as TestGuestSpec, specText, input: parseVmSpecJson(specText) };
+}
+
+/**
+ * What a backend gets to boot the test guest as VM `id`, in `root/<id>` (made here): the guest's
+ * own cmdline, then `extraCmdline`, then what the backend adds (tsc_early_khz under TCG).
+ */
+export function guestLaunchSpec(
+  guest: TestGuestSpec,
+  root: string,
+  backend: VmmBackend,
+  id: string,
+  overrides: Partial<VmLaunchSpec> = {},
+  extraCmdline: string[] = [],
+): VmLaunchSpec {
+  const vmDir = join(root, id);
+  mkdirSync(vmDir, { recursive: true });
+  return {
+    id,
+    vmDir,
+    kernel: guest.kernel,
+    initrd: guest.initrd,
+    image: guest.image,
+    cmdline: [guest.cmdline, ...extraCmdline, ...backend.extraCmdline()].join(" "),
+    cpu: guest.cpu,
+    memoryBytes: guest.memoryBytes,
+    consolePath: join(vmDir, "console.log"),
+    ...overrides,
+  };
 }

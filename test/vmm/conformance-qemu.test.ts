@@ -1,6 +1,6 @@
 // The VMM contract (conformance.ts) on QEMU booting the bundled test guest (TCG here): two boots.
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after } from "node:test";
@@ -8,7 +8,7 @@ import pino from "pino";
 import type { VmLaunchSpec, VmmBackend } from "../../worker/ports.js";
 import { detectAccelerator } from "../../worker/vmm/accel.js";
 import { createQemuBackend } from "../../worker/vmm/qemu.js";
-import { testGuest } from "../helpers/repo.js";
+import { guestLaunchSpec, testGuest } from "../helpers/repo.js";
 import { vmmConformance } from "./conformance.js";
 
 const READY = "pcr-guest: ready";
@@ -30,20 +30,7 @@ after(() => {
 
 function spec(backend: VmmBackend, id: string, overrides: Partial<VmLaunchSpec> = {}): VmLaunchSpec {
   if (!("spec" in guest)) throw new Error("no test guest");
-  const vmDir = join(root, id);
-  mkdirSync(vmDir, { recursive: true });
-  return {
-    id,
-    vmDir,
-    kernel: guest.spec.kernel,
-    initrd: guest.spec.initrd,
-    image: guest.spec.image,
-    cmdline: [guest.spec.cmdline, ...backend.extraCmdline()].join(" "),
-    cpu: guest.spec.cpu,
-    memoryBytes: guest.spec.memoryBytes,
-    consolePath: join(vmDir, "console.log"),
-    ...overrides,
-  };
+  return guestLaunchSpec(guest.spec, root, backend, id, overrides);
 }
 
 /** Polls the console file until the guest says it is ready (its ACPI handling is up by then). */

@@ -11,7 +11,7 @@ import type { VmLaunchSpec, VmmBackend, VmmHandle, VmmProcessRecord } from "../.
 import { detectAccelerator } from "../../worker/vmm/accel.js";
 import { createQemuBackend, kernelFormat, qemuArgv } from "../../worker/vmm/qemu.js";
 import { isSameLiveProcess, readStartTime } from "../../worker/vmm/process.js";
-import { REPO_ROOT, TEST_GUEST_DIR, testGuest } from "../helpers/repo.js";
+import { guestLaunchSpec, REPO_ROOT, TEST_GUEST_DIR, testGuest } from "../helpers/repo.js";
 
 const READY = "pcr-guest: ready";
 const BOOT_TIMEOUT_MS = 90_000;
@@ -33,20 +33,7 @@ async function backendFor(): Promise<VmmBackend> {
 
 function launchSpec(backend: VmmBackend, id: string, overrides: Partial<VmLaunchSpec> = {}, extraCmdline: string[] = []): VmLaunchSpec {
   if (!("spec" in guest)) throw new Error("no guest");
-  const vmDir = join(root, id);
-  mkdirSync(vmDir, { recursive: true });
-  return {
-    id,
-    vmDir,
-    kernel: guest.spec.kernel,
-    initrd: guest.spec.initrd,
-    image: guest.spec.image,
-    cmdline: [guest.spec.cmdline, ...extraCmdline, ...backend.extraCmdline()].join(" "),
-    cpu: guest.spec.cpu,
-    memoryBytes: guest.spec.memoryBytes,
-    consolePath: join(vmDir, "console.log"),
-    ...overrides,
-  };
+  return guestLaunchSpec(guest.spec, root, backend, id, overrides, extraCmdline);
 }
 
 async function launch(backend: VmmBackend, spec: VmLaunchSpec): Promise<VmmHandle> {
