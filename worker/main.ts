@@ -51,6 +51,7 @@ async function run(config: WorkerConfig): Promise<void> {
     store,
     secrets,
     records,
+    consoles: records,
     logger,
     limits: {
       maxCpu: config.maxCpuPerVm,

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import pino from "pino";
 import { createNetwork } from "../../worker/net/network.js";
-import type { NetworkPort } from "../../worker/ports.js";
+import type { NetworkPort } from "../../worker/ports/index.js";
 
 const { values } = parseArgs({ options: { runs: { type: "string", default: "25" }, background: { type: "string", default: "100" } } });
 const runs = Number(values.runs);

@@ -5,10 +5,10 @@ import pino from "pino";
 import type { VmSpecInput } from "../../worker/core/api.js";
 import { failedPrecondition, invalidArgument } from "../../worker/core/errors.js";
 import type { FaultPorts } from "../../worker/core/faults.js";
-import type { RecordRepo, VmRecord } from "../../worker/core/records.js";
+import type { ConsoleStore, RecordRepo, VmRecord } from "../../worker/ports/index.js";
 import { WorkerService, type ServiceLimits, type ServiceTimeouts } from "../../worker/core/service.js";
 import { MIB } from "../../worker/core/spec.js";
-import type { BootFile, CpuThrottlePort, NetCounters, NetFault, NetFaultPort, NetworkPort, SecretsPort, StorePort, VmNetwork } from "../../worker/ports.js";
+import type { BootFile, CpuThrottlePort, NetCounters, NetFault, NetFaultPort, NetworkPort, SecretsPort, StorePort, VmNetwork } from "../../worker/ports/index.js";
 import { FakeBackend, FakeVmmHost, type FakeBackendOptions } from "../../worker/vmm/fake/index.js";
 
 /** Makes a port's next calls of one method fail; every fake below has one. */
@@ -44,7 +44,7 @@ export class Failures {
 
 // --- records -----------------------------------------------------------------------------------
 
-export class MemoryRecordRepo implements RecordRepo {
+export class MemoryRecordRepo implements RecordRepo, ConsoleStore {
   readonly failures = new Failures();
   /** What a restarted worker would find: JSON copies, as a file would hold them. */
   readonly saved = new Map<string, string>();
@@ -351,6 +351,7 @@ export class World {
       store: this.store,
       secrets: this.secrets,
       records: this.records,
+      consoles: this.records,
       logger: pino({ level: process.env.PCR_TEST_LOG ?? "silent" }),
       limits: { ...LIMITS, ...this.options.limits },
       timeouts: { ...TIMEOUTS, ...this.options.timeouts },

@@ -8,9 +8,9 @@ import { test } from "node:test";
 import pino from "pino";
 import type { CallerInfo } from "../../worker/core/api.js";
 import { failedPrecondition, WorkerError } from "../../worker/core/errors.js";
-import type { VmRecord } from "../../worker/core/records.js";
+import type { VmRecord } from "../../worker/ports/index.js";
 import { WorkerService } from "../../worker/core/service.js";
-import type { VmNetwork } from "../../worker/ports.js";
+import type { VmNetwork } from "../../worker/ports/index.js";
 import { FileRecordRepo } from "../../worker/state/vm-records.js";
 import { FakeBackend, FakeVmmHost } from "../../worker/vmm/fake/index.js";
 import { specHash, validateSpec } from "../../worker/core/spec.js";
@@ -422,6 +422,7 @@ test("restart over real records on disk (FileRecordRepo): the same adoption, and
       store: new FakeStore(),
       secrets,
       records,
+      consoles: records,
       logger: pino({ level: "silent" }),
       limits: LIMITS,
       timeouts: TIMEOUTS,

@@ -3,7 +3,7 @@ import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { VmSpecInput } from "../../worker/core/api.js";
-import type { VmLaunchSpec, VmmBackend } from "../../worker/ports.js";
+import type { VmLaunchSpec, VmmBackend } from "../../worker/ports/index.js";
 import { parseVmSpecJson } from "../../worker/core/spec.js";
 
 function findRepoRoot(start: string): string {

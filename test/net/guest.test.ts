@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import pino from "pino";
 import { createNetwork } from "../../worker/net/network.js";
-import type { NetworkPort, VmNetwork } from "../../worker/ports.js";
+import type { NetworkPort, VmNetwork } from "../../worker/ports/index.js";
 import { hostTscKhz } from "../../worker/vmm/accel.js";
 import { createNetns, deleteNetns } from "../helpers/netns.js";
 import { waitFor } from "../helpers/vm.js";

@@ -7,7 +7,7 @@ import { after, before, describe, test } from "node:test";
 import pino from "pino";
 import { WorkerError } from "../../worker/core/errors.js";
 import { createNetwork, type NetworkOptions } from "../../worker/net/network.js";
-import type { NetworkPort } from "../../worker/ports.js";
+import type { NetworkPort } from "../../worker/ports/index.js";
 import { waitFor } from "../helpers/vm.js";
 import { ALLOWED_IP, DENIED_IP, MOVED_IP, RESOLVER, setAddresses, Topology, UPLINK, UPLINK_IP } from "./topology.js";
 

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
 import { before, describe, test } from "node:test";
 import { parse } from "yaml";
-import type { VmLaunchSpec } from "../../worker/ports.js";
+import type { VmLaunchSpec } from "../../worker/ports/index.js";
 import {
   CH_API_CALLS,
   CH_VM_STATES,

@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { after, afterEach, before, describe, test } from "node:test";
 import { pino } from "pino";
-import type { VmLaunchSpec, VmmHandle } from "../../worker/ports.js";
+import type { VmLaunchSpec, VmmHandle } from "../../worker/ports/index.js";
 import { ChApiClient, ChApiError } from "../../worker/vmm/ch-api.js";
 import { buildVmConfig, chPaths, createCloudHypervisorBackend } from "../../worker/vmm/cloud-hypervisor.js";
 import { isSameLiveProcess } from "../../worker/vmm/process.js";

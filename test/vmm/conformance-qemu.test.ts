@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after } from "node:test";
 import pino from "pino";
-import type { VmLaunchSpec, VmmBackend } from "../../worker/ports.js";
+import type { VmLaunchSpec, VmmBackend } from "../../worker/ports/index.js";
 import { detectAccelerator } from "../../worker/vmm/accel.js";
 import { createQemuBackend } from "../../worker/vmm/qemu.js";
 import { guestLaunchSpec, testGuest } from "../helpers/repo.js";

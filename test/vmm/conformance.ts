@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import { WorkerError } from "../../worker/core/errors.js";
-import type { VmLaunchSpec, VmmBackend, VmmExit, VmmHandle } from "../../worker/ports.js";
+import type { VmLaunchSpec, VmmBackend, VmmExit, VmmHandle } from "../../worker/ports/index.js";
 
 export interface ConformanceTarget {
   name: string;

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { after, describe, test, type TestContext } from "node:test";
 import pino from "pino";
 import { WorkerError } from "../../worker/core/errors.js";
-import type { VmLaunchSpec, VmmBackend, VmmHandle, VmmProcessRecord } from "../../worker/ports.js";
+import type { VmLaunchSpec, VmmBackend, VmmHandle, VmmProcessRecord } from "../../worker/ports/index.js";
 import { detectAccelerator } from "../../worker/vmm/accel.js";
 import { createQemuBackend, kernelFormat, qemuArgv } from "../../worker/vmm/qemu.js";
 import { isSameLiveProcess, readStartTime } from "../../worker/vmm/process.js";

@@ -6,7 +6,7 @@ import { z } from "zod";
 import type { ActiveFault, FaultInput, FaultKind, VmStatus } from "./api.js";
 import { DISK_OPS } from "./api.js";
 import { asWorkerError, failedPrecondition, invalidArgument, notFound } from "./errors.js";
-import type { BackendName, CpuThrottlePort, NetFault, NetFaultPort, VmmHandle } from "../ports.js";
+import type { BackendName, CpuThrottlePort, NetFault, NetFaultPort, VmmHandle } from "../ports/index.js";
 
 export interface FaultPorts {
   net?: NetFaultPort;

@@ -21,10 +21,9 @@ import { EventLog } from "./events.js";
 import { FaultController, type FaultPorts, type FaultTarget } from "./faults.js";
 import { assertTransition, isLive } from "./lifecycle.js";
 import { Plan } from "./plan.js";
-import type { RecordRepo, VmRecord } from "./records.js";
 import { validateSecrets } from "./secrets.js";
 import { specHash, storePathRoot, validateSpec, type SpecLimits, type ValidSpec } from "./spec.js";
-import type { BootFile, NetworkPort, SecretsPort, StorePort, VmmBackend, VmmExit, VmmHandle } from "../ports.js";
+import type { BootFile, ConsoleStore, NetworkPort, RecordRepo, SecretsPort, StorePort, VmmBackend, VmmExit, VmmHandle, VmRecord } from "../ports/index.js";
 
 export interface ServiceLimits extends SpecLimits {
   maxVms: number;
@@ -52,6 +51,7 @@ export interface ServiceDeps {
   store: StorePort;
   secrets: SecretsPort;
   records: RecordRepo;
+  consoles: ConsoleStore;
   logger: Logger;
   limits: ServiceLimits;
   timeouts: ServiceTimeouts;
@@ -129,7 +129,7 @@ export class WorkerService implements WorkerApi {
   async trimConsoles(): Promise<void> {
     for (const vm of this.vms.values()) {
       if (!isLive(vm.record.status)) continue;
-      await this.deps.records.trimConsole(vm.record.id, this.deps.limits.consoleMaxBytes).catch((err: Error) => {
+      await this.deps.consoles.trimConsole(vm.record.id, this.deps.limits.consoleMaxBytes).catch((err: Error) => {
         this.log.warn({ vmId: vm.record.id, err: err.message }, "cannot trim console");
       });
     }
@@ -140,7 +140,7 @@ export class WorkerService implements WorkerApi {
     if (offset < 0n) throw invalidArgument("offset must not be negative");
     const max = Math.min(Math.max(maxBytes, 0), this.deps.limits.maxReadBytes);
     if (max === 0) return { data: new Uint8Array(0), nextOffset: offset };
-    return this.deps.records.readConsole(id, offset, max);
+    return this.deps.consoles.readConsole(id, offset, max);
   }
 
   async events(sinceSeq: bigint, maxEvents: number, waitMs: number): Promise<{ events: VmEvent[]; nextSeq: bigint }> {
@@ -287,7 +287,7 @@ export class WorkerService implements WorkerApi {
           cmdline,
           cpu: spec.cpu,
           memoryBytes: spec.memoryBytes,
-          consolePath: records.consolePath(id),
+          consolePath: this.deps.consoles.consolePath(id),
           net: record.net ? { tap: record.net.tap, mac: record.net.mac } : undefined,
           share: secretsDir ? { tag: "secrets", hostDir: secretsDir } : undefined,
           dataDisk: spec.dataDiskBytes ? { path: `${vmDir}/data.img`, bytes: spec.dataDiskBytes } : undefined,
@@ -546,7 +546,7 @@ export class WorkerService implements WorkerApi {
   }
 
   private async consoleTail(id: string): Promise<string> {
-    const tail = await this.deps.records.readConsoleTail(id, 4096).catch(() => new Uint8Array(0));
+    const tail = await this.deps.consoles.readConsoleTail(id, 4096).catch(() => new Uint8Array(0));
     const lines = Buffer.from(tail).toString("utf8").split(/\r?\n/).map((line) => line.trim()).filter(Boolean);
     return lines.slice(-CONSOLE_TAIL_LINES).join(" | ");
   }

@@ -8,7 +8,7 @@ import { execa } from "execa";
 import { mkdir, readdir, readFile, rmdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { failedPrecondition } from "../core/errors.js";
-import type { CpuThrottlePort } from "../ports.js";
+import type { CpuThrottlePort } from "../ports/index.js";
 
 const PERIOD_US = 100_000;
 const PARENT = "procurator-faults";

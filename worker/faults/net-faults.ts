@@ -1,5 +1,5 @@
 // The NetFaultPort: partition and loss through nftables, delay and bandwidth through tc.
-import type { NetFault, NetFaultPort } from "../ports.js";
+import type { NetFault, NetFaultPort } from "../ports/index.js";
 import { type Runner, createRunner } from "../net/run.js";
 import { NftFaults } from "./nft-faults.js";
 import { TcShaper } from "./tc.js";

@@ -3,7 +3,7 @@
 import { readFile } from "node:fs/promises";
 import type { Logger } from "pino";
 import { failedPrecondition, internal, invalidArgument, notFound } from "../core/errors.js";
-import type { NetCounters, NetworkPort, VmNetwork } from "../ports.js";
+import type { NetCounters, NetworkPort, VmNetwork } from "../ports/index.js";
 import { type Answer, DEFAULT_DENY_CIDRS, DEFAULT_REFRESH, DenyList, DomainFollower, dnsResolver, parseAllowlist, isIpv4, type RefreshPolicy, type ResolveFn } from "./allowlist.js";
 import { DnsProxyProcess } from "./dns-proxy-process.js";
 import { IpLinks, TAP_PREFIX, tapName } from "./ip.js";

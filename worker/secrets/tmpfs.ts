@@ -7,7 +7,7 @@ import { join } from "node:path";
 import type { Logger } from "pino";
 import { failedPrecondition, resourceExhausted } from "../core/errors.js";
 import { SECRET_LIMITS } from "../core/secrets.js";
-import type { SecretsPort } from "../ports.js";
+import type { SecretsPort } from "../ports/index.js";
 
 const TMPFS_MAGIC = 0x01021994;
 

@@ -6,9 +6,9 @@ import { execFile } from "node:child_process";
 import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import type { RecordRepo, VmRecord } from "../core/records.js";
+import type { ConsoleStore, RecordRepo, VmRecord } from "../ports/index.js";
 
-export class FileRecordRepo implements RecordRepo {
+export class FileRecordRepo implements RecordRepo, ConsoleStore {
   readonly vmsDir: string;
   /** Console start offsets, read from disk once per VM and kept here: `read` runs often. */
   private readonly consoleStarts = new Map<string, number>();

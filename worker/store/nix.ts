@@ -7,7 +7,7 @@ import type { Logger } from "pino";
 import { invalidArgument, notFound, unavailable } from "../core/errors.js";
 import { isStorePath, storePathRoot } from "../core/spec.js";
 import { native } from "../native.js";
-import type { BootFile, StorePort } from "../ports.js";
+import type { BootFile, StorePort } from "../ports/index.js";
 
 export const STORE_DIR = "/nix/store";
 const MAX_CACHED_CLOSURES = 256;

@@ -1,6 +1,6 @@
 // Boot files travel to the VMM as inherited descriptors: the child sees the i-th one as fd 3+i,
 // and opens it again through /proc/self/fd, which reaches the very file the store checked.
-import type { VmLaunchSpec } from "../ports.js";
+import type { VmLaunchSpec } from "../ports/index.js";
 
 /** The first descriptor after stdin, stdout and stderr. */
 const FIRST_PASSED_FD = 3;

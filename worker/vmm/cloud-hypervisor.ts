@@ -8,7 +8,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import type { Logger } from "pino";
 import { WorkerError, failedPrecondition } from "../core/errors.js";
-import type { BlockCounters, GuestRunState, VmLaunchSpec, VmmBackend, VmmExit, VmmHandle, VmmProcessRecord } from "../ports.js";
+import type { BlockCounters, GuestRunState, VmLaunchSpec, VmmBackend, VmmExit, VmmHandle, VmmProcessRecord } from "../ports/index.js";
 import { ChApiClient, ChApiError, ChConnectionError, type ChVmState } from "./ch-api.js";
 import { tailEventFile, type ChEvent, type EventTail } from "./ch-events.js";
 import { handOverBootFiles } from "./boot-files.js";

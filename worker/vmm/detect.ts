@@ -8,7 +8,7 @@ import { access } from "node:fs/promises";
 import { delimiter, join } from "node:path";
 import { promisify } from "node:util";
 import { WorkerError } from "../core/errors.js";
-import type { BackendName } from "../ports.js";
+import type { BackendName } from "../ports/index.js";
 import type { AcceleratorChoice } from "./accel.js";
 
 export type BackendPreference = "auto" | BackendName;

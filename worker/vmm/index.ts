@@ -2,7 +2,7 @@
 // Adding a backend is one file next to this one plus one line in `construct`.
 import type { Logger } from "pino";
 import type { WorkerConfig } from "../config.js";
-import type { VmmBackend } from "../ports.js";
+import type { VmmBackend } from "../ports/index.js";
 import { detectAccelerator, probeKvmWithCloudHypervisor, type AcceleratorChoice } from "./accel.js";
 import { createCloudHypervisorBackend } from "./cloud-hypervisor.js";
 import { detectBackends, formatDetectionReport, requireChosenBackend, type DetectionReport } from "./detect.js";

@@ -6,7 +6,7 @@
 import { createHash } from "node:crypto";
 import type { Logger } from "pino";
 import { failedPrecondition, invalidArgument } from "../core/errors.js";
-import type { DiskErrorRule } from "../ports.js";
+import type { DiskErrorRule } from "../ports/index.js";
 
 export const DATA_FILE_NODE = "data-file";
 export const DATA_NODE = "data";

@@ -14,7 +14,7 @@ import type {
   VmmExit,
   VmmHandle,
   VmmProcessRecord,
-} from "../ports.js";
+} from "../ports/index.js";
 import { hostTscKhz, type Accelerator } from "./accel.js";
 import { handOverBootFiles, workerSidePath } from "./boot-files.js";
 import { isOurProcess, isSameLiveProcess, killStrayProcesses, processExe, signalProcess, spawnDetached, tailLines, watchNonChild } from "./process.js";

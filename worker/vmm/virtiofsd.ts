@@ -8,7 +8,7 @@ import { basename, dirname, join } from "node:path";
 import { promisify } from "node:util";
 import type { Logger } from "pino";
 import { WorkerError } from "../core/errors.js";
-import type { VmmExit } from "../ports.js";
+import type { VmmExit } from "../ports/index.js";
 import { isSameLiveProcess, signalProcess, spawnDetached, tailLines, watchNonChild } from "./process.js";
 
 export type VirtiofsdStyle = "c" | "rust";

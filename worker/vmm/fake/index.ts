@@ -19,10 +19,10 @@ import type {
   VmmExit,
   VmmHandle,
   VmmProcessRecord,
-} from "../../ports.js";
+} from "../../ports/index.js";
 
 /**
- * `BackendName` in ports.ts lists the real backends only; the fake names itself "fake" and the
+ * `BackendName` in ports/vmm.ts lists the real backends only; the fake names itself "fake" and the
  * core treats the name as opaque (records carry it, recovery compares it).
  */
 export const FAKE_BACKEND: BackendName = "fake" as unknown as BackendName;

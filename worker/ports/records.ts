@@ -1,7 +1,8 @@
-// What the core persists about each VM, and the repository it persists through.
-import type { VmStatus } from "./api.js";
-import type { ValidSpec } from "./spec.js";
-import type { BackendName, VmmProcessRecord, VmNetwork } from "../ports.js";
+// The records port: what the core persists about each VM, and the console it keeps (worker/state/).
+import type { VmStatus } from "../core/api.js";
+import type { ValidSpec } from "../core/spec.js";
+import type { BackendName, VmmProcessRecord } from "./vmm.js";
+import type { VmNetwork } from "./network.js";
 
 export interface VmRecord {
   id: string;
@@ -19,15 +20,21 @@ export interface VmRecord {
   secretNames: string[];
 }
 
+/** Each VM's record and private directory. */
 export interface RecordRepo {
   /** Per-VM private directory: sockets, console and the record itself. */
   vmDir(id: string): string;
-  consolePath(id: string): string;
   createDir(id: string): Promise<string>;
   save(record: VmRecord): Promise<void>;
-  /** Removes the record and the VM's directory. Idempotent. */
+  /** Removes the record and the VM's directory (its console with it). Idempotent. */
   remove(id: string): Promise<void>;
   loadAll(): Promise<{ records: VmRecord[]; unreadable: string[] }>;
+}
+
+/** Each VM's serial console, kept in its directory and bounded. */
+export interface ConsoleStore {
+  /** Where the VMM writes the console. */
+  consolePath(id: string): string;
   /**
    * Up to maxBytes of the console from offset, and the offset after them. Offsets are positions
    * in everything the guest ever printed: an offset before the oldest kept byte reads from there.

@@ -1,5 +1,4 @@
-// The interfaces the core needs from the outside world. The core imports only these;
-// each adapter (vmm/, net/, store/, secrets/, state/) implements one.
+// The VMM port: a backend starts, adopts and drives VMM processes (worker/vmm/<backend>/).
 
 export type BackendName = "qemu" | "cloud-hypervisor";
 
@@ -108,32 +107,6 @@ export interface DiskErrorRule {
   probabilityPercent: number;
 }
 
-/** Network faults on one VM's TAP, each one removable on its own (worker/faults/). */
-export type NetFault =
-  | { kind: "partition"; cidrs: string[] }
-  | { kind: "loss"; percent: number }
-  | { kind: "delay"; ms: number; jitterMs: number }
-  | { kind: "bandwidth"; kbitPerSecond: number };
-
-export interface NetFaultPort {
-  /** Throws FAILED_PRECONDITION with the reason when this host cannot do it (e.g. no sch_netem). */
-  apply(faultId: string, tap: string, fault: NetFault): Promise<void>;
-  /** Removes exactly what apply added. Idempotent. */
-  clear(faultId: string, tap: string, fault: NetFault): Promise<void>;
-  /** After a restart: removes every fault rule and shaping qdisc (on these TAPs) a worker left. */
-  reset(taps: string[]): Promise<string[]>;
-}
-
-/** CPU limits on a VMM process. */
-export interface CpuThrottlePort {
-  /** Throws FAILED_PRECONDITION with the reason when the host has no usable cgroup v2 cpu controller. */
-  throttle(faultId: string, pid: number, percent: number): Promise<void>;
-  /** Lifts the limit and puts the process back where it was. Idempotent. */
-  clear(faultId: string, pid: number): Promise<void>;
-  /** After a restart: lifts every limit a worker left (processes back to the root, cgroups removed). */
-  reset(): Promise<string[]>;
-}
-
 /** What a backend can serve; the core refuses anything else before a create or fault has any effect. */
 export interface BackendCapabilities {
   /** A writable data disk (spec.dataDiskBytes). */
@@ -157,65 +130,3 @@ export interface VmmBackend {
   killStrays?(roots: string[], keep: Set<number>): Promise<string[]>;
 }
 
-/** What the network adapter set up for one VM. Persisted in the VM record. */
-export interface VmNetwork {
-  tap: string;
-  mac: string;
-  ip: string;
-  prefixLength: number;
-  gateway: string;
-  dns: string;
-}
-
-export interface NetCounters {
-  rxBytes: bigint;
-  txBytes: bigint;
-  rxPackets: bigint;
-  txPackets: bigint;
-}
-
-export interface NetworkPort {
-  /** Bridge, table, NAT: idempotent, run at start. `existing` are the VMs to keep (rebuilt without duplicates). */
-  init(existing: { vmId: string; net: VmNetwork; allowedDomains: string[] }[]): Promise<void>;
-  /** Throws INVALID_ARGUMENT for a bad allowedDomains entry, before anything is made. */
-  validateAllowedDomains(allowedDomains: string[]): void;
-  /** Allocates address and MAC, creates the TAP, the chain and the set. */
-  attach(vmId: string, allowedDomains: string[]): Promise<VmNetwork>;
-  /** Removes TAP, chain, set and lease. Idempotent: missing pieces are fine. */
-  detach(vmId: string): Promise<void>;
-  /** Guest kernel parameters that tell the test guest its address. */
-  guestCmdline(net: VmNetwork): string[];
-  counters(vmId: string): Promise<{ net: NetCounters; egressDrops: bigint }>;
-  /** Removes TAPs and chains of VMs not in `known`. Returns what was removed. */
-  removeOrphans(known: Set<string>): Promise<string[]>;
-  close(): Promise<void>;
-}
-
-export interface StorePort {
-  /** Makes sure each path is in the local store: a cheap local check, then `nix copy --from` for what is missing. */
-  ensurePaths(paths: string[]): Promise<{ fetched: string[]; bytes: number; seconds: number }>;
-  /**
-   * Opens a file the VMM will read (kernel, initrd, image) after checking it: through any symlinks
-   * it must reach a regular file inside the store and inside the closure of its top-level path;
-   * the last open follows no link. INVALID_ARGUMENT (naming `field`) otherwise.
-   */
-  openBootFile(field: string, path: string): Promise<BootFile>;
-}
-
-/** A checked boot file, held open until the VMM has its own descriptor. */
-export interface BootFile {
-  fd: number;
-  /** The file itself, every symlink resolved. */
-  realPath: string;
-  /** Idempotent. */
-  close(): Promise<void>;
-}
-
-export interface SecretsPort {
-  /** Writes the secrets to a fresh tmpfs directory (0700, files 0400); returns it. */
-  write(vmId: string, secrets: { name: string; value: Uint8Array }[]): Promise<string>;
-  /** Wipes and removes the directory. Idempotent. */
-  wipe(vmId: string): Promise<void>;
-  /** Removes directories of VMs not in `known`. */
-  removeOrphans(known: Set<string>): Promise<string[]>;
-}

@@ -1,0 +1,8 @@
+// The interfaces the core needs from the outside world, one file per port. The core imports only
+// these; each adapter folder (vmm/, net/, faults/, store/, secrets/, state/) implements one.
+export type * from "./faults.js";
+export type * from "./network.js";
+export type * from "./records.js";
+export type * from "./secrets.js";
+export type * from "./store.js";
+export type * from "./vmm.js";
