@@ -9,6 +9,7 @@ import { hideBin } from "yargs/helpers";
 import { z } from "zod";
 import { DEFAULT_DENY_CIDRS } from "./net/allowlist.js";
 import { parseCidr, parseIpv4 } from "./net/ipam.js";
+import { BACKEND_NAMES, BINARY_SETTINGS, type BinaryKey } from "./vmm/registry.js";
 
 const MIB = 1024 ** 2;
 const GIB = 1024 ** 3;
@@ -58,6 +59,11 @@ const isIpv4Cidr = (text: string) => parseCidr(text.includes("/") ? text : `${te
 const isVmSubnet = (text: string) => (parseCidr(text)?.prefixLength ?? 99) <= 30;
 const positiveInt = () => z.number().int().positive();
 
+/** One key per binary a VMM backend runs (qemuBinary, cloudHypervisorBinary, virtiofsdBinary), from the registry. */
+const binaryKeys = Object.fromEntries(
+  BINARY_SETTINGS.map((setting) => [setting.configKey, text(z.string().min(1).default(setting.default), setting.help)]),
+) as { [Key in BinaryKey]: z.ZodDefault<z.ZodString> };
+
 export const configSchema = z.strictObject({
   socket: text(z.string().min(1).default("/run/procurator/worker.sock"), "Unix socket to serve on"),
   tcp: text(
@@ -70,11 +76,9 @@ export const configSchema = z.strictObject({
   tlsClientCa: text(z.string().optional(), "PEM CA that client certificates must chain to"),
   stateDir: text(z.string().min(1).default("/var/lib/procurator"), "Per-VM records, console files, leases, audit log"),
   runtimeDir: text(z.string().min(1).default("/run/procurator"), "Runtime files that must not outlive the host (the secrets tmpfs)"),
-  vmm: oneOf(["auto", "qemu", "cloud-hypervisor"], "auto", "VMM backend"),
+  vmm: oneOf(["auto", ...BACKEND_NAMES], "auto", "VMM backend"),
   accel: oneOf(["auto", "kvm", "tcg"], "auto", "QEMU acceleration; auto uses KVM only when a probe boot runs"),
-  qemuBinary: text(z.string().min(1).default("qemu-system-x86_64"), "QEMU binary (a name is looked up on PATH)"),
-  cloudHypervisorBinary: text(z.string().min(1).default("cloud-hypervisor"), "Cloud Hypervisor binary (a name is looked up on PATH)"),
-  virtiofsdBinary: text(z.string().min(1).default("/usr/lib/qemu/virtiofsd"), "virtiofsd binary (Cloud Hypervisor's secrets share)"),
+  ...binaryKeys,
   cacheUrl: text(z.string().optional(), "Binary cache to pull missing store paths from", { alias: "cache" }),
   trustedKeys: texts(z.array(z.string()).default([]), "Public key trusted for the cache (repeatable; env: space or comma separated)", {
     flag: "trusted-key",

@@ -17,7 +17,7 @@ import { startRpcServer } from "./rpc/server.js";
 import { TmpfsSecrets } from "./secrets/tmpfs.js";
 import { FileRecordRepo } from "./state/vm-records.js";
 import { NixStore } from "./store/nix.js";
-import { checkBackends, selectBackend } from "./vmm/index.js";
+import { checkBackends, selectBackend } from "./vmm/registry.js";
 
 async function run(config: WorkerConfig): Promise<void> {
   // Logs are JSON lines on stderr; stdout carries the few lines meant for a person.

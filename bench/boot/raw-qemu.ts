@@ -2,7 +2,7 @@
 // Same machine options as the QEMU backend (qemuArgv), serial on a pipe, timed to the ready marker.
 import { spawn } from "node:child_process";
 import type { Accelerator } from "../../worker/vmm/accel.js";
-import { extraCmdlineFor, qemuArgv } from "../../worker/vmm/qemu.js";
+import { extraCmdlineFor, qemuArgv } from "../../worker/vmm/qemu/backend.js";
 
 export interface RawBootOptions {
   kernel: string;

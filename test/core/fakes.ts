@@ -1,7 +1,7 @@
 // In-memory fakes of the ports WorkerService needs besides the VMM (worker/vmm/fake/ is that one),
 // each able to fail on demand, and a world that wires them into a real WorkerService.
 import assert from "node:assert/strict";
-import pino from "pino";
+import pino, { type Logger } from "pino";
 import type { VmSpecInput } from "../../worker/core/api.js";
 import { failedPrecondition, invalidArgument } from "../../worker/core/errors.js";
 import type { FaultPorts } from "../../worker/core/faults.js";
@@ -292,7 +292,7 @@ export const LIMITS: ServiceLimits = {
   consoleMaxBytes: 1024 * 1024,
 };
 
-export const TIMEOUTS: ServiceTimeouts = { bootMs: 5_000, stopGraceMs: 1_000 };
+export const TIMEOUTS: ServiceTimeouts = { bootMs: 5_000, stopGraceMs: 1_000, saveRetryMs: 1 };
 
 const NIX_HASH = "0123456789abcdfghijklmnpqrsvwxyz"; // 32 characters of nix's base32 alphabet
 
@@ -319,6 +319,15 @@ export interface WorldOptions {
   /** false: a worker with networking disabled. */
   network?: boolean;
   faultPorts?: boolean;
+  /** Where the service logs (default: silent, or PCR_TEST_LOG's level). */
+  logger?: Logger;
+}
+
+/** A logger that keeps every line, parsed, for assertions. */
+export function capturingLogger(): { logger: Logger; lines: Record<string, unknown>[] } {
+  const lines: Record<string, unknown>[] = [];
+  const logger = pino({ level: "debug" }, { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
+  return { logger, lines };
 }
 
 /** Every port a service uses, as fakes; restart() makes a second service over the same state. */
@@ -352,7 +361,7 @@ export class World {
       secrets: this.secrets,
       records: this.records,
       consoles: this.records,
-      logger: pino({ level: process.env.PCR_TEST_LOG ?? "silent" }),
+      logger: this.options.logger ?? pino({ level: process.env.PCR_TEST_LOG ?? "silent" }),
       limits: { ...LIMITS, ...this.options.limits },
       timeouts: { ...TIMEOUTS, ...this.options.timeouts },
       strayRoots: ["/fake/vms", "/fake/secrets"],

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { VM_STATUSES } from "../../worker/core/api.js";
-import { assertTransition, canTransition, isLive, TRANSITIONS } from "../../worker/core/lifecycle.js";
+import { acceptsFaults, assertTransition, canTransition, exitEndsVm, hasCounters, hearsPowerButton, HOLDINGS, holds, isLive, TRANSITIONS } from "../../worker/core/lifecycle.js";
 
 test("the happy path and failure are allowed", () => {
   for (const [from, to] of [["creating", "running"], ["running", "stopping"], ["stopping", "stopped"], ["creating", "failed"], ["running", "failed"], ["running", "paused"], ["paused", "running"]] as const) {
@@ -18,4 +18,23 @@ test("final states stay final and nothing goes back to creating", () => {
 
 test("live states are the ones with a VMM", () => {
   assert.deepEqual(VM_STATUSES.filter(isLive), ["creating", "running", "paused", "stopping"]);
+});
+
+test("what each status allows and holds, one answer per question", () => {
+  assert.deepEqual(VM_STATUSES.filter(acceptsFaults), ["running", "paused"]);
+  assert.deepEqual(VM_STATUSES.filter(hasCounters), ["running", "paused"]);
+  assert.deepEqual(VM_STATUSES.filter(hearsPowerButton), ["running"]);
+  assert.deepEqual(VM_STATUSES.filter(exitEndsVm), ["creating", "running", "paused"]);
+  const held = Object.fromEntries(VM_STATUSES.map((status) => [status, HOLDINGS.filter((what) => holds(status, what))]));
+  assert.deepEqual(held, {
+    creating: ["secrets", "network"],
+    running: ["ttl", "faults", "secrets", "network"],
+    paused: ["ttl", "faults", "secrets", "network"],
+    stopping: [],
+    stopped: [],
+    failed: [],
+  });
+  // Nothing comes from nowhere but a create.
+  assert.ok(canTransition(undefined, "creating"));
+  assert.ok(!canTransition(undefined, "running"));
 });

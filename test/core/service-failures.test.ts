@@ -130,7 +130,7 @@ const CASES: Case[] = [
     message: /^save state: injected save failure$/,
     registered: true,
     launched: true,
-    // As service.ts is today: the status is set (and emitted) before the save that fails (issue 16, item 2).
+    // A transition shows its status and emits its event before it saves; this save fails, and the rollback reports the end.
     events: ["creating", "running", "failed"],
   },
 ];
@@ -361,6 +361,31 @@ test("restart: live VMMs adopted, dead ones failed, interrupted operations finis
   assert.deepEqual(w.host.live().map((vm) => vm.spec.id), ["vm-outsider"]);
   await outsider.kill();
   w.assertEmpty();
+});
+
+test("restart: recovery replays the VMs' own transitions, with their events and saves", async () => {
+  const w = new World();
+  const alive = await w.service.createVm(specInput(), {});
+  const dies = await w.service.createVm(specInput(), { secrets: [{ name: "a", value: utf8("1") }] });
+  await leftBehind(w, "vm-creating", "creating");
+  await leftBehind(w, "vm-stopping", "stopping");
+  w.crashWorker();
+  w.host.byId(dies)!.crash({ signal: "SIGKILL" });
+  await w.startWorker();
+
+  const events = (await w.service.events(0n, 100, 0)).events.map((event) => [event.vmId, event.status, event.reason]);
+  assert.deepEqual(
+    events.sort(),
+    [
+      [dies, "failed", "the VMM exited while the worker was down"],
+      ["vm-creating", "failed", "create interrupted by a worker restart"],
+      ["vm-stopping", "stopped", "deleted"],
+    ].sort(),
+    "the new worker's events: no event for the adopted VM, one per finished transition",
+  );
+  assert.equal(w.records.record(dies)?.status, "failed", "saved as any transition is");
+  assert.equal(w.secrets.dirs.has(dies), false, "and released as any transition does");
+  assert.equal((await w.service.getVm(alive)).status, "running");
 });
 
 test("restart: a TTL that ran out while the worker was down deletes the VM once adopted", async () => {

@@ -200,6 +200,20 @@ test("creates in flight hold their reservation; it is released when they end, fa
   assert.equal((await w.service.getVm(c)).status, "running");
 });
 
+test("a create in flight counts once against the limits, registered or not", async () => {
+  const w = new World({ limits: { maxVms: 2, maxTotalCpu: 4 } });
+  w.backend.nextLaunch({ boot: "manual" });
+  const booting = w.service.createVm(specInput({ cpu: 2 }), {});
+  const vm = await w.host.nextSpawn();
+  assert.equal((await w.service.listVms())[0]?.status, "creating", "registered, and still reserved");
+  const second = await w.service.createVm(specInput({ cpu: 2 }), {});
+  await rejectsWith(w.service.createVm(specInput(), {}), "RESOURCE_EXHAUSTED", /host limit of 2 VMs reached/);
+  vm.boot();
+  await booting;
+  await w.service.deleteVm(second);
+  await rejectsWith(w.service.createVm(specInput({ cpu: 3 }), {}), "RESOURCE_EXHAUSTED", /^host vCPU limit 4 would be exceeded \(5 requested in all\)$/);
+});
+
 test("vCPU and memory sums: live VMs count, stopped and failed ones do not", async () => {
   const w = new World({ limits: { maxTotalCpu: 4, maxTotalMemoryBytes: 1024 * MIB } });
   const big = await w.service.createVm(specInput({ cpu: 2 }), {});

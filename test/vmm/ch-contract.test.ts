@@ -15,8 +15,8 @@ import {
   parseResponse,
   vmInfoResponseSchema,
   vmmPingResponseSchema,
-} from "../../worker/vmm/ch-api.js";
-import { buildVmConfig, guestRunState, vmmArgv } from "../../worker/vmm/cloud-hypervisor.js";
+} from "../../worker/vmm/cloud-hypervisor/api.js";
+import { buildVmConfig, guestRunState, vmmArgv } from "../../worker/vmm/cloud-hypervisor/backend.js";
 import { CH_OPENAPI_YAML, REFERENCE_OPENAPI_YAML, loadChOpenApi, type ChOpenApi } from "../fixtures/ch/fixtures.js";
 
 const minimalSpec: VmLaunchSpec = {

@@ -5,8 +5,8 @@ import { appendFile, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { ChEventParser, JsonObjectStream, tailEventFile, type ChEvent } from "../../worker/vmm/ch-events.js";
-import { eventRunState, readChLog } from "../../worker/vmm/cloud-hypervisor.js";
+import { ChEventParser, JsonObjectStream, tailEventFile, type ChEvent } from "../../worker/vmm/cloud-hypervisor/events.js";
+import { eventRunState, readChLog } from "../../worker/vmm/cloud-hypervisor/backend.js";
 
 const event = (source: string, name: string, properties: Record<string, unknown> | null = null, secs = 0) => ({
   timestamp: { secs, nanos: 29228206 },

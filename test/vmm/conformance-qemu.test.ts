@@ -7,7 +7,7 @@ import { after } from "node:test";
 import pino from "pino";
 import type { VmLaunchSpec, VmmBackend } from "../../worker/ports/index.js";
 import { detectAccelerator } from "../../worker/vmm/accel.js";
-import { createQemuBackend } from "../../worker/vmm/qemu.js";
+import { createQemuBackend } from "../../worker/vmm/qemu/backend.js";
 import { guestLaunchSpec, testGuest } from "../helpers/repo.js";
 import { vmmConformance } from "./conformance.js";
 

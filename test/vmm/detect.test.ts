@@ -1,6 +1,8 @@
 // Backend detection with real binaries: QEMU from Debian, the contract fake standing in for a
 // cloud-hypervisor binary (answers --version), missing names, a binary whose --version fails. The
 // KVM verdict is injected for the decision table and taken from accel.ts's real probe once.
+// Detection runs over the registry's descriptors (worker/vmm/registry.ts), plus the fake backend
+// passed explicitly.
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { chmod, mkdtemp, rm, writeFile } from "node:fs/promises";
@@ -10,6 +12,8 @@ import { afterEach, test } from "node:test";
 import { WorkerError } from "../../worker/core/errors.js";
 import { detectAccelerator, probeKvmWithCloudHypervisor, type AcceleratorChoice } from "../../worker/vmm/accel.js";
 import { detectBackends, findBinary, formatDetectionReport, requireChosenBackend, type DetectBackendsOptions } from "../../worker/vmm/detect.js";
+import { backend as fakeBackend } from "../../worker/vmm/fake/index.js";
+import { BACKENDS, selectBackend } from "../../worker/vmm/registry.js";
 import { FAKE_CH_BINARY } from "../fixtures/ch/fixtures.js";
 
 const QEMU = "qemu-system-x86_64";
@@ -17,8 +21,24 @@ const kvmWorks = async (): Promise<AcceleratorChoice> => ({ accel: "kvm", reason
 const kvmBroken = async (): Promise<AcceleratorChoice> => ({ accel: "tcg", reason: "KVM firmware probe failed (injected)" });
 const haveQemu = existsSync("/usr/bin/qemu-system-x86_64");
 
-function options(overrides: Partial<DetectBackendsOptions>): DetectBackendsOptions {
-  return { preference: "auto", chBinary: FAKE_CH_BINARY, qemuBinary: QEMU, kvmProbe: kvmWorks, ...overrides };
+/** The binaries and probes of the two registered backends, by what each stands for. */
+interface Overrides {
+  preference?: string;
+  chBinary?: string;
+  qemuBinary?: string;
+  /** The host's verdict (QEMU's probe). */
+  kvmProbe?: (binaryPath: string) => Promise<AcceleratorChoice>;
+  /** Cloud Hypervisor's own probe; without it, it relies on the host's verdict. */
+  chKvmProbe?: (chPath: string) => Promise<AcceleratorChoice>;
+}
+
+function options({ preference = "auto", chBinary = FAKE_CH_BINARY, qemuBinary = QEMU, kvmProbe = kvmWorks, chKvmProbe }: Overrides): DetectBackendsOptions {
+  return {
+    preference,
+    backends: BACKENDS,
+    binaries: { cloudHypervisorBinary: chBinary, qemuBinary },
+    kvmProbes: { kvm: kvmProbe, ...(chKvmProbe ? { chKvm: chKvmProbe } : {}) },
+  };
 }
 
 test("findBinary: path + version for real binaries; a clear reason otherwise", { skip: !haveQemu && "qemu-system-x86_64 not installed" }, async () => {
@@ -163,4 +183,14 @@ test("Cloud Hypervisor's own KVM probe fails clearly: no hypervisor, or a vCPU t
   } finally {
     await kvm.cleanup();
   }
+});
+
+test("a backend passed explicitly (the fake: no binary, in memory) is detected, reported and built like a registered one", async () => {
+  const report = await detectBackends({ preference: "fake", backends: [...BACKENDS, fakeBackend], binaries: { qemuBinary: "/nonexistent/qemu" }, kvmProbes: { kvm: kvmBroken } });
+  assert.deepEqual(report.chosen, { backend: "fake", accel: "kvm" });
+  assert.match(formatDetectionReport(report), /\* fake: in memory\n\s+runs anywhere \(in memory\); chosen: asked for with --vmm fake/);
+  const logger = (await import("pino")).pino({ level: "silent" });
+  const backend = await selectBackend({ vmm: "auto", accel: "tcg" }, logger, [fakeBackend]);
+  assert.equal(backend.name, "fake");
+  assert.equal(backend.shareKind, fakeBackend.shareKind);
 });

@@ -5,7 +5,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { bootId, isOurProcess, processExe, signalProcess, spawnDetached } from "../../worker/vmm/process.js";
+import { bootId, isOurProcess, processExe, signalProcess, spawnDetached } from "../../worker/process/proc.js";
 
 // spawnDetached unrefs its children (they must not hold the worker open): the test holds the loop.
 const keepAlive = setInterval(() => {}, 1000);

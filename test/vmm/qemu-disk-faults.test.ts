@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { WorkerError } from "../../worker/core/errors.js";
-import { blkdebugRules, MAX_BAD_BLOCKS } from "../../worker/vmm/qemu-disk-faults.js";
+import { blkdebugRules, MAX_BAD_BLOCKS } from "../../worker/vmm/qemu/disk-faults.js";
 
 const GIB = 1024 ** 3;
 const rule = (probabilityPercent: number) => ({ op: "read" as const, errno: 5, afterOps: 0, probabilityPercent });

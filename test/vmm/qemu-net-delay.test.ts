@@ -2,7 +2,7 @@
 // loses packets instead of growing the worker's memory for up to a minute.
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { HeldPackets, MAX_HELD_PACKETS, PacketReader } from "../../worker/vmm/qemu-net-delay.js";
+import { HeldPackets, MAX_HELD_PACKETS, PacketReader } from "../../worker/vmm/qemu/net-delay.js";
 
 test("the queue holds at most MAX_HELD_PACKETS and drops (and counts) the rest, in order", () => {
   const held = new HeldPackets();

@@ -9,8 +9,8 @@ import pino from "pino";
 import { WorkerError } from "../../worker/core/errors.js";
 import type { VmLaunchSpec, VmmBackend, VmmHandle, VmmProcessRecord } from "../../worker/ports/index.js";
 import { detectAccelerator } from "../../worker/vmm/accel.js";
-import { createQemuBackend, kernelFormat, qemuArgv } from "../../worker/vmm/qemu.js";
-import { isSameLiveProcess, readStartTime } from "../../worker/vmm/process.js";
+import { createQemuBackend, kernelFormat, qemuArgv } from "../../worker/vmm/qemu/backend.js";
+import { isSameLiveProcess, readStartTime } from "../../worker/process/proc.js";
 import { guestLaunchSpec, REPO_ROOT, TEST_GUEST_DIR, testGuest } from "../helpers/repo.js";
 
 const READY = "pcr-guest: ready";
@@ -178,7 +178,7 @@ describe("QEMU backend", { skip, concurrency: false }, () => {
     const spec = launchSpec(backend, "vm-d");
     // A separate Node process plays the first worker: it launches, prints the record, exits.
     const script = `
-      const { createQemuBackend } = await import(${JSON.stringify(new URL("../../worker/vmm/qemu.js", import.meta.url).href)});
+      const { createQemuBackend } = await import(${JSON.stringify(new URL("../../worker/vmm/qemu/backend.js", import.meta.url).href)});
       const { default: pino } = await import("pino");
       const backend = createQemuBackend({ accel: process.env.ACCEL, logger: pino({ level: "silent" }) });
       const handle = await backend.launch(JSON.parse(process.env.SPEC));

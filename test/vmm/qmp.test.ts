@@ -7,7 +7,7 @@ import { createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { QmpClient, QmpConnectionError, QmpError, type QmpEvent } from "../../worker/vmm/qmp.js";
+import { QmpClient, QmpConnectionError, QmpError, type QmpEvent } from "../../worker/vmm/qemu/qmp.js";
 
 const dir = mkdtempSync(join(tmpdir(), "pcr-qmp-test-"));
 after(() => rmSync(dir, { recursive: true, force: true }));

@@ -10,9 +10,9 @@ import { after, afterEach, before, test } from "node:test";
 import { pino } from "pino";
 import { WorkerError } from "../../worker/core/errors.js";
 import { detectAccelerator } from "../../worker/vmm/accel.js";
-import { isSameLiveProcess } from "../../worker/vmm/process.js";
-import { extraCmdlineFor, qemuArgv } from "../../worker/vmm/qemu.js";
-import { detectVirtiofsd, startVirtiofsd, virtiofsdArgs, type VirtiofsdHandle } from "../../worker/vmm/virtiofsd.js";
+import { isSameLiveProcess } from "../../worker/process/proc.js";
+import { extraCmdlineFor, qemuArgv } from "../../worker/vmm/qemu/backend.js";
+import { detectVirtiofsd, startVirtiofsd, virtiofsdArgs, type VirtiofsdHandle } from "../../worker/vmm/cloud-hypervisor/virtiofsd.js";
 import { testGuest } from "../helpers/repo.js";
 
 const C_VIRTIOFSD = "/usr/lib/qemu/virtiofsd";

@@ -1,4 +1,6 @@
 // What the worker offers, independent of transport. The RPC layer translates to and from this.
+import type { FaultInput } from "./fault-model.js";
+
 export type VmStatus = "creating" | "running" | "paused" | "stopping" | "stopped" | "failed";
 export const VM_STATUSES: readonly VmStatus[] = ["creating", "running", "paused", "stopping", "stopped", "failed"];
 
@@ -59,35 +61,25 @@ export interface VmView {
 
 // --- fault injection (docs/faults.md) --------------------------------------------------------
 
-export type DiskOp = "readWrite" | "read" | "write";
-export const DISK_OPS: readonly DiskOp[] = ["readWrite", "read", "write"];
+// The fault union is defined once, as the zod schema of fault-model.ts. Its names are here, without
+// zod, for the RPC codec and the CLI, whose start-up must not load zod.
+export type { FaultInput, FaultKind } from "./fault-model.js";
 
-/** One fault, as schema/worker.capnp's Fault union. */
-export type FaultKind =
-  | { kind: "partition"; cidrs: string[] }
-  | { kind: "loss"; percent: number }
-  | { kind: "delay"; ms: number; jitterMs: number }
-  | { kind: "bandwidth"; kbitPerSecond: number }
-  | { kind: "pause" }
-  | { kind: "resume" }
-  | { kind: "killVmm" }
-  | { kind: "powerOff" }
-  | { kind: "reboot" }
-  | { kind: "diskErrors"; op: DiskOp; errno: number; afterOps: number; probabilityPercent: number }
-  | { kind: "cpuThrottle"; percent: number };
+export const DISK_OPS = ["readWrite", "read", "write"] as const;
+export type DiskOp = (typeof DISK_OPS)[number];
 
-export type FaultInput = FaultKind & {
-  /** Clears itself after this long; 0 or absent: until cleared. */
-  durationMs?: number;
-};
-
+/**
+ * Every fault kind, in the order of schema/worker.capnp's Fault union: a kind's index is its union
+ * tag. fault-model.ts does not compile unless its schema has exactly these kinds.
+ */
 export const FAULT_KINDS = [
   "partition", "loss", "delay", "bandwidth", "pause", "resume", "killVmm", "powerOff", "reboot", "diskErrors", "cpuThrottle",
-] as const satisfies readonly FaultKind["kind"][];
+] as const;
+export type FaultName = (typeof FAULT_KINDS)[number];
 
 export interface ActiveFault {
   id: string;
-  kind: FaultKind["kind"];
+  kind: FaultName;
   description: string;
   injectedAtMs: bigint;
   /** 0: until cleared. */

@@ -1,86 +1,28 @@
-// Fault injection over the ports: validates a fault, applies it to one VM, remembers how to undo it,
-// and undoes it on clear, on expiry (durationMs) or when the VM goes away. docs/faults.md.
+// Fault injection over the ports, the use case: validates a fault (fault-model.ts), applies it to one
+// VM, remembers how to undo it, and undoes it on clear, on expiry (durationMs) or when the VM goes
+// away. The host adapters are in worker/faults/. docs/faults.md.
 import { randomBytes } from "node:crypto";
 import type { Logger } from "pino";
-import { z } from "zod";
 import type { ActiveFault, FaultInput, FaultKind, VmStatus } from "./api.js";
-import { DISK_OPS } from "./api.js";
-import { asWorkerError, failedPrecondition, invalidArgument, notFound } from "./errors.js";
-import type { BackendName, CpuThrottlePort, NetFault, NetFaultPort, VmmHandle } from "../ports/index.js";
+import { asWorkerError, failedPrecondition, notFound } from "./errors.js";
+import { describeFault, isInstant, validateFault } from "./fault-model.js";
+import { acceptsFaults } from "./lifecycle.js";
+import type { BackendName, CpuThrottlePort, NetFaultPort, VmmHandle } from "../ports/index.js";
 
 export interface FaultPorts {
   net?: NetFaultPort;
   cpu?: CpuThrottlePort;
 }
 
-/** What the controller may see and do of one VM; the service builds it. */
+/** What the controller may see and do of one VM; the VM (vm.ts) builds it. */
 export interface FaultTarget {
   id: string;
   status: VmStatus;
   backend: BackendName;
   handle?: VmmHandle;
   tap?: string;
-  /** Pauses or resumes the guest and moves the VM through the lifecycle. */
+  /** Pauses or resumes the guest and moves the VM through the lifecycle (its transition). */
   setPaused(paused: boolean): Promise<void>;
-}
-
-const cidr = z.string().regex(/^(\d{1,3})(\.\d{1,3}){3}(\/(\d|[12]\d|3[0-2]))?$/, "must be an IPv4 address or CIDR");
-const percent = z.number().min(0).max(100);
-const DAY_MS = 24 * 3600 * 1000;
-
-/** The faults the worker accepts; everything past this trusts the values. */
-const faultSchema = z
-  .discriminatedUnion("kind", [
-    z.object({ kind: z.literal("partition"), cidrs: z.array(cidr).max(256) }),
-    z.object({ kind: z.literal("loss"), percent: percent.refine((p) => p > 0, "must be above 0") }),
-    z.object({ kind: z.literal("delay"), ms: z.number().int().min(1).max(60_000), jitterMs: z.number().int().min(0).max(60_000) }),
-    z.object({ kind: z.literal("bandwidth"), kbitPerSecond: z.number().int().min(8).max(100_000_000) }),
-    z.object({ kind: z.literal("pause") }),
-    z.object({ kind: z.literal("resume") }),
-    z.object({ kind: z.literal("killVmm") }),
-    z.object({ kind: z.literal("powerOff") }),
-    z.object({ kind: z.literal("reboot") }),
-    z.object({
-      kind: z.literal("diskErrors"),
-      op: z.enum(DISK_OPS as [string, ...string[]]),
-      errno: z.number().int().min(0).max(4095),
-      afterOps: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
-      probabilityPercent: percent,
-    }),
-    z.object({ kind: z.literal("cpuThrottle"), percent: z.number().int().min(1).max(100_000) }),
-  ])
-  .and(z.object({ durationMs: z.number().int().min(0).max(DAY_MS).optional() }));
-
-export function validateFault(input: FaultInput): FaultInput {
-  const parsed = faultSchema.safeParse(input);
-  if (!parsed.success) {
-    throw invalidArgument(`bad ${input.kind ?? "fault"}: ${parsed.error.issues.map((i) => `${i.path.join(".") || "fault"}: ${i.message}`).join("; ")}`);
-  }
-  return parsed.data as FaultInput;
-}
-
-const INSTANT = new Set<FaultKind["kind"]>(["resume", "killVmm", "powerOff", "reboot"]);
-
-export function describeFault(fault: FaultKind): string {
-  switch (fault.kind) {
-    case "partition":
-      return fault.cidrs.length ? `partition from ${fault.cidrs.join(", ")}` : "partition from everything";
-    case "loss":
-      return `loss ${fault.percent}% each way`;
-    case "delay":
-      return `delay ${fault.ms} ms${fault.jitterMs ? ` ± ${fault.jitterMs} ms` : ""} towards the guest`;
-    case "bandwidth":
-      return `bandwidth ${fault.kbitPerSecond} kbit/s towards the guest`;
-    case "diskErrors": {
-      const after = fault.afterOps ? ` after ${fault.afterOps} more ops` : "";
-      const odds = fault.probabilityPercent > 0 && fault.probabilityPercent < 100 ? ` on ${fault.probabilityPercent}% of 4 KiB blocks` : "";
-      return `disk errors (errno ${fault.errno || 5}) on ${fault.op === "readWrite" ? "reads and writes" : `${fault.op}s`}${after}${odds}`;
-    }
-    case "cpuThrottle":
-      return `cpu throttled to ${fault.percent}% of one CPU`;
-    default:
-      return fault.kind;
-  }
 }
 
 interface Entry {
@@ -89,6 +31,11 @@ interface Entry {
   timer?: NodeJS.Timeout;
   /** Undoes the fault; the VMM may be gone already. */
   undo(target: FaultTarget): Promise<void>;
+  /**
+   * Its undo has begun: no longer listed. (A pause's undo moves the VM back to running, and who sees
+   * the VM running must not see the pause still listed.)
+   */
+  clearing?: boolean;
 }
 
 export class FaultController {
@@ -124,12 +71,12 @@ export class FaultController {
   }
 
   list(vmId: string): ActiveFault[] {
-    return [...(this.byVm.get(vmId)?.values() ?? [])].map((entry) => ({ ...entry.view }));
+    return [...(this.byVm.get(vmId)?.values() ?? [])].filter((entry) => !entry.clearing).map((entry) => ({ ...entry.view }));
   }
 
   async inject(target: FaultTarget, input: FaultInput): Promise<string> {
     const fault = validateFault(input);
-    if (target.status !== "running" && target.status !== "paused") {
+    if (!acceptsFaults(target.status)) {
       throw failedPrecondition(`vm ${target.id} is ${target.status}; faults need a running or paused VM`);
     }
     const handle = target.handle;
@@ -138,7 +85,7 @@ export class FaultController {
     const log = this.log.child({ vmId: target.id, faultId, fault: fault.kind });
 
     const undo = await this.apply(target, handle, faultId, fault);
-    if (INSTANT.has(fault.kind)) {
+    if (isInstant(fault.kind)) {
       log.info({ description: describeFault(fault) }, "instant fault injected");
       return faultId;
     }
@@ -169,7 +116,13 @@ export class FaultController {
   async clear(target: FaultTarget, faultId: string): Promise<void> {
     const entry = this.byVm.get(target.id)?.get(faultId);
     if (!entry) throw notFound(`vm ${target.id} has no active fault ${JSON.stringify(faultId)}`);
-    await entry.undo(target);
+    entry.clearing = true;
+    try {
+      await entry.undo(target);
+    } catch (err) {
+      entry.clearing = false; // still there: listed, and a later clear may try again
+      throw err;
+    }
     this.forget(target.id, faultId);
     this.log.info({ vmId: target.id, faultId, fault: entry.fault.kind }, "fault cleared");
   }
@@ -202,16 +155,15 @@ export class FaultController {
         const net = this.ports.net;
         const tap = target.tap;
         if (!net || !tap) throw failedPrecondition(`${fault.kind} needs the VM's network, and vm ${target.id} has none (networking disabled?)`);
-        const netFault = fault as NetFault;
         try {
-          await net.apply(faultId, tap, netFault);
+          await net.apply(faultId, tap, fault);
         } catch (err) {
           // No sch_netem on this host: the VMM can hold packets itself (QEMU's filter-redirector).
           if (fault.kind !== "delay" || asWorkerError(err).code !== "FAILED_PRECONDITION" || !handle.delayNetwork || !handle.clearNetworkDelay) throw err;
           await handle.delayNetwork(faultId, { ms: fault.ms, jitterMs: fault.jitterMs });
           return () => handle.clearNetworkDelay!(faultId);
         }
-        return () => net.clear(faultId, tap, netFault);
+        return () => net.clear(faultId, tap, fault);
       }
       case "pause":
         if (target.status === "paused") throw failedPrecondition(`vm ${target.id} is already paused`);

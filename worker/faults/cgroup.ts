@@ -127,9 +127,9 @@ export function createCgroupCpuThrottle(options: CgroupCpuThrottleOptions = {}):
         const dir = join(parent, faultId);
         const pids = (await readFile(join(dir, "cgroup.procs"), "utf8").catch(() => "")).split("\n").filter(Boolean);
         // The origin died with the worker that knew it: back to the root, which every host allows.
-        for (const pid of pids) await writeFile(join(found.root, "cgroup.procs"), pid).catch(() => undefined);
-        await rmdir(dir).catch(() => undefined);
-        removed.push(`cgroup:${faultId}`);
+        for (const pid of pids) await writeFile(join(found.root, "cgroup.procs"), pid).catch(() => undefined); // gone already: fine
+        const failure = await removeCgroup(dir);
+        removed.push(failure ? `cgroup:${faultId} (not removed: ${failure})` : `cgroup:${faultId}`);
       }
       return removed;
     },
@@ -139,7 +139,19 @@ export function createCgroupCpuThrottle(options: CgroupCpuThrottleOptions = {}):
       const { root } = await hierarchy().catch(() => ({ root: undefined }));
       if (!root) return;
       if (origin) await writeFile(join(origin, "cgroup.procs"), String(pid)).catch(() => undefined); // gone already: fine
-      await rmdir(join(root, PARENT, faultId)).catch(() => undefined);
+      const failure = await removeCgroup(join(root, PARENT, faultId));
+      if (failure) throw failedPrecondition(`cannot remove the cpuThrottle cgroup of fault ${faultId}: ${failure}`);
     },
   };
+}
+
+/** Removes a cgroup directory; undefined when it is gone (or never was), else why not. */
+async function removeCgroup(dir: string): Promise<string | undefined> {
+  try {
+    await rmdir(dir);
+    return undefined;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    return code === "ENOENT" ? undefined : `${code ?? "error"}: ${(err as Error).message}`;
+  }
 }

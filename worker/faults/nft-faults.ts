@@ -2,6 +2,7 @@
 // (ingress: frames from the guest, egress: frames to it), in a table of their own so the worker's
 // networking tables never change. Clearing deletes exactly those chains (and the table once empty).
 import { type Command, Nft, type Statement, drop, field, prefix } from "../net/nft.js";
+import type { NftFault } from "../core/fault-model.js";
 import type { Runner } from "../net/run.js";
 
 export const FAULT_TABLE = "procurator_faults";
@@ -13,8 +14,6 @@ const chainNames = (faultId: string) => {
   const base = faultId.replace(/[^A-Za-z0-9_]/g, "_");
   return { from: `${base}_from_vm`, to: `${base}_to_vm` };
 };
-
-export type NftFault = { kind: "partition"; cidrs: string[] } | { kind: "loss"; percent: number };
 
 /** Statements of the rules per direction; `towardsVm` picks which address is the far end. */
 function rules(fault: NftFault, towardsVm: boolean): Statement[][] {

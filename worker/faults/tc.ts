@@ -2,9 +2,8 @@
 // so it shapes traffic towards the guest. Clearing deletes the root qdisc, which gives the device its
 // default back. One shaping fault per TAP at a time (a device has one root qdisc).
 import { failedPrecondition, internal } from "../core/errors.js";
+import type { TcFault } from "../core/fault-model.js";
 import type { Runner } from "../net/run.js";
-
-export type TcFault = { kind: "delay"; ms: number; jitterMs: number } | { kind: "bandwidth"; kbitPerSecond: number };
 
 export function tcArgs(tap: string, fault: TcFault): string[] {
   if (fault.kind === "delay") {

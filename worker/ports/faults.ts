@@ -1,12 +1,10 @@
-// Fault ports: network faults on a TAP and CPU limits on a process (worker/faults/).
+// Fault ports: network faults on a TAP and CPU limits on a process (worker/faults/). The faults
+// themselves are parts of the one union in core/fault-model.ts.
+import type { NetFault } from "../core/fault-model.js";
 
-/** Network faults on one VM's TAP, each one removable on its own (worker/faults/). */
-export type NetFault =
-  | { kind: "partition"; cidrs: string[] }
-  | { kind: "loss"; percent: number }
-  | { kind: "delay"; ms: number; jitterMs: number }
-  | { kind: "bandwidth"; kbitPerSecond: number };
+export type { NetFault };
 
+/** Network faults on one VM's TAP, each one removable on its own. */
 export interface NetFaultPort {
   /** Throws FAILED_PRECONDITION with the reason when this host cannot do it (e.g. no sch_netem). */
   apply(faultId: string, tap: string, fault: NetFault): Promise<void>;

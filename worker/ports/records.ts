@@ -9,7 +9,9 @@ export interface VmRecord {
   spec: ValidSpec;
   specHash: string;
   backend: BackendName;
+  /** Written only by the VM's transition (core/vm.ts), which saves the record with it. */
   status: VmStatus;
+  /** Why the VM failed (set with the failed status). */
   failure: string;
   createdAtMs: number;
   runningSinceMs?: number;

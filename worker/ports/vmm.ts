@@ -1,6 +1,11 @@
-// The VMM port: a backend starts, adopts and drives VMM processes (worker/vmm/<backend>/).
+// The VMM port: a backend starts, adopts and drives VMM processes. Each backend is a directory
+// worker/vmm/<backend>/ whose descriptor worker/vmm/registry.ts lists; the core sees only this port.
 
-export type BackendName = "qemu" | "cloud-hypervisor";
+/**
+ * A backend's name ("qemu", "cloud-hypervisor", "fake" in tests). The registry owns the list, so the
+ * port does not: the core only carries the name in records and compares it on recovery.
+ */
+export type BackendName = string;
 
 /** How a VMM process ended. */
 export interface VmmExit {
@@ -75,6 +80,7 @@ export interface VmmHandle {
   readonly exited: Promise<VmmExit>;
   /** Resolves when the VMM reports the guest running; rejects if it exits first or times out. */
   waitRunning(timeoutMs: number): Promise<void>;
+  /** The guest's state as the VMM reports it now (what the conformance suite checks transitions with). */
   runState(): Promise<GuestRunState>;
   blockCounters(): Promise<BlockCounters>;
   pause(): Promise<void>;
@@ -98,14 +104,7 @@ export interface VmmHandle {
   resetFaults?(): Promise<string[]>;
 }
 
-export interface DiskErrorRule {
-  op: "readWrite" | "read" | "write";
-  errno: number;
-  /** Failing starts after this many more operations of that kind (0: at once). */
-  afterOps: number;
-  /** 0 or 100: every request; else each 4 KiB block fails with this probability (a seeded bad-block map). */
-  probabilityPercent: number;
-}
+export type DiskErrorRule = import("../core/fault-model.js").DiskErrorRule;
 
 /** What a backend can serve; the core refuses anything else before a create or fault has any effect. */
 export interface BackendCapabilities {

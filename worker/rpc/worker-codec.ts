@@ -6,6 +6,7 @@ import {
   DISK_OPS,
   FAULT_KINDS,
   type FaultInput,
+  type FaultName,
   type IoCounters,
   type SecretInput,
   type VmEvent,
@@ -264,7 +265,8 @@ const readF64 = (s: StructReader, byteOffset: number): number => {
   return f64[0]!;
 };
 
-const FAULT_TAGS = new Map<string, number>(FAULT_KINDS.map((kind, tag) => [kind, tag]));
+// The union tags of schema/worker.capnp's Fault, in the order FAULT_KINDS lists the one fault model's kinds.
+const FAULT_TAGS = new Map<FaultName, number>(FAULT_KINDS.map((kind, tag) => [kind, tag]));
 
 /** Writes a Fault struct and points `at` to it. */
 export function writeFault(b: MessageBuilder, at: number, fault: FaultInput): void {

@@ -20,12 +20,10 @@ import type {
   VmmHandle,
   VmmProcessRecord,
 } from "../../ports/index.js";
+import type { BackendModule } from "../module.js";
 
-/**
- * `BackendName` in ports/vmm.ts lists the real backends only; the fake names itself "fake" and the
- * core treats the name as opaque (records carry it, recovery compares it).
- */
-export const FAKE_BACKEND: BackendName = "fake" as unknown as BackendName;
+/** Not in registry.ts's list: tests and benches pass `backend` (below) or build a FakeBackend. */
+export const FAKE_BACKEND: BackendName = "fake";
 
 /** What the next launch does; every field optional. */
 export interface LaunchBehaviour {
@@ -415,8 +413,8 @@ export class FakeBackend implements VmmBackend {
 
   constructor(private readonly options: FakeBackendOptions = {}) {
     this.name = options.name ?? FAKE_BACKEND;
-    this.shareKind = options.shareKind ?? "9p";
-    this.capabilities = { dataDisk: true, ...options.capabilities };
+    this.shareKind = options.shareKind ?? backend.shareKind;
+    this.capabilities = { ...backend.capabilities, ...options.capabilities };
     this.host = options.host ?? new FakeVmmHost();
   }
 
@@ -485,3 +483,15 @@ export class FakeBackend implements VmmBackend {
 export function createFakeBackend(options: FakeBackendOptions = {}): FakeBackend {
   return new FakeBackend(options);
 }
+
+/** The fake's descriptor (module.ts): no binary, always usable, never preferred over a real VMM. */
+export const backend = {
+  name: FAKE_BACKEND,
+  binaries: [],
+  install: "nothing (in memory; for tests and benches)",
+  preference: 0,
+  capabilities: { dataDisk: true },
+  shareKind: "9p",
+  detect: () => ({ usable: true, accel: "kvm", why: "runs anywhere (in memory)" }),
+  create: async () => createFakeBackend(),
+} satisfies BackendModule;

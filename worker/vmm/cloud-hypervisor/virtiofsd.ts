@@ -1,15 +1,17 @@
 // One virtiofsd per VM, serving the VM's share over a vhost-user socket. Two implementations exist
 // with different flags: QEMU's C virtiofsd (/usr/lib/qemu/virtiofsd, Debian 12) and the Rust
-// virtiofsd (production). The flavour is read from `--help` once per binary.
+// virtiofsd (production). The flavour is read from `--help` once per binary. Its process is
+// supervised like the VMM's (worker/process/supervisor.ts).
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
 import { rm, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { promisify } from "node:util";
 import type { Logger } from "pino";
-import { WorkerError } from "../core/errors.js";
-import type { VmmExit } from "../ports/index.js";
-import { isSameLiveProcess, signalProcess, spawnDetached, tailLines, watchNonChild } from "./process.js";
+import { WorkerError } from "../../core/errors.js";
+import type { VmmExit } from "../../ports/index.js";
+import { tailLines } from "../../process/proc.js";
+import { adoptSupervised, describeExit, once, spawnSupervised, type ProcessEnd, type Supervised } from "../../process/supervisor.js";
 
 export type VirtiofsdStyle = "c" | "rust";
 
@@ -94,16 +96,9 @@ export async function startVirtiofsd(options: VirtiofsdOptions): Promise<Virtiof
   }
   await rm(socketPath, { force: true });
   const argv = virtiofsdArgs(flavour.style, socketPath, sharedDir, readOnly);
-  let spawned;
-  try {
-    spawned = await spawnDetached(binary, argv, logPath);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === "ENOENT") throw new WorkerError("FAILED_PRECONDITION", `virtiofsd binary not found: ${binary}`, { cause: err });
-    throw new WorkerError("INTERNAL", `cannot start virtiofsd ${binary}: ${(err as Error).message}`, { cause: err });
-  }
-  logger.debug({ pid: spawned.pid, style: flavour.style, argv }, "virtiofsd started");
-  const handle = makeHandle(spawned.pid, spawned.startTime, socketPath, spawned.exit.then(({ code, signal }) => describeExit(code, signal, logPath)));
+  const daemon = await spawnSupervised(binary, argv, { logPath, install: "install qemu-system-common or the virtiofsd release" });
+  logger.debug({ pid: daemon.pid, style: flavour.style, argv }, "virtiofsd started");
+  const handle = makeHandle(daemon, socketPath, logPath);
   const exited = handle.exited;
 
   // Ready when the vhost-user socket exists; fail early if the process dies first.
@@ -123,36 +118,34 @@ export async function startVirtiofsd(options: VirtiofsdOptions): Promise<Virtiof
 
 /** A virtiofsd that survived a worker restart; undefined when gone or the pid was reused. */
 export async function adoptVirtiofsd(pid: number, startTime: string, socketPath: string): Promise<VirtiofsdHandle | undefined> {
-  if (!(await isSameLiveProcess(pid, startTime))) return undefined;
-  const watch = watchNonChild(pid, startTime);
-  return makeHandle(pid, startTime, socketPath, watch.exited.then(() => ({ code: null, signal: null, description: "virtiofsd exited (adopted: no exit status)" })), watch.hurry);
+  const daemon = await adoptSupervised({ pid, startTime });
+  return daemon && makeHandle(daemon, socketPath);
 }
 
-function makeHandle(pid: number, startTime: string, socketPath: string, processExit: Promise<VmmExit>, hurry: () => void = () => {}): VirtiofsdHandle {
-  let done = false;
-  const exited = processExit.then(async (exit) => {
-    done = true;
+function makeHandle(daemon: Supervised, socketPath: string, logPath?: string): VirtiofsdHandle {
+  const exited = daemon.ended.then(async (end) => {
     await rm(socketPath, { force: true });
-    return exit;
+    return describeVirtiofsdExit(end, logPath);
   });
   return {
-    pid,
-    startTime,
+    pid: daemon.pid,
+    startTime: daemon.startTime,
     socketPath,
     exited,
-    async kill() {
-      // The start time check keeps us from killing a stranger that got the pid.
-      if (!done && (await isSameLiveProcess(pid, startTime))) signalProcess(pid, "SIGKILL");
-      hurry();
+    kill: once(async () => {
+      await daemon.kill();
       return exited;
-    },
+    }),
   };
 }
 
-async function describeExit(code: number | null, signal: NodeJS.Signals | null, logPath: string): Promise<VmmExit> {
+/** `logPath` is known for a virtiofsd this worker started; an adopted one has no exit status either. */
+async function describeVirtiofsdExit(end: ProcessEnd, logPath: string | undefined): Promise<VmmExit> {
+  const { code, signal } = end;
   if (signal) return { code, signal, description: `virtiofsd killed by ${signal}` };
-  const last = (await tailLines(logPath, 1))[0];
-  return { code, signal, description: `virtiofsd exited with code ${code}${last ? `: ${last}` : ""}` };
+  if (!end.known) return { code, signal, description: "virtiofsd exited (adopted: no exit status)" };
+  const last = logPath ? (await tailLines(logPath, 1))[0] : undefined;
+  return { code, signal, description: `virtiofsd ${describeExit(end, last)}` };
 }
 
 async function isSocket(path: string): Promise<boolean> {

@@ -5,8 +5,8 @@
 // flush (HMP qemu-io) right after inserting; the guest's own flushes merely re-arm the same rules.
 import { createHash } from "node:crypto";
 import type { Logger } from "pino";
-import { failedPrecondition, invalidArgument } from "../core/errors.js";
-import type { DiskErrorRule } from "../ports/index.js";
+import { failedPrecondition, invalidArgument } from "../../core/errors.js";
+import type { DiskErrorRule } from "../../ports/index.js";
 
 export const DATA_FILE_NODE = "data-file";
 export const DATA_NODE = "data";
@@ -136,7 +136,9 @@ export class DiskFaults {
     try {
       await this.execute("blockdev-reopen", { options: [{ driver: "raw", "node-name": DATA_NODE, file: active.node }] });
     } catch (err) {
-      await this.execute("blockdev-del", { "node-name": active.node }).catch(() => undefined);
+      await this.execute("blockdev-del", { "node-name": active.node }).catch((cleanup: Error) =>
+        this.log.warn({ faultId: active.faultId, node: active.node, err: cleanup.message }, "cannot delete the blkdebug node of a failed insert"),
+      );
       throw err;
     }
     active.inserted = true;

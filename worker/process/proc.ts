@@ -1,9 +1,8 @@
-// Process helpers shared by the VMM backends: detached spawn, identity by /proc start time,
-// exit watching for children and for adopted (non-child) processes, kill with wait.
+// What /proc tells about a process, and the raw detached spawn: the ground the supervisor
+// (supervisor.ts) stands on. Identity is pid + start time (+ boot id, + executable), never a pid alone.
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, openSync, readFileSync } from "node:fs";
 import { open, readdir, readFile, readlink } from "node:fs/promises";
-import { constants as osConstants } from "node:os";
 
 /** Fields of /proc/<pid>/stat after the command name: state (field 3) and start time (field 22). */
 export async function readProcStat(pid: number): Promise<{ state: string; startTime: string } | undefined> {
@@ -132,7 +131,7 @@ export async function spawnDetached(binary: string, argv: string[], logPath: str
   const logFd = openSync(logPath, "a", 0o600);
   let child: ChildProcess;
   try {
-    // passFds become the child's fds 3, 4, ... (see boot-files.ts).
+    // passFds become the child's fds 3, 4, ... (see worker/vmm/boot-files.ts).
     child = spawn(binary, argv, { detached: true, stdio: ["ignore", logFd, logFd, ...passFds] });
   } finally {
     closeSync(logFd);
@@ -152,12 +151,6 @@ export async function spawnDetached(binary: string, argv: string[], logPath: str
   // The pid exists from fork on; only a process already reaped has no stat, then any value will do.
   const startTime = (await readStartTime(pid)) ?? "0";
   return { child, pid, startTime, bootId: bootId(), exit };
-}
-
-/** Name of a signal number, e.g. 9 -> "SIGKILL". */
-export function signalName(signal: number): string {
-  const entry = Object.entries(osConstants.signals).find(([, value]) => value === signal);
-  return entry ? entry[0] : `signal ${signal}`;
 }
 
 /** The last non-empty lines of a text file (reads at most the last 16 KiB). */

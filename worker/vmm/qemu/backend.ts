@@ -1,10 +1,10 @@
 // The QEMU backend: one detached qemu-system-x86_64 per VM (microvm machine), driven over QMP.
-import { constants } from "node:fs";
-import { access, open, unlink } from "node:fs/promises";
-import { delimiter, dirname, join } from "node:path";
+// Its process is spawned, adopted, watched and killed by the shared supervisor (worker/process/).
+import { open, unlink } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
 import type { Logger } from "pino";
-import { WorkerError, failedPrecondition, internal, resourceExhausted, unavailable } from "../core/errors.js";
-import { native } from "../native.js";
+import { WorkerError, failedPrecondition, internal, resourceExhausted, unavailable } from "../../core/errors.js";
+import { native } from "../../native.js";
 import type {
   BlockCounters,
   DiskErrorRule,
@@ -14,13 +14,15 @@ import type {
   VmmExit,
   VmmHandle,
   VmmProcessRecord,
-} from "../ports/index.js";
-import { hostTscKhz, type Accelerator } from "./accel.js";
-import { handOverBootFiles, workerSidePath } from "./boot-files.js";
-import { isOurProcess, isSameLiveProcess, killStrayProcesses, processExe, signalProcess, spawnDetached, tailLines, watchNonChild } from "./process.js";
+} from "../../ports/index.js";
+import { isOurProcess, killStrayProcesses, processExe, tailLines } from "../../process/proc.js";
+import { adoptSupervised, describeExit, findExecutable, keepAlive, spawnSupervised, type ProcessEnd, type Supervised } from "../../process/supervisor.js";
+import { hostTscKhz, type Accelerator } from "../accel.js";
+import { handOverBootFiles, workerSidePath } from "../boot-files.js";
+import { DATA_DEVICE, DATA_FILE_NODE, DATA_NODE, DiskFaults } from "./disk-faults.js";
+import { backend as qemu } from "./index.js";
+import { NETDEV_ID, QemuNetDelay } from "./net-delay.js";
 import { QmpClient, QmpConnectionError } from "./qmp.js";
-import { DATA_DEVICE, DATA_FILE_NODE, DATA_NODE, DiskFaults } from "./qemu-disk-faults.js";
-import { NETDEV_ID, QemuNetDelay } from "./qemu-net-delay.js";
 
 export interface QemuBackendOptions {
   /** Name on PATH or absolute path. */
@@ -126,22 +128,6 @@ export function extraCmdlineFor(accel: Accelerator, tscKhz = hostTscKhz()): stri
   return accel === "tcg" && tscKhz ? [`tsc_early_khz=${tscKhz}`] : [];
 }
 
-/** Absolute path of the binary, or undefined when it is nowhere on PATH. */
-async function resolveBinary(binary: string): Promise<string | undefined> {
-  const candidates = binary.includes("/")
-    ? [binary]
-    : (process.env.PATH ?? "/usr/local/bin:/usr/bin:/bin").split(delimiter).filter(Boolean).map((dir) => join(dir, binary));
-  for (const candidate of candidates) {
-    try {
-      await access(candidate, constants.X_OK);
-      return candidate;
-    } catch {
-      // next
-    }
-  }
-  return undefined;
-}
-
 export function createQemuBackend(options: QemuBackendOptions): VmmBackend {
   const qemuBinary = options.qemuBinary ?? "qemu-system-x86_64";
   const log = options.logger.child({ backend: "qemu" });
@@ -149,20 +135,20 @@ export function createQemuBackend(options: QemuBackendOptions): VmmBackend {
   let resolved: Promise<string | undefined> | undefined;
 
   return {
-    name: "qemu",
-    shareKind: "9p",
-    capabilities: { dataDisk: true },
+    name: qemu.name,
+    shareKind: qemu.shareKind,
+    capabilities: { ...qemu.capabilities },
 
     extraCmdline() {
       return extraCmdlineFor(options.accel, tscKhz);
     },
 
     async launch(spec) {
-      resolved ??= resolveBinary(qemuBinary);
+      resolved ??= findExecutable(qemuBinary);
       const binary = await resolved;
       if (!binary) {
         resolved = undefined; // installed later? look again next time
-        throw failedPrecondition(`${qemuBinary} not found; install qemu-system-x86`);
+        throw failedPrecondition(`${qemuBinary} not found; ${INSTALL_HINT}`);
       }
       const format = await kernelFormat(workerSidePath(spec.bootFds?.kernel, spec.kernel));
       if (format === "unknown") throw failedPrecondition(`kernel ${spec.kernel} is neither an ELF vmlinux nor a bzImage`);
@@ -170,59 +156,49 @@ export function createQemuBackend(options: QemuBackendOptions): VmmBackend {
       if (Buffer.byteLength(qmpSocket) > MAX_UNIX_SOCKET_PATH) {
         throw failedPrecondition(`control socket path ${qmpSocket} exceeds ${MAX_UNIX_SOCKET_PATH} bytes; use a shorter state directory`);
       }
-      await unlink(qmpSocket).catch(() => undefined);
-      if (spec.dataDisk) await createDataDisk(spec.dataDisk.path, spec.dataDisk.bytes, log);
+      const vmLog = log.child({ vmId: spec.id });
+      await unlink(qmpSocket).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== "ENOENT") vmLog.warn({ err: err.message }, "cannot remove a stale QMP socket; QEMU may fail to listen");
+      });
+      if (spec.dataDisk) await createDataDisk(spec.dataDisk.path, spec.dataDisk.bytes, vmLog);
       const passed = handOverBootFiles(spec);
       const argv = qemuArgv(passed.spec, { accel: options.accel, qmpSocket, cpuModel: options.cpuModel });
       const logPath = join(spec.vmDir, VMM_LOG);
-      const vmLog = log.child({ vmId: spec.id });
       const spawnedAt = performance.now();
-      let spawned;
-      try {
-        spawned = await spawnDetached(binary, argv, logPath, passed.fds);
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code;
-        if (code === "ENOENT") throw failedPrecondition(`${qemuBinary} not found; install qemu-system-x86`);
-        throw internal(`cannot start ${qemuBinary}: ${(err as Error).message}`, err);
-      }
+      const vmm = await spawnSupervised(binary, argv, { logPath, passFds: passed.fds, install: INSTALL_HINT });
       const record: VmmProcessRecord = {
-        backend: "qemu",
-        pid: spawned.pid,
-        startTime: spawned.startTime,
-        bootId: spawned.bootId,
+        backend: qemu.name,
+        pid: vmm.pid,
+        startTime: vmm.startTime,
+        bootId: vmm.bootId,
         controlSocket: qmpSocket,
         helpers: [],
       };
-      const qmp = await connectWhileAlive(qmpSocket, spawned.exit, options.qmpConnectTimeoutMs ?? 10000).catch(async (err) => {
-        signalProcess(spawned.pid, "SIGKILL");
-        const { code, signal } = await spawned.exit;
-        const exit = await describeExit(code, signal, logPath);
+      const qmp = await connectWhileAlive(qmpSocket, vmm.ended, options.qmpConnectTimeoutMs ?? 10000).catch(async (err) => {
+        const exit = await describeQemuExit(await vmm.kill(), logPath);
         if (err instanceof ExitedFirst) throw failedPrecondition(`QEMU exited at start: ${exit.description}`);
         throw internal(`QEMU control socket did not answer: ${(err as Error).message}`, err);
       });
-      record.exe = (await processExe(spawned.pid)) || undefined; // QEMU itself answers now
-      const qmpReadyMs = performance.now() - spawnedAt;
-      vmLog.debug({ pid: spawned.pid, qmpReadyMs: Math.round(qmpReadyMs), format }, "qemu started");
-      const handle = new QemuHandle(record, qmp, logPath, vmLog, { exit: spawned.exit });
-      handle.timings = { spawnedAt, qmpReadyMs };
-      return handle;
+      record.exe = (await processExe(vmm.pid)) || undefined; // QEMU itself answers now
+      vmLog.debug({ pid: vmm.pid, qmpReadyMs: Math.round(performance.now() - spawnedAt), format }, "qemu started");
+      return new QemuHandle(record, vmm, qmp, logPath, vmLog);
     },
 
     async adopt(record, vmDir) {
-      if (record.backend !== "qemu") return undefined;
+      if (record.backend !== qemu.name) return undefined;
       if (!(await isOurProcess(record, vmDir))) return undefined;
+      const vmm = await adoptSupervised(record);
+      if (!vmm) return undefined;
       const logPath = join(vmDir, VMM_LOG);
-      const vmLog = log.child({ pid: record.pid, vmDir });
-      const watcher = watchNonChild(record.pid, record.startTime);
-      const gone = watcher.exited.then(() => "gone" as const);
+      const vmLog = log.child({ vmId: basename(vmDir), pid: record.pid });
       let qmp: QmpClient | undefined;
       try {
-        qmp = await connectWhileAlive(record.controlSocket, gone, 2000);
+        qmp = await connectWhileAlive(record.controlSocket, vmm.ended, 2000);
       } catch (err) {
         // Alive but deaf: keep it adopted (stop and kill still work by signal) rather than leak it.
         vmLog.warn({ err: (err as Error).message }, "adopted QEMU without a QMP connection");
       }
-      return new QemuHandle(record, qmp, logPath, vmLog, { watcher });
+      return new QemuHandle(record, vmm, qmp, logPath, vmLog);
     },
 
     async killStrays(roots, keep) {
@@ -232,6 +208,9 @@ export function createQemuBackend(options: QemuBackendOptions): VmmBackend {
     },
   };
 }
+
+/** What to install when the binary is missing. */
+const INSTALL_HINT = "install qemu-system-x86";
 
 class ExitedFirst extends Error {}
 
@@ -253,23 +232,10 @@ async function createDataDisk(path: string, bytes: number, log: Logger): Promise
     }
   } catch (err) {
     await file.close();
-    await unlink(path).catch(() => undefined);
+    await unlink(path).catch((cleanup: Error) => log.warn({ path, err: cleanup.message }, "cannot remove the data disk of a failed create"));
     throw err;
   }
   await file.close();
-}
-
-/**
- * The VMM child is unref'd (it must not keep a stopping worker alive), so whoever awaits its exit
- * keeps the event loop alive meanwhile, or a script awaiting stop() would just end.
- */
-async function holdingLoop<T>(work: Promise<T>): Promise<T> {
-  const keepAlive = setInterval(() => undefined, 1 << 30);
-  try {
-    return await work;
-  } finally {
-    clearInterval(keepAlive);
-  }
 }
 
 /** Connects to QEMU's QMP socket, retrying while QEMU has not created it yet. */
@@ -291,16 +257,21 @@ async function connectWhileAlive(path: string, exit: Promise<unknown>, timeoutMs
   }
 }
 
-/** `shutdownReason` is from QMP's last SHUTDOWN event: QEMU exits 0 for a power-off and a reset alike. */
-async function describeExit(code: number | null, signal: NodeJS.Signals | string | null, logPath: string, shutdownReason?: string): Promise<VmmExit> {
+/**
+ * `shutdownReason` is from QMP's last SHUTDOWN event: QEMU exits 0 for a power-off and a reset
+ * alike. An adopted QEMU has no exit status; a guest SHUTDOWN seen before it went means it exited
+ * 0, as it would have told a parent.
+ */
+async function describeQemuExit(end: ProcessEnd, logPath: string, shutdownReason?: string): Promise<VmmExit> {
+  const { signal } = end;
+  const code = !end.known && !signal && shutdownReason ? 0 : end.code;
   if (signal === "SIGKILL") return { code, signal, description: "killed by SIGKILL" };
   if (code === 0 && !signal) {
     const why = shutdownReason === "guest-reset" ? "the guest rebooted, which -no-reboot turns into an exit (a kernel panic does that)" : "guest powered off";
     return { code, signal, description: `exited with code 0 (${why})` };
   }
   const tail = (await tailLines(logPath, 3)).join(" | ");
-  const what = signal ? `killed by ${signal}` : code === null ? "exited (status unknown)" : `exited with code ${code}`;
-  return { code, signal, description: tail ? `${what}: ${tail}` : what };
+  return { code, signal, description: describeExit({ code, signal }, tail) };
 }
 
 interface QmpStatus {
@@ -310,45 +281,26 @@ interface QmpStatus {
 
 class QemuHandle implements VmmHandle {
   readonly exited: Promise<VmmExit>;
-  /** Measured by launch, for logs and benches. */
-  timings: { spawnedAt: number; qmpReadyMs: number } | undefined;
   private exitValue: VmmExit | undefined;
   private stopping: Promise<VmmExit> | undefined;
   private killing: Promise<VmmExit> | undefined;
-  private killedByUs = false;
   /** Reason of the guest-initiated SHUTDOWN event, if one came. */
   private guestShutdown: string | undefined;
-  /** Adopted VMMs are not our children: their pid could be reused, and their exit is polled. */
-  private readonly adopted: boolean;
-  private hurry: () => void = () => {};
 
   constructor(
     readonly record: VmmProcessRecord,
+    private readonly vmm: Supervised,
     private readonly qmp: QmpClient | undefined,
     private readonly logPath: string,
     private readonly log: Logger,
-    source: { exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }> } | { watcher: { exited: Promise<void>; hurry(): void } },
   ) {
     qmp?.on("event", (event) => {
       if (event.event === "SHUTDOWN" && event.data.guest === true) this.guestShutdown = String(event.data.reason);
       this.log.debug({ event: event.event, data: event.data }, "qmp event");
     });
-    this.adopted = !("exit" in source);
-    if ("exit" in source) {
-      this.exited = source.exit.then(({ code, signal }) => describeExit(code, signal, this.logPath, this.guestShutdown));
-    } else {
-      // Not our child: no exit status. The QMP socket closing is the hint that the end is near;
-      // a guest SHUTDOWN event seen before it means QEMU exited 0 (as it would tell a parent).
-      qmp?.once("close", () => source.watcher.hurry());
-      this.hurry = () => source.watcher.hurry();
-      this.exited = source.watcher.exited.then(() =>
-        this.killedByUs
-          ? describeExit(null, "SIGKILL", this.logPath)
-          : this.guestShutdown
-            ? describeExit(0, null, this.logPath, this.guestShutdown)
-            : describeExit(null, null, this.logPath),
-      );
-    }
+    // An adopted QEMU's end is polled: the QMP socket closing is the hint that it is near.
+    if (vmm.adopted) qmp?.once("close", () => vmm.hurry());
+    this.exited = vmm.ended.then((end) => describeQemuExit(end, this.logPath, this.guestShutdown));
     void this.exited.then((exit) => {
       this.exitValue = exit;
       void this.qmp?.close();
@@ -397,7 +349,7 @@ class QemuHandle implements VmmHandle {
       }
     })();
     try {
-      await holdingLoop(Promise.race([poll, exitedFirst, timeout]));
+      await keepAlive(Promise.race([poll, exitedFirst, timeout]));
     } finally {
       done = true;
       clearTimeout(timer);
@@ -441,7 +393,10 @@ class QemuHandle implements VmmHandle {
       await this.execute("system_reset");
       await reset;
     } finally {
-      await this.execute("set-action", { reboot: "shutdown" }).catch(() => undefined);
+      // Left at "reset", the next reboot of the guest would not end the VM.
+      await this.execute("set-action", { reboot: "shutdown" }).catch((err: Error) => {
+        if (!this.exitValue) this.log.warn({ err: err.message }, "cannot restore -no-reboot after the reset fault: a guest reboot will not end this VM");
+      });
     }
   }
 
@@ -451,7 +406,7 @@ class QemuHandle implements VmmHandle {
     await this.execute("quit").catch((err) => {
       if (!this.exitValue && this.qmp?.isOpen) throw err; // the connection closing under the reply is expected
     });
-    await holdingLoop(exited);
+    await keepAlive(exited);
   }
 
   private diskFaults: DiskFaults | undefined;
@@ -486,7 +441,7 @@ class QemuHandle implements VmmHandle {
   }
 
   stop(graceMs: number): Promise<VmmExit> {
-    this.stopping ??= holdingLoop((async () => {
+    this.stopping ??= keepAlive((async () => {
       if (this.exitValue) return this.exitValue;
       try {
         await this.control.execute("system_powerdown");
@@ -506,14 +461,9 @@ class QemuHandle implements VmmHandle {
   }
 
   kill(): Promise<VmmExit> {
-    this.killing ??= holdingLoop((async () => {
+    this.killing ??= keepAlive((async () => {
       if (this.exitValue) return this.exitValue;
-      // A child cannot be replaced under its pid before we reap it; an adopted one can, so check.
-      if (!this.adopted || (await isSameLiveProcess(this.record.pid, this.record.startTime))) {
-        this.killedByUs = true;
-        signalProcess(this.record.pid, "SIGKILL");
-      }
-      this.hurry();
+      await this.vmm.kill();
       return this.exited;
     })());
     return this.killing;

@@ -2,17 +2,20 @@
 // log on the command line; the VM itself is described over the REST API (vm.create + vm.boot).
 // The request bodies are built by pure functions so the contract test can check them against
 // Cloud Hypervisor's OpenAPI file.
+// Its processes (the VMM, virtiofsd) are supervised by worker/process/supervisor.ts.
 import { connect } from "node:net";
 import { rm, stat } from "node:fs/promises";
 import { existsSync } from "node:fs";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import type { Logger } from "pino";
-import { WorkerError, failedPrecondition } from "../core/errors.js";
-import type { BlockCounters, GuestRunState, VmLaunchSpec, VmmBackend, VmmExit, VmmHandle, VmmProcessRecord } from "../ports/index.js";
-import { ChApiClient, ChApiError, ChConnectionError, type ChVmState } from "./ch-api.js";
-import { tailEventFile, type ChEvent, type EventTail } from "./ch-events.js";
-import { handOverBootFiles } from "./boot-files.js";
-import { bootId, isOurProcess, isSameLiveProcess, killStrayProcesses, processExe, signalProcess, spawnDetached, tailLines, watchNonChild } from "./process.js";
+import { WorkerError, failedPrecondition } from "../../core/errors.js";
+import type { BlockCounters, GuestRunState, VmLaunchSpec, VmmBackend, VmmExit, VmmHandle, VmmProcessRecord } from "../../ports/index.js";
+import { bootId, isOurProcess, killStrayProcesses, processExe, tailLines } from "../../process/proc.js";
+import { adoptSupervised, describeExit, keepAlive, spawnSupervised, type ProcessEnd, type Supervised } from "../../process/supervisor.js";
+import { handOverBootFiles } from "../boot-files.js";
+import { ChApiClient, ChApiError, ChConnectionError, type ChVmState } from "./api.js";
+import { tailEventFile, type ChEvent, type EventTail } from "./events.js";
+import { backend as cloudHypervisor } from "./index.js";
 import { adoptVirtiofsd, startVirtiofsd, type VirtiofsdHandle } from "./virtiofsd.js";
 
 export interface CloudHypervisorBackendOptions {
@@ -212,31 +215,28 @@ export function createCloudHypervisorBackend(options: CloudHypervisorBackendOpti
     }
 
     const passed = handOverBootFiles(spec);
-    let spawned;
+    let vmm: Supervised;
     try {
-      spawned = await spawnDetached(binary, vmmArgv(spec.vmDir), paths.stdio, passed.fds);
+      vmm = await spawnSupervised(binary, vmmArgv(spec.vmDir), { logPath: paths.stdio, passFds: passed.fds, install: "install the cloud-hypervisor release binary" });
     } catch (err) {
       await virtiofsd?.kill();
-      if ((err as NodeJS.ErrnoException).code === "ENOENT") {
-        throw new WorkerError("FAILED_PRECONDITION", `cloud-hypervisor binary not found: ${binary} (install the cloud-hypervisor release binary)`, { cause: err });
-      }
-      throw new WorkerError("INTERNAL", `failed to start ${binary}: ${(err as Error).message}`, { cause: err });
+      throw err;
     }
-    log.info({ pid: spawned.pid, apiSocket: paths.apiSocket }, "cloud-hypervisor started");
+    log.info({ pid: vmm.pid, apiSocket: paths.apiSocket }, "cloud-hypervisor started");
     const record: VmmProcessRecord = {
-      backend: "cloud-hypervisor",
-      pid: spawned.pid,
-      startTime: spawned.startTime,
-      bootId: spawned.bootId,
+      backend: cloudHypervisor.name,
+      pid: vmm.pid,
+      startTime: vmm.startTime,
+      bootId: vmm.bootId,
       controlSocket: paths.apiSocket,
       helpers: virtiofsd ? [{ pid: virtiofsd.pid, startTime: virtiofsd.startTime }] : [],
     };
     const client = new ChApiClient(paths.apiSocket, requestTimeoutMs);
-    const handle = new ChVmHandle(record, client, paths, virtiofsd, log, { pollIntervalMs, bootRequestTimeoutMs }, { exit: spawned.exit });
+    const handle = new ChVmHandle(record, vmm, client, paths, virtiofsd, log, { pollIntervalMs, bootRequestTimeoutMs }, 0);
 
     try {
       await handle.waitForApi(apiReadyTimeoutMs);
-      record.exe = (await processExe(spawned.pid)) || undefined; // the program that answers the API
+      record.exe = (await processExe(vmm.pid)) || undefined; // the program that answers the API
       const config = buildVmConfig(passed.spec, { virtiofsSocket: virtiofsd?.socketPath });
       await handle.guard(() => client.createVm(config, bootRequestTimeoutMs), "vm.create");
       await handle.guard(() => client.bootVm(bootRequestTimeoutMs), "vm.boot");
@@ -249,26 +249,24 @@ export function createCloudHypervisorBackend(options: CloudHypervisorBackendOpti
   }
 
   async function adopt(record: VmmProcessRecord, vmDir: string): Promise<VmmHandle | undefined> {
-    if (record.backend !== "cloud-hypervisor") return undefined;
+    if (record.backend !== cloudHypervisor.name) return undefined;
     const paths = chPaths(vmDir);
-    const log = logger.child({ pid: record.pid, vmDir });
-    if (!(await isOurProcess(record, vmDir))) {
+    const log = logger.child({ vmId: basename(vmDir), pid: record.pid });
+    const vmm = (await isOurProcess(record, vmDir)) ? await adoptSupervised(record) : undefined;
+    if (!vmm) {
       // Another boot's pids name unrelated processes: leave them be.
       if (record.bootId !== undefined && record.bootId !== bootId()) return undefined;
       // The VM is gone; its helpers have nothing left to serve.
-      for (const helper of record.helpers) {
-        if (await isSameLiveProcess(helper.pid, helper.startTime)) signalProcess(helper.pid, "SIGKILL");
-      }
+      for (const helper of record.helpers) await (await adoptSupervised(helper))?.kill();
       return undefined;
     }
     const helper = record.helpers[0];
     const virtiofsd = helper ? await adoptVirtiofsd(helper.pid, helper.startTime, paths.virtiofsSocket) : undefined;
     const client = new ChApiClient(record.controlSocket, requestTimeoutMs);
-    const watch = watchNonChild(record.pid, record.startTime);
     // What the events file holds now happened under the previous worker (a reboot fault's
     // vm:rebooting among it): history, not to be acted on again.
     const liveFrom = (await stat(paths.events).catch(() => undefined))?.size ?? 0;
-    const handle = new ChVmHandle(record, client, paths, virtiofsd, log, { pollIntervalMs, bootRequestTimeoutMs }, { adopted: watch, liveFrom });
+    const handle = new ChVmHandle(record, vmm, client, paths, virtiofsd, log, { pollIntervalMs, bootRequestTimeoutMs }, liveFrom);
     handle.booted = true; // a recorded VMM was booted before the record was saved
     try {
       const info = await client.info();
@@ -281,10 +279,9 @@ export function createCloudHypervisorBackend(options: CloudHypervisorBackendOpti
   }
 
   return {
-    name: "cloud-hypervisor",
-    shareKind: "virtiofs",
-    // Its data disk would work; the disk faults built on it (QEMU's blkdebug) would not, so not yet.
-    capabilities: { dataDisk: false },
+    name: cloudHypervisor.name,
+    shareKind: cloudHypervisor.shareKind,
+    capabilities: { ...cloudHypervisor.capabilities },
     extraCmdline: () => [],
     launch,
     adopt,
@@ -296,12 +293,9 @@ export function createCloudHypervisorBackend(options: CloudHypervisorBackendOpti
   };
 }
 
-type ProcessWatch = { exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }> } | { adopted: { exited: Promise<void>; hurry(): void }; liveFrom: number };
-
 class ChVmHandle implements VmmHandle {
   readonly exited: Promise<VmmExit>;
   private hasExited = false;
-  private killedByUs = false;
   /** We sent vm.shutdown/vmm.shutdown: a clean exit is then ours, not the guest's power-off. */
   private tornDownByUs = false;
   /** vm.boot succeeded: from then on a VM in state Created is one that was shut down. */
@@ -318,38 +312,28 @@ class ChVmHandle implements VmmHandle {
   private readonly tail: EventTail;
   private readonly wakers = new Set<() => void>();
   private stopping: Promise<VmmExit> | undefined;
-  private readonly hurry: () => void;
+  private killing: Promise<VmmExit> | undefined;
 
+  /** `liveFrom`: where in the events file this worker's history starts (an adopted VMM's earlier events are not acted on). */
   constructor(
     readonly record: VmmProcessRecord,
+    private readonly vmm: Supervised,
     private readonly client: ChApiClient,
     private readonly paths: ReturnType<typeof chPaths>,
     private readonly virtiofsd: VirtiofsdHandle | undefined,
     private readonly log: Logger,
     private readonly timing: { pollIntervalMs: number; bootRequestTimeoutMs: number },
-    watch: ProcessWatch,
+    liveFrom: number,
   ) {
     this.tail = tailEventFile(paths.events, (event, historic) => this.onEvent(event, historic), {
       onError: (err) => log.warn({ err: err.message }, "event monitor stream unreadable"),
-      liveFrom: "adopted" in watch ? watch.liveFrom : 0,
+      liveFrom,
     });
-    let processGone: Promise<VmmExit>;
-    if ("exit" in watch) {
-      this.hurry = () => {};
-      processGone = watch.exit.then(async ({ code, signal }) => {
-        this.processGone = true;
-        await this.tail.flush(); // a vm:rebooting not read yet still tells a guest reboot
-        return this.describeExit(code, signal);
-      });
-    } else {
-      this.hurry = watch.adopted.hurry;
-      processGone = watch.adopted.exited.then(() => {
-        this.processGone = true;
-        return this.killedByUs
-          ? { code: null, signal: "SIGKILL", description: "killed by SIGKILL" }
-          : { code: null, signal: null, description: "cloud-hypervisor exited (re-adopted process: exit status unknown)" };
-      });
-    }
+    const processGone = vmm.ended.then(async (end) => {
+      this.processGone = true;
+      if (end.known) await this.tail.flush(); // a vm:rebooting not read yet still tells a guest reboot
+      return this.describeExit(end);
+    });
     this.exited = processGone.then(async (exit) => {
       this.hasExited = true;
       this.wake();
@@ -462,22 +446,12 @@ class ChVmHandle implements VmmHandle {
     await this.guard(() => this.client.shutdownVmm(), "vmm.shutdown").catch((err: unknown) => {
       if (!this.processGone) throw err; // the answer may be lost to the exit
     });
-    await this.whileWaiting(this.exited);
+    await keepAlive(this.exited);
   }
 
   stop(graceMs: number): Promise<VmmExit> {
-    this.stopping ??= this.whileWaiting(this.stopNow(graceMs));
+    this.stopping ??= keepAlive(this.stopNow(graceMs));
     return this.stopping;
-  }
-
-  /** The child is unref'd (it must not hold the worker open), so keep the loop alive while a caller waits on it. */
-  private async whileWaiting<T>(work: Promise<T>): Promise<T> {
-    const keepAlive = setInterval(() => {}, 1000);
-    try {
-      return await work;
-    } finally {
-      clearInterval(keepAlive);
-    }
   }
 
   private async stopNow(graceMs: number): Promise<VmmExit> {
@@ -498,23 +472,20 @@ class ChVmHandle implements VmmHandle {
         if (this.hasExited) break;
         await step().catch((err: Error) => this.log.debug({ err: err.message }, "teardown step failed"));
       }
-      if (!(await this.exitedWithin(2000))) return this.killNow();
+      if (!(await this.exitedWithin(2000))) return this.kill();
     }
     return this.exited;
   }
 
   kill(): Promise<VmmExit> {
-    return this.whileWaiting(this.killNow());
-  }
-
-  private async killNow(): Promise<VmmExit> {
-    if (!this.hasExited && (await isSameLiveProcess(this.record.pid, this.record.startTime))) {
-      this.killedByUs = true;
-      signalProcess(this.record.pid, "SIGKILL");
-    }
-    this.hurry();
-    await this.virtiofsd?.kill();
-    return this.exited;
+    this.killing ??= keepAlive(
+      (async () => {
+        await this.vmm.kill();
+        await this.virtiofsd?.kill();
+        return this.exited;
+      })(),
+    );
+    return this.killing;
   }
 
   /** The exit, if it happens within `ms`. */
@@ -551,12 +522,12 @@ class ChVmHandle implements VmmHandle {
     if (this.guestRebooted || this.processGone || this.tornDownByUs) return;
     this.guestRebooted = true;
     this.log.info("the guest rebooted: shutting cloud-hypervisor down (as -no-reboot does on QEMU)");
-    this.stopping ??= this.whileWaiting(this.endAfterGuestReboot());
+    this.stopping ??= keepAlive(this.endAfterGuestReboot());
   }
 
   private async endAfterGuestReboot(): Promise<VmmExit> {
     await this.client.shutdownVmm(this.timing.bootRequestTimeoutMs).catch((err: Error) => this.log.debug({ err: err.message }, "vmm.shutdown after the guest rebooted failed"));
-    return (await this.exitedWithin(5000)) ?? this.killNow();
+    return (await this.exitedWithin(5000)) ?? this.kill();
   }
 
   private wake(): void {
@@ -576,11 +547,13 @@ class ChVmHandle implements VmmHandle {
     });
   }
 
-  private async describeExit(code: number | null, signal: NodeJS.Signals | null): Promise<VmmExit> {
+  private async describeExit(end: ProcessEnd): Promise<VmmExit> {
+    const { code, signal } = end;
     if (signal) {
-      const hint = signal === "SIGKILL" && !this.killedByUs ? " (not sent by the worker: out of memory?)" : "";
+      const hint = signal === "SIGKILL" && !end.killedByUs ? " (not sent by the worker: out of memory?)" : "";
       return { code, signal, description: `killed by ${signal}${hint}` };
     }
+    if (!end.known) return { code, signal, description: "cloud-hypervisor exited (re-adopted process: exit status unknown)" };
     if (code === 0 && this.guestRebooted && !this.tornDownByUs) {
       return { code, signal, description: "exited with code 0 (the guest rebooted, which ends the VM as QEMU's -no-reboot does; a kernel panic does that)" };
     }
@@ -599,6 +572,6 @@ class ChVmHandle implements VmmHandle {
       return { code, signal, description: `exited with code 0, but the guest did not power off: ${why}`, failed: true };
     }
     const last = (await tailLines(this.paths.stdio, 1))[0] ?? (await tailLines(this.paths.log, 1))[0];
-    return { code, signal, description: `exited with code ${code}${last ? `: ${last}` : ""}` };
+    return { code, signal, description: describeExit(end, last) };
   }
 }

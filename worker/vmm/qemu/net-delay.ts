@@ -8,7 +8,7 @@ import { rm } from "node:fs/promises";
 import { createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import type { Logger } from "pino";
-import { failedPrecondition } from "../core/errors.js";
+import { WorkerError, failedPrecondition } from "../../core/errors.js";
 
 type Execute = (command: string, args?: Record<string, unknown>) => Promise<unknown>;
 
@@ -165,7 +165,12 @@ export class QemuNetDelay {
 
   private async teardown(active: Active): Promise<void> {
     const ids = DELAY_IDS;
-    const quietly = (command: string, args: Record<string, unknown>) => this.execute(command, args).catch(() => undefined);
+    // Each step runs even if one before failed; a failure is worth a line unless the VMM is gone.
+    const quietly = (command: string, args: Record<string, unknown>) =>
+      this.execute(command, args).catch((err: unknown) => {
+        const gone = err instanceof WorkerError && err.code === "FAILED_PRECONDITION";
+        this.log[gone ? "debug" : "warn"]({ faultId: active.faultId, command, err: err instanceof Error ? err.message : String(err) }, "network delay teardown step failed");
+      });
     await quietly("object-del", { id: ids.outFilter }); // stop stealing first
     for (const timer of active.timers) clearTimeout(timer);
     for (const packet of active.held.drain()) active.into?.write(packet); // what was held goes out now

@@ -1,0 +1,192 @@
+// The create plan: every check before the first side effect, then the steps that make a VM — each
+// with its undo, so that a failure anywhere leaves nothing behind (plan.ts).
+import type { Logger } from "pino";
+import type { CreateVmOptions, SecretInput, VmSpecInput } from "./api.js";
+import { asWorkerError, failedPrecondition, invalidArgument } from "./errors.js";
+import { Plan } from "./plan.js";
+import type { VmRegistry } from "./registry.js";
+import { validateSecrets } from "./secrets.js";
+import { specHash, storePathRoot, validateSpec, type SpecLimits, type ValidSpec } from "./spec.js";
+import { ManagedVm, type VmContext } from "./vm.js";
+import type { BootFile, NetworkPort, RecordRepo, SecretsPort, StorePort, VmmBackend, VmRecord } from "../ports/index.js";
+
+export interface CreateLimits extends SpecLimits {
+  maxTtlSeconds: number;
+}
+
+/** What the plan works with. */
+export interface CreateDeps {
+  backend: VmmBackend;
+  network?: NetworkPort;
+  store: StorePort;
+  secrets: SecretsPort;
+  records: RecordRepo;
+  /** Where the VMM writes the console. */
+  consolePath(id: string): string;
+  registry: VmRegistry;
+  vmContext: VmContext;
+  bootTimeoutMs: number;
+  storeFetched?(result: { bytes: number; seconds: number; paths: number }): void;
+}
+
+/** A create that passed every check. */
+export interface CreateRequest {
+  spec: ValidSpec;
+  secrets: SecretInput[];
+  ttlSeconds: number;
+}
+
+/** Refuses, before anything is done, a create that cannot succeed here. */
+export function checkCreate(
+  input: VmSpecInput,
+  options: CreateVmOptions,
+  backend: VmmBackend,
+  network: NetworkPort | undefined,
+  limits: CreateLimits,
+): CreateRequest {
+  const spec = validateSpec(input, limits);
+  if (spec.dataDiskBytes && !backend.capabilities.dataDisk) {
+    throw failedPrecondition(`dataDiskBytes: the ${backend.name} backend cannot serve a data disk on this worker`);
+  }
+  if (spec.allowedDomains.length > 0 && !network) {
+    throw invalidArgument("allowedDomains given, but networking is disabled on this worker");
+  }
+  network?.validateAllowedDomains(spec.allowedDomains);
+  const secrets = options.secrets ?? [];
+  validateSecrets(secrets);
+  const ttlSeconds = options.ttlSeconds ?? 0;
+  if (ttlSeconds > limits.maxTtlSeconds) {
+    throw invalidArgument(`ttlSeconds ${ttlSeconds} is above the maximum ${limits.maxTtlSeconds}`);
+  }
+  return { spec, secrets, ttlSeconds };
+}
+
+/**
+ * Makes VM `id` and returns it running. Operations on the VM that arrive meanwhile (a delete, a
+ * fault) wait for `createEnded`, which the caller resolves once this has ended either way.
+ */
+export async function runCreate(
+  deps: CreateDeps,
+  id: string,
+  { spec, secrets, ttlSeconds }: CreateRequest,
+  createEnded: Promise<unknown>,
+  log: Logger,
+  signal?: AbortSignal,
+): Promise<ManagedVm> {
+  const { backend, network, records, store, registry } = deps;
+  const plan = new Plan((step, err) => log.error({ step, err: asWorkerError(err).message }, "undo failed"), signal);
+  const started = Date.now();
+
+  const fetched = await plan.step("fetch store paths", () =>
+    store.ensurePaths(unique([spec.kernel, spec.initrd, spec.image].filter(Boolean).map(storePathRoot))),
+  );
+  if (fetched.fetched.length > 0) {
+    log.info({ paths: fetched.fetched, bytes: fetched.bytes, seconds: fetched.seconds }, "fetched store paths");
+    deps.storeFetched?.({ bytes: fetched.bytes, seconds: fetched.seconds, paths: fetched.fetched.length });
+  }
+
+  // Opened now and handed to the VMM as descriptors: what was checked is what it boots.
+  const bootFiles = await plan.step("check boot files", () => openBootFiles(store, spec), (files) => closeBootFiles(files));
+  const vmDir = await plan.step("create vm directory", () => records.createDir(id), () => records.remove(id));
+  const record: VmRecord = {
+    id,
+    spec,
+    specHash: specHash(spec),
+    backend: backend.name,
+    status: "creating",
+    failure: "",
+    createdAtMs: started,
+    expiresAtMs: ttlSeconds > 0 ? started + ttlSeconds * 1000 : undefined,
+    secretNames: secrets.map((secret) => secret.name),
+  };
+  const vm = ManagedVm.creating(record, deps.vmContext, createEnded);
+  await plan.step("save state", () => records.save(record));
+  await plan.step(
+    "register",
+    async () => {
+      registry.add(vm);
+      await vm.transition("creating", "", { save: "none" }); // saved by the step before
+    },
+    async () => {
+      registry.remove(id);
+      // Its record and directory go with the undo of the directory step, next.
+      await vm.transition("failed", "create rolled back", { save: "none" });
+    },
+  );
+
+  const secretsDir = secrets.length
+    ? await plan.step("write secrets", () => deps.secrets.write(id, secrets), () => deps.secrets.wipe(id))
+    : undefined;
+  if (network) {
+    record.net = await plan.step("attach network", () => network.attach(id, spec.allowedDomains), () => network.detach(id));
+  }
+  const cmdline = [
+    spec.cmdline,
+    `pcr.hostname=${spec.hostname}`,
+    ...(record.net && network ? network.guestCmdline(record.net) : []),
+    ...(secretsDir ? [`pcr.share=${backend.shareKind}`] : []),
+    ...backend.extraCmdline(),
+  ]
+    .filter(Boolean)
+    .join(" ");
+  const handle = await plan.step(
+    "start vmm",
+    () =>
+      backend.launch({
+        id,
+        vmDir,
+        kernel: spec.kernel,
+        initrd: spec.initrd || undefined,
+        image: spec.image || undefined,
+        cmdline,
+        cpu: spec.cpu,
+        memoryBytes: spec.memoryBytes,
+        consolePath: deps.consolePath(id),
+        net: record.net ? { tap: record.net.tap, mac: record.net.mac } : undefined,
+        share: secretsDir ? { tag: "secrets", hostDir: secretsDir } : undefined,
+        dataDisk: spec.dataDiskBytes ? { path: `${vmDir}/data.img`, bytes: spec.dataDiskBytes } : undefined,
+        bootFds: { kernel: bootFiles.kernel.fd, initrd: bootFiles.initrd?.fd, image: bootFiles.image?.fd },
+      }),
+    async (started) => {
+      await started.kill();
+    },
+  );
+  await closeBootFiles(bootFiles); // the VMM holds its own copies
+  record.vmm = handle.record;
+  await plan.step("save state", () => records.save(record));
+  await plan.step("wait for vmm running", () => handle.waitRunning(deps.bootTimeoutMs));
+
+  await plan.step("save state", async () => {
+    record.runningSinceMs = Date.now();
+    await vm.transition("running", "", { save: "once" });
+  });
+  vm.own(handle);
+  log.info({ ms: Date.now() - started, stepMs: plan.stepMs, backend: backend.name, cpu: spec.cpu, memoryBytes: spec.memoryBytes }, "vm running");
+  return vm;
+}
+
+interface BootFiles {
+  kernel: BootFile;
+  initrd?: BootFile;
+  image?: BootFile;
+}
+
+async function openBootFiles(store: StorePort, spec: ValidSpec): Promise<BootFiles> {
+  const files: BootFiles = { kernel: await store.openBootFile("kernel", spec.kernel) };
+  try {
+    if (spec.initrd) files.initrd = await store.openBootFile("initrd", spec.initrd);
+    if (spec.image) files.image = await store.openBootFile("image", spec.image);
+  } catch (err) {
+    await closeBootFiles(files);
+    throw err;
+  }
+  return files;
+}
+
+async function closeBootFiles(files: BootFiles): Promise<void> {
+  await Promise.all([files.kernel.close(), files.initrd?.close(), files.image?.close()]);
+}
+
+function unique<T>(values: T[]): T[] {
+  return [...new Set(values)];
+}

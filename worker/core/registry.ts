@@ -1,0 +1,79 @@
+// The VMs this worker knows, and the host resources promised to creates still in flight: a create
+// reserves its share against the limits before its first step and keeps it until it ends.
+import { notFound, resourceExhausted } from "./errors.js";
+import { isLive } from "./lifecycle.js";
+import type { ValidSpec } from "./spec.js";
+import type { ManagedVm } from "./vm.js";
+
+/** The host-wide limits a reservation is checked against. */
+export interface HostLimits {
+  maxVms: number;
+  /** Sums over all live VMs. */
+  maxTotalCpu: number;
+  maxTotalMemoryBytes: number;
+  /** Data disks of every VM not yet deleted, together (they are preallocated). */
+  maxTotalDiskBytes: number;
+}
+
+export class VmRegistry {
+  private readonly vms = new Map<string, ManagedVm>();
+  /** Creates in flight by VM id, with the share of the host each was promised. */
+  private readonly reservations = new Map<string, ValidSpec>();
+
+  constructor(private readonly limits: HostLimits) {}
+
+  /** The VM, or NOT_FOUND. */
+  lookup(id: string): ManagedVm {
+    const vm = this.vms.get(id);
+    if (!vm) throw notFound(`vm ${JSON.stringify(id)} not found`);
+    return vm;
+  }
+
+  has(id: string): boolean {
+    return this.vms.has(id);
+  }
+
+  add(vm: ManagedVm): void {
+    this.vms.set(vm.id, vm);
+  }
+
+  remove(id: string): void {
+    this.vms.delete(id);
+  }
+
+  all(): ManagedVm[] {
+    return [...this.vms.values()];
+  }
+
+  /** Promises `spec`'s share of the host to the create of VM `id`, or RESOURCE_EXHAUSTED naming the limit. */
+  reserve(id: string, spec: ValidSpec): void {
+    const { limits } = this;
+    // A VM being created counts once, by its reservation, whether or not it is registered yet.
+    const settled = this.all().filter((vm) => !this.reservations.has(vm.id));
+    const specs = [...settled.filter((vm) => isLive(vm.status)).map((vm) => vm.record.spec), ...this.reservations.values(), spec];
+    const cpu = sum(specs.map((each) => each.cpu));
+    const memory = sum(specs.map((each) => each.memoryBytes));
+    if (specs.length > limits.maxVms) throw resourceExhausted(`host limit of ${limits.maxVms} VMs reached`);
+    if (cpu > limits.maxTotalCpu) throw resourceExhausted(`host vCPU limit ${limits.maxTotalCpu} would be exceeded (${cpu} requested in all)`);
+    if (memory > limits.maxTotalMemoryBytes) {
+      throw resourceExhausted(`host memory limit ${limits.maxTotalMemoryBytes} bytes would be exceeded (${memory} requested in all)`);
+    }
+    // A data disk holds its blocks until its VM is deleted, whatever the VM's status.
+    const diskBytes = spec.dataDiskBytes ?? 0;
+    const disks = [...settled.map((vm) => vm.record.spec), ...this.reservations.values(), spec];
+    const disk = sum(disks.map((each) => each.dataDiskBytes ?? 0));
+    if (diskBytes > 0 && disk > limits.maxTotalDiskBytes) {
+      throw resourceExhausted(`host data-disk limit ${limits.maxTotalDiskBytes} bytes would be exceeded (${disk} held or requested in all)`);
+    }
+    this.reservations.set(id, spec);
+  }
+
+  /** The create has ended: its VM, if it lives on, counts for itself now. */
+  unreserve(id: string): void {
+    this.reservations.delete(id);
+  }
+}
+
+function sum(values: number[]): number {
+  return values.reduce((total, value) => total + value, 0);
+}
