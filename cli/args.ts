@@ -121,9 +121,14 @@ export function parse(argv: string[], global: Record<string, OptionSpec>, comman
   }
   const strange = [...unknown, ...[...seen].filter((name) => !(name in allowed)), ...rest.slice(command.positionals.length)];
   if (strange.length > 0) throw new UsageError(unknownMessage(strange));
-  const invalid = Object.entries(allowed).filter(([name, spec]) => spec.choices && seen.has(name) && !spec.choices.includes(String(values[name])));
+  const invalid = Object.entries(allowed).filter(
+    ([name, spec]) => spec.choices && seen.has(name) && !spec.choices.includes(String(values[name])),
+  );
   if (invalid.length > 0) {
-    const lines = invalid.map(([name, spec]) => `  Argument: ${name}, Given: ${JSON.stringify(values[name])}, Choices: ${spec.choices!.map((c) => JSON.stringify(c)).join(", ")}`);
+    const lines = invalid.map(
+      ([name, spec]) =>
+        `  Argument: ${name}, Given: ${JSON.stringify(values[name])}, Choices: ${spec.choices!.map((c) => JSON.stringify(c)).join(", ")}`,
+    );
     throw new UsageError(`Invalid values:\n${lines.join("\n")}`);
   }
   for (const [name, spec] of Object.entries(allowed)) {
@@ -160,7 +165,11 @@ function wrap(text: string, width: number): string[] {
 
 function hints(spec: OptionSpec, positional: boolean): string {
   const type = spec.array ? "[array]" : spec.type ? `[${spec.type}]` : "";
-  const parts = [type, spec.required || positional ? "[required]" : "", spec.choices ? `[choices: ${spec.choices.map((c) => JSON.stringify(c)).join(", ")}]` : ""];
+  const parts = [
+    type,
+    spec.required || positional ? "[required]" : "",
+    spec.choices ? `[choices: ${spec.choices.map((c) => JSON.stringify(c)).join(", ")}]` : "",
+  ];
   if (spec.default !== undefined) parts.push(`[default: ${typeof spec.default === "string" ? `"${spec.default}"` : spec.default}]`);
   return parts.filter(Boolean).join(" ");
 }
@@ -188,22 +197,45 @@ export function helpText(scriptName: string, global: Record<string, OptionSpec>,
   const options: Record<string, OptionSpec> = { ...global, help: { type: "boolean", describe: "Show help" }, ...command?.options };
   // With a short alias anywhere, "-f, --follow" comes first and the others are indented to line up.
   const indent = Object.values(options).some((spec) => spec.alias) ? "    " : "";
-  const switches = Object.entries(options).map(([name, spec]) => [spec.alias ? `-${spec.alias}, --${name}` : `${indent}--${name}`, spec] as const);
+  const switches = Object.entries(options).map(
+    ([name, spec]) => [spec.alias ? `-${spec.alias}, --${name}` : `${indent}--${name}`, spec] as const,
+  );
   const positionals = command?.positionals ?? [];
-  const keyWidth = Math.min(Math.max(...switches.map(([key]) => key.length), ...positionals.map((p) => p.length)), Math.floor(width / 2)) + 4;
-  const optionRows = table(switches.map(([key, spec]) => [key, spec.describe ?? "", hints(spec, false)]), keyWidth, width);
+  const keyWidth =
+    Math.min(Math.max(...switches.map(([key]) => key.length), ...positionals.map((p) => p.length)), Math.floor(width / 2)) + 4;
+  const optionRows = table(
+    switches.map(([key, spec]) => [key, spec.describe ?? "", hints(spec, false)]),
+    keyWidth,
+    width,
+  );
   if (!command) {
     const commandWidth = Math.min(Math.max(...commands.map((c) => usage(c).length)), Math.floor(width / 2)) + 4;
     return [
       `${scriptName} <command> [options]`,
       "",
       "Commands:",
-      ...table(commands.map((c) => [usage(c), c.describe, ""]), commandWidth, width),
+      ...table(
+        commands.map((c) => [usage(c), c.describe, ""]),
+        commandWidth,
+        width,
+      ),
       "",
       "Options:",
       ...optionRows,
     ].join("\n");
   }
-  const positionalRows = table(positionals.map((p) => [p, "", hints({ type: "string" }, true)]), keyWidth, width);
-  return [usage(command), "", command.describe, "", ...(positionalRows.length ? ["Positionals:", ...positionalRows, ""] : []), "Options:", ...optionRows].join("\n");
+  const positionalRows = table(
+    positionals.map((p) => [p, "", hints({ type: "string" }, true)]),
+    keyWidth,
+    width,
+  );
+  return [
+    usage(command),
+    "",
+    command.describe,
+    "",
+    ...(positionalRows.length ? ["Positionals:", ...positionalRows, ""] : []),
+    "Options:",
+    ...optionRows,
+  ].join("\n");
 }

@@ -1,8 +1,8 @@
 // What each CLI command does, once its arguments are parsed. Loaded only for a command that
 // runs (not for --help or a usage error), with the RPC client; create-vm loads the spec
-// validation (zod) on its own.
+// parsing (cli/spec-input.ts) on its own.
 import { readFileSync } from "node:fs";
-import type { SecretInput, VmView } from "../worker/core/api.js";
+import type { ConsoleChunk, SecretInput, VmView } from "../worker/core/api.js";
 import { WorkerError } from "../worker/core/errors.js";
 import type { ClientTls } from "../worker/rpc/client.js";
 import { connectWorker, type WorkerClient } from "../worker/rpc/worker-client.js";
@@ -61,10 +61,16 @@ async function followLogs(client: WorkerClient, id: string, follow: boolean, fro
   }
 }
 
-async function copyConsole(client: WorkerClient, id: string, follow: boolean, from: bigint, out: { write(bytes: Uint8Array): void }): Promise<void> {
+async function copyConsole(
+  client: WorkerClient,
+  id: string,
+  follow: boolean,
+  from: bigint,
+  out: { write(bytes: Uint8Array): void },
+): Promise<void> {
   let offset = from;
   for (;;) {
-    let chunk;
+    let chunk: ConsoleChunk;
     try {
       chunk = await client.read(id, offset, 256 * 1024);
     } catch (err) {
@@ -129,7 +135,9 @@ export const handlers: Record<string, Handler> = {
     console.log(JSON.stringify(vmToJson(vm), null, 2));
   },
   logs: async (args, { id }) => {
-    await withClient(str(args.worker)!, (client) => followLogs(client, id!, Boolean(args.follow), BigInt(num(args.offset)!), Boolean(args.raw)));
+    await withClient(str(args.worker)!, (client) =>
+      followLogs(client, id!, Boolean(args.follow), BigInt(num(args.offset)!), Boolean(args.raw)),
+    );
   },
   events: async (args) => {
     await withClient(str(args.worker)!, async (client) => {
@@ -165,6 +173,14 @@ export const handlers: Record<string, Handler> = {
   },
   "list-faults": async (args, { id }) => {
     const faults = await withClient(str(args.worker)!, (client) => client.listFaults(id!));
-    console.log(args.json ? JSON.stringify(faults.map((f) => ({ ...f, injectedAtMs: Number(f.injectedAtMs), expiresAtMs: Number(f.expiresAtMs) })), null, 2) : formatFaultTable(faults));
+    console.log(
+      args.json
+        ? JSON.stringify(
+            faults.map((f) => ({ ...f, injectedAtMs: Number(f.injectedAtMs), expiresAtMs: Number(f.expiresAtMs) })),
+            null,
+            2,
+          )
+        : formatFaultTable(faults),
+    );
   },
 };

@@ -10,10 +10,22 @@ const DEFAULT_WORKER = "/run/procurator/worker.sock";
 const SCRIPT = "pcr-worker-test";
 
 const globalOptions = (): Record<string, OptionSpec> => ({
-  worker: { type: "string", default: process.env.PCR_WORKER ?? DEFAULT_WORKER, describe: "Worker address: a unix socket path or tcp://host:port (env: PCR_WORKER)" },
-  "tls-cert": { type: "string", default: process.env.PCR_TLS_CERT, describe: "Client certificate (PEM) for a tcp:// worker with mutual TLS (env: PCR_TLS_CERT)" },
+  worker: {
+    type: "string",
+    default: process.env.PCR_WORKER ?? DEFAULT_WORKER,
+    describe: "Worker address: a unix socket path or tcp://host:port (env: PCR_WORKER)",
+  },
+  "tls-cert": {
+    type: "string",
+    default: process.env.PCR_TLS_CERT,
+    describe: "Client certificate (PEM) for a tcp:// worker with mutual TLS (env: PCR_TLS_CERT)",
+  },
   "tls-key": { type: "string", default: process.env.PCR_TLS_KEY, describe: "Its key (PEM) (env: PCR_TLS_KEY)" },
-  "tls-ca": { type: "string", default: process.env.PCR_TLS_CA, describe: "CA (PEM) the worker's certificate must chain to (env: PCR_TLS_CA)" },
+  "tls-ca": {
+    type: "string",
+    default: process.env.PCR_TLS_CA,
+    describe: "CA (PEM) the worker's certificate must chain to (env: PCR_TLS_CA)",
+  },
 });
 
 export const COMMANDS: CommandSpec[] = [
@@ -38,7 +50,12 @@ export const COMMANDS: CommandSpec[] = [
     },
   },
   { name: "delete-vm", positionals: ["id"], describe: "Stop a VM and free everything it holds", options: {} },
-  { name: "list-vms", positionals: [], describe: "List VMs", options: { json: { type: "boolean", describe: "One JSON array instead of a table" } } },
+  {
+    name: "list-vms",
+    positionals: [],
+    describe: "List VMs",
+    options: { json: { type: "boolean", describe: "One JSON array instead of a table" } },
+  },
   { name: "get-vm", positionals: ["id"], describe: "Show one VM as JSON", options: {} },
   {
     name: "logs",
@@ -50,7 +67,12 @@ export const COMMANDS: CommandSpec[] = [
       raw: { type: "boolean", describe: "Print the guest's bytes as they are, terminal escapes included" },
     },
   },
-  { name: "events", positionals: [], describe: "Print lifecycle events as JSON lines", options: { since: { type: "number", default: 1 }, follow: { alias: "f", type: "boolean" } } },
+  {
+    name: "events",
+    positionals: [],
+    describe: "Print lifecycle events as JSON lines",
+    options: { since: { type: "number", default: 1 }, follow: { alias: "f", type: "boolean" } },
+  },
   {
     name: "inject-fault",
     positionals: ["id"],

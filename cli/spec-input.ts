@@ -3,7 +3,7 @@ import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import type { SecretInput, VmSpecInput } from "../worker/core/api.js";
 import { invalidArgument } from "../worker/core/errors.js";
-import { MIB, parseVmSpecJson } from "../worker/core/spec.js";
+import { MIB, parseVmSpecJson } from "./spec-json.js";
 
 export interface SpecFlags {
   specJson?: string;

@@ -2,6 +2,7 @@
 // operator's terminal: escape sequences could retitle it, rewrite what is on screen, or worse.
 
 // C0 controls but tab and newline, DEL, and the C1 controls (U+0080..U+009F: CSI is U+009B).
+// biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
 const CONTROL = /[\x00-\x08\x0b-\x1f\x7f-\x9f]/g;
 
 /** Control characters made visible (`\x1b`), except newline and tab; CRLF becomes a newline. */

@@ -138,14 +138,15 @@ describe("limits, rollback, timeouts and SIGTERM", { skip }, () => {
     await waitFor("ttl delete", 5000, async () => ((await c.listVms()).length === 0 ? true : undefined));
     const ttlMs = performance.now() - t;
     await assertClean(worker);
-    const survivor = await c.createVm(guestSpec(), { ttlSeconds: 3 });
+    // Its TTL must outlast a SIGKILL and a worker start, which take seconds on a loaded 2-core host.
+    const survivor = await c.createVm(guestSpec(), { ttlSeconds: 6 });
     c.close();
     await worker.stop("SIGKILL");
     worker = await restartWorker(worker, ["--max-vms", "2", "--max-total-cpu", "2", "--max-total-memory-bytes", String(640n * MIB)]);
     workers[0] = worker;
     c = await client(worker);
     assert.equal((await c.getVm(survivor)).status, "running");
-    await waitFor("ttl delete after restart", 8000, async () => ((await c.listVms()).length === 0 ? true : undefined));
+    await waitFor("ttl delete after restart", 11_000, async () => ((await c.listVms()).length === 0 ? true : undefined));
     await assertClean(worker);
     c.close();
     // A client's delete racing the expiry: whichever comes second is a no-op, not an error.

@@ -5,9 +5,18 @@ import { faultFromFlags, formatFaultTable } from "../../cli/fault-input.js";
 
 test("flags become the fault the worker expects", () => {
   assert.deepEqual(faultFromFlags({ kind: "loss", percent: 30, durationMs: 5000 }), { kind: "loss", percent: 30, durationMs: 5000 });
-  assert.deepEqual(faultFromFlags({ kind: "partition", cidrs: ["10.0.0.0/8"] }), { kind: "partition", cidrs: ["10.0.0.0/8"], durationMs: 0 });
+  assert.deepEqual(faultFromFlags({ kind: "partition", cidrs: ["10.0.0.0/8"] }), {
+    kind: "partition",
+    cidrs: ["10.0.0.0/8"],
+    durationMs: 0,
+  });
   assert.deepEqual(faultFromFlags({ kind: "diskErrors", op: "write", afterOps: 3 }), {
-    kind: "diskErrors", op: "write", errno: 5, afterOps: 3, probabilityPercent: 0, durationMs: 0,
+    kind: "diskErrors",
+    op: "write",
+    errno: 5,
+    afterOps: 3,
+    probabilityPercent: 0,
+    durationMs: 0,
   });
   assert.deepEqual(faultFromFlags({ kind: "reboot" }), { kind: "reboot", durationMs: 0 });
 });

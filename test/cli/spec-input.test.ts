@@ -16,7 +16,14 @@ test("sizes", () => {
 });
 
 test("individual flags build a spec; exactly one source is required", () => {
-  const spec = specFromFlags({ kernel: KERNEL, disk: "/nix/store/x", cpu: 2, memory: "1G", cmdline: "console=ttyS0", allow: ["a.example"] });
+  const spec = specFromFlags({
+    kernel: KERNEL,
+    disk: "/nix/store/x",
+    cpu: 2,
+    memory: "1G",
+    cmdline: "console=ttyS0",
+    allow: ["a.example"],
+  });
   assert.equal(spec.image, "/nix/store/x");
   assert.equal(spec.memoryBytes, 1024n ** 3n);
   assert.deepEqual(spec.allowedDomains, ["a.example"]);
@@ -30,7 +37,13 @@ test("secrets come from files or the environment, never literally", (t) => {
   writeFileSync(join(dir, "token"), "s3cr3t-file");
   assert.equal(Buffer.from(secretFromFlag(`TOKEN=@${join(dir, "token")}`).value).toString(), "s3cr3t-file");
   assert.equal(Buffer.from(secretFromFlag("KEY=env:PCR_T_KEY", { PCR_T_KEY: "from-env" }).value).toString(), "from-env");
-  assert.throws(() => secretFromFlag("KEY=literal-value"), (err: Error) => !err.message.includes("literal-value") && /never taken from the command line/.test(err.message));
+  assert.throws(
+    () => secretFromFlag("KEY=literal-value"),
+    (err: Error) => !err.message.includes("literal-value") && /never taken from the command line/.test(err.message),
+  );
   assert.throws(() => secretFromFlag("KEY=env:PCR_T_MISSING", {}), /not set/);
-  assert.deepEqual(secretsFromDir(dir).map((s) => s.name), ["token"]);
+  assert.deepEqual(
+    secretsFromDir(dir).map((s) => s.name),
+    ["token"],
+  );
 });

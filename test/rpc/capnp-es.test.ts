@@ -40,7 +40,7 @@ function fillSpec(target: VmSpec, spec: VmSpecInput): void {
   target.memoryBytes = spec.memoryBytes;
   target.dataDiskBytes = spec.dataDiskBytes ?? 0n;
   const domains = target._initAllowedDomains(spec.allowedDomains.length);
-  spec.allowedDomains.forEach((domain, i) => domains.set(i, domain));
+  for (const [i, domain] of spec.allowedDomains.entries()) domains.set(i, domain);
 }
 
 test("createVm params built by capnp-es arrive intact through our reader", () => {
@@ -53,7 +53,7 @@ test("createVm params built by capnp-es arrive intact through our reader", () =>
     const secret = secrets.get(i);
     secret.name = name;
     const data = secret._initValue(values[i]!.length);
-    values[i]!.forEach((byte, j) => data.set(j, byte));
+    for (const [j, byte] of values[i]!.entries()) data.set(j, byte);
   });
   params.ttlSeconds = 3600;
 
@@ -61,7 +61,10 @@ test("createVm params built by capnp-es arrive intact through our reader", () =>
   assert.deepEqual(readVmSpec(readStruct(root, 0)), SPEC);
   assert.deepEqual(
     readSecrets(root, 1).map(({ name, value }) => ({ name, value: Buffer.from(value) })),
-    [{ name: "API_KEY", value: values[0] }, { name: "blob", value: values[1] }],
+    [
+      { name: "API_KEY", value: values[0] },
+      { name: "blob", value: values[1] },
+    ],
   );
   assert.equal(readU32(root, 0), 3600);
 });

@@ -31,7 +31,13 @@ interface SchemaNode {
 function compiledSchema(): Map<string, SchemaNode> {
   const root = repoRoot();
   const schema = join(root, "schema");
-  const bytes = execFileSync("capnp", ["compile", "-o-", `--src-prefix=${schema}`, join(schema, "common.capnp"), join(schema, "worker.capnp")]);
+  const bytes = execFileSync("capnp", [
+    "compile",
+    "-o-",
+    `--src-prefix=${schema}`,
+    join(schema, "common.capnp"),
+    join(schema, "worker.capnp"),
+  ]);
   const segments = new FrameDecoder(DEFAULT_LIMITS).push(bytes)[0]!;
   const request = new MessageReader(segments, DEFAULT_LIMITS).root();
   const nodes = readStructList(request, 0)!;
@@ -58,11 +64,15 @@ describe("worker codec vs the capnp compiler", { skip: capnpAvailable() ? false 
     const nodes = compiledSchema();
     const worker = nodes.get("Worker")!;
     assert.equal(worker.id, WORKER_INTERFACE_ID);
-    assert.deepEqual(worker.methods.map((m) => m.name), Object.keys(WorkerMethod));
-    Object.entries(WorkerMethod).forEach(([name, ordinal]) => assert.equal(worker.methods[ordinal]!.name, name));
+    assert.deepEqual(
+      worker.methods.map((m) => m.name),
+      Object.keys(WorkerMethod),
+    );
+    for (const [name, ordinal] of Object.entries(WorkerMethod)) assert.equal(worker.methods[ordinal]!.name, name);
 
     const byId = new Map([...nodes.values()].map((n) => [n.id, n]));
-    const sizeOf = (method: string, which: "params" | "results") => byId.get(worker.methods[WorkerMethod[method as keyof typeof WorkerMethod]]![which])!.size;
+    const sizeOf = (method: string, which: "params" | "results") =>
+      byId.get(worker.methods[WorkerMethod[method as keyof typeof WorkerMethod]]![which])!.size;
     const expected: Array<[string, readonly number[], [number, number]]> = [
       ["RunningVm", Size.RunningVm, nodes.get("RunningVm")!.size],
       ["IoCounters", Size.IoCounters, nodes.get("IoCounters")!.size],

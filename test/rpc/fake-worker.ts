@@ -1,5 +1,15 @@
 // An in-memory WorkerApi for RPC tests: records what arrived, answers like the core would.
-import type { ActiveFault, CallerInfo, ConsoleChunk, CreateVmOptions, FaultInput, VmEvent, VmSpecInput, VmView, WorkerApi } from "../../worker/core/api.js";
+import type {
+  ActiveFault,
+  CallerInfo,
+  ConsoleChunk,
+  CreateVmOptions,
+  FaultInput,
+  VmEvent,
+  VmSpecInput,
+  VmView,
+  WorkerApi,
+} from "../../worker/core/api.js";
 import { WorkerError, notFound } from "../../worker/core/errors.js";
 
 export function sampleVm(i: number): VmView {
@@ -94,7 +104,13 @@ export class FakeWorker implements WorkerApi {
     return this.injected
       .map((entry, i) => ({ entry, id: `fault-${i + 1}` }))
       .filter(({ entry }) => entry.id === id)
-      .map(({ entry, id: faultId }) => ({ id: faultId, kind: entry.fault.kind, description: entry.fault.kind, injectedAtMs: 1n, expiresAtMs: 0n }));
+      .map(({ entry, id: faultId }) => ({
+        id: faultId,
+        kind: entry.fault.kind,
+        description: entry.fault.kind,
+        injectedAtMs: 1n,
+        expiresAtMs: 0n,
+      }));
   }
 
   async deleteVm(id: string): Promise<void> {

@@ -20,7 +20,16 @@ type Builder = Parameters<NonNullable<Parameters<typeof callMessage>[4]>>[0];
 /** Valid frames: bootstrap, a call of each method (pipelined and on the import), finish, release, provide. */
 export function frameCorpus(ids: { getVm: string; deleteVm: string } = { getVm: "vm-000001", deleteVm: "nope" }): Buffer[] {
   const target = { kind: "answer", questionId: 0 } as const;
-  const spec = { hostname: "h", kernel: "/nix/store/k", initrd: "/nix/store/i", image: "/nix/store/r", cmdline: "c", cpu: 1, memoryBytes: 1n << 28n, allowedDomains: ["a.com", "10.0.0.0/8"] };
+  const spec = {
+    hostname: "h",
+    kernel: "/nix/store/k",
+    initrd: "/nix/store/i",
+    image: "/nix/store/r",
+    cmdline: "c",
+    cpu: 1,
+    memoryBytes: 1n << 28n,
+    allowedDomains: ["a.com", "10.0.0.0/8"],
+  };
   const text = (value: string) => (b: Builder, at: number) => b.setText(b.initStruct(at, 0, 1), value);
   const provide = startMessage(MessageTag.Provide, 1, 2);
   return [

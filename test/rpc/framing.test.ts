@@ -2,7 +2,15 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { FrameDecoder, FramingError, frameSegments } from "../../worker/rpc/framing.js";
 import { DEFAULT_LIMITS } from "../../worker/rpc/limits.js";
-import { MalformedMessageError, MessageBuilder, MessageReader, readStructList, readText, readTextList, readStruct } from "../../worker/rpc/wire.js";
+import {
+  MalformedMessageError,
+  MessageBuilder,
+  MessageReader,
+  readStructList,
+  readText,
+  readTextList,
+  readStruct,
+} from "../../worker/rpc/wire.js";
 
 const limits = { maxMessageBytes: 1024 * 1024, maxSegments: 8 };
 
@@ -89,7 +97,7 @@ describe("wire reader limits", () => {
     seg.writeUInt32LE(1 << 16, 4);
     seg.writeUInt32LE(1, 8);
     seg.writeUInt32LE(7 | (1 << 3), 12); // composite, 1 word
-    seg.writeUInt32LE((2 ** 29) << 2 >>> 0, 16); // tag: many elements
+    seg.writeUInt32LE(((2 ** 29) << 2) >>> 0, 16); // tag: many elements
     seg.writeUInt32LE(1, 20); // 1 data word each
     assert.throws(() => readStructList(reader(frameSegments([seg])).root(), 0), /exceed/);
   });

@@ -134,19 +134,32 @@ describe("rpc front door", () => {
     assert.ok(server.rss() - before < 50 * MIB, `rss grew by ${(server.rss() - before) / MIB} MiB`);
   });
 
-  test("12 connections each sending all but 8 bytes of the largest allowed message: the shared budget holds, RSS stays under 300 MiB and comes back after they close", async (t) => {
+  const budgetTitle =
+    "12 connections each sending all but 8 bytes of the largest allowed message: " +
+    "the shared budget holds, RSS stays under 300 MiB and comes back after they close";
+  test(budgetTitle, async (t) => {
     const server = await serve();
     const before = server.rss();
     const body = Buffer.alloc(DEFAULT_MAX_MESSAGE_BYTES - 8 - 8, 0x41);
     const peers = await Promise.all(Array.from({ length: 12 }, () => rawConnect(server.socketPath)));
-    await Promise.all(peers.map((peer) => new Promise<void>((resolve) => peer.socket.write(Buffer.concat([header(DEFAULT_MAX_MESSAGE_BYTES), body]), () => resolve()))));
+    await Promise.all(
+      peers.map(
+        (peer) =>
+          new Promise<void>((resolve) => peer.socket.write(Buffer.concat([header(DEFAULT_MAX_MESSAGE_BYTES), body]), () => resolve())),
+      ),
+    );
     // 64 MiB holds 8 of these: the other 4 are cut once the server has read their bytes.
     const cut = () => peers.filter((peer) => peer.received().toString("latin1").includes("incomplete messages already")).length;
     let peak = server.rss();
-    await waitFor("4 connections cut by the budget", 20_000, async () => {
-      peak = Math.max(peak, server.rss());
-      return cut() >= 4 ? true : undefined;
-    }, 50);
+    await waitFor(
+      "4 connections cut by the budget",
+      20_000,
+      async () => {
+        peak = Math.max(peak, server.rss());
+        return cut() >= 4 ? true : undefined;
+      },
+      50,
+    );
     const refused = cut();
     assert.ok(refused >= 4, `${refused} of 12 connections were cut by the budget`);
     assert.ok(peak < 300 * MIB, `rss ${Math.round(peak / MIB)} MiB while attacked`);
@@ -158,7 +171,8 @@ describe("rpc front door", () => {
       await new Promise((resolve) => setTimeout(resolve, 100));
       end = server.rss();
     }
-    t.diagnostic(`rss: ${Math.round(before / MIB)} MiB before, ${Math.round(peak / MIB)} MiB under attack, ${Math.round(end / MIB)} MiB after; ${refused}/12 cut by the budget`);
+    const mib = (bytes: number) => `${Math.round(bytes / MIB)} MiB`;
+    t.diagnostic(`rss: ${mib(before)} before, ${mib(peak)} under attack, ${mib(end)} after; ${refused}/12 cut by the budget`);
     assert.ok(end - before < 50 * MIB, `rss after close is ${Math.round((end - before) / MIB)} MiB above where it was`);
   });
 
@@ -199,18 +213,31 @@ describe("rpc front door", () => {
     leaving.socket.destroy();
     await leaving.closed;
     // Room again once the server has seen it go (its close is processed asynchronously).
-    await waitFor("a new connection served after one left", 5_000, () => served1s(server.socketPath).then(() => true, () => undefined), 50);
+    await waitFor(
+      "a new connection served after one left",
+      5_000,
+      () =>
+        served1s(server.socketPath).then(
+          () => true,
+          () => undefined,
+        ),
+      50,
+    );
     for (const peer of held) peer.socket.destroy();
   });
 
-  test("one user may not take every connection: its extra one is refused, root's are not", { skip: process.getuid?.() !== 0 ? "needs root to become uid 65534" : false }, async () => {
+  test("one user may not take every connection: its extra one is refused, root's are not", {
+    skip: process.getuid?.() !== 0 ? "needs root to become uid 65534" : false,
+  }, async () => {
     const server = await serve({ admission: { maxConnectionsPerPeer: 3 } });
     // uid 65534 opens four connections; waits (up to 10 s) for the server's word on the fourth,
     // then prints, for each, what the server said.
     const script = [
       "use Socket; use POSIX; use IO::Select;",
       "POSIX::setgid(65534); POSIX::setuid(65534) or die $!;",
-      "my @s; for my $i (1..4) { socket($s[$i], PF_UNIX, SOCK_STREAM, 0) or die $!; connect($s[$i], pack_sockaddr_un($ARGV[0])) or die $!; }",
+      "my @s; for my $i (1..4) {",
+      "  socket($s[$i], PF_UNIX, SOCK_STREAM, 0) or die $!; connect($s[$i], pack_sockaddr_un($ARGV[0])) or die $!;",
+      "}",
       "IO::Select->new($s[4])->can_read(10);",
       "for my $i (1..4) { my $sel = IO::Select->new($s[$i]); my $got = ''; if ($sel->can_read(0)) { sysread($s[$i], $got, 4096); }",
       '  print "$i:" . ($got =~ /(RESOURCE_EXHAUSTED[^\\x00]*connections at once from one uid)/ ? $1 : "open") . "\\n"; }',
@@ -219,10 +246,18 @@ describe("rpc front door", () => {
     let out = "";
     perl.stdout.on("data", (chunk: Buffer) => (out += chunk.toString()));
     await new Promise((resolve) => perl.once("exit", resolve));
-    assert.deepEqual(out.trim().split("\n"), ["1:open", "2:open", "3:open", "4:RESOURCE_EXHAUSTED: at most 3 connections at once from one uid"]);
+    assert.deepEqual(out.trim().split("\n"), [
+      "1:open",
+      "2:open",
+      "3:open",
+      "4:RESOURCE_EXHAUSTED: at most 3 connections at once from one uid",
+    ]);
     const root = await Promise.all(Array.from({ length: 5 }, () => rawConnect(server.socketPath)));
     await new Promise((resolve) => setTimeout(resolve, 200));
-    assert.ok(root.every((peer) => peer.received().length === 0 && !peer.socket.destroyed), "root is not capped per user");
+    assert.ok(
+      root.every((peer) => peer.received().length === 0 && !peer.socket.destroyed),
+      "root is not capped per user",
+    );
     for (const peer of root) peer.socket.destroy();
   });
 
@@ -236,8 +271,14 @@ describe("rpc front door", () => {
     // Another loopback address is another peer: all three of its connections are kept.
     const other = await Promise.all(Array.from({ length: 3 }, () => from("127.0.0.2")));
     await new Promise((resolve) => setTimeout(resolve, 200));
-    assert.ok(other.every((peer) => peer.received().length === 0 && !peer.socket.destroyed), "another address is not capped by the first one's connections");
-    assert.ok(held.every((peer) => !peer.socket.destroyed), "the first address keeps its three");
+    assert.ok(
+      other.every((peer) => peer.received().length === 0 && !peer.socket.destroyed),
+      "another address is not capped by the first one's connections",
+    );
+    assert.ok(
+      held.every((peer) => !peer.socket.destroyed),
+      "the first address keeps its three",
+    );
     for (const peer of [...held, ...other]) peer.socket.destroy();
   });
 

@@ -38,7 +38,9 @@ test("a real connection: the peer is the connecting process, with its uid and gi
 
 // The attack that forged `ss -xp` output: a client binds its own socket to a path that reads like
 // another process's line. The kernel's credentials do not care what the path says.
-test("a client that binds its socket to a path forging another process is still named by its real pid and uid", { skip: process.getuid?.() !== 0 ? "needs root to become uid 65534" : false }, async () => {
+test("a client that binds its socket to a path forging another process is still named by its real pid and uid", {
+  skip: process.getuid?.() !== 0 ? "needs root to become uid 65534" : false,
+}, async () => {
   const dir = mkdtempSync(join(tmpdir(), "pcr-peer-"));
   chmodSync(dir, 0o755);
   const path = join(dir, "s.sock");

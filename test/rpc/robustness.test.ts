@@ -12,7 +12,15 @@ import { connectWorker } from "../../worker/rpc/worker-client.js";
 import { workerDispatcher } from "../../worker/rpc/worker-service.js";
 import { FakeWorker, sampleVm } from "./fake-worker.js";
 import { RawPeer } from "./raw-peer.js";
-import { type MessageBuilder, listStruct, readCapabilityIndex, readStruct, readStructList, readU16, readU32 } from "../../worker/rpc/wire.js";
+import {
+  type MessageBuilder,
+  listStruct,
+  readCapabilityIndex,
+  readStruct,
+  readStructList,
+  readU16,
+  readU32,
+} from "../../worker/rpc/wire.js";
 
 const bootstrapTarget = { kind: "answer", questionId: 0 } as const;
 

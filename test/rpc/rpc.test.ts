@@ -145,7 +145,7 @@ describe("rpc over unix socket and tcp", () => {
     const client = await connectWorker(socketPath);
     try {
       const results = await Promise.all(Array.from({ length: 200 }, (_, i) => client.getVm(fake.vms[i]!.id)));
-      results.forEach((vm, i) => assert.equal(vm.id, fake.vms[i]!.id));
+      for (const [i, vm] of results.entries()) assert.equal(vm.id, fake.vms[i]!.id);
     } finally {
       fake.getVmDelayMs = 0;
       client.close();
@@ -216,7 +216,12 @@ describe("rpc over unix socket and tcp", () => {
 
   test("results larger than the message limit become RESOURCE_EXHAUSTED", async () => {
     const path = join(dir, "small.sock");
-    const small = await RpcServer.listen({ dispatcher: workerDispatcher(fake), logger, socketPath: path, limits: { maxMessageBytes: 64 * 1024 } });
+    const small = await RpcServer.listen({
+      dispatcher: workerDispatcher(fake),
+      logger,
+      socketPath: path,
+      limits: { maxMessageBytes: 64 * 1024 },
+    });
     const client = await connectWorker(path);
     try {
       await assert.rejects(client.listVms(), { code: "RESOURCE_EXHAUSTED" });

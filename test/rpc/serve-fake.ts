@@ -19,7 +19,8 @@ const server = await RpcServer.listen({
   admission: process.env.PCR_TEST_ADMISSION ? JSON.parse(process.env.PCR_TEST_ADMISSION) : undefined,
 });
 process.on("message", (message) => {
-  if (message === "created") process.send?.(JSON.stringify(fake.created, (_k, v) => (typeof v === "bigint" ? v.toString() : v instanceof Uint8Array ? [...v] : v)));
+  if (message === "created")
+    process.send?.(JSON.stringify(fake.created, (_k, v) => (typeof v === "bigint" ? v.toString() : v instanceof Uint8Array ? [...v] : v)));
   if (message === "rss") process.send?.(String(process.memoryUsage().rss));
 });
 process.on("SIGTERM", () => void server.close().then(() => process.exit(0)));

@@ -18,13 +18,58 @@ import { FakeWorker, sampleVm } from "./fake-worker.js";
 async function pki(dir: string) {
   const run = (args: string[]) => execa("openssl", args, { cwd: dir });
   const ca = async (name: string) => {
-    await run(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", `/CN=${name}`, "-keyout", `${name}.key`, "-out", `${name}.pem`]);
+    await run([
+      "req",
+      "-x509",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:P-256",
+      "-nodes",
+      "-days",
+      "1",
+      "-subj",
+      `/CN=${name}`,
+      "-keyout",
+      `${name}.key`,
+      "-out",
+      `${name}.pem`,
+    ]);
   };
   const leaf = async (name: string, caName: string, server: boolean) => {
-    await run(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", `/CN=${name}`, "-keyout", `${name}.key`, "-out", `${name}.csr`]);
+    await run([
+      "req",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:P-256",
+      "-nodes",
+      "-subj",
+      `/CN=${name}`,
+      "-keyout",
+      `${name}.key`,
+      "-out",
+      `${name}.csr`,
+    ]);
     const ext = join(dir, `${name}.ext`);
     await execa("sh", ["-c", `printf '%s\\n' '${server ? "subjectAltName=IP:127.0.0.1" : "extendedKeyUsage=clientAuth"}' > ${ext}`]);
-    await run(["x509", "-req", "-in", `${name}.csr`, "-CA", `${caName}.pem`, "-CAkey", `${caName}.key`, "-CAcreateserial", "-days", "1", "-extfile", ext, "-out", `${name}.pem`]);
+    await run([
+      "x509",
+      "-req",
+      "-in",
+      `${name}.csr`,
+      "-CA",
+      `${caName}.pem`,
+      "-CAkey",
+      `${caName}.key`,
+      "-CAcreateserial",
+      "-days",
+      "1",
+      "-extfile",
+      ext,
+      "-out",
+      `${name}.pem`,
+    ]);
   };
   await ca("ca");
   await ca("other-ca");
@@ -72,7 +117,9 @@ describe("mutual TLS on TCP", () => {
   });
 
   test("a client with a certificate from the CA is served", async () => {
-    const client = await connectWorker(address, { tls: { cert: files.read("client.pem"), key: files.read("client.key"), ca: files.read("ca.pem") } });
+    const client = await connectWorker(address, {
+      tls: { cert: files.read("client.pem"), key: files.read("client.key"), ca: files.read("ca.pem") },
+    });
     assert.equal((await client.listVms()).length, 1);
     client.close();
   });
@@ -80,11 +127,17 @@ describe("mutual TLS on TCP", () => {
   test("a client without a certificate, or with one from another CA, or speaking plain TCP, is refused before any call", async () => {
     const before = calls;
     await assert.rejects(async () => {
-      const client = await connectWorker(address, { tls: { cert: "", key: "", ca: files.read("ca.pem") } as never, connectTimeoutMs: 3000 });
+      const client = await connectWorker(address, {
+        tls: { cert: "", key: "", ca: files.read("ca.pem") } as never,
+        connectTimeoutMs: 3000,
+      });
       await client.listVms();
     });
     await assert.rejects(async () => {
-      const client = await connectWorker(address, { tls: { cert: files.read("stranger.pem"), key: files.read("stranger.key"), ca: files.read("ca.pem") }, connectTimeoutMs: 3000 });
+      const client = await connectWorker(address, {
+        tls: { cert: files.read("stranger.pem"), key: files.read("stranger.key"), ca: files.read("ca.pem") },
+        connectTimeoutMs: 3000,
+      });
       await client.listVms();
     });
     await assert.rejects(async () => {
@@ -102,13 +155,18 @@ describe("mutual TLS on TCP", () => {
     assert.equal((JSON.parse(ok.stdout) as unknown[]).length, 1);
     const without = await execa(process.execPath, [CLI_BIN, "list-vms", "--worker", address], { reject: false, timeout: 20_000 });
     assert.equal(without.exitCode, 1);
-    const half = await execa(process.execPath, [CLI_BIN, "list-vms", "--worker", address, "--tls-cert", join(dir, "client.pem")], { reject: false });
+    const half = await execa(process.execPath, [CLI_BIN, "list-vms", "--worker", address, "--tls-cert", join(dir, "client.pem")], {
+      reject: false,
+    });
     assert.equal(half.exitCode, 2);
     assert.match(half.stderr, /needs all of --tls-cert, --tls-key and --tls-ca/);
   });
 
   test("a client that does not trust the server's CA refuses the server", async () => {
-    await assert.rejects(connectWorker(address, { tls: { cert: files.read("client.pem"), key: files.read("client.key"), ca: files.read("other-ca.pem") } }), /certificate|self.signed|unable/i);
+    await assert.rejects(
+      connectWorker(address, { tls: { cert: files.read("client.pem"), key: files.read("client.key"), ca: files.read("other-ca.pem") } }),
+      /certificate|self.signed|unable/i,
+    );
   });
 });
 
@@ -126,7 +184,21 @@ test("start-up: TCP beyond loopback needs mutual TLS; TLS options go together an
 test("pcr-worker refuses --tcp 0.0.0.0:7000 without TLS at start-up, before touching anything", async () => {
   const dir = mkdtempSync(join(tmpdir(), "pcr-tls-start-"));
   try {
-    const result = await execa(process.execPath, [WORKER_BIN, "--tcp", "0.0.0.0:7000", "--socket", join(dir, "w.sock"), "--state-dir", join(dir, "state"), "--runtime-dir", join(dir, "run")], { reject: false, timeout: 20_000 });
+    const result = await execa(
+      process.execPath,
+      [
+        WORKER_BIN,
+        "--tcp",
+        "0.0.0.0:7000",
+        "--socket",
+        join(dir, "w.sock"),
+        "--state-dir",
+        join(dir, "state"),
+        "--runtime-dir",
+        join(dir, "run"),
+      ],
+      { reject: false, timeout: 20_000 },
+    );
     assert.equal(result.exitCode, 2);
     assert.match(result.stderr, /refusing to serve unauthenticated TCP on 0\.0\.0\.0:7000/);
     assert.deepEqual(readdirSync(dir), [], "nothing was created");

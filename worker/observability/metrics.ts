@@ -4,8 +4,18 @@ import { VM_STATUSES, type VmView } from "../core/api.js";
 
 export class WorkerMetrics {
   readonly registry = new Registry();
-  readonly rpcCalls = new Counter({ name: "pcr_rpc_calls_total", help: "RPC calls by method and result code", labelNames: ["method", "code"], registers: [this.registry] });
-  readonly rpcErrors = new Counter({ name: "pcr_rpc_errors_total", help: "RPC calls that failed, by method and code", labelNames: ["method", "code"], registers: [this.registry] });
+  readonly rpcCalls = new Counter({
+    name: "pcr_rpc_calls_total",
+    help: "RPC calls by method and result code",
+    labelNames: ["method", "code"],
+    registers: [this.registry],
+  });
+  readonly rpcErrors = new Counter({
+    name: "pcr_rpc_errors_total",
+    help: "RPC calls that failed, by method and code",
+    labelNames: ["method", "code"],
+    registers: [this.registry],
+  });
   readonly callSeconds = new Histogram({
     name: "pcr_rpc_call_seconds",
     help: "RPC call latency by method",
@@ -25,8 +35,16 @@ export class WorkerMetrics {
     buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
     registers: [this.registry],
   });
-  readonly nixCopyBytes = new Counter({ name: "pcr_nix_copy_bytes_total", help: "NAR bytes pulled with nix copy", registers: [this.registry] });
-  readonly nixCopySeconds = new Counter({ name: "pcr_nix_copy_seconds_total", help: "Seconds spent in nix copy", registers: [this.registry] });
+  readonly nixCopyBytes = new Counter({
+    name: "pcr_nix_copy_bytes_total",
+    help: "NAR bytes pulled with nix copy",
+    registers: [this.registry],
+  });
+  readonly nixCopySeconds = new Counter({
+    name: "pcr_nix_copy_seconds_total",
+    help: "Seconds spent in nix copy",
+    registers: [this.registry],
+  });
 
   /** Gauges computed at scrape time from the current VMs. */
   constructor(listVms: () => Promise<VmView[]>) {

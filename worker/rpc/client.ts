@@ -4,7 +4,7 @@ import net from "node:net";
 import tls from "node:tls";
 import pino, { type Logger } from "pino";
 import { unavailable } from "../core/errors.js";
-import { RemoteCapability, RpcConnection } from "./connection.js";
+import { type RemoteCapability, RpcConnection } from "./connection.js";
 import type { RpcLimits } from "./limits.js";
 
 export interface ConnectOptions {

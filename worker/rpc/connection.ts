@@ -103,9 +103,7 @@ export class RemoteCapability {
   ) {}
 
   get target(): CallTarget {
-    return this.importId === undefined
-      ? { kind: "answer", questionId: this.bootstrapQuestion }
-      : { kind: "import", id: this.importId };
+    return this.importId === undefined ? { kind: "answer", questionId: this.bootstrapQuestion } : { kind: "import", id: this.importId };
   }
 }
 
@@ -239,7 +237,13 @@ export class RpcConnection {
   }
 
   /** Calls a method; resolves with the results struct (valid until the next await of the caller's choosing). */
-  call(cap: RemoteCapability, interfaceId: bigint, methodId: number, writeParams?: ContentWriter, sizeHint?: number): Promise<StructReader> {
+  call(
+    cap: RemoteCapability,
+    interfaceId: bigint,
+    methodId: number,
+    writeParams?: ContentWriter,
+    sizeHint?: number,
+  ): Promise<StructReader> {
     if (this.isClosed) return Promise.reject(this.disconnected());
     if (cap.failure) return Promise.reject(cap.failure);
     const questionId = this.allocateQuestion();
@@ -313,7 +317,8 @@ export class RpcConnection {
     const pending = this.decoder.pendingBytes;
     if (pending > this.charged) {
       if (this.budget && !this.budget.take(pending - this.charged)) {
-        this.abort(`RESOURCE_EXHAUSTED: the server holds ${this.budget.maxBytes} bytes of incomplete messages already; send whole messages, and fewer at once`);
+        const held = `the server holds ${this.budget.maxBytes} bytes of incomplete messages already`;
+        this.abort(`RESOURCE_EXHAUSTED: ${held}; send whole messages, and fewer at once`);
         return false;
       }
     } else {
@@ -325,7 +330,10 @@ export class RpcConnection {
       this.frameTimer = undefined;
     }
     if (pending > 0 && !this.frameTimer && this.limits.frameTimeoutMs > 0) {
-      this.frameTimer = setTimeout(() => this.abort(`a message was not completed within ${this.limits.frameTimeoutMs} ms`), this.limits.frameTimeoutMs);
+      this.frameTimer = setTimeout(
+        () => this.abort(`a message was not completed within ${this.limits.frameTimeoutMs} ms`),
+        this.limits.frameTimeoutMs,
+      );
       this.frameTimer.unref();
     }
     return true;
@@ -336,25 +344,35 @@ export class RpcConnection {
     const tag = readU16(root, 0);
     switch (tag) {
       case MessageTag.Call:
-        return this.onCall(reader, root);
+        this.onCall(reader, root);
+        break;
       case MessageTag.Return:
-        return this.onReturn(this.body(root));
+        this.onReturn(this.body(root));
+        break;
       case MessageTag.Finish:
-        return this.onFinish(this.body(root));
+        this.onFinish(this.body(root));
+        break;
       case MessageTag.Bootstrap:
-        return this.onBootstrap(this.body(root));
+        this.onBootstrap(this.body(root));
+        break;
       case MessageTag.Release:
-        return this.onRelease(this.body(root));
+        this.onRelease(this.body(root));
+        break;
       case MessageTag.Abort:
-        return this.onAbort(readStruct(root, 0));
+        this.onAbort(readStruct(root, 0));
+        break;
       case MessageTag.Unimplemented:
-        return this.onUnimplemented(readStruct(root, 0));
+        this.onUnimplemented(readStruct(root, 0));
+        break;
       case MessageTag.Resolve:
-        return this.onResolve(this.body(root));
+        this.onResolve(this.body(root));
+        break;
       case MessageTag.Disembargo:
-        return this.onDisembargo(reader, root);
+        this.onDisembargo(reader, root);
+        break;
       default:
-        return this.sendUnimplemented(reader);
+        this.sendUnimplemented(reader);
+        break;
     }
   }
 
@@ -412,12 +430,16 @@ export class RpcConnection {
     const target = readStruct(body, Layout.Call.target);
     const dispatcher = target === null ? undefined : this.resolveTarget(target);
     if (dispatcher === undefined) {
-      this.sendReturn(questionId, exceptionReturn(questionId, "failed", "INVALID_ARGUMENT: call target is not a capability this connection exports"));
+      this.sendReturn(
+        questionId,
+        exceptionReturn(questionId, "failed", "INVALID_ARGUMENT: call target is not a capability this connection exports"),
+      );
       return;
     }
     const method = dispatcher.interfaceId === interfaceId ? dispatcher.methods[methodId] : undefined;
     if (method === undefined) {
-      const reason = `Method not implemented: interface 0x${interfaceId.toString(16)} method ${methodId} (this capability is ${dispatcher.name})`;
+      const which = `interface 0x${interfaceId.toString(16)} method ${methodId}`;
+      const reason = `Method not implemented: ${which} (this capability is ${dispatcher.name})`;
       this.sendReturn(questionId, exceptionReturn(questionId, "unimplemented", reason));
       return;
     }
@@ -436,7 +458,12 @@ export class RpcConnection {
     try {
       const payload = readStruct(body, Layout.Call.params);
       const params = (payload && readStruct(payload, Layout.Payload.content)) ?? emptyStruct(reader);
-      pending = method.handle(params, { connection: this.peer, requestId: `${this.peer}/${++this.requestCounter}`, signal: deadline?.signal, describePeer: this.describePeer });
+      pending = method.handle(params, {
+        connection: this.peer,
+        requestId: `${this.peer}/${++this.requestCounter}`,
+        signal: deadline?.signal,
+        describePeer: this.describePeer,
+      });
     } catch (err) {
       pending = Promise.reject(err);
     }
@@ -472,7 +499,8 @@ export class RpcConnection {
         message = resultsReturn(questionId, writeResults, writeResults.sizeHint);
         if (message.length > this.limits.maxMessageBytes) {
           // The peer would refuse it (and drop the connection): say so instead.
-          const reason = `RESOURCE_EXHAUSTED: results of ${message.length} bytes exceed the ${this.limits.maxMessageBytes}-byte message limit`;
+          const limit = this.limits.maxMessageBytes;
+          const reason = `RESOURCE_EXHAUSTED: results of ${message.length} bytes exceed the ${limit}-byte message limit`;
           message = exceptionReturn(questionId, "failed", reason);
         }
       } catch (encodeError) {

@@ -22,7 +22,9 @@ function socketFd(socket: Socket): number | undefined {
 function commandOf(pid: number): string {
   try {
     // comm is at most 15 bytes, chosen by the process: keep it printable for the audit line.
-    return readFileSync(`/proc/${pid}/comm`, "utf8").trim().replace(/[^\x20-\x7e]/g, "?");
+    return readFileSync(`/proc/${pid}/comm`, "utf8")
+      .trim()
+      .replace(/[^\x20-\x7e]/g, "?");
   } catch {
     return "";
   }

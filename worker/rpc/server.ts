@@ -126,7 +126,10 @@ export class RpcServer {
   private createServer(kind: "unix" | "tcp" | "tls"): net.Server {
     const onConnection = (socket: net.Socket) => {
       // Unix peers are named by a connection id; audits add the kernel's record of their process and user.
-      const peer = kind === "unix" ? `unix#${++this.counter}` : `${kind}:${socket.remoteAddress}:${socket.remotePort}#${++this.counter}${clientName(socket)}`;
+      const peer =
+        kind === "unix"
+          ? `unix#${++this.counter}`
+          : `${kind}:${socket.remoteAddress}:${socket.remotePort}#${++this.counter}${clientName(socket)}`;
       const log = this.options.logger;
       const cred = kind === "unix" ? unixPeerCredentials(socket) : undefined;
       const peerKey = kind === "unix" ? `uid ${cred?.uid ?? "unknown"}` : `address ${socket.remoteAddress}`;
@@ -159,10 +162,21 @@ export class RpcServer {
       const { cert, key, clientCa } = this.options.tls!;
       // A client without a certificate from clientCa fails the handshake: no Cap'n Proto byte of it is read.
       server = tls.createServer(
-        { cert, key, ca: clientCa, requestCert: true, rejectUnauthorized: true, minVersion: "TLSv1.2", handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS, noDelay: true },
+        {
+          cert,
+          key,
+          ca: clientCa,
+          requestCert: true,
+          rejectUnauthorized: true,
+          minVersion: "TLSv1.2",
+          handshakeTimeout: TLS_HANDSHAKE_TIMEOUT_MS,
+          noDelay: true,
+        },
         onConnection,
       );
-      server.on("tlsClientError", (err, socket) => this.options.logger.warn({ peer: `tls:${socket.remoteAddress}`, err: err.message }, "tls client refused"));
+      server.on("tlsClientError", (err, socket) =>
+        this.options.logger.warn({ peer: `tls:${socket.remoteAddress}`, err: err.message }, "tls client refused"),
+      );
     } else {
       server = net.createServer({ noDelay: true }, onConnection);
     }
@@ -173,7 +187,8 @@ export class RpcServer {
   /** Why a new connection from `peerKey` may not be served, or undefined when it may. */
   private admit(peerKey: string, exempt: boolean): string | undefined {
     const { maxConnections, maxConnectionsPerPeer } = this.admission;
-    if (this.connections.size >= maxConnections) return `RESOURCE_EXHAUSTED: the worker serves at most ${maxConnections} connections at once`;
+    if (this.connections.size >= maxConnections)
+      return `RESOURCE_EXHAUSTED: the worker serves at most ${maxConnections} connections at once`;
     if (!exempt && (this.perPeer.get(peerKey) ?? 0) >= maxConnectionsPerPeer) {
       return `RESOURCE_EXHAUSTED: at most ${maxConnectionsPerPeer} connections at once from one ${peerKey.split(" ")[0]}; close idle ones`;
     }

@@ -221,8 +221,7 @@ export function emptyStruct(msg: MessageReader): StructReader {
 
 // ---- struct field access ----
 
-export const readU8 = (s: StructReader, byteOffset: number): number =>
-  byteOffset + 1 <= s.dataBytes ? s.seg[s.data + byteOffset]! : 0;
+export const readU8 = (s: StructReader, byteOffset: number): number => (byteOffset + 1 <= s.dataBytes ? s.seg[s.data + byteOffset]! : 0);
 export const readU16 = (s: StructReader, byteOffset: number): number =>
   byteOffset + 2 <= s.dataBytes ? s.seg.readUInt16LE(s.data + byteOffset) : 0;
 export const readU32 = (s: StructReader, byteOffset: number): number =>

@@ -24,7 +24,8 @@ const toWorkerError = (err: unknown): never => {
 
 const params =
   (size: readonly [number, number], fill: (b: Parameters<ContentWriter>[0], s: number) => void): ContentWriter =>
-  (b, at) => fill(b, b.initStruct(at, size[0], size[1]));
+  (b, at) =>
+    fill(b, b.initStruct(at, size[0], size[1]));
 
 export class WorkerClient {
   constructor(
@@ -87,7 +88,11 @@ export class WorkerClient {
   }
 
   async deleteVm(id: string): Promise<void> {
-    await this.call(WorkerMethod.deleteVm, () => undefined, params(Size.IdParams, (b, s) => b.setText(s, id)));
+    await this.call(
+      WorkerMethod.deleteVm,
+      () => undefined,
+      params(Size.IdParams, (b, s) => b.setText(s, id)),
+    );
   }
 
   events(sinceSeq: bigint, maxEvents: number, waitMs: number): Promise<{ events: VmEvent[]; nextSeq: bigint }> {
@@ -126,7 +131,11 @@ export class WorkerClient {
   }
 
   listFaults(id: string): Promise<ActiveFault[]> {
-    return this.call(WorkerMethod.listFaults, (r) => readActiveFaultList(r, 0), params(Size.IdParams, (b, s) => b.setText(s, id)));
+    return this.call(
+      WorkerMethod.listFaults,
+      (r) => readActiveFaultList(r, 0),
+      params(Size.IdParams, (b, s) => b.setText(s, id)),
+    );
   }
 
   close(): void {
