@@ -151,7 +151,22 @@ test("precedence: flags > environment > JSON file > defaults", () => {
 test("a bad configuration names every problem and where each came from", () => {
   const file = configFile({ stopGraceMs: -1, maxVmz: 3 });
   const message = problemsOf(
-    ["--config", file, "--max-vms", "0", "--vmm", "firecracker", "--subnet", "10.0.0.0/31", "--deny-cidr", "10.0.0.0/8", "--deny-cidr", "nope", "--tcp", "0.0.0.0:7000"],
+    [
+      "--config",
+      file,
+      "--max-vms",
+      "0",
+      "--vmm",
+      "firecracker",
+      "--subnet",
+      "10.0.0.0/31",
+      "--deny-cidr",
+      "10.0.0.0/8",
+      "--deny-cidr",
+      "nope",
+      "--tcp",
+      "0.0.0.0:7000",
+    ],
     { PCR_BOOT_TIMEOUT_MS: "soon", PCR_NETWORK: "maybe", PCR_RESOLVER: "dns.example.org", PCR_HTTP_LISTEN: "9464" },
   );
   const expected = [
@@ -199,7 +214,18 @@ test("a bad file or argument is reported, not thrown as a stack", () => {
 test("pcr-worker stops at start-up on a bad --subnet, naming it, before touching anything", async () => {
   const dir = mkdtempSync(join(tmpdir(), "pcr-config-start-"));
   try {
-    const args = ["--subnet", "10.0.0.0/31", "--max-vms", "0", "--socket", join(dir, "w.sock"), "--state-dir", join(dir, "state"), "--runtime-dir", join(dir, "run")];
+    const args = [
+      "--subnet",
+      "10.0.0.0/31",
+      "--max-vms",
+      "0",
+      "--socket",
+      join(dir, "w.sock"),
+      "--state-dir",
+      join(dir, "state"),
+      "--runtime-dir",
+      join(dir, "run"),
+    ];
     const result = await execa(process.execPath, [WORKER_BIN, ...args], { reject: false, timeout: 20_000 });
     assert.equal(result.exitCode, 2, result.stderr);
     assert.match(result.stderr, /--subnet: must be an IPv4 CIDR of \/30 or larger/);

@@ -53,7 +53,7 @@ const nums = <S extends z.ZodType<number[] | undefined>>(schema: S, help: string
 const oneOf = <const T extends readonly [string, ...string[]]>(values: T, fallback: T[number], help: string) =>
   described(z.enum(values).default(fallback), { kind: "string", help: `${help} (${values.join(", ")})` });
 
-const HOST_PORT = /^(\[[0-9a-fA-F:.]+\]|[^:\[\]]+):\d+$/;
+const HOST_PORT = /^(\[[0-9a-fA-F:.]+\]|[^:[\]]+):\d+$/;
 const isIpv4Cidr = (text: string) => parseCidr(text.includes("/") ? text : `${text}/32`) !== undefined;
 /** The bridge takes the first address and guests need at least one more. */
 const isVmSubnet = (text: string) => (parseCidr(text)?.prefixLength ?? 99) <= 30;
@@ -68,7 +68,7 @@ export const configSchema = z.strictObject({
   socket: text(z.string().min(1).default("/run/procurator/worker.sock"), "Unix socket to serve on"),
   tcp: text(
     z.string().regex(HOST_PORT, "must be host:port").optional(),
-    "Also serve on TCP host:port (\"[::1]:7000\" for IPv6); beyond loopback only with mutual TLS",
+    'Also serve on TCP host:port ("[::1]:7000" for IPv6); beyond loopback only with mutual TLS',
     { defaultText: "off" },
   ),
   tlsCert: text(z.string().optional(), "PEM certificate of the TCP listener"),
@@ -85,7 +85,11 @@ export const configSchema = z.strictObject({
   }),
   network: bool(z.boolean().default(true), "Per-VM networking (--no-network to disable)"),
   bridge: text(
-    z.string().max(15).regex(/^[A-Za-z0-9_.-]+$/, "must be an interface name (letters, digits, _ . -)").default("pcrbr0"),
+    z
+      .string()
+      .max(15)
+      .regex(/^[A-Za-z0-9_.-]+$/, "must be an interface name (letters, digits, _ . -)")
+      .default("pcrbr0"),
     "The worker's bridge",
   ),
   subnet: text(
@@ -93,25 +97,45 @@ export const configSchema = z.strictObject({
     "The VMs' subnet; the bridge takes its first address",
   ),
   resolver: text(
-    z.string().refine((text) => parseIpv4(text) !== undefined, "must be an IPv4 address").optional(),
+    z
+      .string()
+      .refine((text) => parseIpv4(text) !== undefined, "must be an IPv4 address")
+      .optional(),
     "Upstream DNS server for allowedDomains names (guests reach it only through the worker's DNS proxy)",
   ),
   uplink: text(z.string().optional(), "Interface guests' allowed egress is NATed out of"),
-  hostAllowedPorts: nums(z.array(z.number().int().min(1).max(65535)).default([]), "Host TCP port guests may reach on the gateway (repeatable)", {
-    flag: "host-allowed-port",
-  }),
+  hostAllowedPorts: nums(
+    z.array(z.number().int().min(1).max(65535)).default([]),
+    "Host TCP port guests may reach on the gateway (repeatable)",
+    {
+      flag: "host-allowed-port",
+    },
+  ),
   denyCidrs: texts(
     z.array(z.string().refine(isIpv4Cidr, "must be an IPv4 address or CIDR")).default(DEFAULT_DENY_CIDRS),
     "Range no VM may reach (repeatable; replaces the default; the host's own addresses are always denied)",
     { flag: "deny-cidr" },
   ),
-  addressCooldownMs: num(z.number().int().nonnegative().default(30_000), "How long a released guest address stays unused, so late packets of its last VM reach nobody"),
-  secretsTmpfsBytes: num(z.number().int().min(MIB).default(64 * MIB), "Size of the secrets tmpfs: all VMs' secrets together"),
+  addressCooldownMs: num(
+    z.number().int().nonnegative().default(30_000),
+    "How long a released guest address stays unused, so late packets of its last VM reach nobody",
+  ),
+  secretsTmpfsBytes: num(
+    z
+      .number()
+      .int()
+      .min(MIB)
+      .default(64 * MIB),
+    "Size of the secrets tmpfs: all VMs' secrets together",
+  ),
   maxVms: num(positiveInt().default(64), "VMs at once; beyond, RESOURCE_EXHAUSTED"),
   maxCpuPerVm: num(positiveInt().default(cpus().length), "vCPUs one VM may ask for (default: cores)"),
   maxTotalCpu: num(positiveInt().default(cpus().length * 4), "vCPUs of all VMs together (default: 4 x cores)"),
   minMemoryPerVmBytes: num(positiveInt().default(64 * MIB), "Least memory one VM may ask for"),
-  maxMemoryPerVmBytes: num(positiveInt().default(Math.max(GIB, totalmem() - 2 * GIB)), "Most memory one VM may ask for (default: RAM - 2 GiB)"),
+  maxMemoryPerVmBytes: num(
+    positiveInt().default(Math.max(GIB, totalmem() - 2 * GIB)),
+    "Most memory one VM may ask for (default: RAM - 2 GiB)",
+  ),
   maxTotalMemoryBytes: num(positiveInt().default(Math.max(GIB, totalmem() - 2 * GIB)), "Memory of all VMs together (default: RAM - 2 GiB)"),
   maxTotalDiskBytes: num(positiveInt().optional(), "Data disks of all VMs not yet deleted, together", {
     defaultText: "free space of the state dir at start",
@@ -120,21 +144,53 @@ export const configSchema = z.strictObject({
   maxTtlSeconds: num(positiveInt().default(7 * 24 * 3600), "Upper bound of a VM's ttlSeconds"),
   bootTimeoutMs: num(positiveInt().default(30_000), "VMM spawn to guest running; past it the VM fails"),
   stopGraceMs: num(z.number().int().nonnegative().default(2_000), "How long deleteVm lets the guest power off before killing the VMM"),
-  consoleMaxBytes: num(z.number().int().min(64 * 1024).default(8 * MIB), "Console bytes kept per VM (oldest dropped, read offsets stay monotonic)"),
+  consoleMaxBytes: num(
+    z
+      .number()
+      .int()
+      .min(64 * 1024)
+      .default(8 * MIB),
+    "Console bytes kept per VM (oldest dropped, read offsets stay monotonic)",
+  ),
   maxConsoleReadBytes: num(positiveInt().default(MIB), "Most console bytes one read call returns"),
   counterIntervalMs: num(positiveInt().default(2_000), "How often I/O counters are sampled"),
   maxCallsPerConnection: num(positiveInt().default(256), "Concurrent calls per RPC connection"),
   maxConnections: num(positiveInt().default(8192), "RPC connections open at once, all clients together"),
   maxConnectionsPerPeer: num(positiveInt().default(1024), "RPC connections from one uid (unix socket; root exempt) or one TCP address"),
   /** The largest legitimate message is a createVm with 4 MiB of secrets. */
-  maxMessageBytes: num(z.number().int().min(64 * 1024).max(GIB).default(8 * MIB), "Largest RPC message accepted"),
-  maxPendingBytes: num(z.number().int().min(MIB).default(64 * MIB), "Bytes of incomplete RPC messages held, all connections together"),
+  maxMessageBytes: num(
+    z
+      .number()
+      .int()
+      .min(64 * 1024)
+      .max(GIB)
+      .default(8 * MIB),
+    "Largest RPC message accepted",
+  ),
+  maxPendingBytes: num(
+    z
+      .number()
+      .int()
+      .min(MIB)
+      .default(64 * MIB),
+    "Bytes of incomplete RPC messages held, all connections together",
+  ),
   frameTimeoutMs: num(z.number().int().nonnegative().default(30_000), "Time a started RPC message has to arrive whole (0: none)"),
-  idleTimeoutMs: num(z.number().int().nonnegative().default(10 * 60_000), "Idle RPC connections are closed after this (0: never)"),
+  idleTimeoutMs: num(
+    z
+      .number()
+      .int()
+      .nonnegative()
+      .default(10 * 60_000),
+    "Idle RPC connections are closed after this (0: never)",
+  ),
   callDeadlineMs: num(z.number().int().nonnegative().default(300_000), "Longest a call may run before DEADLINE_EXCEEDED (0: none)"),
   stopVmsOnExit: bool(z.boolean().default(false), "On SIGTERM stop the VMs instead of leaving them for the next worker"),
   httpListen: text(
-    z.string().refine((text) => text === "off" || HOST_PORT.test(text), 'must be host:port or "off"').default("127.0.0.1:9464"),
+    z
+      .string()
+      .refine((text) => text === "off" || HOST_PORT.test(text), 'must be host:port or "off"')
+      .default("127.0.0.1:9464"),
     "host:port for /healthz /readyz /metrics, or off",
   ),
   auditLog: text(z.string().optional(), "Append-only JSON lines of every mutating call", { defaultText: "<state-dir>/audit.log" }),
@@ -341,7 +397,10 @@ export function checkListeners(config: Pick<WorkerConfig, "tcp" | "tlsCert" | "t
   if (config.tcp && given === 0) {
     const host = config.tcp.slice(0, config.tcp.lastIndexOf(":"));
     if (!isLoopbackHost(host)) {
-      return `refusing to serve unauthenticated TCP on ${config.tcp}: give --tls-cert, --tls-key and --tls-client-ca (mutual TLS), or bind to loopback`;
+      return (
+        `refusing to serve unauthenticated TCP on ${config.tcp}: ` +
+        "give --tls-cert, --tls-key and --tls-client-ca (mutual TLS), or bind to loopback"
+      );
     }
   }
   return undefined;

@@ -67,7 +67,10 @@ async function run(config: WorkerConfig): Promise<void> {
       consoleMaxBytes: config.consoleMaxBytes,
     },
     timeouts: { bootMs: config.bootTimeoutMs, stopGraceMs: config.stopGraceMs },
-    faults: { net: network ? createNetFaults() : undefined, cpu: createCgroupCpuThrottle({ mountDir: join(config.runtimeDir, "cgroup-cpu") }) },
+    faults: {
+      net: network ? createNetFaults() : undefined,
+      cpu: createCgroupCpuThrottle({ mountDir: join(config.runtimeDir, "cgroup-cpu") }),
+    },
     strayRoots: [records.vmsDir, join(config.runtimeDir, "secrets")],
     observer: {
       storeFetched: ({ bytes, seconds }) => {
@@ -147,7 +150,7 @@ async function freeBytes(dir: string): Promise<number> {
 }
 
 async function main(): Promise<void> {
-  let parsed;
+  let parsed: ReturnType<typeof loadConfig>;
   try {
     parsed = loadConfig();
   } catch (err) {

@@ -65,6 +65,8 @@ export function bootRawQemu(options: RawBootOptions): Promise<{ msToReady: numbe
     child.stderr.on("data", (chunk: Buffer) => (output = (output + chunk.toString("utf8")).slice(-8192)));
     child.once("error", (err) => finish(err));
     // "close" comes after the pipes drained: the marker, if printed, has been seen.
-    child.once("close", (code, signal) => finish(new Error(`QEMU ended (${signal ?? `code ${code}`}) before "${marker}": ${output.trim().split("\n").slice(-5).join(" | ")}`)));
+    child.once("close", (code, signal) =>
+      finish(new Error(`QEMU ended (${signal ?? `code ${code}`}) before "${marker}": ${output.trim().split("\n").slice(-5).join(" | ")}`)),
+    );
   });
 }

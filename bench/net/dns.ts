@@ -37,7 +37,11 @@ async function ask(server: string, port: number, name: string): Promise<number> 
     });
     await new Promise<void>((resolve) => socket.bind(0, "127.0.0.1", resolve));
     const started = performance.now();
-    socket.send(dnsPacket.encode({ type: "query", id: 1, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type: "A", name }] }), port, server);
+    socket.send(
+      dnsPacket.encode({ type: "query", id: 1, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type: "A", name }] }),
+      port,
+      server,
+    );
     await answered;
     return performance.now() - started;
   } finally {
@@ -49,10 +53,30 @@ async function inside(dir: string): Promise<void> {
   await execa("ip", ["link", "set", "lo", "up"]);
   const names = Array.from({ length: NAMES }, (_, index) => `n${index}.bench.test`);
   await writeFile(join(dir, "hosts"), names.map((name, index) => `198.18.1.${index + 1} ${name}\n`).join(""));
-  const dnsmasq: ResultPromise = execa("dnsmasq", ["--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", `--listen-address=${RESOLVER}`, "--bind-interfaces", "--user=root", "--pid-file=", `--addn-hosts=${join(dir, "hosts")}`, "--local-ttl=3600"], { reject: false });
+  const dnsmasq: ResultPromise = execa(
+    "dnsmasq",
+    [
+      "--no-daemon",
+      "--conf-file=/dev/null",
+      "--no-resolv",
+      "--no-hosts",
+      `--listen-address=${RESOLVER}`,
+      "--bind-interfaces",
+      "--user=root",
+      "--pid-file=",
+      `--addn-hosts=${join(dir, "hosts")}`,
+      "--local-ttl=3600",
+    ],
+    { reject: false },
+  );
   // Two proxies: one caches as usual, one never does (TTL capped at 0), so every query it gets is a miss.
   const proxy = (maxTtlSeconds: number) =>
-    new DnsProxy({ resolve: dnsResolver(RESOLVER), publish: async (_ip, _name, answers) => answers.map((answer) => answer.address), log: () => undefined, limits: { queriesPerSecond: 1e6, burst: 1e6, maxTtlSeconds } });
+    new DnsProxy({
+      resolve: dnsResolver(RESOLVER),
+      publish: async (_ip, _name, answers) => answers.map((answer) => answer.address),
+      log: () => undefined,
+      limits: { queriesPerSecond: 1e6, burst: 1e6, maxTtlSeconds },
+    });
   const caching = proxy(3600);
   const uncached = proxy(0);
   try {
@@ -60,7 +84,13 @@ async function inside(dir: string): Promise<void> {
     const { port: missPort } = await uncached.listen("127.0.0.1", 0);
     for (const each of [caching, uncached]) each.allow("127.0.0.1", names);
     for (let attempt = 0; ; attempt++) {
-      if (await ask(RESOLVER, 53, names[0]!).then(() => true, () => false)) break;
+      if (
+        await ask(RESOLVER, 53, names[0]!).then(
+          () => true,
+          () => false,
+        )
+      )
+        break;
       if (attempt > 50) throw new Error("dnsmasq did not answer");
     }
     const direct: number[] = [];
@@ -96,7 +126,9 @@ if (values.inside) {
   await execa("ip", ["netns", "add", ns]);
   try {
     const self = fileURLToPath(import.meta.url);
-    await execa("ip", ["netns", "exec", ns, process.execPath, ...process.execArgv, self, "--runs", String(runs), "--inside", dir], { stdio: "inherit" });
+    await execa("ip", ["netns", "exec", ns, process.execPath, ...process.execArgv, self, "--runs", String(runs), "--inside", dir], {
+      stdio: "inherit",
+    });
   } finally {
     await execa("ip", ["netns", "delete", ns], { reject: false });
     await rm(dir, { recursive: true, force: true });

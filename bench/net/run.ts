@@ -62,7 +62,12 @@ try {
   console.log(`attach+detach of one VM, median of ${runs} runs, in namespace ${ns}`);
   row(["", "attach ms", "detach ms", "total ms"]);
   for (const result of [empty, loaded]) row([result.label, result.attach.toFixed(1), result.detach.toFixed(1), result.total.toFixed(1)]);
-  row(["ratio", (loaded.attach / empty.attach).toFixed(2), (loaded.detach / empty.detach).toFixed(2), (loaded.total / empty.total).toFixed(2)]);
+  row([
+    "ratio",
+    (loaded.attach / empty.attach).toFixed(2),
+    (loaded.detach / empty.detach).toFixed(2),
+    (loaded.total / empty.total).toFixed(2),
+  ]);
 } finally {
   await execa("ip", ["netns", "delete", ns], { reject: false });
   await rm(dir, { recursive: true, force: true });

@@ -37,10 +37,15 @@ async function stop(child: ChildProcess): Promise<void> {
 }
 
 function parse(out: string): Record<string, number> {
-  return Object.fromEntries(out.trim().split("\n").map((line) => {
-    const [key, value] = line.split(" ");
-    return [key!, Number(value)];
-  }));
+  return Object.fromEntries(
+    out
+      .trim()
+      .split("\n")
+      .map((line) => {
+        const [key, value] = line.split(" ");
+        return [key!, Number(value)];
+      }),
+  );
 }
 
 const programs = await buildCppPrograms();
@@ -64,7 +69,9 @@ try {
       const server = await start(socket);
       try {
         const address = `unix:${socket}`;
-        const calls = parse((await run(programs.client, [address, "bench", String(SEQUENTIAL), String(IN_FLIGHT_CALLS), String(DEPTH)])).stdout);
+        const calls = parse(
+          (await run(programs.client, [address, "bench", String(SEQUENTIAL), String(IN_FLIGHT_CALLS), String(DEPTH)])).stdout,
+        );
         const list = parse((await run(programs.client, [address, "bench-list", String(LIST_ITERATIONS)])).stdout);
         samples[name]!.push({ ...calls, listMedian: list.median!, listP99: list.p99!, listCount: list.count! });
       } finally {
@@ -85,7 +92,8 @@ for (const [name, runs] of Object.entries(samples)) {
   console.log(`${name.padEnd(4)} in-flight calls/s per round: ${runs.map((r) => r.inflight!.toFixed(0)).join(", ")}`);
 }
 const row = (label: string, a: number, b: number, unit: string, digits = 0) =>
-  `| ${label.padEnd(34)} | ${a.toFixed(digits).padStart(10)} | ${b.toFixed(digits).padStart(10)} | ${(a / b).toFixed(2).padStart(5)}x | ${unit}`;
+  `| ${label.padEnd(34)} | ${a.toFixed(digits).padStart(10)} | ${b.toFixed(digits).padStart(10)} | ` +
+  `${(a / b).toFixed(2).padStart(5)}x | ${unit}`;
 console.log(`\nC++ client (capnp ${(await run("capnp", ["--version"])).stdout.trim()}), getVm calls, unix socket`);
 console.log(`| ${"".padEnd(34)} | ${"ours".padStart(10)} | ${"C++".padStart(10)} | ratio  |`);
 console.log(row("sequential calls/s", ours.sequential!, cpp.sequential!, ""));

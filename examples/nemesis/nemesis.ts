@@ -16,7 +16,11 @@ const SCHEDULE: { name: string; fault?: FaultInput; seconds: number }[] = [
   { name: "healthy", seconds: 3 },
   { name: "pause", fault: { kind: "pause" }, seconds: 3 },
   { name: "disk write errors", fault: { kind: "diskErrors", op: "write", errno: 5, afterOps: 0, probabilityPercent: 0 }, seconds: 4 },
-  { name: "disk read errors on 10% of blocks", fault: { kind: "diskErrors", op: "read", errno: 5, afterOps: 0, probabilityPercent: 10 }, seconds: 4 },
+  {
+    name: "disk read errors on 10% of blocks",
+    fault: { kind: "diskErrors", op: "read", errno: 5, afterOps: 0, probabilityPercent: 10 },
+    seconds: 4,
+  },
   { name: "healthy", seconds: 4 },
 ];
 
@@ -61,14 +65,23 @@ async function main(): Promise<void> {
     for (const phase of SCHEDULE) {
       let faultId: string | undefined;
       let error: string | undefined;
-      if (phase.fault) faultId = await world.client.injectFault(id, phase.fault).catch((err: Error) => ((error = err.message), undefined));
+      if (phase.fault) {
+        try {
+          faultId = await world.client.injectFault(id, phase.fault);
+        } catch (err) {
+          error = (err as Error).message;
+        }
+      }
       await new Promise((resolve) => setTimeout(resolve, phase.seconds * 1000));
       if (faultId) await world.client.clearFault(id, faultId);
       const { text, end } = await world.console(id, at);
       at = end;
       const report = summarize(phase.name, parseTicks(text), faultId, error);
       phases.push(report);
-      console.log(`${phase.name.padEnd(36)} ticks=${report.ticks} lost=${report.pingsLost} rtt=${report.meanRttMs ?? "-"}ms readErr=${report.readErrors} writeErr=${report.writeErrors}${error ? ` (${error})` : ""}`);
+      console.log(
+        `${phase.name.padEnd(36)} ticks=${report.ticks} lost=${report.pingsLost} rtt=${report.meanRttMs ?? "-"}ms ` +
+          `readErr=${report.readErrors} writeErr=${report.writeErrors}${error ? ` (${error})` : ""}`,
+      );
     }
     const vm = await world.client.getVm(id);
     const console_ = (await world.console(id)).text;

@@ -25,7 +25,10 @@ describe("concurrent clients", { skip }, () => {
     if (worker) await destroyWorker(worker);
   });
 
-  test(`${CONNECTIONS} connections making ${CONNECTIONS * CALLS_PER_CONNECTION} concurrent listVms while ${VMS} VMs are created and deleted: all succeed`, { timeout: 300_000 }, async () => {
+  test(`${CONNECTIONS} connections making ${CONNECTIONS * CALLS_PER_CONNECTION} concurrent listVms ` +
+    `while ${VMS} VMs are created and deleted: all succeed`, {
+    timeout: 300_000,
+  }, async () => {
     const started = Date.now();
     const baselineFds = await settledFds(worker);
     const clients: WorkerClient[] = await Promise.all(Array.from({ length: CONNECTIONS }, () => client(worker)));
@@ -68,10 +71,24 @@ describe("concurrent clients", { skip }, () => {
     const { problems, snap } = await checkInvariants(worker, { baselineFds, fdSlack: 2 });
     assert.deepEqual(problems, [], logTail(worker));
     assert.equal(snap.vms.length, 0);
-    report("concurrent-listVms", { connections: CONNECTIONS, concurrentCalls: CONNECTIONS * CALLS_PER_CONNECTION, waves, calls, failed: 0, vmsCreated: VMS, maxVmsSeenInOneList: sawVms, maxWaveMs: Math.round(maxWaveMs), fdsEnd: snap.fds, fdsBaseline: baselineFds, wallMs: Date.now() - started });
+    report("concurrent-listVms", {
+      connections: CONNECTIONS,
+      concurrentCalls: CONNECTIONS * CALLS_PER_CONNECTION,
+      waves,
+      calls,
+      failed: 0,
+      vmsCreated: VMS,
+      maxVmsSeenInOneList: sawVms,
+      maxWaveMs: Math.round(maxWaveMs),
+      fdsEnd: snap.fds,
+      fdsBaseline: baselineFds,
+      wallMs: Date.now() - started,
+    });
   });
 
-  test(`more than ${MAX_CALLS} calls in flight on one connection get RESOURCE_EXHAUSTED; other connections are unaffected`, { timeout: 60_000 }, async () => {
+  test(`more than ${MAX_CALLS} calls in flight on one connection get RESOURCE_EXHAUSTED; other connections are unaffected`, {
+    timeout: 60_000,
+  }, async () => {
     const busy = await client(worker);
     const other = await client(worker);
     // Long polls for events that never come: each holds a call slot for 1 s.
@@ -85,7 +102,9 @@ describe("concurrent clients", { skip }, () => {
     assert.deepEqual(await other.listVms(), []);
     const results = await Promise.all(calls);
     const ok = results.filter((result) => result.status === "fulfilled").length;
-    const refused = results.filter((result) => result.status === "rejected" && (result.reason as { code?: string }).code === "RESOURCE_EXHAUSTED").length;
+    const refused = results.filter(
+      (result) => result.status === "rejected" && (result.reason as { code?: string }).code === "RESOURCE_EXHAUSTED",
+    ).length;
     assert.equal(ok, MAX_CALLS);
     assert.equal(refused, 24);
     // The limit is on calls in flight, not a ban: the same connection works again.
@@ -95,7 +114,9 @@ describe("concurrent clients", { skip }, () => {
     report("per-connection-limit", { limit: MAX_CALLS, sent: calls.length, ok, refused });
   });
 
-  test(`a call running past the ${DEADLINE_MS} ms deadline gets DEADLINE_EXCEEDED; the connection goes on`, { timeout: 60_000 }, async () => {
+  test(`a call running past the ${DEADLINE_MS} ms deadline gets DEADLINE_EXCEEDED; the connection goes on`, {
+    timeout: 60_000,
+  }, async () => {
     const c = await client(worker);
     const t = performance.now();
     await assert.rejects(c.events(1n << 60n, 1, 10_000), (err: { code?: string; message?: string }) => {

@@ -60,7 +60,10 @@ describe("create/delete cycles", { skip }, () => {
     if (worker) await destroyWorker(worker);
   });
 
-  test(`${CYCLES} create/delete cycles (QEMU spawned, ${LANES} at a time) leave zero leaked processes, TAPs, nft objects, fds and directories`, { timeout: 600_000 }, async () => {
+  test(`${CYCLES} create/delete cycles (QEMU spawned, ${LANES} at a time) ` +
+    "leave zero leaked processes, TAPs, nft objects, fds and directories", {
+    timeout: 600_000,
+  }, async () => {
     const started = Date.now();
     const clients = await Promise.all(Array.from({ length: LANES }, () => client(worker)));
     // Warm up (lazy listeners, the network's first attach), then take the fd baseline.
@@ -136,7 +139,9 @@ describe("create/delete cycles", { skip }, () => {
     });
   });
 
-  test(`${RACES} deletes racing their creates (delete sent while the create runs): no leak, no stuck VM (seed ${SEED})`, { timeout: 300_000 }, async () => {
+  test(`${RACES} deletes racing their creates (delete sent while the create runs): no leak, no stuck VM (seed ${SEED})`, {
+    timeout: 300_000,
+  }, async () => {
     const random = prng(SEED);
     const creator = await client(worker);
     const deleter = await client(worker);
@@ -148,7 +153,12 @@ describe("create/delete cycles", { skip }, () => {
       );
       await new Promise((resolve) => setTimeout(resolve, Math.floor(random() * 150)));
       const [vm] = await deleter.listVms();
-      const deleted = vm ? await deleter.deleteVm(vm.id).then(() => "deleted", (err: { code?: string }) => `delete ${err.code}`) : "not seen";
+      const deleted = vm
+        ? await deleter.deleteVm(vm.id).then(
+            () => "deleted",
+            (err: { code?: string }) => `delete ${err.code}`,
+          )
+        : "not seen";
       const created = await creating;
       for (const left of await deleter.listVms()) await deleter.deleteVm(left.id);
       const key = `${created}/${deleted}`;

@@ -29,7 +29,9 @@ function randomText(max: number, alphabet = ""): string {
   const length = int(max + 1);
   let out = "";
   for (let i = 0; i < length; i++) {
-    out += alphabet ? alphabet[int(alphabet.length)] : String.fromCodePoint(chance(0.9) ? int(0x80) : int(0x10ffff + 1 - 0x800) + (chance(0.5) ? 0 : 0));
+    out += alphabet
+      ? alphabet[int(alphabet.length)]
+      : String.fromCodePoint(chance(0.9) ? int(0x80) : int(0x10ffff + 1 - 0x800) + (chance(0.5) ? 0 : 0));
   }
   return out.replace(/[\ud800-\udfff]/g, "x");
 }
@@ -49,22 +51,54 @@ function fuzzedCall(): { spec: VmSpecInput; secrets: SecretInput[]; ttlSeconds: 
       `${valid.kernel}/../../../etc/passwd`,
       `${valid.kernel}/./x`,
       valid.kernel.replace("/nix/store/", "/nix/store//"),
-      valid.kernel + "\0",
+      `${valid.kernel}\0`,
       "relative/path",
       `/nix/store/${randomText(40, "abcdefghijklmnopqrstuvwxyz0123456789")}-x`,
       randomText(200),
-      "/nix/store/" + "e".repeat(32) + "-bad-base32",
+      `/nix/store/${"e".repeat(32)}-bad-base32`,
     ]);
   const mutations: (() => void)[] = [
-    () => (spec.hostname = pick(["", "-", "a_b", "x".repeat(64), `${"a".repeat(63)}.`.repeat(5), "bad host", "ünï", randomText(300), ".."])),
+    () =>
+      (spec.hostname = pick(["", "-", "a_b", "x".repeat(64), `${"a".repeat(63)}.`.repeat(5), "bad host", "ünï", randomText(300), ".."])),
     () => (spec.kernel = badPath()),
     () => (spec.initrd = badPath() || "/etc/hosts"),
     () => (spec.image = badPath() || "/dev/sda"),
-    () => (spec.cmdline = pick(["pcr.ip=1.2.3.4", "tsc_early_khz=1", "a\nb", "x".repeat(2000), randomText(100) + "\u0001", "pcr.hostname=evil quiet"])),
+    () =>
+      (spec.cmdline = pick([
+        "pcr.ip=1.2.3.4",
+        "tsc_early_khz=1",
+        "a\nb",
+        "x".repeat(2000),
+        `${randomText(100)}\u0001`,
+        "pcr.hostname=evil quiet",
+      ])),
     () => (spec.cpu = pick([0, 4096, 2 ** 32 - 1, 1000 + int(1e6)])),
     () => (spec.memoryBytes = pick([0n, 1n, 1024n, (1n << 64n) - 1n, 256n * 1024n * 1024n + 1n, 1n << 50n, BigInt(int(2 ** 31))])),
-    () => (spec.allowedDomains = pick([["example.com"], ["*"], ["http://x.com"], ["1.2.3.4/33"], ["", ""], Array.from({ length: 300 }, (_, i) => `10.0.${i % 256}.1`), [randomText(300)]])),
-    () => (secrets = pick([[{ name: "../escape", value: new Uint8Array(1) }], [{ name: "", value: new Uint8Array(1) }], [{ name: "a/b", value: new Uint8Array(1) }], [{ name: "x".repeat(300), value: new Uint8Array(1) }], [{ name: "dup", value: new Uint8Array(1) }, { name: "dup", value: new Uint8Array(2) }], [{ name: ".", value: new Uint8Array(0) }], [{ name: "big", value: new Uint8Array(64 * 1024 * 1024 + 1) }].slice(0, chance(0.01) ? 1 : 0).concat([{ name: "..", value: new Uint8Array(1) }])])),
+    () =>
+      (spec.allowedDomains = pick([
+        ["example.com"],
+        ["*"],
+        ["http://x.com"],
+        ["1.2.3.4/33"],
+        ["", ""],
+        Array.from({ length: 300 }, (_, i) => `10.0.${i % 256}.1`),
+        [randomText(300)],
+      ])),
+    () =>
+      (secrets = pick([
+        [{ name: "../escape", value: new Uint8Array(1) }],
+        [{ name: "", value: new Uint8Array(1) }],
+        [{ name: "a/b", value: new Uint8Array(1) }],
+        [{ name: "x".repeat(300), value: new Uint8Array(1) }],
+        [
+          { name: "dup", value: new Uint8Array(1) },
+          { name: "dup", value: new Uint8Array(2) },
+        ],
+        [{ name: ".", value: new Uint8Array(0) }],
+        [{ name: "big", value: new Uint8Array(64 * 1024 * 1024 + 1) }]
+          .slice(0, chance(0.01) ? 1 : 0)
+          .concat([{ name: "..", value: new Uint8Array(1) }]),
+      ])),
     () => (ttlSeconds = pick([2 ** 32 - 1, 10 * 365 * 24 * 3600])),
   ];
   if (!chance(0.01)) {
@@ -122,7 +156,11 @@ describe("fuzzing a real worker", { skip }, () => {
           } catch (err) {
             const code = (err as { code?: string }).code ?? "none";
             codes.set(code, (codes.get(code) ?? 0) + 1);
-            if (!EXPECTED_CODES.has(code) && untyped.length < 10) untyped.push(`${code}: ${(err as Error).message} for ${JSON.stringify(spec, (_k, v) => (typeof v === "bigint" ? String(v) : v)).slice(0, 300)}`);
+            if (!EXPECTED_CODES.has(code) && untyped.length < 10)
+              untyped.push(
+                `${code}: ${(err as Error).message} for ` +
+                  JSON.stringify(spec, (_k, v) => (typeof v === "bigint" ? String(v) : v)).slice(0, 300),
+              );
           }
         }
       }),
@@ -134,10 +172,20 @@ describe("fuzzing a real worker", { skip }, () => {
     const { problems, snap } = await checkInvariants(worker, { baselineFds, fdSlack: 2 });
     assert.deepEqual(problems, [], logTail(worker));
     assert.equal(snap.vms.length, 0);
-    report("fuzz-specs", { specs: SPECS, codes: Object.fromEntries(codes), created, leaks: problems.length, fds: { baseline: baselineFds, end: snap.fds }, seed: SEED, wallMs: Date.now() - started });
+    report("fuzz-specs", {
+      specs: SPECS,
+      codes: Object.fromEntries(codes),
+      created,
+      leaks: problems.length,
+      fds: { baseline: baselineFds, end: snap.fds },
+      seed: SEED,
+      wallMs: Date.now() - started,
+    });
   });
 
-  test(`${FRAMES} malformed RPC frames: typed errors or a dropped connection, the worker serves on (seed ${SEED})`, { timeout: 600_000 }, async () => {
+  test(`${FRAMES} malformed RPC frames: typed errors or a dropped connection, the worker serves on (seed ${SEED})`, {
+    timeout: 600_000,
+  }, async () => {
     const started = Date.now();
     const baselineFds = await settledFds(worker);
     const corpus = frameCorpus({ getVm: "vm-0000000000", deleteVm: "vm-0000000001" });
@@ -186,6 +234,13 @@ describe("fuzzing a real worker", { skip }, () => {
     });
     const { problems } = await checkInvariants(worker, { baselineFds, fdSlack: 2 });
     assert.deepEqual(problems, [], logTail(worker));
-    report("fuzz-frames", { ...figures, untyped: figures.untyped.length, leaks: problems.length, fds: { baseline: baselineFds, end: fds }, seed: SEED, wallMs: Date.now() - started });
+    report("fuzz-frames", {
+      ...figures,
+      untyped: figures.untyped.length,
+      leaks: problems.length,
+      fds: { baseline: baselineFds, end: fds },
+      seed: SEED,
+      wallMs: Date.now() - started,
+    });
   });
 });

@@ -156,7 +156,9 @@ export async function snapshot(worker: WorkerProcess, options: InvariantOptions 
     vmmProcesses: processes.live,
     zombies: processes.zombies,
     taps: network ? await taps(worker.netns) : [],
-    nft: network ? await nftCounts(worker.netns) : { perVm: new Map(), mapElements: { egress: 0, deny: 0, ports: 0 }, baseChains: BASE_CHAINS, tablesPresent: true },
+    nft: network
+      ? await nftCounts(worker.netns)
+      : { perVm: new Map(), mapElements: { egress: 0, deny: 0, ports: 0 }, baseChains: BASE_CHAINS, tablesPresent: true },
     vmDirs: list(join(worker.stateDir, "vms")),
     secretsDirs: list(join(worker.runtimeDir, "secrets")),
     leases: leases(worker.stateDir),
@@ -207,12 +209,17 @@ export function violations(snap: Snapshot, worker: WorkerProcess, options: Invar
   if (network) {
     const expectedTaps = new Set(live.map((vm) => tapName(vm.id)));
     for (const tap of snap.taps) if (!expectedTaps.has(tap)) problems.push(`leaked TAP ${tap}`);
-    for (const vm of live) if (vm.status === "running" && !snap.taps.includes(tapName(vm.id))) problems.push(`VM ${vm.id} is running without its TAP`);
+    for (const vm of live)
+      if (vm.status === "running" && !snap.taps.includes(tapName(vm.id))) problems.push(`VM ${vm.id} is running without its TAP`);
     if (!snap.nft.tablesPresent) problems.push("nft table procurator is missing");
     if (snap.nft.baseChains !== BASE_CHAINS) problems.push(`nft has ${snap.nft.baseChains} base chains, expected ${BASE_CHAINS}`);
     for (const [vmId, counts] of snap.nft.perVm) {
       if (!liveIds.has(vmId)) problems.push(`leaked nft objects of ${vmId}: ${JSON.stringify(counts)}`);
-      else if (counts.chains !== PER_VM_EXPECTED.chains || counts.sets !== PER_VM_EXPECTED.sets || counts.counters !== PER_VM_EXPECTED.counters) {
+      else if (
+        counts.chains !== PER_VM_EXPECTED.chains ||
+        counts.sets !== PER_VM_EXPECTED.sets ||
+        counts.counters !== PER_VM_EXPECTED.counters
+      ) {
         problems.push(`nft objects of ${vmId} are ${JSON.stringify(counts)}, expected ${JSON.stringify(PER_VM_EXPECTED)}`);
       }
     }
@@ -231,13 +238,18 @@ export function violations(snap: Snapshot, worker: WorkerProcess, options: Invar
   if (options.baselineFds !== undefined) {
     const slack = options.fdSlack ?? 4;
     if (snap.fds === undefined) problems.push(`worker ${worker.pid} is gone`);
-    else if (snap.fds > options.baselineFds + slack) problems.push(`worker holds ${snap.fds} fds, baseline ${options.baselineFds} (+${slack} slack)`);
+    else if (snap.fds > options.baselineFds + slack)
+      problems.push(`worker holds ${snap.fds} fds, baseline ${options.baselineFds} (+${slack} slack)`);
   }
   return problems;
 }
 
 /** Snapshots and checks, retrying for a short while: a VM mid-transition settles within milliseconds. */
-export async function checkInvariants(worker: WorkerProcess, options: InvariantOptions = {}, settleMs = 3000): Promise<{ problems: string[]; snap: Snapshot }> {
+export async function checkInvariants(
+  worker: WorkerProcess,
+  options: InvariantOptions = {},
+  settleMs = 3000,
+): Promise<{ problems: string[]; snap: Snapshot }> {
   const deadline = Date.now() + settleMs;
   for (;;) {
     const snap = await snapshot(worker, options);

@@ -26,7 +26,9 @@ describe("worker SIGKILL at random points", { skip }, () => {
     if (worker) await destroyWorker(worker);
   });
 
-  test(`SIGKILL at random offsets during ${CREATES} creates and ${DELETES} deletes, restart, every invariant holds (seed ${SEED})`, { timeout: 600_000 }, async () => {
+  test(`SIGKILL at random offsets during ${CREATES} creates and ${DELETES} deletes, restart, every invariant holds (seed ${SEED})`, {
+    timeout: 600_000,
+  }, async () => {
     const random = prng(SEED);
     const started = Date.now();
     // How long a create takes here, to spread the kill points over all of its steps.
@@ -37,7 +39,17 @@ describe("worker SIGKILL at random points", { skip }, () => {
     await probe.deleteVm(warm);
     probe.close();
 
-    const figures = { kills: 0, createsKilled: CREATES, deletesKilled: DELETES, completedBeforeKill: 0, rolledBack: 0, adopted: 0, leaks: 0, createMs, restartMs: [] as number[] };
+    const figures = {
+      kills: 0,
+      createsKilled: CREATES,
+      deletesKilled: DELETES,
+      completedBeforeKill: 0,
+      rolledBack: 0,
+      adopted: 0,
+      leaks: 0,
+      createMs,
+      restartMs: [] as number[],
+    };
     const killedPids = new Set<number>();
     // nft transaction files of a worker killed mid-apply: the next worker removes them.
     const staleFiles = () => readdirSync(tmpdir()).filter((name) => killedPids.has(Number(/^pcr-nft-(\d+)-/.exec(name)?.[1])));
@@ -94,7 +106,11 @@ describe("worker SIGKILL at random points", { skip }, () => {
         figures.adopted++;
       }
       const created = kind === "create" && outcome && !outcome.startsWith("error") ? outcome : undefined;
-      if (created) assert.ok(snap.vms.some((vm) => vm.id === created), `VM ${created} whose create returned was lost`);
+      if (created)
+        assert.ok(
+          snap.vms.some((vm) => vm.id === created),
+          `VM ${created} whose create returned was lost`,
+        );
       if (kind === "create" && !created) {
         const added = snap.vms.filter((vm) => !before.some((entry) => entry.id === vm.id));
         if (added.length === 0) figures.rolledBack++;
@@ -112,7 +128,10 @@ describe("worker SIGKILL at random points", { skip }, () => {
     assert.equal(final.snap.vms.length, 0);
     report("kill-restart", {
       ...figures,
-      restartMs: { max: Math.max(...figures.restartMs), mean: Math.round(figures.restartMs.reduce((a, b) => a + b, 0) / figures.restartMs.length) },
+      restartMs: {
+        max: Math.max(...figures.restartMs),
+        mean: Math.round(figures.restartMs.reduce((a, b) => a + b, 0) / figures.restartMs.length),
+      },
       seed: SEED,
       wallMs: Date.now() - started,
     });

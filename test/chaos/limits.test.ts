@@ -48,7 +48,9 @@ describe("limits, rollback, timeouts and SIGTERM", { skip }, () => {
     report("limits", figures);
   });
 
-  test("capacity: VM count, total vCPUs and total memory give RESOURCE_EXHAUSTED; 3 racing creates for 1 free slot: exactly 1 wins", { timeout: 120_000 }, async () => {
+  test("capacity: VM count, total vCPUs and total memory give RESOURCE_EXHAUSTED; 3 racing creates for 1 free slot: exactly 1 wins", {
+    timeout: 120_000,
+  }, async () => {
     const worker = await startChaosWorker(["--max-vms", "2", "--max-total-cpu", "2", "--max-total-memory-bytes", String(640n * MIB)]);
     workers.push(worker);
     const c = await client(worker);
@@ -57,7 +59,9 @@ describe("limits, rollback, timeouts and SIGTERM", { skip }, () => {
     await expectCode(c.createVm(guestSpec({ memoryBytes: 512n * MIB })), "RESOURCE_EXHAUSTED", /memory limit/);
     const racing = await Promise.allSettled([0, 1, 2].map(() => c.createVm(guestSpec())));
     const won = racing.filter((result) => result.status === "fulfilled");
-    const refused = racing.filter((result) => result.status === "rejected" && (result.reason as { code?: string }).code === "RESOURCE_EXHAUSTED");
+    const refused = racing.filter(
+      (result) => result.status === "rejected" && (result.reason as { code?: string }).code === "RESOURCE_EXHAUSTED",
+    );
     assert.equal(won.length, 1);
     assert.equal(refused.length, 2);
     await expectCode(c.createVm(guestSpec()), "RESOURCE_EXHAUSTED", /limit of 2 VMs/);
@@ -79,14 +83,20 @@ describe("limits, rollback, timeouts and SIGTERM", { skip }, () => {
     await assertClean(worker, "after a failed fetch");
     // The root image is no kernel: QEMU is never started, after the directory, record, secrets and network were made.
     const secrets = [{ name: "token", value: new TextEncoder().encode("s3cret") }];
-    const message = await expectCode(c.createVm(guestSpec({ kernel: guestSpec().image }), { secrets }), "FAILED_PRECONDITION", /^start vmm: /);
+    const message = await expectCode(
+      c.createVm(guestSpec({ kernel: guestSpec().image }), { secrets }),
+      "FAILED_PRECONDITION",
+      /^start vmm: /,
+    );
     await assertClean(worker, "after a failed launch");
     assert.deepEqual(await c.listVms(), []);
     c.close();
     figures.rollback = { steps: ["fetch store paths", "start vmm"], lastError: message.slice(0, 120) };
   });
 
-  test("a create whose call deadline passes is undone: the caller got DEADLINE_EXCEEDED, so no VM may stay", { timeout: 120_000 }, async () => {
+  test("a create whose call deadline passes is undone: the caller got DEADLINE_EXCEEDED, so no VM may stay", {
+    timeout: 120_000,
+  }, async () => {
     // A QEMU that takes a second to start: the 400 ms call deadline passes during "start vmm".
     const wrapper = await qemuWrapper("sleep 1\n");
     const worker = await startChaosWorker(["--qemu-binary", wrapper.path, "--accel", "tcg", "--call-deadline-ms", "400"]);
@@ -110,7 +120,9 @@ describe("limits, rollback, timeouts and SIGTERM", { skip }, () => {
     }
   });
 
-  test("boot timeout: a VMM that never reports the guest running fails the create (DEADLINE_EXCEEDED) and is killed", { timeout: 120_000 }, async () => {
+  test("boot timeout: a VMM that never reports the guest running fails the create (DEADLINE_EXCEEDED) and is killed", {
+    timeout: 120_000,
+  }, async () => {
     // A QEMU that starts the guest paused (-S) never reports it running.
     const wrapper = await qemuWrapper("", " -S");
     const worker = await startChaosWorker(["--qemu-binary", wrapper.path, "--accel", "tcg", "--boot-timeout-ms", "1500"]);
@@ -130,7 +142,9 @@ describe("limits, rollback, timeouts and SIGTERM", { skip }, () => {
     }
   });
 
-  test("ttlSeconds: the worker deletes the VM when it expires, also when the worker was restarted meanwhile", { timeout: 120_000 }, async () => {
+  test("ttlSeconds: the worker deletes the VM when it expires, also when the worker was restarted meanwhile", {
+    timeout: 120_000,
+  }, async () => {
     let worker = workers[0]!;
     let c = await client(worker);
     const t = performance.now();
@@ -159,13 +173,21 @@ describe("limits, rollback, timeouts and SIGTERM", { skip }, () => {
       }),
     );
     await new Promise((resolve) => setTimeout(resolve, 300));
-    assert.deepEqual(worker.logs().split("\n").filter((line) => /"level":50/.test(line)), []);
+    assert.deepEqual(
+      worker
+        .logs()
+        .split("\n")
+        .filter((line) => /"level":50/.test(line)),
+      [],
+    );
     await assertClean(worker);
     c.close();
     figures.ttl = { ttlSeconds: 1, deletedAfterMs: Math.round(ttlMs), restartedVmDeleted: true, ids: [short, survivor].length };
   });
 
-  test("SIGTERM: a create in flight finishes, new calls are refused, VMs keep running and are re-adopted", { timeout: 120_000 }, async () => {
+  test("SIGTERM: a create in flight finishes, new calls are refused, VMs keep running and are re-adopted", {
+    timeout: 120_000,
+  }, async () => {
     let worker = workers[0]!;
     const c = await client(worker);
     const running = await c.createVm(guestSpec());
@@ -183,7 +205,10 @@ describe("limits, rollback, timeouts and SIGTERM", { skip }, () => {
     const d = await client(worker);
     const vms = await d.listVms();
     assert.deepEqual(vms.map((vm) => vm.id).sort(), [running, created].sort());
-    assert.ok(vms.every((vm) => vm.status === "running"), JSON.stringify(vms.map((vm) => [vm.id, vm.status, vm.failure])));
+    assert.ok(
+      vms.every((vm) => vm.status === "running"),
+      JSON.stringify(vms.map((vm) => [vm.id, vm.status, vm.failure])),
+    );
     await assertClean(worker);
     d.close();
   });

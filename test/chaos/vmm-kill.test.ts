@@ -61,7 +61,9 @@ describe("VMM killed under the worker", { skip }, () => {
     });
   });
 
-  test(`${CHILD_KILLS} VMMs started by this worker, SIGKILLed: each reported failed within 1 s, resources released`, { timeout: 120_000 }, async () => {
+  test(`${CHILD_KILLS} VMMs started by this worker, SIGKILLed: each reported failed within 1 s, resources released`, {
+    timeout: 120_000,
+  }, async () => {
     const c = await client(worker);
     for (let i = 0; i < CHILD_KILLS; i++) {
       const id = await c.createVm(guestSpec(), { secrets: [{ name: "k", value: new Uint8Array([1]) }] });
@@ -78,7 +80,9 @@ describe("VMM killed under the worker", { skip }, () => {
     c.close();
   });
 
-  test(`${ADOPTED_KILLS} VMMs re-adopted after a worker restart, SIGKILLed: each reported failed within 1 s`, { timeout: 120_000 }, async () => {
+  test(`${ADOPTED_KILLS} VMMs re-adopted after a worker restart, SIGKILLed: each reported failed within 1 s`, {
+    timeout: 120_000,
+  }, async () => {
     let c = await client(worker);
     const ids: string[] = [];
     for (let i = 0; i < ADOPTED_KILLS; i++) ids.push(await c.createVm(guestSpec()));

@@ -8,9 +8,15 @@ test("events come in order with increasing seq, and since() pages through them",
   log.append("vm-a", "running");
   log.append("vm-a", "stopping");
   const first = await log.since(1n, 2, 0);
-  assert.deepEqual(first.events.map((e) => e.status), ["creating", "running"]);
+  assert.deepEqual(
+    first.events.map((e) => e.status),
+    ["creating", "running"],
+  );
   const rest = await log.since(first.nextSeq, 10, 0);
-  assert.deepEqual(rest.events.map((e) => e.status), ["stopping"]);
+  assert.deepEqual(
+    rest.events.map((e) => e.status),
+    ["stopping"],
+  );
   assert.equal(rest.nextSeq, 4n);
 });
 

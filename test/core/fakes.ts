@@ -8,7 +8,17 @@ import type { FaultPorts } from "../../worker/core/faults.js";
 import type { ConsoleStore, RecordRepo, VmRecord } from "../../worker/ports/index.js";
 import { WorkerService, type ServiceLimits, type ServiceTimeouts } from "../../worker/core/service.js";
 import { MIB } from "../../worker/core/spec.js";
-import type { BootFile, CpuThrottlePort, NetCounters, NetFault, NetFaultPort, NetworkPort, SecretsPort, StorePort, VmNetwork } from "../../worker/ports/index.js";
+import type {
+  BootFile,
+  CpuThrottlePort,
+  NetCounters,
+  NetFault,
+  NetFaultPort,
+  NetworkPort,
+  SecretsPort,
+  StorePort,
+  VmNetwork,
+} from "../../worker/ports/index.js";
 import { FakeBackend, FakeVmmHost, type FakeBackendOptions } from "../../worker/vmm/fake/index.js";
 
 /** Makes a port's next calls of one method fail; every fake below has one. */
@@ -197,7 +207,7 @@ export class FakeStore implements StorePort {
     return { fetched, bytes: fetched.length * 1000, seconds: 0.001 };
   }
 
-  async openBootFile(field: string, path: string): Promise<BootFile> {
+  async openBootFile(_field: string, path: string): Promise<BootFile> {
     this.failures.check("openBootFile");
     const fd = this.nextFd++;
     this.open.set(fd, path);
@@ -398,7 +408,14 @@ export class World {
     assert.equal(this.records.dirs.has(vmId), false, `no directory of ${vmId}`);
     assert.equal(this.network.attached.has(vmId), false, `no network attachment of ${vmId}`);
     assert.equal(this.secrets.dirs.has(vmId), false, `no secrets of ${vmId}`);
-    assert.deepEqual(this.host.live().filter((vm) => vm.spec.id === vmId).map((vm) => vm.pid), [], `no VMM of ${vmId}`);
+    assert.deepEqual(
+      this.host
+        .live()
+        .filter((vm) => vm.spec.id === vmId)
+        .map((vm) => vm.pid),
+      [],
+      `no VMM of ${vmId}`,
+    );
     assert.equal(this.store.open.size, 0, "no boot file left open");
   }
 
@@ -407,7 +424,11 @@ export class World {
     assert.deepEqual([...this.records.dirs], [], "no VM directory");
     assert.deepEqual([...this.network.attached.keys()], [], "no network attachment");
     assert.deepEqual([...this.secrets.dirs.keys()], [], "no secrets");
-    assert.deepEqual(this.host.live().map((vm) => vm.spec.id), [], "no VMM");
+    assert.deepEqual(
+      this.host.live().map((vm) => vm.spec.id),
+      [],
+      "no VMM",
+    );
     assert.equal(this.store.open.size, 0, "no boot file left open");
   }
 }

@@ -47,7 +47,11 @@ test("every kind: the schema's members are FAULT_KINDS, in the wire's tag order"
     faultKindSchema.options.map((member) => member.shape.kind.value),
     [...FAULT_KINDS],
   );
-  assert.deepEqual(FAULTS.map((fault) => fault.kind), [...FAULT_KINDS], "the examples cover every kind");
+  assert.deepEqual(
+    FAULTS.map((fault) => fault.kind),
+    [...FAULT_KINDS],
+    "the examples cover every kind",
+  );
   for (const op of DISK_OPS) validateFault({ kind: "diskErrors", op, errno: 5, afterOps: 0, probabilityPercent: 100 });
 });
 
@@ -65,7 +69,11 @@ test("a bad fault is INVALID_ARGUMENT naming every problem, and unknown keys are
   const invalid = (fault: unknown) => Promise.resolve().then(() => validateFault(fault as FaultInput));
   await rejectsWith(invalid({ kind: "loss", percent: 0 }), "INVALID_ARGUMENT", /^bad loss: percent: must be above 0$/);
   await rejectsWith(invalid({ kind: "delay", ms: 0, jitterMs: -1 }), "INVALID_ARGUMENT", /^bad delay: ms: .*; jitterMs: /);
-  await rejectsWith(invalid({ kind: "partition", cidrs: ["example.com"] }), "INVALID_ARGUMENT", /cidrs\.0: must be an IPv4 address or CIDR/);
+  await rejectsWith(
+    invalid({ kind: "partition", cidrs: ["example.com"] }),
+    "INVALID_ARGUMENT",
+    /cidrs\.0: must be an IPv4 address or CIDR/,
+  );
   const erase = { kind: "diskErrors", op: "erase", errno: 5, afterOps: 0, probabilityPercent: 100 };
   await rejectsWith(invalid(erase), "INVALID_ARGUMENT", /^bad diskErrors: op: /);
   await rejectsWith(invalid({ kind: "pause", durationMs: 25 * 3600 * 1000 }), "INVALID_ARGUMENT", /durationMs/);
@@ -101,7 +109,10 @@ test("the adapters' fault types are parts of the one union (checked by the compi
     { kind: "bandwidth", kbitPerSecond: 8 },
   ];
   const nft: NftFault[] = [net[0] as NftFault, { kind: "loss", percent: 1 }];
-  const tc: TcFault[] = [{ kind: "delay", ms: 1, jitterMs: 0 }, { kind: "bandwidth", kbitPerSecond: 8 }];
+  const tc: TcFault[] = [
+    { kind: "delay", ms: 1, jitterMs: 0 },
+    { kind: "bandwidth", kbitPerSecond: 8 },
+  ];
   const disk: DiskErrorRule = { op: "read", errno: 5, afterOps: 0, probabilityPercent: 100 };
   // @ts-expect-error a pause is no network fault
   const notNet: NetFault = { kind: "pause" };

@@ -1,10 +1,29 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { VM_STATUSES } from "../../worker/core/api.js";
-import { acceptsFaults, assertTransition, canTransition, exitEndsVm, hasCounters, hearsPowerButton, HOLDINGS, holds, isLive, TRANSITIONS } from "../../worker/core/lifecycle.js";
+import {
+  acceptsFaults,
+  assertTransition,
+  canTransition,
+  exitEndsVm,
+  hasCounters,
+  hearsPowerButton,
+  HOLDINGS,
+  holds,
+  isLive,
+  TRANSITIONS,
+} from "../../worker/core/lifecycle.js";
 
 test("the happy path and failure are allowed", () => {
-  for (const [from, to] of [["creating", "running"], ["running", "stopping"], ["stopping", "stopped"], ["creating", "failed"], ["running", "failed"], ["running", "paused"], ["paused", "running"]] as const) {
+  for (const [from, to] of [
+    ["creating", "running"],
+    ["running", "stopping"],
+    ["stopping", "stopped"],
+    ["creating", "failed"],
+    ["running", "failed"],
+    ["running", "paused"],
+    ["paused", "running"],
+  ] as const) {
     assert.ok(canTransition(from, to), `${from} -> ${to}`);
   }
 });

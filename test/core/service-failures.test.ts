@@ -152,7 +152,10 @@ for (const c of CASES) {
     assert.equal(w.host.all().length, c.launched ? 1 : 0, c.launched ? "the VMM was started" : "no VMM was started");
     if (c.launched) assert.ok(w.host.all()[0]!.exit, "and is dead");
     const events = (await w.service.events(0n, 100, 0)).events;
-    assert.deepEqual(events.map((event) => event.status), c.events ?? (c.registered ? ["creating", "failed"] : []));
+    assert.deepEqual(
+      events.map((event) => event.status),
+      c.events ?? (c.registered ? ["creating", "failed"] : []),
+    );
     if (c.registered) assert.equal(events.at(-1)!.reason, "create rolled back");
 
     const id = await w.service.createVm(specInput(), {});
@@ -164,7 +167,11 @@ test("an undo that fails is logged and the rest of the rollback still runs", asy
   const w = new World();
   w.backend.failNextLaunch();
   w.network.failures.failNext("detach");
-  await rejectsWith(w.service.createVm(specInput(), { secrets: [{ name: "token", value: utf8("x") }] }), "FAILED_PRECONDITION", /^start vmm:/);
+  await rejectsWith(
+    w.service.createVm(specInput(), { secrets: [{ name: "token", value: utf8("x") }] }),
+    "FAILED_PRECONDITION",
+    /^start vmm:/,
+  );
   assert.equal(w.network.attached.size, 1, "the attachment whose detach failed is what is left");
   assert.equal(w.secrets.dirs.size, 0, "earlier undos still ran");
   assert.equal(w.records.dirs.size, 0);
@@ -208,7 +215,11 @@ test("call deadline: passed before the create starts, nothing is done", async ()
   const w = new World();
   const controller = new AbortController();
   controller.abort();
-  await rejectsWith(w.service.createVm(specInput(), {}, caller(controller)), "DEADLINE_EXCEEDED", /^fetch store paths: the call's deadline passed$/);
+  await rejectsWith(
+    w.service.createVm(specInput(), {}, caller(controller)),
+    "DEADLINE_EXCEEDED",
+    /^fetch store paths: the call's deadline passed$/,
+  );
   assert.equal(w.store.failures.count("ensurePaths"), 0);
   w.assertEmpty();
 });
@@ -279,7 +290,15 @@ async function leftBehind(w: World, id: string, status: VmRecord["status"]): Pro
 
 /** A VMM started straight through the backend, as a worker does before it records anything. */
 function launchBare(w: World, id: string, vmDir: string) {
-  return w.backend.launch({ id, vmDir, kernel: "/k", cmdline: "", cpu: 1, memoryBytes: 256 * 1024 * 1024, consolePath: `${vmDir}/console.log` });
+  return w.backend.launch({
+    id,
+    vmDir,
+    kernel: "/k",
+    cmdline: "",
+    cpu: 1,
+    memoryBytes: 256 * 1024 * 1024,
+    consolePath: `${vmDir}/console.log`,
+  });
 }
 
 function fakeNet(tap: string, ip: string): VmNetwork {
@@ -340,7 +359,10 @@ test("restart: live VMMs adopted, dead ones failed, interrupted operations finis
   assert.equal(w.secrets.dirs.has(dies), false);
 
   // Interrupted creates and deletes are finished: their VMMs dead, everything of theirs gone.
-  for (const [id, pid] of [["vm-creating", creatingPid], ["vm-stopping", stoppingPid]] as const) {
+  for (const [id, pid] of [
+    ["vm-creating", creatingPid],
+    ["vm-stopping", stoppingPid],
+  ] as const) {
     assert.equal(w.host.process(pid)!.exit?.signal, "SIGKILL");
     w.assertGone(id);
   }
@@ -358,7 +380,10 @@ test("restart: live VMMs adopted, dead ones failed, interrupted operations finis
   assert.equal(w.host.byId(alive)!.exit?.code, 0, "the adopted guest powered off on the button");
   w.assertGone(alive);
   await w.service.stopAll();
-  assert.deepEqual(w.host.live().map((vm) => vm.spec.id), ["vm-outsider"]);
+  assert.deepEqual(
+    w.host.live().map((vm) => vm.spec.id),
+    ["vm-outsider"],
+  );
   await outsider.kill();
   w.assertEmpty();
 });
@@ -408,7 +433,10 @@ test("restart: faults a previous worker left are removed and not listed", async 
   await w.service.injectFault(id, { kind: "cpuThrottle", percent: 50 });
   const result = await w.restart();
   for (const prefix of ["disk-errors:", "net-fault:", "cpu:"]) {
-    assert.ok(result.orphans.some((orphan) => orphan.startsWith(prefix)), `${prefix} in ${result.orphans}`);
+    assert.ok(
+      result.orphans.some((orphan) => orphan.startsWith(prefix)),
+      `${prefix} in ${result.orphans}`,
+    );
   }
   assert.equal(w.host.byId(id)!.diskErrors.size, 0);
   assert.equal(w.netFaults.active.size, 0);

@@ -11,7 +11,9 @@ import { specInput, until, utf8, World } from "./fakes.js";
 
 test("create → running → delete: what each port was asked, the view, events, and nothing left", async () => {
   const w = new World();
-  const id = await w.service.createVm(specInput({ allowedDomains: ["example.com"] }), { secrets: [{ name: "token", value: utf8("s3cret") }] });
+  const id = await w.service.createVm(specInput({ allowedDomains: ["example.com"] }), {
+    secrets: [{ name: "token", value: utf8("s3cret") }],
+  });
   assert.match(id, /^vm-[0-9a-f]{10}$/);
 
   const vm = w.host.byId(id)!;
@@ -45,7 +47,10 @@ test("create → running → delete: what each port was asked, the view, events,
   assert.equal(view.ip, net.net.ip);
   assert.equal(view.hostname, "guest");
   assert.equal(view.counters.blockReadBytes, 64n * 1024n, "getVm samples the VMM's counters: the guest read its root disk");
-  assert.deepEqual((await w.service.listVms()).map((entry) => entry.id), [id]);
+  assert.deepEqual(
+    (await w.service.listVms()).map((entry) => entry.id),
+    [id],
+  );
 
   vm.addIo({ writeBytes: 4096n, writeOps: 1n });
   w.network.counterValues.set(id, { net: { rxBytes: 10n, txBytes: 20n, rxPackets: 1n, txPackets: 2n }, egressDrops: 3n });
@@ -59,7 +64,11 @@ test("create → running → delete: what each port was asked, the view, events,
   assert.match(Buffer.from(console.data).toString(), /fake-guest: ready/);
 
   await w.service.deleteVm(id);
-  assert.deepEqual(vm.exit, { code: 0, signal: null, description: "exited with code 0 (guest powered off)" }, "the guest powered off on the button");
+  assert.deepEqual(
+    vm.exit,
+    { code: 0, signal: null, description: "exited with code 0 (guest powered off)" },
+    "the guest powered off on the button",
+  );
   assert.equal(vm.powerButtonPresses, 1);
   w.assertGone(id);
   assert.deepEqual(await w.service.listVms(), []);
@@ -138,7 +147,11 @@ test("bad input is refused before any port is touched", async () => {
   await rejectsWith(w.service.createVm(specInput(), { secrets: [{ name: "../x", value: utf8("1") }] }), "INVALID_ARGUMENT", /not allowed/);
   await rejectsWith(w.service.createVm(specInput(), { ttlSeconds: 3601 }), "INVALID_ARGUMENT", /above the maximum 3600/);
   const offline = new World({ network: false });
-  await rejectsWith(offline.service.createVm(specInput({ allowedDomains: ["example.com"] }), {}), "INVALID_ARGUMENT", /networking is disabled/);
+  await rejectsWith(
+    offline.service.createVm(specInput({ allowedDomains: ["example.com"] }), {}),
+    "INVALID_ARGUMENT",
+    /networking is disabled/,
+  );
   for (const world of [w, offline]) {
     assert.equal(world.store.failures.count("ensurePaths"), 0);
     assert.equal(world.backend.launches, 0);
@@ -151,7 +164,11 @@ test("bad input is refused before any port is touched", async () => {
 
 test("a spec the backend cannot serve is refused before the first step, naming the backend and the capability", async () => {
   const w = new World({ backend: { capabilities: { dataDisk: false } } });
-  await rejectsWith(w.service.createVm(specInput({ dataDiskBytes: 64n * 1024n * 1024n }), {}), "FAILED_PRECONDITION", /^dataDiskBytes: the fake backend cannot serve a data disk/);
+  await rejectsWith(
+    w.service.createVm(specInput({ dataDiskBytes: 64n * 1024n * 1024n }), {}),
+    "FAILED_PRECONDITION",
+    /^dataDiskBytes: the fake backend cannot serve a data disk/,
+  );
   assert.equal(w.store.failures.count("ensurePaths"), 0);
   assert.equal(w.backend.launches, 0);
   assert.equal(w.network.attached.size, 0);
@@ -211,13 +228,21 @@ test("a create in flight counts once against the limits, registered or not", asy
   vm.boot();
   await booting;
   await w.service.deleteVm(second);
-  await rejectsWith(w.service.createVm(specInput({ cpu: 3 }), {}), "RESOURCE_EXHAUSTED", /^host vCPU limit 4 would be exceeded \(5 requested in all\)$/);
+  await rejectsWith(
+    w.service.createVm(specInput({ cpu: 3 }), {}),
+    "RESOURCE_EXHAUSTED",
+    /^host vCPU limit 4 would be exceeded \(5 requested in all\)$/,
+  );
 });
 
 test("vCPU and memory sums: live VMs count, stopped and failed ones do not", async () => {
   const w = new World({ limits: { maxTotalCpu: 4, maxTotalMemoryBytes: 1024 * MIB } });
   const big = await w.service.createVm(specInput({ cpu: 2 }), {});
-  await rejectsWith(w.service.createVm(specInput({ cpu: 3 }), {}), "RESOURCE_EXHAUSTED", /^host vCPU limit 4 would be exceeded \(5 requested in all\)$/);
+  await rejectsWith(
+    w.service.createVm(specInput({ cpu: 3 }), {}),
+    "RESOURCE_EXHAUSTED",
+    /^host vCPU limit 4 would be exceeded \(5 requested in all\)$/,
+  );
   const mem = await w.service.createVm(specInput({ memoryBytes: BigInt(512 * MIB) }), {});
   await rejectsWith(
     w.service.createVm(specInput({ memoryBytes: BigInt(512 * MIB) }), {}),
@@ -288,7 +313,11 @@ test("pause and resume: the VM moves through the lifecycle, the pause lists unti
   assert.equal(w.records.record(id)?.status, "paused", "saved");
   const [listed] = await w.service.listFaults(id);
   assert.deepEqual([listed?.id, listed?.kind, listed?.description, listed?.expiresAtMs], [pause, "pause", "pause", 0n]);
-  assert.deepEqual((await w.service.getVm(id)).faults?.map((fault) => fault.id), [pause], "the view lists it too");
+  assert.deepEqual(
+    (await w.service.getVm(id)).faults?.map((fault) => fault.id),
+    [pause],
+    "the view lists it too",
+  );
   await rejectsWith(w.service.injectFault(id, { kind: "pause" }), "FAILED_PRECONDITION", /already paused/);
 
   await w.service.clearFault(id, pause);
@@ -398,7 +427,11 @@ test("a fault with a duration clears itself (mock timers)", async (t) => {
 test("faults the backend does not offer, bad faults and faults on a VM that is not running are refused", async () => {
   const w = new World({ backend: { faults: { powerOff: false, reset: false, diskErrors: false } }, faultPorts: false });
   const id = await w.service.createVm(specInput({ dataDiskBytes: DISK }), {});
-  await rejectsWith(w.service.injectFault(id, { kind: "powerOff" }), "FAILED_PRECONDITION", /^powerOff is not supported on fake: no hard power off$/);
+  await rejectsWith(
+    w.service.injectFault(id, { kind: "powerOff" }),
+    "FAILED_PRECONDITION",
+    /^powerOff is not supported on fake: no hard power off$/,
+  );
   await rejectsWith(w.service.injectFault(id, { kind: "reboot" }), "FAILED_PRECONDITION", /^reboot is not supported on fake/);
   await rejectsWith(w.service.injectFault(id, READ_ERRORS), "FAILED_PRECONDITION", /diskErrors is not supported on fake/);
   await rejectsWith(w.service.injectFault(id, { kind: "cpuThrottle", percent: 20 }), "FAILED_PRECONDITION", /not available on this worker/);
@@ -409,5 +442,9 @@ test("faults the backend does not offer, bad faults and faults on a VM that is n
 
   w.host.byId(id)!.powerOffGuest();
   await until(async () => (await w.service.getVm(id)).status === "stopped", "stopped");
-  await rejectsWith(w.service.injectFault(id, { kind: "killVmm" }), "FAILED_PRECONDITION", /is stopped; faults need a running or paused VM/);
+  await rejectsWith(
+    w.service.injectFault(id, { kind: "killVmm" }),
+    "FAILED_PRECONDITION",
+    /is stopped; faults need a running or paused VM/,
+  );
 });

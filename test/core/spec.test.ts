@@ -19,12 +19,15 @@ const base: VmSpecInput = {
 };
 
 function rejects(spec: Partial<VmSpecInput>, pattern: RegExp): void {
-  assert.throws(() => validateSpec({ ...base, ...spec }, limits), (err: unknown) => {
-    assert.ok(err instanceof WorkerError);
-    assert.equal(err.code, "INVALID_ARGUMENT");
-    assert.match(err.message, pattern);
-    return true;
-  });
+  assert.throws(
+    () => validateSpec({ ...base, ...spec }, limits),
+    (err: unknown) => {
+      assert.ok(err instanceof WorkerError);
+      assert.equal(err.code, "INVALID_ARGUMENT");
+      assert.match(err.message, pattern);
+      return true;
+    },
+  );
 }
 
 test("a good spec passes and keeps its fields", () => {
@@ -60,7 +63,16 @@ test("bad fields are rejected with every problem named", () => {
 });
 
 test("spec JSON: exactly what nix eval --json prints, strict about keys", () => {
-  const json = JSON.stringify({ allowedDomains: [], cmdline: "console=ttyS0", cpu: 1, hostname: "h", image: "", initrd: "", kernel: KERNEL, memoryBytes: 268435456 });
+  const json = JSON.stringify({
+    allowedDomains: [],
+    cmdline: "console=ttyS0",
+    cpu: 1,
+    hostname: "h",
+    image: "",
+    initrd: "",
+    kernel: KERNEL,
+    memoryBytes: 268435456,
+  });
   const spec = parseVmSpecJson(json);
   assert.equal(spec.memoryBytes, 268435456n);
   assert.throws(() => parseVmSpecJson("{"), /INVALID_ARGUMENT|not valid JSON/);

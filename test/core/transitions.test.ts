@@ -35,7 +35,10 @@ test("a VMM exit: the release comes first, then the status shows with its event,
   assert.equal(view.status, "failed");
   assert.deepEqual(await w.service.listFaults(id), []);
   const events = (await w.service.events(0n, 100, 0)).events.filter((event) => event.vmId === id);
-  assert.deepEqual(events.map((event) => event.status), ["creating", "running", "failed"]);
+  assert.deepEqual(
+    events.map((event) => event.status),
+    ["creating", "running", "failed"],
+  );
   assert.equal(events.at(-1)!.reason, view.failure);
   assert.equal(w.records.record(id)?.failure, view.failure);
 });

@@ -19,7 +19,6 @@ const guest = testGuest();
 const skip = process.getuid?.() !== 0 ? "needs root" : "skip" in guest ? guest.skip : false;
 const MIB = 1024n * 1024n;
 
-
 describe("data disks and the host's disk", { skip }, () => {
   const workers: WorkerProcess[] = [];
   const mounts: string[] = [];
@@ -36,7 +35,11 @@ describe("data disks and the host's disk", { skip }, () => {
     const client = await connectWorker(worker.socket);
     try {
       const first = await client.createVm({ ...input(), dataDiskBytes: 64n * MIB });
-      await rejectsWith(client.createVm({ ...input(), dataDiskBytes: 64n * MIB }), "RESOURCE_EXHAUSTED", /data-disk limit 104857600 bytes would be exceeded/);
+      await rejectsWith(
+        client.createVm({ ...input(), dataDiskBytes: 64n * MIB }),
+        "RESOURCE_EXHAUSTED",
+        /data-disk limit 104857600 bytes would be exceeded/,
+      );
       await client.injectFault(first, { kind: "powerOff" });
       await waitFor("first vm stopped", 30_000, async () => ((await client.getVm(first)).status === "stopped" ? true : undefined));
       await rejectsWith(client.createVm({ ...input(), dataDiskBytes: 64n * MIB }), "RESOURCE_EXHAUSTED", /data-disk limit/);
@@ -65,7 +68,11 @@ describe("data disks and the host's disk", { skip }, () => {
     workers.push(worker);
     const client = await connectWorker(worker.socket);
     try {
-      await rejectsWith(client.createVm({ ...input(), dataDiskBytes: 64n * MIB }), "RESOURCE_EXHAUSTED", /no room on the host for a 67108864-byte data disk/);
+      await rejectsWith(
+        client.createVm({ ...input(), dataDiskBytes: 64n * MIB }),
+        "RESOURCE_EXHAUSTED",
+        /no room on the host for a 67108864-byte data disk/,
+      );
       assert.deepEqual(await client.listVms(), []);
       await assertNothingLeft(worker);
       const fits = await client.createVm({ ...input(), dataDiskBytes: 16n * MIB });

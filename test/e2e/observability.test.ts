@@ -41,10 +41,22 @@ function sample(samples: Map<string, number>, name: string, labels: Record<strin
   return undefined;
 }
 
-async function getVm(worker: WorkerProcess, id: string): Promise<Record<string, any>> {
+/** What `get-vm` prints, as far as these tests read it. */
+interface VmJson {
+  status: string;
+  cpu: number;
+  memoryBytes: number;
+  specHash: string;
+  counters: Record<string, number>;
+  egressDrops: number;
+  uptimeMs: number;
+  [field: string]: unknown;
+}
+
+async function getVm(worker: WorkerProcess, id: string): Promise<VmJson> {
   const result = await worker.cli(["get-vm", id]);
   assert.equal(result.exitCode, 0, result.stderr);
-  return JSON.parse(result.stdout) as Record<string, any>;
+  return JSON.parse(result.stdout) as VmJson;
 }
 
 describe("observability (real worker, real guest)", { skip }, () => {
@@ -63,10 +75,14 @@ describe("observability (real worker, real guest)", { skip }, () => {
 
   test("logs --follow shows lines as the guest prints them", async () => {
     const id = await createFromSpec(worker, withCommand(spec, "for i in 1 2 3 4; do echo tick-$i; sleep 1; done"));
-    const follower = execa("ip", ["netns", "exec", worker.netns, process.execPath, CLI_BIN, "--worker", worker.socket, "logs", id, "--follow"], {
-      reject: false,
-      buffer: false,
-    });
+    const follower = execa(
+      "ip",
+      ["netns", "exec", worker.netns, process.execPath, CLI_BIN, "--worker", worker.socket, "logs", id, "--follow"],
+      {
+        reject: false,
+        buffer: false,
+      },
+    );
     const seenAt = new Map<string, number>();
     let text = "";
     follower.stdout!.on("data", (chunk: Buffer) => {
@@ -124,7 +140,10 @@ describe("observability (real worker, real guest)", { skip }, () => {
       .filter(Boolean)
       .map((line) => JSON.parse(line) as { seq: number; vmId: string; status: string; atMs: number });
     const mine = events.filter((event) => event.vmId === id);
-    assert.deepEqual(mine.map((event) => event.status), ["creating", "running", "stopping", "stopped"]);
+    assert.deepEqual(
+      mine.map((event) => event.status),
+      ["creating", "running", "stopping", "stopped"],
+    );
     for (let i = 1; i < events.length; i++) {
       assert.ok(events[i]!.seq > events[i - 1]!.seq, "seq increases");
       assert.ok(events[i]!.atMs >= events[i - 1]!.atMs, "time does not go back");
@@ -142,14 +161,24 @@ describe("observability (real worker, real guest)", { skip }, () => {
       .filter(Boolean)
       .map((line) => JSON.parse(line) as Record<string, unknown>)
       .filter((entry) => entry.vmId === id);
-    assert.deepEqual(audit.map((entry) => [entry.method, entry.code]), [["createVm", "OK"], ["deleteVm", "OK"], ["deleteVm", "NOT_FOUND"]]);
+    assert.deepEqual(
+      audit.map((entry) => [entry.method, entry.code]),
+      [
+        ["createVm", "OK"],
+        ["deleteVm", "OK"],
+        ["deleteVm", "NOT_FOUND"],
+      ],
+    );
     for (const entry of audit) {
       // The CLI process that called, by pid and uid (unix socket peer, from SO_PEERCRED).
       assert.match(String(entry.caller), /^unix#\d+ pid=\d+ uid=0 node$/);
       assert.ok(typeof entry.durationMs === "number");
     }
     // Every log line of a call names its VM and request.
-    const callLines = worker.logs().split("\n").filter((line) => line.includes('"msg":"call"'));
+    const callLines = worker
+      .logs()
+      .split("\n")
+      .filter((line) => line.includes('"msg":"call"'));
     assert.ok(callLines.length >= 3);
     for (const line of callLines) assert.match(line, /"requestId":"[^"]+"/);
     await assertNothingLeft(worker);

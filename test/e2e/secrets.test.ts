@@ -111,7 +111,10 @@ describe("secrets at /run/secrets (QEMU, 9p)", { skip }, () => {
       events: (await worker.cli(["events"])).stdout,
     };
     const stateFiles = filesUnder(worker.stateDir);
-    assert.ok(stateFiles.some((file) => file.endsWith("vm.json")), "the scan covers the VM record");
+    assert.ok(
+      stateFiles.some((file) => file.endsWith("vm.json")),
+      "the scan covers the VM record",
+    );
     const leaks = findLeaks(values, stateFiles, { ...replies, "worker log": worker.logs() });
     assert.deepEqual(leaks, [], "secret values found");
     assert.ok((await vmmPids(id)).length > 0, "the scan ran while the VMM was up");
@@ -155,7 +158,9 @@ describe("secrets at /run/secrets (QEMU, 9p)", { skip }, () => {
     await waitFor("the VMM gone", 5_000, async () => ((await vmmPids(id)).length === 0 ? true : undefined));
 
     worker = await startWorker({ reuse });
-    const vm = await waitFor("the VM marked failed", 10_000, async () => (await listJson(worker)).find((entry) => entry.id === id && entry.status === "failed"));
+    const vm = await waitFor("the VM marked failed", 10_000, async () =>
+      (await listJson(worker)).find((entry) => entry.id === id && entry.status === "failed"),
+    );
     assert.ok(vm);
     assert.equal(existsSync(secretsDir(id)), false, "no secrets directory for the dead VM");
     // The host's view of the runtime directory never held a value (the secrets live on tmpfs).

@@ -76,7 +76,10 @@ describe("worker end to end (real QEMU, real Nix store)", { skip }, () => {
     const id = await createFromSpec(worker, { ...spec, image });
     assert.ok(existsSync(image), "image is back in the store");
     await waitForConsole(worker, id, "pcr-guest: ready");
-    const fetchedLine = worker.logs().split("\n").find((line) => line.includes('"msg":"fetched store paths"'));
+    const fetchedLine = worker
+      .logs()
+      .split("\n")
+      .find((line) => line.includes('"msg":"fetched store paths"'));
     assert.ok(fetchedLine?.includes(image), `the worker logged the fetch of ${image}`);
     assert.equal((await worker.cli(["delete-vm", id])).exitCode, 0);
     await assertNothingLeft(worker);
@@ -85,7 +88,12 @@ describe("worker end to end (real QEMU, real Nix store)", { skip }, () => {
 
   test("bad input gets INVALID_ARGUMENT or NOT_FOUND and leaves nothing behind", async () => {
     const cases: Array<{ name: string; args: string[]; code: string; exit: number }> = [
-      { name: "path outside the store", args: ["--spec-json", JSON.stringify({ ...spec, kernel: "/etc/passwd" })], code: "INVALID_ARGUMENT", exit: 1 },
+      {
+        name: "path outside the store",
+        args: ["--spec-json", JSON.stringify({ ...spec, kernel: "/etc/passwd" })],
+        code: "INVALID_ARGUMENT",
+        exit: 1,
+      },
       {
         name: "store path in neither the store nor the cache",
         args: ["--spec-json", JSON.stringify({ ...spec, image: "/nix/store/00000000000000000000000000000000-missing.img" })],
@@ -93,9 +101,24 @@ describe("worker end to end (real QEMU, real Nix store)", { skip }, () => {
         exit: 1,
       },
       { name: "cpu 0", args: ["--spec-json", JSON.stringify({ ...spec, cpu: 0 })], code: "INVALID_ARGUMENT", exit: 1 },
-      { name: "cpu above the host's cores", args: ["--spec-json", JSON.stringify({ ...spec, cpu: 4096 })], code: "INVALID_ARGUMENT", exit: 1 },
-      { name: "hostname not RFC 1123", args: ["--spec-json", JSON.stringify({ ...spec, hostname: "bad_host!" })], code: "INVALID_ARGUMENT", exit: 1 },
-      { name: "memory too small", args: ["--spec-json", JSON.stringify({ ...spec, memoryBytes: 1024 })], code: "INVALID_ARGUMENT", exit: 1 },
+      {
+        name: "cpu above the host's cores",
+        args: ["--spec-json", JSON.stringify({ ...spec, cpu: 4096 })],
+        code: "INVALID_ARGUMENT",
+        exit: 1,
+      },
+      {
+        name: "hostname not RFC 1123",
+        args: ["--spec-json", JSON.stringify({ ...spec, hostname: "bad_host!" })],
+        code: "INVALID_ARGUMENT",
+        exit: 1,
+      },
+      {
+        name: "memory too small",
+        args: ["--spec-json", JSON.stringify({ ...spec, memoryBytes: 1024 })],
+        code: "INVALID_ARGUMENT",
+        exit: 1,
+      },
       { name: "broken JSON", args: ["--spec-json", '{"hostname": "x", "kernel": '], code: "INVALID_ARGUMENT", exit: 2 },
       { name: "unknown key", args: ["--spec-json", JSON.stringify({ ...spec, kernal: "typo" })], code: "INVALID_ARGUMENT", exit: 2 },
       { name: "literal secret on argv", args: ["--spec-json", specText, "--secret", "TOKEN=hunter2"], code: "INVALID_ARGUMENT", exit: 2 },
@@ -126,10 +149,16 @@ describe("worker end to end (real QEMU, real Nix store)", { skip }, () => {
     await symlink("/dev/null", join(dir, "initrd"));
     const evil = (await execa("nix-store", ["--add", dir])).stdout.trim();
     try {
-      for (const [field, target] of [["image", "disk"], ["initrd", "initrd"]] as const) {
+      for (const [field, target] of [
+        ["image", "disk"],
+        ["initrd", "initrd"],
+      ] as const) {
         const result = await worker.cli(["create-vm", "--spec-json", JSON.stringify({ ...spec, [field]: `${evil}/${target}` })]);
         assert.equal(result.exitCode, 1, result.stderr);
-        assert.match(result.stderr, new RegExp(`^INVALID_ARGUMENT: check boot files: ${field} ${evil}/${target} resolves outside the Nix store`));
+        assert.match(
+          result.stderr,
+          new RegExp(`^INVALID_ARGUMENT: check boot files: ${field} ${evil}/${target} resolves outside the Nix store`),
+        );
         assert.doesNotMatch(result.stderr, new RegExp(scratch), "the host path is not echoed");
       }
       assert.deepEqual(await listJson(worker), []);

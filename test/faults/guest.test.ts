@@ -25,9 +25,6 @@ const LOSS_SAMPLES = 40;
 
 const lossRate = (ticks: Tick[]) => ticks.filter((t) => t.lost).length / ticks.length;
 const mean = (values: number[]) => values.reduce((a, b) => a + b, 0) / values.length;
-/** Ticks that started after a change may straddle it: judge only those well inside a window. */
-const settled = (ticks: Tick[], skipFirst = 1) => ticks.slice(skipFirst);
-
 
 describe("fault injection on a real guest", { skip }, () => {
   let world: GuestWorld;
@@ -75,12 +72,18 @@ describe("fault injection on a real guest", { skip }, () => {
   test("baseline: every ping answers, every read and write succeeds", (t) => {
     t.diagnostic(`baseline rtt ${mean(baseline.map((tick) => tick.rttMs ?? 0)).toFixed(2)} ms over ${baseline.length} ticks`);
     assert.equal(lossRate(baseline), 0, JSON.stringify(baseline));
-    assert.ok(baseline.every((tick) => tick.read === "ok" && tick.write === "ok"), JSON.stringify(baseline));
+    assert.ok(
+      baseline.every((tick) => tick.read === "ok" && tick.write === "ok"),
+      JSON.stringify(baseline),
+    );
   });
 
   test("loss: the guest's pings get lost at about the injected rate, and all answer again after clear", async (t) => {
     const faultId = await world.client.injectFault(id, { kind: "loss", percent: 40 });
-    assert.deepEqual((await world.client.listFaults(id)).map((f) => f.kind), ["loss"]);
+    assert.deepEqual(
+      (await world.client.listFaults(id)).map((f) => f.kind),
+      ["loss"],
+    );
     assert.equal((await world.client.getVm(id)).faults?.[0]?.id, faultId);
     assert.ok(await faultTable(), "fault table present while active");
     await skipPastChange();
@@ -110,31 +113,37 @@ describe("fault injection on a real guest", { skip }, () => {
     await skipPastChange();
     const cidrCut = await next(3);
     await world.client.clearFault(id, peer);
-    t.diagnostic(`partition all (${all}): ${cut.length}/${cut.length} lost; partition 198.18.0.0/24: ${cidrCut.filter((x) => x.lost).length}/${cidrCut.length} lost`);
+    t.diagnostic(
+      `partition all (${all}): ${cut.length}/${cut.length} lost; ` +
+        `partition 198.18.0.0/24: ${cidrCut.filter((x) => x.lost).length}/${cidrCut.length} lost`,
+    );
     assert.equal(lossRate(cidrCut), 1);
     await skipPastChange();
     assert.equal(lossRate(await next(3)), 0);
     assert.equal(await faultTable(), false);
   });
 
-  test("delay: measured RTT rises by about the injected delay (tc netem, or inside QEMU without sch_netem), and falls back after clear", async (t) => {
-    const faultId = await world.client.injectFault(id, { kind: "delay", ms: 100, jitterMs: 0 });
-    assert.ok((await world.client.listFaults(id)).some((fault) => fault.id === faultId && fault.kind === "delay"));
-    await skipPastChange();
-    const during = await next(6);
-    await world.client.clearFault(id, faultId);
-    await skipPastChange();
-    const afterClear = await next(3);
-    const base = mean(baseline.map((tick) => tick.rttMs!));
-    const measured = mean(during.filter((tick) => !tick.lost).map((tick) => tick.rttMs!)) - base;
-    const restored = mean(afterClear.filter((tick) => !tick.lost).map((tick) => tick.rttMs!)) - base;
-    t.diagnostic(`injected 100 ms, measured +${measured.toFixed(1)} ms; after clear +${restored.toFixed(1)} ms`);
-    assert.ok(during.filter((tick) => tick.lost).length === 0, "a delay loses nothing");
-    assert.ok(Math.abs(measured - 100) < 30, `measured +${measured} ms`);
-    assert.ok(restored < 30, `after clear +${restored} ms`);
-    assert.equal(await qdiscs(), qdiscBefore);
-    assert.deepEqual(await world.client.listFaults(id), []);
-  });
+  test(
+    "delay: measured RTT rises by about the injected delay (tc netem, or inside QEMU without sch_netem), " + "and falls back after clear",
+    async (t) => {
+      const faultId = await world.client.injectFault(id, { kind: "delay", ms: 100, jitterMs: 0 });
+      assert.ok((await world.client.listFaults(id)).some((fault) => fault.id === faultId && fault.kind === "delay"));
+      await skipPastChange();
+      const during = await next(6);
+      await world.client.clearFault(id, faultId);
+      await skipPastChange();
+      const afterClear = await next(3);
+      const base = mean(baseline.map((tick) => tick.rttMs!));
+      const measured = mean(during.filter((tick) => !tick.lost).map((tick) => tick.rttMs!)) - base;
+      const restored = mean(afterClear.filter((tick) => !tick.lost).map((tick) => tick.rttMs!)) - base;
+      t.diagnostic(`injected 100 ms, measured +${measured.toFixed(1)} ms; after clear +${restored.toFixed(1)} ms`);
+      assert.ok(during.filter((tick) => tick.lost).length === 0, "a delay loses nothing");
+      assert.ok(Math.abs(measured - 100) < 30, `measured +${measured} ms`);
+      assert.ok(restored < 30, `after clear +${restored} ms`);
+      assert.equal(await qdiscs(), qdiscBefore);
+      assert.deepEqual(await world.client.listFaults(id), []);
+    },
+  );
 
   test("bandwidth: a tbf qdisc on the TAP while active, the original qdisc after clear", async (t) => {
     const faultId = await world.client.injectFault(id, { kind: "bandwidth", kbitPerSecond: 512 });
@@ -150,8 +159,18 @@ describe("fault injection on a real guest", { skip }, () => {
 
   test("bandwidth: a guest's downloads slow to about the injected rate, and speed up again after clear", async (t) => {
     // The peer serves 128 KiB over HTTP; a VM of its own downloads it in a loop and prints how long each took.
-    const server = execa("ip", ["netns", "exec", world.upstream, process.execPath, "-e",
-      `require("node:http").createServer((q, s) => s.end(Buffer.alloc(131072, 120))).listen(9000, "${PEER_IP}")`], { reject: false });
+    const server = execa(
+      "ip",
+      [
+        "netns",
+        "exec",
+        world.upstream,
+        process.execPath,
+        "-e",
+        `require("node:http").createServer((q, s) => s.end(Buffer.alloc(131072, 120))).listen(9000, "${PEER_IP}")`,
+      ],
+      { reject: false },
+    );
     const script = [
       "while :; do",
       "s=$(cut -d' ' -f1 /proc/uptime)",
@@ -162,11 +181,16 @@ describe("fault injection on a real guest", { skip }, () => {
     const downloader = await world.createVm((guest as { input: VmSpecInput }).input, script);
     /** Seconds of the next `count` downloads that start after console offset `from`. */
     const downloads = async (from: bigint, count: number): Promise<{ seconds: number[]; end: bigint }> => {
-      return waitFor(`${count} downloads`, 90_000, async () => {
-        const { text, end } = await world.console(downloader, from);
-        const seconds = [...text.matchAll(/^BW ([\d.]+) ([\d.]+)$/gm)].map((m) => Number(m[2]) - Number(m[1]));
-        return seconds.length >= count ? { seconds: seconds.slice(0, count), end } : undefined;
-      }, 250);
+      return waitFor(
+        `${count} downloads`,
+        90_000,
+        async () => {
+          const { text, end } = await world.console(downloader, from);
+          const seconds = [...text.matchAll(/^BW ([\d.]+) ([\d.]+)$/gm)].map((m) => Number(m[2]) - Number(m[1]));
+          return seconds.length >= count ? { seconds: seconds.slice(0, count), end } : undefined;
+        },
+        250,
+      );
     };
     try {
       const free = await downloads(0n, 3);
@@ -176,9 +200,14 @@ describe("fault injection on a real guest", { skip }, () => {
       const cleared = await downloads(during.end, 3);
       const kbit = (seconds: number) => (131072 * 8) / 1000 / seconds;
       const shaped = kbit(Math.max(...during.seconds.slice(1)));
-      t.diagnostic(`128 KiB downloads: ${free.seconds.map((x) => x.toFixed(2)).join(", ")} s free; ` +
-        `${during.seconds.map((x) => x.toFixed(2)).join(", ")} s at 512 kbit/s (${shaped.toFixed(0)} kbit/s); ` +
-        `${cleared.seconds.slice(1).map((x) => x.toFixed(2)).join(", ")} s after clear`);
+      t.diagnostic(
+        `128 KiB downloads: ${free.seconds.map((x) => x.toFixed(2)).join(", ")} s free; ` +
+          `${during.seconds.map((x) => x.toFixed(2)).join(", ")} s at 512 kbit/s (${shaped.toFixed(0)} kbit/s); ` +
+          `${cleared.seconds
+            .slice(1)
+            .map((x) => x.toFixed(2))
+            .join(", ")} s after clear`,
+      );
       assert.ok(shaped > 512 * 0.6 && shaped < 512 * 1.25, `shaped to ${shaped.toFixed(0)} kbit/s`);
       assert.ok(Math.max(...cleared.seconds.slice(1)) < 1, "fast again after clear");
     } finally {
@@ -216,10 +245,16 @@ describe("fault injection on a real guest", { skip }, () => {
     await skipPastChange();
     const failing = await next(3);
     await world.client.clearFault(id, reads);
-    assert.ok(failing.every((tick) => tick.read === "err" && tick.write === "ok"), JSON.stringify(failing));
+    assert.ok(
+      failing.every((tick) => tick.read === "err" && tick.write === "ok"),
+      JSON.stringify(failing),
+    );
     await skipPastChange();
     const healed = await next(2);
-    assert.ok(healed.every((tick) => tick.read === "ok" && tick.write === "ok"), JSON.stringify(healed));
+    assert.ok(
+      healed.every((tick) => tick.read === "ok" && tick.write === "ok"),
+      JSON.stringify(healed),
+    );
 
     const writes = await world.client.injectFault(id, { kind: "diskErrors", op: "write", errno: 5, afterOps: 6, probabilityPercent: 0 });
     const seq = await next(8);
@@ -227,7 +262,10 @@ describe("fault injection on a real guest", { skip }, () => {
     const firstErr = seq.findIndex((tick) => tick.write === "err");
     t.diagnostic(`read errors: ${failing.length}/${failing.length} ticks; writes after 6 ops: ${seq.map((x) => x.write).join(" ")}`);
     assert.ok(firstErr > 0, "some writes succeed before the Nth op");
-    assert.ok(seq.slice(firstErr + 1).every((tick) => tick.write === "err"), JSON.stringify(seq));
+    assert.ok(
+      seq.slice(firstErr + 1).every((tick) => tick.write === "err"),
+      JSON.stringify(seq),
+    );
     await skipPastChange();
     assert.ok((await next(2)).every((tick) => tick.read === "ok" && tick.write === "ok"));
     const nodes = await readFile(join(world.worker.stateDir, "vms", id, "vmm.log"), "utf8").catch(() => "");
@@ -257,7 +295,10 @@ describe("fault injection on a real guest", { skip }, () => {
     await world.client.clearFault(busy, faultId);
     await new Promise((resolve) => setTimeout(resolve, 300));
     const restored = await cpuShare(2_000);
-    t.diagnostic(`VMM CPU share: ${(free * 100).toFixed(0)}% free, ${(throttled * 100).toFixed(0)}% at cpuThrottle 20%, ${(restored * 100).toFixed(0)}% after clear`);
+    t.diagnostic(
+      `VMM CPU share: ${(free * 100).toFixed(0)}% free, ${(throttled * 100).toFixed(0)}% at cpuThrottle 20%, ` +
+        `${(restored * 100).toFixed(0)}% after clear`,
+    );
     assert.ok(free > 0.6, `the spinning guest's VMM uses ${(free * 100).toFixed(0)}% of a CPU unthrottled`);
     assert.ok(throttled < 0.3, `throttled to 20%, it used ${(throttled * 100).toFixed(0)}%`);
     assert.ok(restored > 0.6, `after clear it uses ${(restored * 100).toFixed(0)}%`);
@@ -281,7 +322,10 @@ describe("fault injection on a real guest", { skip }, () => {
   });
 
   test("the audit log has every inject and clear, with the fault and its id", async () => {
-    const lines = (await readFile(join(world.worker.stateDir, "audit.log"), "utf8")).trim().split("\n").map((line) => JSON.parse(line) as Record<string, unknown>);
+    const lines = (await readFile(join(world.worker.stateDir, "audit.log"), "utf8"))
+      .trim()
+      .split("\n")
+      .map((line) => JSON.parse(line) as Record<string, unknown>);
     const injects = lines.filter((entry) => entry.method === "injectFault");
     assert.ok(injects.some((entry) => entry.fault === "loss" && entry.code === "OK" && String(entry.faultId).startsWith("fault-")));
     assert.ok(injects.some((entry) => entry.fault === "cpuThrottle" || entry.fault === "delay"));
@@ -297,7 +341,10 @@ describe("fault injection on a real guest", { skip }, () => {
     assert.equal((await world.client.listFaults(id)).length, 5);
     await skipPastChange();
     const faulted = await next(2);
-    assert.ok(faulted.every((tick) => tick.lost && tick.read === "err"), "the faults bite before the kill");
+    assert.ok(
+      faulted.every((tick) => tick.lost && tick.read === "err"),
+      "the faults bite before the kill",
+    );
 
     await world.restartAfterKill();
     assert.equal((await world.client.getVm(id)).status, "running", "the VM was re-adopted");
@@ -305,13 +352,24 @@ describe("fault injection on a real guest", { skip }, () => {
     assert.equal(await faultTable(), false, "no fault table left");
     assert.equal(await qdiscs(), qdiscBefore, "the TAP's qdisc is the default again");
     const cgroups = await readdir("/sys/fs/cgroup/cpu/procurator-faults", { withFileTypes: true }).catch(() => []);
-    assert.deepEqual(cgroups.filter((entry) => entry.isDirectory()).map((entry) => entry.name), [], "no fault cgroup left");
+    assert.deepEqual(
+      cgroups.filter((entry) => entry.isDirectory()).map((entry) => entry.name),
+      [],
+      "no fault cgroup left",
+    );
     await skipPastChange();
     const after = await next(3);
     t.diagnostic(`after restart: ${after.map((tick) => `${tick.rttMs ?? "lost"}ms r=${tick.read}`).join(", ")}`);
-    assert.ok(after.every((tick) => !tick.lost && tick.rttMs! < 50 && tick.read === "ok" && tick.write === "ok"), JSON.stringify(after));
-    const removed = world.worker.logs().split("\n").find((line) => line.includes('"msg":"recovered state"'));
-    for (const what of ["nft:", "qdisc:", "cgroup:", "qemu:pcr-delay-steal", "qemu:blkdebug-"]) assert.ok(removed?.includes(what), `recovery removed ${what}: ${removed}`);
+    assert.ok(
+      after.every((tick) => !tick.lost && tick.rttMs! < 50 && tick.read === "ok" && tick.write === "ok"),
+      JSON.stringify(after),
+    );
+    const removed = world.worker
+      .logs()
+      .split("\n")
+      .find((line) => line.includes('"msg":"recovered state"'));
+    for (const what of ["nft:", "qdisc:", "cgroup:", "qemu:pcr-delay-steal", "qemu:blkdebug-"])
+      assert.ok(removed?.includes(what), `recovery removed ${what}: ${removed}`);
   });
 
   test("killVmm crashes the VM (failed); powerOff stops another one (stopped)", async () => {
@@ -326,7 +384,9 @@ describe("fault injection on a real guest", { skip }, () => {
     await world.client.deleteVm(id);
 
     const other = await world.createVm((guest as { input: VmSpecInput }).input, "true");
-    await waitFor("second vm ready", 90_000, async () => ((await world.console(other)).text.includes("pcr-guest: ready") ? true : undefined));
+    await waitFor("second vm ready", 90_000, async () =>
+      (await world.console(other)).text.includes("pcr-guest: ready") ? true : undefined,
+    );
     await rejectsWith(
       world.client.injectFault(other, { kind: "diskErrors", op: "read", errno: 5, afterOps: 0, probabilityPercent: 0 }),
       "FAILED_PRECONDITION",

@@ -63,28 +63,59 @@ function qemuArgs(paths: GuestPaths, options: BootOptions): string[] {
   if (options.cmd !== undefined) params.push(`pcr.cmd=${Buffer.from(options.cmd).toString("base64")}`);
   params.push(...(options.params ?? []));
   // vhost-user needs guest memory that virtiofsd can map, and modern virtio-mmio.
-  const memory = options.virtiofsSocket === undefined ? [] : [
-    "-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-global", "virtio-mmio.force-legacy=false",
-  ];
+  const memory =
+    options.virtiofsSocket === undefined
+      ? []
+      : ["-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-global", "virtio-mmio.force-legacy=false"];
   const args = [
-    "-M", `microvm,x-option-roms=off,isa-serial=on,rtc=on${memory.length > 0 ? ",memory-backend=mem" : ""}`, ...memory,
-    "-accel", "tcg", "-cpu", "max", "-m", "256M", "-smp", "1",
-    "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-    "-serial", "stdio",
-    "-kernel", options.kernel ?? paths.kernel, "-initrd", paths.initrd, "-append", params.join(" "),
-    "-drive", `id=root,file=${paths.image},format=raw,if=none,read-only=on`,
-    "-device", "virtio-blk-device,drive=root",
-    "-netdev", `user,id=net0,restrict=on${options.hostPort === undefined ? "" : `,hostfwd=tcp:127.0.0.1:${options.hostPort}-:7777`}`,
-    "-device", "virtio-net-device,netdev=net0",
+    "-M",
+    `microvm,x-option-roms=off,isa-serial=on,rtc=on${memory.length > 0 ? ",memory-backend=mem" : ""}`,
+    ...memory,
+    "-accel",
+    "tcg",
+    "-cpu",
+    "max",
+    "-m",
+    "256M",
+    "-smp",
+    "1",
+    "-nodefaults",
+    "-no-user-config",
+    "-display",
+    "none",
+    "-no-reboot",
+    "-serial",
+    "stdio",
+    "-kernel",
+    options.kernel ?? paths.kernel,
+    "-initrd",
+    paths.initrd,
+    "-append",
+    params.join(" "),
+    "-drive",
+    `id=root,file=${paths.image},format=raw,if=none,read-only=on`,
+    "-device",
+    "virtio-blk-device,drive=root",
+    "-netdev",
+    `user,id=net0,restrict=on${options.hostPort === undefined ? "" : `,hostfwd=tcp:127.0.0.1:${options.hostPort}-:7777`}`,
+    "-device",
+    "virtio-net-device,netdev=net0",
   ];
   if (options.secretsDir !== undefined) {
     args.push(
-      "-fsdev", `local,id=secrets,path=${options.secretsDir},security_model=none,readonly=on`,
-      "-device", "virtio-9p-device,fsdev=secrets,mount_tag=secrets",
+      "-fsdev",
+      `local,id=secrets,path=${options.secretsDir},security_model=none,readonly=on`,
+      "-device",
+      "virtio-9p-device,fsdev=secrets,mount_tag=secrets",
     );
   }
   if (options.virtiofsSocket !== undefined) {
-    args.push("-chardev", `socket,id=virtiofs,path=${options.virtiofsSocket}`, "-device", "vhost-user-fs-device,chardev=virtiofs,tag=secrets");
+    args.push(
+      "-chardev",
+      `socket,id=virtiofs,path=${options.virtiofsSocket}`,
+      "-device",
+      "vhost-user-fs-device,chardev=virtiofs,tag=secrets",
+    );
   }
   if (options.qmpSocket !== undefined) args.push("-qmp", `unix:${options.qmpSocket},server=on,wait=off`);
   return args;
@@ -140,8 +171,7 @@ async function connectQmp(socketPath: string): Promise<{ execute: (command: stri
   const greeting = new Promise<void>((resolve) => (greeted = resolve));
   socket.on("data", (chunk) => {
     buffer += chunk.toString("utf8");
-    let newline: number;
-    while ((newline = buffer.indexOf("\n")) >= 0) {
+    for (let newline = buffer.indexOf("\n"); newline >= 0; newline = buffer.indexOf("\n")) {
       const message = JSON.parse(buffer.slice(0, newline)) as Record<string, unknown>;
       buffer = buffer.slice(newline + 1);
       if ("QMP" in message) greeted();
@@ -152,7 +182,7 @@ async function connectQmp(socketPath: string): Promise<{ execute: (command: stri
   const execute = (command: string) =>
     new Promise<void>((resolve, reject) => {
       replies.push({ resolve, reject });
-      socket.write(JSON.stringify({ execute: command }) + "\n");
+      socket.write(`${JSON.stringify({ execute: command })}\n`);
     });
   await greeting;
   await execute("qmp_capabilities");
@@ -280,12 +310,18 @@ describe("test guest under QEMU microvm (TCG)", { skip }, () => {
     assert.equal(existsSync(join(secretsDir, "x")), false);
   });
 
-  test("mounts the virtiofs share tagged secrets read-only at /run/secrets", { skip: existsSync(VIRTIOFSD) ? undefined : `${VIRTIOFSD} missing` }, async () => {
+  test("mounts the virtiofs share tagged secrets read-only at /run/secrets", {
+    skip: existsSync(VIRTIOFSD) ? undefined : `${VIRTIOFSD} missing`,
+  }, async () => {
     const secretsDir = join(workDir, "virtiofs-secrets");
     mkdirSync(secretsDir, { recursive: true });
     writeFileSync(join(secretsDir, "db-password"), "virtiofs-value\n");
     const virtiofsSocket = join(workDir, "virtiofs.sock");
-    const virtiofsd = spawn(VIRTIOFSD, [`--socket-path=${virtiofsSocket}`, "-o", `source=${secretsDir}`, "-o", "cache=none", "-o", "sandbox=chroot"], { stdio: "ignore" });
+    const virtiofsd = spawn(
+      VIRTIOFSD,
+      [`--socket-path=${virtiofsSocket}`, "-o", `source=${secretsDir}`, "-o", "cache=none", "-o", "sandbox=chroot"],
+      { stdio: "ignore" },
+    );
     running.add(virtiofsd);
     try {
       await within(waitForPath(virtiofsSocket), 5_000, "virtiofsd socket");
@@ -329,7 +365,9 @@ describe("test guest under QEMU microvm (TCG)", { skip }, () => {
       powerdownTimes.push(at - sentAt);
     }
     t.diagnostic(`boot to ready marker ms: ${bootTimes.map(Math.round).join(", ")} (median ${Math.round(median(bootTimes))})`);
-    t.diagnostic(`system_powerdown to exit ms: ${powerdownTimes.map(Math.round).join(", ")} (median ${Math.round(median(powerdownTimes))})`);
+    t.diagnostic(
+      `system_powerdown to exit ms: ${powerdownTimes.map(Math.round).join(", ")} (median ${Math.round(median(powerdownTimes))})`,
+    );
     assert.ok(median(powerdownTimes) < 2000, "the power button powers off at once");
   });
 });

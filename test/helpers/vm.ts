@@ -41,7 +41,12 @@ export async function assertNothingLeft(worker: WorkerProcess): Promise<void> {
   assert.equal(qemus.stdout.trim(), "", "VMM processes left behind");
 }
 
-export async function createFromSpec(worker: WorkerProcess, spec: TestGuestSpec | Record<string, unknown>, extraArgs: string[] = [], env?: Record<string, string>): Promise<string> {
+export async function createFromSpec(
+  worker: WorkerProcess,
+  spec: TestGuestSpec | Record<string, unknown>,
+  extraArgs: string[] = [],
+  env?: Record<string, string>,
+): Promise<string> {
   const created = await worker.cli(["create-vm", "--spec-json", JSON.stringify(spec), ...extraArgs], { env });
   assert.equal(created.exitCode, 0, `create-vm failed: ${created.stderr}\nworker logs:\n${worker.logs().slice(-3000)}`);
   const id = created.stdout.trim();

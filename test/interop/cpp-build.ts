@@ -36,7 +36,9 @@ export async function buildCppPrograms(): Promise<CppPrograms> {
   const hash = createHash("sha256");
   const inputs = [
     join(here, "build.sh"),
-    ...readdirSync(join(here, "cpp")).sort().map((f) => join(here, "cpp", f)),
+    ...readdirSync(join(here, "cpp"))
+      .sort()
+      .map((f) => join(here, "cpp", f)),
     join(root, "schema", "common.capnp"),
     join(root, "schema", "worker.capnp"),
   ];

@@ -23,10 +23,31 @@ const skip = missing ? `C++ toolchain unavailable: ${missing}` : false;
 /** The same text the C++ client prints per VM (see cpp/sample.h describeVm). */
 function describeVm(vm: VmView): string {
   const c = vm.counters;
-  const counters = [c.blockReadBytes, c.blockWriteBytes, c.blockReadOps, c.blockWriteOps, c.netRxBytes, c.netTxBytes, c.netRxPackets, c.netTxPackets];
+  const counters = [
+    c.blockReadBytes,
+    c.blockWriteBytes,
+    c.blockReadOps,
+    c.blockWriteOps,
+    c.netRxBytes,
+    c.netTxBytes,
+    c.netRxPackets,
+    c.netTxPackets,
+  ];
   return [
-    vm.id, vm.hostname, VM_STATUSES.indexOf(vm.status), vm.failure, vm.ip, vm.mac, vm.cpu, vm.memoryBytes, vm.specHash,
-    vm.createdAtMs, vm.uptimeMs, counters.join(","), vm.egressDrops, vm.backend,
+    vm.id,
+    vm.hostname,
+    VM_STATUSES.indexOf(vm.status),
+    vm.failure,
+    vm.ip,
+    vm.mac,
+    vm.cpu,
+    vm.memoryBytes,
+    vm.specHash,
+    vm.createdAtMs,
+    vm.uptimeMs,
+    counters.join(","),
+    vm.egressDrops,
+    vm.backend,
     (vm.faults ?? []).map((f) => `${f.id},${f.kind},${f.description},${f.injectedAtMs},${f.expiresAtMs};`).join(""),
   ].join("|");
 }
@@ -87,7 +108,10 @@ describe("interop with the C++ reference implementation", { skip, timeout: 600_0
       const indices = [0, 1, 5, 777, 1999];
       const lines = (await cpp("list", ...indices.map(String))).trimEnd().split("\n");
       assert.equal(lines[0], "count 2000");
-      assert.deepEqual(lines.slice(1), indices.map((i) => describeVm(fake.vms[i]!)));
+      assert.deepEqual(
+        lines.slice(1),
+        indices.map((i) => describeVm(fake.vms[i]!)),
+      );
     });
 
     test("deleteVm of an unknown id: the C++ side gets the exception text", async () => {
@@ -134,7 +158,10 @@ describe("interop with the C++ reference implementation", { skip, timeout: 600_0
     test("listVms", async () => {
       const vms = await client.listVms();
       assert.equal(vms.length, 2000);
-      assert.deepEqual(vms, Array.from({ length: 2000 }, (_, i) => sampleVm(i)));
+      assert.deepEqual(
+        vms,
+        Array.from({ length: 2000 }, (_, i) => sampleVm(i)),
+      );
     });
 
     test("getVm and read, events", async () => {
@@ -143,7 +170,10 @@ describe("interop with the C++ reference implementation", { skip, timeout: 600_0
       assert.equal(Buffer.from(chunk.data).toString(), "console of vm-7");
       assert.equal(chunk.nextOffset, 115n);
       const events = await client.events(41n, 10, 0);
-      assert.deepEqual(events, { events: [{ seq: 41n, vmId: "vm-1", status: "running", atMs: 1_700_000_000_123n, reason: "started" }], nextSeq: 42n });
+      assert.deepEqual(events, {
+        events: [{ seq: 41n, vmId: "vm-1", status: "running", atMs: 1_700_000_000_123n, reason: "started" }],
+        nextSeq: 42n,
+      });
     });
 
     test("createVm: every field reaches C++", async () => {
@@ -175,7 +205,10 @@ describe("interop with the C++ reference implementation", { skip, timeout: 600_0
     test("200 calls in flight", async () => {
       const ids = Array.from({ length: 200 }, (_, i) => `vm-${i}`);
       const vms = await Promise.all(ids.map((id) => client.getVm(id)));
-      assert.deepEqual(vms.map((vm) => vm.id), ids);
+      assert.deepEqual(
+        vms.map((vm) => vm.id),
+        ids,
+      );
     });
   });
 });

@@ -13,14 +13,37 @@ import { refreshAllowCommands, vmIdOf } from "../../worker/net/layout.js";
 const invalid = (err: unknown) => err instanceof WorkerError && err.code === "INVALID_ARGUMENT";
 
 test("allowlist: names, addresses and CIDRs are normalised", () => {
-  const parsed = parseAllowlist(["Example.COM.", "api.example.com", "example.com", "10.1.2.3", "10.1.0.0/16", "10.1.9.9/32", "192.0.2.77/24"]);
+  const parsed = parseAllowlist([
+    "Example.COM.",
+    "api.example.com",
+    "example.com",
+    "10.1.2.3",
+    "10.1.0.0/16",
+    "10.1.9.9/32",
+    "192.0.2.77/24",
+  ]);
   assert.deepEqual(parsed.domains, ["api.example.com", "example.com"]);
   // 10.1.2.3 and 10.1.9.9 are inside 10.1.0.0/16; host bits of 192.0.2.77/24 are cleared.
   assert.deepEqual(parsed.cidrs.sort(), ["10.1.0.0/16", "192.0.2.0/24"]);
 });
 
 test("allowlist: wildcards and malformed entries are INVALID_ARGUMENT", () => {
-  for (const bad of ["*.example.com", "exa*mple.com", "", "a..b", "-a.test", "a-.test", "x".repeat(64) + ".test", "1.2.3", "1.2.3.256", "1.2.3.4/33", "2001:db8::1", "example.com:443", "a_b.test", "1.2.3.04"]) {
+  for (const bad of [
+    "*.example.com",
+    "exa*mple.com",
+    "",
+    "a..b",
+    "-a.test",
+    "a-.test",
+    `${"x".repeat(64)}.test`,
+    "1.2.3",
+    "1.2.3.256",
+    "1.2.3.4/33",
+    "2001:db8::1",
+    "example.com:443",
+    "a_b.test",
+    "1.2.3.04",
+  ]) {
     assert.throws(() => parseAllowlist([bad]), invalid, JSON.stringify(bad));
   }
 });
@@ -62,7 +85,13 @@ test("ipam: leases persist, a released address cools down while others are free,
     // Only the cooling address is left: used rather than refusing the VM.
     assert.equal(await reopened.allocate("f"), "10.9.0.2");
     await assert.rejects(reopened.allocate("g"), (err: unknown) => err instanceof WorkerError && err.code === "RESOURCE_EXHAUSTED");
-    assert.deepEqual(Object.keys((JSON.parse(await readFile(path, "utf8")) as { leases: object }).leases).sort(), ["b", "c", "d", "e", "f"]);
+    assert.deepEqual(Object.keys((JSON.parse(await readFile(path, "utf8")) as { leases: object }).leases).sort(), [
+      "b",
+      "c",
+      "d",
+      "e",
+      "f",
+    ]);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

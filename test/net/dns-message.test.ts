@@ -7,7 +7,13 @@ import dnsPacket from "dns-packet";
 import { MAX_UDP_MESSAGE, RCODE, readQuery, reply } from "../../worker/net/dns-message.js";
 
 const query = (overrides: Partial<dnsPacket.Packet> = {}) =>
-  dnsPacket.encode({ type: "query", id: 4242, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type: "A", name: "Allowed.Test", class: "IN" }], ...overrides });
+  dnsPacket.encode({
+    type: "query",
+    id: 4242,
+    flags: dnsPacket.RECURSION_DESIRED,
+    questions: [{ type: "A", name: "Allowed.Test", class: "IN" }],
+    ...overrides,
+  });
 const rcodeOf = (message: Buffer) => message.readUInt16BE(2) & 0xf;
 
 test("a stub resolver's A query is read, its name normalised and its case kept for the echo", () => {
@@ -27,7 +33,15 @@ test("responses, runts and oversized messages are dropped unanswered", () => {
 
 test("anything but one plain question is answered with an error rcode, never resolved", () => {
   const cases: [Buffer, number][] = [
-    [query({ questions: [{ type: "A", name: "a.test" }, { type: "A", name: "b.test" }] }), RCODE.FORMERR],
+    [
+      query({
+        questions: [
+          { type: "A", name: "a.test" },
+          { type: "A", name: "b.test" },
+        ],
+      }),
+      RCODE.FORMERR,
+    ],
     [query({ answers: [{ type: "A", name: "a.test", data: "1.2.3.4" }] }), RCODE.FORMERR],
     [query({ additionals: [{ type: "TXT", name: "a.test", data: "x" }] }), RCODE.FORMERR],
     [query({ questions: [{ type: "A", name: "a.test", class: "CH" }] }), RCODE.REFUSED],
@@ -47,7 +61,8 @@ test("random and mutated bytes never throw", () => {
   const valid = query();
   for (let i = 0; i < 20_000; i++) {
     const message = i % 2 ? randomBytes(i % 600) : Buffer.from(valid);
-    if (i % 2 === 0) for (let flips = 0; flips < 1 + (i % 7); flips++) message[(i * 31 + flips * 17) % message.length] ^= 1 + ((i + flips) % 255);
+    if (i % 2 === 0)
+      for (let flips = 0; flips < 1 + (i % 7); flips++) message[(i * 31 + flips * 17) % message.length] ^= 1 + ((i + flips) % 255);
     const verdict = readQuery(message);
     assert.ok("query" in verdict || "drop" in verdict || "reply" in verdict);
   }

@@ -22,8 +22,13 @@ async function upstreamServer(): Promise<{ socket: Socket; port: number; asked: 
     const query = dnsPacket.decode(message);
     const question = query.questions![0]!;
     asked.push(question.name);
-    const answers = question.type === "A" ? [{ name: question.name, type: "A" as const, class: "IN" as const, ttl: 60, data: "198.18.0.10" }] : [];
-    socket.send(dnsPacket.encode({ type: "response", id: query.id, flags: dnsPacket.RECURSION_AVAILABLE, questions: query.questions, answers }), remote.port, remote.address);
+    const answers =
+      question.type === "A" ? [{ name: question.name, type: "A" as const, class: "IN" as const, ttl: 60, data: "198.18.0.10" }] : [];
+    socket.send(
+      dnsPacket.encode({ type: "response", id: query.id, flags: dnsPacket.RECURSION_AVAILABLE, questions: query.questions, answers }),
+      remote.port,
+      remote.address,
+    );
   });
   await new Promise<void>((resolve) => socket.bind(0, HOST, resolve));
   return { socket, port: socket.address().port, asked };
@@ -50,7 +55,11 @@ async function ask(port: number, name: string): Promise<{ rcode: string; address
       });
     });
     await new Promise<void>((resolve) => client.bind(0, HOST, resolve));
-    client.send(dnsPacket.encode({ type: "query", id: 77, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type: "A", name }] }), port, HOST);
+    client.send(
+      dnsPacket.encode({ type: "query", id: 77, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type: "A", name }] }),
+      port,
+      HOST,
+    );
     return await answer;
   } finally {
     client.close();
@@ -99,17 +108,30 @@ describe("DNS proxy process", () => {
   test("killed, it is started again with the allowlists it had", async () => {
     const pid = (proxy as unknown as { child: { pid: number } }).child.pid;
     process.kill(pid, "SIGKILL");
-    const answer = await waitFor("the restarted proxy to answer", 15_000, async () => {
-      const current = (proxy as unknown as { child?: { pid: number } }).child?.pid;
-      if (current === undefined || current === pid) return undefined;
-      const reply = await ask(port, "allowed.test");
-      return reply?.rcode === "NOERROR" ? reply : undefined;
-    }, 200);
+    const answer = await waitFor(
+      "the restarted proxy to answer",
+      15_000,
+      async () => {
+        const current = (proxy as unknown as { child?: { pid: number } }).child?.pid;
+        if (current === undefined || current === pid) return undefined;
+        const reply = await ask(port, "allowed.test");
+        return reply?.rcode === "NOERROR" ? reply : undefined;
+      },
+      200,
+    );
     assert.deepEqual(answer.addresses, ["198.18.0.10"]);
   });
 
   test("a second proxy on a port that stays taken fails to start, naming the address", async () => {
-    const second = new DnsProxyProcess({ listen: HOST, port, upstream: `${HOST}:${upstream.port}`, maxTtlSeconds: 60, log, publish: async () => [], bindWaitMs: 300 });
+    const second = new DnsProxyProcess({
+      listen: HOST,
+      port,
+      upstream: `${HOST}:${upstream.port}`,
+      maxTtlSeconds: 60,
+      log,
+      publish: async () => [],
+      bindWaitMs: 300,
+    });
     await assert.rejects(second.start(), /could not listen on 127\.0\.0\.1:\d+: .*EADDRINUSE/);
     await second.close();
   });

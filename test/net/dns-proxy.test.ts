@@ -12,7 +12,10 @@ import { waitFor } from "../helpers/vm.js";
 
 const VM_IP = "127.0.0.1";
 const RECORDS: Record<string, Answer[]> = {
-  "allowed.test": [{ address: "198.18.0.10", ttl: 30 }, { address: "169.254.169.254", ttl: 30 }],
+  "allowed.test": [
+    { address: "198.18.0.10", ttl: 30 },
+    { address: "169.254.169.254", ttl: 30 },
+  ],
   "empty.test": [],
 };
 
@@ -42,7 +45,11 @@ describe("DNS proxy", () => {
         });
       });
       await new Promise<void>((resolve) => client.bind(0, VM_IP, resolve));
-      client.send(raw ?? dnsPacket.encode({ type: "query", id, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type, name }] }), port, VM_IP);
+      client.send(
+        raw ?? dnsPacket.encode({ type: "query", id, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type, name }] }),
+        port,
+        VM_IP,
+      );
       return await answer;
     } finally {
       client.close();
@@ -73,7 +80,10 @@ describe("DNS proxy", () => {
   test("an allowed name is resolved, opened, then answered with what was opened", async () => {
     const answer = await ask("Allowed.TEST");
     assert.equal(answer?.rcode, "NOERROR");
-    assert.deepEqual(answer?.answers.map((record) => [record.name, record.data, record.ttl]), [["Allowed.TEST", "198.18.0.10", 30]]);
+    assert.deepEqual(
+      answer?.answers.map((record) => [record.name, record.data, record.ttl]),
+      [["Allowed.TEST", "198.18.0.10", 30]],
+    );
     assert.deepEqual(upstream, ["allowed.test"]);
     assert.deepEqual(published, [{ ip: VM_IP, name: "allowed.test", addresses: ["198.18.0.10"] }]);
   });
@@ -119,7 +129,12 @@ describe("DNS proxy", () => {
     // Every query is either refused (answered) or dropped; wait until all 200 are accounted for
     // and every refusal has arrived.
     const refusedNow = () => proxy.stats.refused - refused;
-    await waitFor("the flood to be handled", 10_000, async () => (refusedNow() + proxy.stats.dropped - dropped === 200 && answers === refusedNow() ? true : undefined), 10);
+    await waitFor(
+      "the flood to be handled",
+      10_000,
+      async () => (refusedNow() + proxy.stats.dropped - dropped === 200 && answers === refusedNow() ? true : undefined),
+      10,
+    );
     client.close();
     // Burst 20 at 5/s: a few more may refill while the flood is read.
     assert.ok(answers >= 1 && answers <= 30, `${answers} of 200 answered`);

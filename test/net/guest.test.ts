@@ -33,18 +33,57 @@ async function bootGuest(ns: string, dir: string, spec: TestGuestSpec, net: VmNe
   const scriptDisk = join(dir, "checks.img");
   const text = Buffer.from(`${SCRIPT_MAGIC}\n${script}\n`);
   await writeFile(scriptDisk, Buffer.concat([text, Buffer.alloc(Math.ceil(text.length / 4096) * 4096 - text.length, "\n")]));
-  const append = [spec.cmdline, `tsc_early_khz=${hostTscKhz()}`, ...cmdline, `pcr.cmd=${Buffer.from(RUN_SCRIPT_DISK).toString("base64")}`, "pcr.poweroff=1"];
+  const append = [
+    spec.cmdline,
+    `tsc_early_khz=${hostTscKhz()}`,
+    ...cmdline,
+    `pcr.cmd=${Buffer.from(RUN_SCRIPT_DISK).toString("base64")}`,
+    "pcr.poweroff=1",
+  ];
   const qemu = execa(
     "ip",
     [
-      "netns", "exec", ns, "qemu-system-x86_64",
-      "-M", "microvm,acpi=on,rtc=off,pcie=off", "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "256M",
-      "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-      "-kernel", spec.kernel, "-initrd", spec.initrd, "-append", append.join(" "),
-      "-device", "virtio-rng-device", "-serial", "stdio",
-      "-drive", `id=root,file=${spec.image},format=raw,if=none,readonly=on`, "-device", "virtio-blk-device,drive=root",
-      "-drive", `id=checks,file=${scriptDisk},format=raw,if=none,readonly=on`, "-device", "virtio-blk-device,drive=checks",
-      "-netdev", `tap,id=n0,ifname=${net.tap},script=no,downscript=no`, "-device", `virtio-net-device,netdev=n0,mac=${net.mac}`,
+      "netns",
+      "exec",
+      ns,
+      "qemu-system-x86_64",
+      "-M",
+      "microvm,acpi=on,rtc=off,pcie=off",
+      "-accel",
+      "tcg",
+      "-cpu",
+      "max",
+      "-smp",
+      "1",
+      "-m",
+      "256M",
+      "-nodefaults",
+      "-no-user-config",
+      "-display",
+      "none",
+      "-no-reboot",
+      "-kernel",
+      spec.kernel,
+      "-initrd",
+      spec.initrd,
+      "-append",
+      append.join(" "),
+      "-device",
+      "virtio-rng-device",
+      "-serial",
+      "stdio",
+      "-drive",
+      `id=root,file=${spec.image},format=raw,if=none,readonly=on`,
+      "-device",
+      "virtio-blk-device,drive=root",
+      "-drive",
+      `id=checks,file=${scriptDisk},format=raw,if=none,readonly=on`,
+      "-device",
+      "virtio-blk-device,drive=checks",
+      "-netdev",
+      `tap,id=n0,ifname=${net.tap},script=no,downscript=no`,
+      "-device",
+      `virtio-net-device,netdev=n0,mac=${net.mac}`,
     ],
     { reject: false, stdin: "ignore", timeout: 150_000, killSignal: "SIGKILL" },
   );
@@ -97,19 +136,29 @@ describe("a test guest behind the network adapter", { skip }, () => {
     await execa("ip", ["-n", otherVmNs, "addr", "add", `${vmB.ip}/${vmB.prefixLength}`, "dev", "eth0"]);
     await execa("ip", ["-n", otherVmNs, "link", "set", "eth0", "up"]);
     await execa("ip", ["-n", otherVmNs, "route", "add", "default", "via", vmB.gateway]);
-    world.spawn(otherVmNs, "node", ["-e", `require("node:http").createServer((q, s) => s.end("hello-vm-b")).listen(${LISTEN_PORT}, "${vmB.ip}")`]);
+    world.spawn(otherVmNs, "node", [
+      "-e",
+      `require("node:http").createServer((q, s) => s.end("hello-vm-b")).listen(${LISTEN_PORT}, "${vmB.ip}")`,
+    ]);
 
     // metadata.test points at cloud metadata: the proxy must not tell the guest that address.
     await world.setHosts({ "allowed.test": ALLOWED_IP, "denied.test": DENIED_IP, "metadata.test": "169.254.169.254" });
     world.reloadDns();
-    await waitFor("metadata.test resolving", 10_000, async () => ((await world.resolver()("metadata.test")).length > 0 ? true : undefined), 100);
+    await waitFor(
+      "metadata.test resolving",
+      10_000,
+      async () => ((await world.resolver()("metadata.test")).length > 0 ? true : undefined),
+      100,
+    );
     vmA = await network.attach("vm-a000000001", ["allowed.test", "metadata.test"]);
     const spoofIp = "10.213.0.250";
     const url = (host: string, port = LISTEN_PORT) => `http://${host}:${port}/`;
     const reset = (ip: string, mac: string) => `reset ${ip} ${mac}`;
     const script = [
-      `check() { n=$1; shift; if out=$(timeout 3 wget -q -O - "$@" 2>&1); then echo "CHECK $n reached $out"; else echo "CHECK $n blocked"; fi; }`,
-      `reset() { ip link set eth0 down; ip addr flush dev eth0; ip link set eth0 address $2; ip addr add $1/${vmA.prefixLength} dev eth0; ip link set eth0 up; ip route add default via ${vmA.gateway}; }`,
+      `check() { n=$1; shift; if out=$(timeout 3 wget -q -O - "$@" 2>&1); ` +
+        `then echo "CHECK $n reached $out"; else echo "CHECK $n blocked"; fi; }`,
+      `reset() { ip link set eth0 down; ip addr flush dev eth0; ip link set eth0 address $2; ` +
+        `ip addr add $1/${vmA.prefixLength} dev eth0; ip link set eth0 up; ip route add default via ${vmA.gateway}; }`,
       `check allowed-by-name ${url("allowed.test")}`,
       `check denied-by-name ${url("denied.test")}`,
       `check denied-by-address ${url(DENIED_IP)}`,
@@ -121,8 +170,10 @@ describe("a test guest behind the network adapter", { skip }, () => {
       `dns dns-elsewhere allowed.test ${OTHER_DNS}`,
       `dns dns-resolver-direct allowed.test ${RESOLVER}`,
       // A name off the list, shaped like a DNS tunnel's: REFUSED by the proxy, never sent upstream.
-      `if out=$(timeout 3 nslookup ${EXFIL_NAME} 2>&1); then echo "CHECK dns-offlist reached"; else echo "CHECK dns-offlist blocked $(echo "$out" | grep -o REFUSED | head -n 1)"; fi`,
-      `out=$(timeout 3 nslookup metadata.test 2>&1); if echo "$out" | grep -q 169.254; then echo "CHECK metadata-by-name reached"; else echo "CHECK metadata-by-name blocked"; fi`,
+      `if out=$(timeout 3 nslookup ${EXFIL_NAME} 2>&1); then echo "CHECK dns-offlist reached"; ` +
+        `else echo "CHECK dns-offlist blocked $(echo "$out" | grep -o REFUSED | head -n 1)"; fi`,
+      `out=$(timeout 3 nslookup metadata.test 2>&1); if echo "$out" | grep -q 169.254; ` +
+        `then echo "CHECK metadata-by-name reached"; else echo "CHECK metadata-by-name blocked"; fi`,
       reset(spoofIp, vmA.mac),
       `check spoofed-ip ${url(ALLOWED_IP)}`,
       reset(vmA.ip, "02:50:00:00:00:99"),
@@ -131,7 +182,8 @@ describe("a test guest behind the network adapter", { skip }, () => {
       `check restored ${url("allowed.test")}`,
     ].join("\n");
     consoleText = await bootGuest(world.ns, world.dir, spec, vmA, network.guestCmdline(vmA), script);
-    for (const match of consoleText.matchAll(/^CHECK (\S+) (reached|blocked)(.*)$/gm)) results.set(match[1]!, `${match[2]}${match[3]!.trimEnd()}`);
+    for (const match of consoleText.matchAll(/^CHECK (\S+) (reached|blocked)(.*)$/gm))
+      results.set(match[1]!, `${match[2]}${match[3]!.trimEnd()}`);
   });
 
   after(async () => {
@@ -154,7 +206,18 @@ describe("a test guest behind the network adapter", { skip }, () => {
   });
 
   test("what is not allowed is not reachable", () => {
-    for (const name of ["denied-by-name", "denied-by-address", "host-other-port", "host-allowed-port-other-address", "other-vm", "dns-elsewhere", "dns-resolver-direct", "metadata-by-name", "spoofed-ip", "spoofed-mac"]) {
+    for (const name of [
+      "denied-by-name",
+      "denied-by-address",
+      "host-other-port",
+      "host-allowed-port-other-address",
+      "other-vm",
+      "dns-elsewhere",
+      "dns-resolver-direct",
+      "metadata-by-name",
+      "spoofed-ip",
+      "spoofed-mac",
+    ]) {
       assert.equal(results.get(name), "blocked", name);
     }
   });
@@ -163,13 +226,21 @@ describe("a test guest behind the network adapter", { skip }, () => {
     assert.equal(results.get("dns-offlist"), "blocked REFUSED");
     // The resolver logs queries in order: once a later one shows, the guest's would have too.
     const marker = `marker-${Date.now()}.test`;
-    await world.resolver()(marker).catch(() => []); // dnsmasq refuses names it does not hold; it logs them all the same
+    await world
+      .resolver()(marker)
+      .catch(() => []); // dnsmasq refuses names it does not hold; it logs them all the same
     const log = await waitFor("the resolver's log to show a later query", 10_000, async () => {
       const text = await world.resolverLog();
       return text.includes(marker) ? text : undefined;
     });
     assert.match(log, /query\[A\] allowed\.test/, "the proxy resolved the allowed name upstream");
-    assert.ok(!log.includes(EXFIL_LABEL), log.split("\n").filter((line) => line.includes("exfil")).join("\n"));
+    assert.ok(
+      !log.includes(EXFIL_LABEL),
+      log
+        .split("\n")
+        .filter((line) => line.includes("exfil"))
+        .join("\n"),
+    );
   });
 
   test("the allowed host port is reachable", () => {
@@ -178,7 +249,9 @@ describe("a test guest behind the network adapter", { skip }, () => {
 
   test("controls: what the guest could not reach does answer the host, so 'blocked' is the rules' doing", async () => {
     const get = async (url: string) =>
-      (await execa("ip", ["netns", "exec", world.ns, "node", "-e", `fetch("${url}").then((r) => r.text()).then(console.log)`])).stdout.trim();
+      (
+        await execa("ip", ["netns", "exec", world.ns, "node", "-e", `fetch("${url}").then((r) => r.text()).then(console.log)`])
+      ).stdout.trim();
     assert.equal(await get(`http://${vmB.ip}:${LISTEN_PORT}/`), "hello-vm-b");
     assert.equal(await get(`http://${DENIED_IP}:${LISTEN_PORT}/`), `hello-${DENIED_IP}:${LISTEN_PORT}`);
     assert.equal(await get(`http://10.213.0.1:${HOST_OTHER_PORT}/`), `hello-10.213.0.1:${HOST_OTHER_PORT}`);
@@ -189,9 +262,15 @@ describe("a test guest behind the network adapter", { skip }, () => {
 
   test("counters show the guest's traffic and its drops", async (t) => {
     const counters = await network.counters("vm-a000000001");
-    t.diagnostic(`drops=${counters.egressDrops} rx=${counters.net.rxBytes}B/${counters.net.rxPackets}p tx=${counters.net.txBytes}B/${counters.net.txPackets}p`);
+    t.diagnostic(
+      `drops=${counters.egressDrops} rx=${counters.net.rxBytes}B/${counters.net.rxPackets}p ` +
+        `tx=${counters.net.txBytes}B/${counters.net.txPackets}p`,
+    );
     assert.ok(counters.egressDrops > 0n, `drops ${counters.egressDrops}`);
-    assert.ok(counters.net.txBytes > 0n && counters.net.rxBytes > 0n, JSON.stringify(counters, (_, value: unknown) => (typeof value === "bigint" ? String(value) : value)));
+    assert.ok(
+      counters.net.txBytes > 0n && counters.net.rxBytes > 0n,
+      JSON.stringify(counters, (_, value: unknown) => (typeof value === "bigint" ? String(value) : value)),
+    );
     assert.ok(counters.net.txPackets > 0n && counters.net.rxPackets > 0n);
   });
 });

@@ -30,13 +30,15 @@ setInterval(() => {}, 1 << 30);
 `;
 
 /** node:dns Resolver with TTLs, run inside the namespace (node in the test's own namespace cannot reach it). */
-const RESOLVE = `
+const RESOLVE =
+  `
 const { Resolver } = require("node:dns").promises;
 const resolver = new Resolver({ timeout: 2000, tries: 2 });
 resolver.setServers([process.argv[2]]);
 resolver.resolve4(process.argv[1], { ttl: true }).then(
   (answers) => console.log(JSON.stringify(answers)),
-  (err) => { if (err.code === "ENOTFOUND" || err.code === "ENODATA") console.log("[]"); else { console.error(err.code); process.exit(1); } },
+  (err) => { if (err.code === "ENOTFOUND" || err.code === "ENODATA") console.log("[]"); ` +
+  `else { console.error(err.code); process.exit(1); } },
 );
 `;
 
@@ -87,7 +89,9 @@ export class Topology {
 
   /** Rewrites dnsmasq's hosts file; takes effect on reloadDns(). */
   async setHosts(hosts: Record<string, string>): Promise<void> {
-    const text = Object.entries(hosts).map(([name, ip]) => `${ip} ${name}\n`).join("");
+    const text = Object.entries(hosts)
+      .map(([name, ip]) => `${ip} ${name}\n`)
+      .join("");
     await writeFile(join(this.dir, "hosts"), text);
   }
 

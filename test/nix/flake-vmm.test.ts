@@ -87,10 +87,18 @@ describe("nix: flake-vmm files and pure helpers", { skip: skipWithoutNix }, () =
 
   it("writes the spec with sorted keys, exactly as the vmSpecJson file", async () => {
     const text = await evalJson<string>(
-      `let l = import ${nixString(join(REPO_ROOT, "nix/flake-vmm/lib"))}; in l.specToJSON (import ${nixString(join(FIXTURES, "spec-agent.nix"))})`,
+      `let l = import ${nixString(join(REPO_ROOT, "nix/flake-vmm/lib"))}; ` +
+        `in l.specToJSON (import ${nixString(join(FIXTURES, "spec-agent.nix"))})`,
     );
     assert.deepEqual(Object.keys(JSON.parse(text) as object), [
-      "allowedDomains", "cmdline", "cpu", "hostname", "image", "initrd", "kernel", "memoryBytes",
+      "allowedDomains",
+      "cmdline",
+      "cpu",
+      "hostname",
+      "image",
+      "initrd",
+      "kernel",
+      "memoryBytes",
     ]);
     assert.equal(text, JSON.stringify(JSON.parse(text)), "compact JSON, nothing but the object");
   });

@@ -39,7 +39,13 @@ describe("nix: guest setup script", () => {
     const none = await runSetup("network", "console=ttyS0");
     assert.equal(none.exitCode, 0);
     assert.match(none.stdout, /no pcr\.ip/);
-    for (const bad of ["pcr.ip=10.0.0.300/24", "pcr.ip=10.0.0.3", "pcr.ip=10.0.0.3/33", "pcr.ip=10.0.0.3/24 pcr.gw=gateway", "pcr.hostname=a;reboot"]) {
+    for (const bad of [
+      "pcr.ip=10.0.0.300/24",
+      "pcr.ip=10.0.0.3",
+      "pcr.ip=10.0.0.3/33",
+      "pcr.ip=10.0.0.3/24 pcr.gw=gateway",
+      "pcr.hostname=a;reboot",
+    ]) {
       const result = await runSetup("network", bad);
       assert.equal(result.exitCode, 1, `${bad} was accepted: ${result.stdout}`);
       assert.match(result.stderr, /pcr-guest: bad pcr\./);

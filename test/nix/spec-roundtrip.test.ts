@@ -65,8 +65,18 @@ describe("nix: specs round-trip into createVm", { skip: skipWithoutNix }, () => 
         "",
       ],
       hostnames: [
-        "agent-sandbox", "a", "A1", "a.b.c", "agent_sandbox", "-a", "a-", "a..b", "", `${"a".repeat(63)}`,
-        `${"a".repeat(64)}`, `${"a".repeat(63)}.${"b".repeat(63)}.${"c".repeat(63)}.${"d".repeat(61)}`,
+        "agent-sandbox",
+        "a",
+        "A1",
+        "a.b.c",
+        "agent_sandbox",
+        "-a",
+        "a-",
+        "a..b",
+        "",
+        `${"a".repeat(63)}`,
+        `${"a".repeat(64)}`,
+        `${"a".repeat(63)}.${"b".repeat(63)}.${"c".repeat(63)}.${"d".repeat(61)}`,
         `${"a".repeat(63)}.${"b".repeat(63)}.${"c".repeat(63)}.${"d".repeat(62)}`,
       ],
     };
@@ -85,7 +95,9 @@ describe("nix: specs round-trip into createVm", { skip: skipWithoutNix }, () => 
     const reserved = await evalJson<string[]>(`(import ${nixString(FLAKE_VMM_LIB)}).reservedParams`);
     assert.ok(reserved.includes("pcr.ip") && reserved.includes("pcr.hostname"));
     for (const param of reserved) {
-      const input = parseVmSpecJson(JSON.stringify({ hostname: "h", kernel: "/nix/store/l9r346p3d25vs4g5v37f3r3f28js97kb-k/vmlinux", cmdline: `${param}=1` }));
+      const input = parseVmSpecJson(
+        JSON.stringify({ hostname: "h", kernel: "/nix/store/l9r346p3d25vs4g5v37f3r3f28js97kb-k/vmlinux", cmdline: `${param}=1` }),
+      );
       assert.throws(
         () => validateSpec(input, LIMITS),
         (err: unknown) => err instanceof WorkerError && err.code === "INVALID_ARGUMENT" && err.message.includes(param),

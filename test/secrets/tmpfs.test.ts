@@ -41,10 +41,16 @@ describe("TmpfsSecrets.wipe", { skip: process.getuid?.() !== 0 ? "needs root to 
     const small = new TmpfsSecrets(join(base, "small"), logger, 64 * 1024);
     await small.init();
     try {
-      await assert.rejects(small.write("vm-big", [{ name: "a", value: new Uint8Array(48 * 1024) }, { name: "b", value: new Uint8Array(48 * 1024) }]), (err: unknown) => {
-        assert.ok(err instanceof WorkerError && err.code === "RESOURCE_EXHAUSTED", String(err));
-        return true;
-      });
+      await assert.rejects(
+        small.write("vm-big", [
+          { name: "a", value: new Uint8Array(48 * 1024) },
+          { name: "b", value: new Uint8Array(48 * 1024) },
+        ]),
+        (err: unknown) => {
+          assert.ok(err instanceof WorkerError && err.code === "RESOURCE_EXHAUSTED", String(err));
+          return true;
+        },
+      );
       assert.equal(existsSync(join(base, "small", "vm-big")), false);
     } finally {
       await execa("umount", [join(base, "small")], { reject: false });

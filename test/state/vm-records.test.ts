@@ -9,22 +9,28 @@ import { FileRecordRepo } from "../../worker/state/vm-records.js";
 const base = await mkdtemp(join(tmpdir(), "pcr-records-"));
 after(() => rm(base, { recursive: true, force: true }));
 
-test("records are saved atomically and loaded back; a torn record is reported, not fatal; a crashed save's temp file is removed", async () => {
-  const repo = new FileRecordRepo(base);
-  await repo.init();
-  await repo.createDir("vm-a");
-  const record = { id: "vm-a", status: "running", secretNames: [] } as unknown as Parameters<typeof repo.save>[0];
-  await repo.save(record);
-  await repo.createDir("vm-torn");
-  await appendFile(join(repo.vmDir("vm-torn"), "vm.json"), "{ half");
-  await appendFile(join(repo.vmDir("vm-a"), "vm.json.4242.7.tmp"), "{ cut short");
-  const { records, unreadable } = await repo.loadAll();
-  assert.deepEqual(records.map((r) => r.id), ["vm-a"]);
-  assert.deepEqual(unreadable, ["vm-torn"]);
-  assert.deepEqual((await readdir(repo.vmDir("vm-a"))).sort(), ["vm.json"]);
-  await repo.remove("vm-a");
-  await repo.remove("vm-torn");
-});
+test(
+  "records are saved atomically and loaded back; a torn record is reported, not fatal; " + "a crashed save's temp file is removed",
+  async () => {
+    const repo = new FileRecordRepo(base);
+    await repo.init();
+    await repo.createDir("vm-a");
+    const record = { id: "vm-a", status: "running", secretNames: [] } as unknown as Parameters<typeof repo.save>[0];
+    await repo.save(record);
+    await repo.createDir("vm-torn");
+    await appendFile(join(repo.vmDir("vm-torn"), "vm.json"), "{ half");
+    await appendFile(join(repo.vmDir("vm-a"), "vm.json.4242.7.tmp"), "{ cut short");
+    const { records, unreadable } = await repo.loadAll();
+    assert.deepEqual(
+      records.map((r) => r.id),
+      ["vm-a"],
+    );
+    assert.deepEqual(unreadable, ["vm-torn"]);
+    assert.deepEqual((await readdir(repo.vmDir("vm-a"))).sort(), ["vm.json"]);
+    await repo.remove("vm-a");
+    await repo.remove("vm-torn");
+  },
+);
 
 test("the console is bounded: old bytes are dropped, disk use stays bounded, offsets stay monotonic", async () => {
   const repo = new FileRecordRepo(base);

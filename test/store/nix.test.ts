@@ -18,7 +18,6 @@ async function addToStore(dir: string): Promise<string> {
   return (await execa("nix-store", ["--add", dir])).stdout.trim();
 }
 
-
 describe("NixStore.openBootFile", { skip }, () => {
   let scratch: string;
   let hostSecret: string;
@@ -71,7 +70,11 @@ describe("NixStore.openBootFile", { skip }, () => {
   });
 
   test("a link to a host file is INVALID_ARGUMENT, naming the field but not the target", async () => {
-    await rejectsWith(store.openBootFile("image", `${path}/disk`), "INVALID_ARGUMENT", /^image \/nix\/store\/\S+\/disk resolves outside the Nix store$/);
+    await rejectsWith(
+      store.openBootFile("image", `${path}/disk`),
+      "INVALID_ARGUMENT",
+      /^image \/nix\/store\/\S+\/disk resolves outside the Nix store$/,
+    );
     await rejectsWith(store.openBootFile("image", `${path}/dotdot`), "INVALID_ARGUMENT", /resolves outside the Nix store/);
   });
 

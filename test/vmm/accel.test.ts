@@ -16,8 +16,24 @@ test("the probe firmware prints its marker and exits, under TCG (so it is correc
     writeFileSync(join(dir, "fw"), firmware);
     const run = spawnSync(
       "qemu-system-x86_64",
-      ["-accel", "tcg", "-M", "microvm,x-option-roms=off,rtc=off,acpi=off", "-bios", join(dir, "fw"), "-nodefaults", "-no-user-config",
-        "-display", "none", "-serial", "stdio", "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-m", "16"],
+      [
+        "-accel",
+        "tcg",
+        "-M",
+        "microvm,x-option-roms=off,rtc=off,acpi=off",
+        "-bios",
+        join(dir, "fw"),
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=4",
+        "-m",
+        "16",
+      ],
       { timeout: 10000, encoding: "utf8" },
     );
     assert.match(run.stdout, /PCR-PROBE-OK/);
@@ -36,7 +52,23 @@ test("Cloud Hypervisor's probe kernel is an ELF booted through its PVH note: it 
     // QEMU takes the same PVH entry note as Cloud Hypervisor; the kernel halts, so the run is killed.
     const run = spawnSync(
       "qemu-system-x86_64",
-      ["-accel", "tcg", "-M", "microvm", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio", "-m", "32", "-kernel", join(dir, "probe.elf")],
+      [
+        "-accel",
+        "tcg",
+        "-M",
+        "microvm",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-m",
+        "32",
+        "-kernel",
+        join(dir, "probe.elf"),
+      ],
       { timeout: 5000, killSignal: "SIGKILL", encoding: "utf8" },
     );
     assert.match(run.stdout, /PCR-PROBE-OK/, run.stderr);

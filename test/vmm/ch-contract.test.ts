@@ -75,7 +75,9 @@ before(async () => {
 });
 
 describe("the OpenAPI fixture and the validator", () => {
-  test("the fixture is Cloud Hypervisor's file, unchanged", { skip: !existsSync(REFERENCE_OPENAPI_YAML) && "reference copy /work/shared/reference not present" }, () => {
+  test("the fixture is Cloud Hypervisor's file, unchanged", {
+    skip: !existsSync(REFERENCE_OPENAPI_YAML) && "reference copy /work/shared/reference not present",
+  }, () => {
     const fixture = readFileSync(CH_OPENAPI_YAML, "utf8").replace(/^(#.*\n)+/, "");
     assert.equal(fixture, readFileSync(REFERENCE_OPENAPI_YAML, "utf8"));
   });
@@ -128,28 +130,54 @@ describe("requests: every path, method and body the backend sends", () => {
     }
   });
 
-  test("the body carries what the brief asks: vcpus, shared memory with virtio-fs, payload, readonly disk, TAP+MAC, fs, serial to file, console off, rng", () => {
-    const body = buildVmConfig(fullSpec, { virtiofsSocket: VIRTIOFS_SOCKET });
-    assert.deepEqual(body.cpus, { boot_vcpus: 4, max_vcpus: 4 });
-    assert.deepEqual(body.memory, { size: 8 * 1024 ** 3, shared: true });
-    assert.deepEqual(body.payload, { kernel: fullSpec.kernel, initramfs: fullSpec.initrd, cmdline: fullSpec.cmdline });
-    assert.deepEqual(body.disks, [{ path: fullSpec.image, readonly: true, id: "disk0", image_type: "Raw" }]);
-    assert.deepEqual(body.net, [{ tap: "pcrt-0a1b2c", mac: "52:54:00:12:34:56", id: "net0" }]);
-    assert.deepEqual(body.fs, [{ tag: "secrets", socket: VIRTIOFS_SOCKET, num_queues: 1, queue_size: 1024, id: "fs0" }]);
-    assert.deepEqual(body.serial, { mode: "File", file: fullSpec.consolePath });
-    assert.deepEqual(body.console, { mode: "Off" });
-    assert.deepEqual(body.rng, { src: "/dev/urandom" });
-    assert.equal(buildVmConfig(minimalSpec).memory.shared, false);
-    assert.throws(() => buildVmConfig(fullSpec), /virtiofsd socket/);
-  });
+  test(
+    "the body carries what the brief asks: vcpus, shared memory with virtio-fs, payload, readonly disk, TAP+MAC, fs, " +
+      "serial to file, console off, rng",
+    () => {
+      const body = buildVmConfig(fullSpec, { virtiofsSocket: VIRTIOFS_SOCKET });
+      assert.deepEqual(body.cpus, { boot_vcpus: 4, max_vcpus: 4 });
+      assert.deepEqual(body.memory, { size: 8 * 1024 ** 3, shared: true });
+      assert.deepEqual(body.payload, { kernel: fullSpec.kernel, initramfs: fullSpec.initrd, cmdline: fullSpec.cmdline });
+      assert.deepEqual(body.disks, [{ path: fullSpec.image, readonly: true, id: "disk0", image_type: "Raw" }]);
+      assert.deepEqual(body.net, [{ tap: "pcrt-0a1b2c", mac: "52:54:00:12:34:56", id: "net0" }]);
+      assert.deepEqual(body.fs, [{ tag: "secrets", socket: VIRTIOFS_SOCKET, num_queues: 1, queue_size: 1024, id: "fs0" }]);
+      assert.deepEqual(body.serial, { mode: "File", file: fullSpec.consolePath });
+      assert.deepEqual(body.console, { mode: "Off" });
+      assert.deepEqual(body.rng, { src: "/dev/urandom" });
+      assert.equal(buildVmConfig(minimalSpec).memory.shared, false);
+      assert.throws(() => buildVmConfig(fullSpec), /virtiofsd socket/);
+    },
+  );
 
   test("the VMM argv has nothing about the VM", () => {
-    assert.deepEqual(vmmArgv("/v/vm1"), ["--api-socket", "path=/v/vm1/ch.sock", "--event-monitor", "path=/v/vm1/events", "--log-file", "/v/vm1/ch.log", "--seccomp", "true", "-v"]);
+    assert.deepEqual(vmmArgv("/v/vm1"), [
+      "--api-socket",
+      "path=/v/vm1/ch.sock",
+      "--event-monitor",
+      "path=/v/vm1/events",
+      "--log-file",
+      "/v/vm1/ch.log",
+      "--seccomp",
+      "true",
+      "-v",
+    ]);
   });
 
   test("removing any field the contract requires from our body fails validation", () => {
     const body = buildVmConfig(fullSpec, { virtiofsSocket: VIRTIOFS_SOCKET });
-    const required = ["payload", "cpus.boot_vcpus", "cpus.max_vcpus", "memory.size", "fs.0.tag", "fs.0.socket", "fs.0.num_queues", "fs.0.queue_size", "serial.mode", "console.mode", "rng.src"];
+    const required = [
+      "payload",
+      "cpus.boot_vcpus",
+      "cpus.max_vcpus",
+      "memory.size",
+      "fs.0.tag",
+      "fs.0.socket",
+      "fs.0.num_queues",
+      "fs.0.queue_size",
+      "serial.mode",
+      "console.mode",
+      "rng.src",
+    ];
     for (const path of required) {
       assert.notEqual(api.validate("VmConfig", without(body, path)), null, `removing ${path} should fail`);
     }
@@ -159,31 +187,34 @@ describe("requests: every path, method and body the backend sends", () => {
     assert.deepEqual(schemas.CpusConfig!.required!.sort(), ["boot_vcpus", "max_vcpus"]);
   });
 
-  test("contract changes that break our requests fail validation: new required field, renamed field, narrowed type, removed enum value", async () => {
-    const body = buildVmConfig(fullSpec, { virtiofsSocket: VIRTIOFS_SOCKET });
-    const original = parse(readFileSync(CH_OPENAPI_YAML, "utf8"));
-    const mutations: [string, (doc: typeof original) => void][] = [
-      ["CpusConfig requires topology", (doc) => doc.components.schemas.CpusConfig.required.push("topology")],
-      ["NetConfig requires ip", (doc) => (doc.components.schemas.NetConfig.required = ["ip"])],
-      [
-        "DiskConfig.readonly renamed to read_only",
-        (doc) => {
-          const disk = doc.components.schemas.DiskConfig.properties;
-          disk.read_only = disk.readonly;
-          delete disk.readonly;
-        },
-      ],
-      ["MemoryConfig.size becomes a string", (doc) => (doc.components.schemas.MemoryConfig.properties.size = { type: "string" })],
-      ["ConsoleMode loses File", (doc) => (doc.components.schemas.ConsoleMode.enum = ["Off", "Pty", "Tty", "Socket", "Null"])],
-      ["VmConfig loses the fs property", (doc) => delete doc.components.schemas.VmConfig.properties.fs],
-    ];
-    for (const [name, mutate] of mutations) {
-      const doc = clone(original);
-      mutate(doc);
-      const mutated = await loadChOpenApi(doc);
-      assert.notEqual(mutated.validate("VmConfig", body), null, `"${name}" must break our vm.create body`);
-    }
-  });
+  test(
+    "contract changes that break our requests fail validation: " + "new required field, renamed field, narrowed type, removed enum value",
+    async () => {
+      const body = buildVmConfig(fullSpec, { virtiofsSocket: VIRTIOFS_SOCKET });
+      const original = parse(readFileSync(CH_OPENAPI_YAML, "utf8"));
+      const mutations: [string, (doc: typeof original) => void][] = [
+        ["CpusConfig requires topology", (doc) => doc.components.schemas.CpusConfig.required.push("topology")],
+        ["NetConfig requires ip", (doc) => (doc.components.schemas.NetConfig.required = ["ip"])],
+        [
+          "DiskConfig.readonly renamed to read_only",
+          (doc) => {
+            const disk = doc.components.schemas.DiskConfig.properties;
+            disk.read_only = disk.readonly;
+            delete disk.readonly;
+          },
+        ],
+        ["MemoryConfig.size becomes a string", (doc) => (doc.components.schemas.MemoryConfig.properties.size = { type: "string" })],
+        ["ConsoleMode loses File", (doc) => (doc.components.schemas.ConsoleMode.enum = ["Off", "Pty", "Tty", "Socket", "Null"])],
+        ["VmConfig loses the fs property", (doc) => delete doc.components.schemas.VmConfig.properties.fs],
+      ];
+      for (const [name, mutate] of mutations) {
+        const doc = clone(original);
+        mutate(doc);
+        const mutated = await loadChOpenApi(doc);
+        assert.notEqual(mutated.validate("VmConfig", body), null, `"${name}" must break our vm.create body`);
+      }
+    },
+  );
 });
 
 describe("responses: every response the backend parses", () => {
@@ -242,7 +273,13 @@ describe("responses: every response the backend parses", () => {
     assert.equal(real._disk0!.write_latency_min, 18446744073709551615n);
     assert.equal(real._disk0!.read_bytes, 147753984n);
     assert.equal(real._net1!.tx_frames, 0n);
-    for (const bad of ['{"disk0": {"read_bytes": "12"}}', '{"disk0": {"read_bytes": 1.5}}', '{"disk0": {"read_bytes": -1}}', "[]", "nope"]) {
+    for (const bad of [
+      '{"disk0": {"read_bytes": "12"}}',
+      '{"disk0": {"read_bytes": 1.5}}',
+      '{"disk0": {"read_bytes": -1}}',
+      "[]",
+      "nope",
+    ]) {
       assert.throws(() => parseCounters(bad), /unexpected response|not JSON/, bad);
     }
   });

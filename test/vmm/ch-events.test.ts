@@ -20,7 +20,7 @@ const STREAM = [
   event("vmm", "starting"),
   event("vm", "booting", null, 1),
   event("vm", "booted", null, 1),
-  event("vm", "device-added", { id: "_disk{0}", note: "braces } and \"quotes\" in strings" }, 2),
+  event("vm", "device-added", { id: "_disk{0}", note: 'braces } and "quotes" in strings' }, 2),
   event("vm", "shutdown", null, 3),
 ]
   .map((value) => JSON.stringify(value, null, 2))
@@ -81,7 +81,7 @@ test("tailEventFile follows a file that appears late and grows in pieces, includ
   const tail = tailEventFile(path, (e) => seen.push(e), { intervalMs: 10 });
   try {
     await new Promise((resolve) => setTimeout(resolve, 30));
-    const text = Buffer.from(JSON.stringify(event("vm", "booted", { who: "ünïcode ✓" }), null, 2) + "\n");
+    const text = Buffer.from(`${JSON.stringify(event("vm", "booted", { who: "ünïcode ✓" }), null, 2)}\n`);
     await writeFile(path, text.subarray(0, 60));
     await new Promise((resolve) => setTimeout(resolve, 30));
     // Cut inside a multi-byte character.
@@ -103,20 +103,43 @@ test("tailEventFile follows a file that appears late and grows in pieces, includ
 });
 
 test("CH's log tells a guest power-off from its other exits with status 0 (lines in logger.rs's default format)", () => {
-  const line = (level: string, location: string, message: string) => `cloud-hypervisor:   2.123456s: <vmm> ${level}:${location} -- ${message}`;
-  const boot = [line("INFO", "vmm/src/api/mod.rs:1336", "API request event: VmBoot"), line("INFO", "vmm/src/vm.rs:1630", "Loading kernel"), "a line of something else"];
-  assert.deepEqual(readChLog([...boot, line("INFO", "devices/src/acpi.rs:80", "ACPI Shutdown signalled"), line("INFO", "vmm/src/lib.rs:2151", "VM guest exit event")]), {
-    guestExit: true,
-    exitEvent: false,
-    apiShutdown: false,
-  });
-  assert.deepEqual(readChLog([...boot, line("ERROR", "vmm/src/cpu.rs:1487", "VCPU generated error: VcpuRun(x)"), line("INFO", "vmm/src/lib.rs:2135", "VM exit event")]), {
+  const line = (level: string, location: string, message: string) =>
+    `cloud-hypervisor:   2.123456s: <vmm> ${level}:${location} -- ${message}`;
+  const boot = [
+    line("INFO", "vmm/src/api/mod.rs:1336", "API request event: VmBoot"),
+    line("INFO", "vmm/src/vm.rs:1630", "Loading kernel"),
+    "a line of something else",
+  ];
+  assert.deepEqual(
+    readChLog([
+      ...boot,
+      line("INFO", "devices/src/acpi.rs:80", "ACPI Shutdown signalled"),
+      line("INFO", "vmm/src/lib.rs:2151", "VM guest exit event"),
+    ]),
+    {
+      guestExit: true,
+      exitEvent: false,
+      apiShutdown: false,
+    },
+  );
+  assert.deepEqual(
+    readChLog([
+      ...boot,
+      line("ERROR", "vmm/src/cpu.rs:1487", "VCPU generated error: VcpuRun(x)"),
+      line("INFO", "vmm/src/lib.rs:2135", "VM exit event"),
+    ]),
+    {
+      guestExit: false,
+      exitEvent: true,
+      apiShutdown: false,
+      lastError: "VCPU generated error: VcpuRun(x)",
+    },
+  );
+  assert.deepEqual(readChLog([...boot, line("INFO", "vmm/src/api/mod.rs:2045", "API request event: VmmShutdown")]), {
     guestExit: false,
-    exitEvent: true,
-    apiShutdown: false,
-    lastError: "VCPU generated error: VcpuRun(x)",
+    exitEvent: false,
+    apiShutdown: true,
   });
-  assert.deepEqual(readChLog([...boot, line("INFO", "vmm/src/api/mod.rs:2045", "API request event: VmmShutdown")]), { guestExit: false, exitEvent: false, apiShutdown: true });
   // Without -v there are no info lines: nothing is claimed.
   assert.deepEqual(readChLog([line("WARN", "vmm/src/lib.rs:1", "something")]), { guestExit: false, exitEvent: false, apiShutdown: false });
 });
@@ -124,7 +147,9 @@ test("CH's log tells a guest power-off from its other exits with status 0 (lines
 test("tailEventFile marks the events already in the file at adoption (liveFrom) as history", async () => {
   const dir = await mkdtemp(join(tmpdir(), "pcr-ch-events-"));
   const path = join(dir, "events");
-  const old = [event("vm", "booted"), event("vm", "rebooting"), event("vm", "rebooted")].map((e) => JSON.stringify(e, null, 2) + "\n\n").join("");
+  const old = [event("vm", "booted"), event("vm", "rebooting"), event("vm", "rebooted")]
+    .map((e) => `${JSON.stringify(e, null, 2)}\n\n`)
+    .join("");
   await writeFile(path, old);
   const seen: [string, boolean][] = [];
   const tail = tailEventFile(path, (e, historic) => seen.push([e.event, historic]), { intervalMs: 10, liveFrom: Buffer.byteLength(old) });

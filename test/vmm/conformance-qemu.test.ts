@@ -48,7 +48,10 @@ vmmConformance({
   name: "qemu",
   skip,
   backend: async () => {
-    const { accel } = await detectAccelerator({ probeTimeoutMs: 10_000, probeKernel: "spec" in guest ? { kernel: guest.spec.kernel } : undefined });
+    const { accel } = await detectAccelerator({
+      probeTimeoutMs: 10_000,
+      probeKernel: "spec" in guest ? { kernel: guest.spec.kernel } : undefined,
+    });
     return createQemuBackend({ accel, logger });
   },
   spec: (backend, id) => spec(backend, id),

@@ -84,10 +84,14 @@ export function vmmConformance(target: ConformanceTarget): void {
       await target.guestReady(spec, handle);
       const first = await handle.blockCounters();
       assertCounters(first);
-      assert.ok(first.readBytes > 0n && first.readOps > 0n, `the guest read its root disk: ${first.readBytes} bytes in ${first.readOps} ops`);
+      assert.ok(
+        first.readBytes > 0n && first.readOps > 0n,
+        `the guest read its root disk: ${first.readBytes} bytes in ${first.readOps} ops`,
+      );
       assert.equal(first.writeBytes, 0n, "the root disk is read-only");
       const second = await handle.blockCounters();
-      for (const key of ["readBytes", "writeBytes", "readOps", "writeOps"] as const) assert.ok(second[key] >= first[key], `${key} never goes back`);
+      for (const key of ["readBytes", "writeBytes", "readOps", "writeOps"] as const)
+        assert.ok(second[key] >= first[key], `${key} never goes back`);
 
       await handle.pause();
       assert.equal(await handle.runState(), "paused");
@@ -138,7 +142,11 @@ export function vmmConformance(target: ConformanceTarget): void {
       const restarted = await target.backend();
       assert.equal(await restarted.adopt(handle.record, spec.vmDir), undefined, "a killed VMM is not adopted");
       const other = backend.name === "qemu" ? "cloud-hypervisor" : "qemu";
-      assert.equal(await restarted.adopt({ ...handle.record, backend: other }, spec.vmDir), undefined, "another backend's record is not adopted");
+      assert.equal(
+        await restarted.adopt({ ...handle.record, backend: other }, spec.vmDir),
+        undefined,
+        "another backend's record is not adopted",
+      );
     });
 
     test("a VMM that cannot start fails launch with FAILED_PRECONDITION", async () => {

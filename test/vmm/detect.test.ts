@@ -11,7 +11,13 @@ import { join } from "node:path";
 import { afterEach, test } from "node:test";
 import { WorkerError } from "../../worker/core/errors.js";
 import { detectAccelerator, probeKvmWithCloudHypervisor, type AcceleratorChoice } from "../../worker/vmm/accel.js";
-import { detectBackends, findBinary, formatDetectionReport, requireChosenBackend, type DetectBackendsOptions } from "../../worker/vmm/detect.js";
+import {
+  detectBackends,
+  findBinary,
+  formatDetectionReport,
+  requireChosenBackend,
+  type DetectBackendsOptions,
+} from "../../worker/vmm/detect.js";
 import { backend as fakeBackend } from "../../worker/vmm/fake/index.js";
 import { BACKENDS, selectBackend } from "../../worker/vmm/registry.js";
 import { FAKE_CH_BINARY } from "../fixtures/ch/fixtures.js";
@@ -32,7 +38,13 @@ interface Overrides {
   chKvmProbe?: (chPath: string) => Promise<AcceleratorChoice>;
 }
 
-function options({ preference = "auto", chBinary = FAKE_CH_BINARY, qemuBinary = QEMU, kvmProbe = kvmWorks, chKvmProbe }: Overrides): DetectBackendsOptions {
+function options({
+  preference = "auto",
+  chBinary = FAKE_CH_BINARY,
+  qemuBinary = QEMU,
+  kvmProbe = kvmWorks,
+  chKvmProbe,
+}: Overrides): DetectBackendsOptions {
   return {
     preference,
     backends: BACKENDS,
@@ -41,13 +53,21 @@ function options({ preference = "auto", chBinary = FAKE_CH_BINARY, qemuBinary = 
   };
 }
 
-test("findBinary: path + version for real binaries; a clear reason otherwise", { skip: !haveQemu && "qemu-system-x86_64 not installed" }, async () => {
+test("findBinary: path + version for real binaries; a clear reason otherwise", {
+  skip: !haveQemu && "qemu-system-x86_64 not installed",
+}, async () => {
   const qemu = await findBinary(QEMU);
   assert.ok(qemu.found && qemu.path === "/usr/bin/qemu-system-x86_64" && /QEMU emulator version/.test(qemu.version), JSON.stringify(qemu));
   const fake = await findBinary(FAKE_CH_BINARY);
   assert.ok(fake.found && /cloud-hypervisor v/.test(fake.version));
-  assert.deepEqual(await findBinary("cloud-hypervisor-surely-absent"), { found: false, reason: "cloud-hypervisor-surely-absent not found on PATH" });
-  assert.deepEqual(await findBinary("/nonexistent/cloud-hypervisor"), { found: false, reason: "/nonexistent/cloud-hypervisor does not exist or is not executable" });
+  assert.deepEqual(await findBinary("cloud-hypervisor-surely-absent"), {
+    found: false,
+    reason: "cloud-hypervisor-surely-absent not found on PATH",
+  });
+  assert.deepEqual(await findBinary("/nonexistent/cloud-hypervisor"), {
+    found: false,
+    reason: "/nonexistent/cloud-hypervisor does not exist or is not executable",
+  });
 
   const dir = await mkdtemp(join(tmpdir(), "pcr-detect-"));
   try {
@@ -61,7 +81,9 @@ test("findBinary: path + version for real binaries; a clear reason otherwise", {
   }
 });
 
-test("auto: Cloud Hypervisor when its binary works and KVM runs a vCPU", { skip: !haveQemu && "qemu-system-x86_64 not installed" }, async () => {
+test("auto: Cloud Hypervisor when its binary works and KVM runs a vCPU", {
+  skip: !haveQemu && "qemu-system-x86_64 not installed",
+}, async () => {
   const report = await detectBackends(options({}));
   assert.deepEqual(report.chosen, { backend: "cloud-hypervisor", accel: "kvm" });
   assert.deepEqual(
@@ -74,7 +96,9 @@ test("auto: Cloud Hypervisor when its binary works and KVM runs a vCPU", { skip:
   assert.match(report.candidates[1]!.why, /not chosen: cloud-hypervisor is preferred/);
 });
 
-test("auto: QEMU with TCG when KVM does not really work, even with cloud-hypervisor present", { skip: !haveQemu && "qemu-system-x86_64 not installed" }, async () => {
+test("auto: QEMU with TCG when KVM does not really work, even with cloud-hypervisor present", {
+  skip: !haveQemu && "qemu-system-x86_64 not installed",
+}, async () => {
   const report = await detectBackends(options({ kvmProbe: kvmBroken }));
   assert.deepEqual(report.chosen, { backend: "qemu", accel: "tcg" });
   assert.match(report.candidates[0]!.why, /needs KVM, which does not run a vCPU here/);
@@ -95,11 +119,16 @@ test("explicit preferences are honoured or fail clearly", { skip: !haveQemu && "
   const noKvm = await detectBackends(options({ preference: "cloud-hypervisor", kvmProbe: kvmBroken }));
   assert.equal(noKvm.chosen, undefined);
   assert.match(noKvm.error!, /cloud-hypervisor was asked for but cannot run: needs KVM/);
-  assert.throws(() => requireChosenBackend(noKvm), (err: unknown) => err instanceof WorkerError && err.code === "FAILED_PRECONDITION");
+  assert.throws(
+    () => requireChosenBackend(noKvm),
+    (err: unknown) => err instanceof WorkerError && err.code === "FAILED_PRECONDITION",
+  );
 });
 
 test("nothing can run: an error that names what to install", async () => {
-  const report = await detectBackends(options({ chBinary: "/nonexistent/cloud-hypervisor", qemuBinary: "/nonexistent/qemu-system-x86_64", kvmProbe: kvmBroken }));
+  const report = await detectBackends(
+    options({ chBinary: "/nonexistent/cloud-hypervisor", qemuBinary: "/nonexistent/qemu-system-x86_64", kvmProbe: kvmBroken }),
+  );
   assert.equal(report.chosen, undefined);
   assert.match(report.error!, /apt-get install qemu-system-x86/);
   assert.match(report.error!, /cloud-hypervisor static release binary/);
@@ -110,7 +139,9 @@ test("nothing can run: an error that names what to install", async () => {
   assert.deepEqual(thrown.kvm, { usable: false, reason: "KVM probe failed: boom" });
 });
 
-test("with accel.ts's real KVM probe (firmware only, no probe kernel)", { skip: !haveQemu && "qemu-system-x86_64 not installed" }, async () => {
+test("with accel.ts's real KVM probe (firmware only, no probe kernel)", {
+  skip: !haveQemu && "qemu-system-x86_64 not installed",
+}, async () => {
   const report = await detectBackends(options({ kvmProbe: () => detectAccelerator({ qemuBinary: QEMU, probeTimeoutMs: 10_000 }) }));
   // Without a probe kernel accel.ts cannot prove stock kernels boot and says TCG, with its reason.
   assert.ok(report.kvm.reason.length > 0);
@@ -132,7 +163,9 @@ async function fakeKvmDevice(): Promise<{ path: string; cleanup: () => Promise<v
 
 // The stand-in has no vCPU: it runs the probe kernel under QEMU's TCG (FAKE_CH_VCPU=qemu-tcg), so
 // the kernel really executes; the worker's QEMU is absent all the same.
-test("a host with cloud-hypervisor and no QEMU: Cloud Hypervisor's own KVM probe boots its probe kernel, and it is chosen", { skip: !haveQemu && "qemu-system-x86_64 (the stand-in's vCPU) not installed" }, async () => {
+test("a host with cloud-hypervisor and no QEMU: Cloud Hypervisor's own KVM probe boots its probe kernel, and it is chosen", {
+  skip: !haveQemu && "qemu-system-x86_64 (the stand-in's vCPU) not installed",
+}, async () => {
   const kvm = await fakeKvmDevice();
   try {
     process.env.FAKE_CH_KVM_DEVICE = kvm.path;
@@ -161,7 +194,8 @@ test("a host with cloud-hypervisor and no QEMU: Cloud Hypervisor's own KVM probe
 test("Cloud Hypervisor's own KVM probe fails clearly: no hypervisor, or a vCPU that never runs the kernel", async () => {
   const kvm = await fakeKvmDevice();
   try {
-    const chProbe = (timeoutMs: number) => (chPath: string) => probeKvmWithCloudHypervisor({ chBinary: chPath, kvmDevice: kvm.path, probeTimeoutMs: timeoutMs });
+    const chProbe = (timeoutMs: number) => (chPath: string) =>
+      probeKvmWithCloudHypervisor({ chBinary: chPath, kvmDevice: kvm.path, probeTimeoutMs: timeoutMs });
     process.env.FAKE_CH_KVM_DEVICE = "/nonexistent/kvm";
     const noHypervisor = await detectBackends(options({ kvmProbe: kvmWorks, chKvmProbe: chProbe(30_000) }));
     assert.equal(noHypervisor.chKvm?.usable, false);
@@ -186,7 +220,12 @@ test("Cloud Hypervisor's own KVM probe fails clearly: no hypervisor, or a vCPU t
 });
 
 test("a backend passed explicitly (the fake: no binary, in memory) is detected, reported and built like a registered one", async () => {
-  const report = await detectBackends({ preference: "fake", backends: [...BACKENDS, fakeBackend], binaries: { qemuBinary: "/nonexistent/qemu" }, kvmProbes: { kvm: kvmBroken } });
+  const report = await detectBackends({
+    preference: "fake",
+    backends: [...BACKENDS, fakeBackend],
+    binaries: { qemuBinary: "/nonexistent/qemu" },
+    kvmProbes: { kvm: kvmBroken },
+  });
   assert.deepEqual(report.chosen, { backend: "fake", accel: "kvm" });
   assert.match(formatDetectionReport(report), /\* fake: in memory\n\s+runs anywhere \(in memory\); chosen: asked for with --vmm fake/);
   const logger = (await import("pino")).pino({ level: "silent" });

@@ -30,7 +30,11 @@ test("the process we spawned is ours; a changed boot id, executable, start time 
     assert.equal(await isOurProcess({ ...identity, bootId: "00000000-0000-0000-0000-000000000000" }, vmDir), false, "another boot");
     assert.equal(await isOurProcess({ ...identity, startTime: "1" }, vmDir), false, "another start time");
     assert.equal(await isOurProcess(identity, otherDir), false, "argv names no file of this VM");
-    assert.equal(await isOurProcess({ pid: identity.pid, startTime: identity.startTime }, vmDir), true, "records from before boot ids were kept");
+    assert.equal(
+      await isOurProcess({ pid: identity.pid, startTime: identity.startTime }, vmDir),
+      true,
+      "records from before boot ids were kept",
+    );
   } finally {
     signalProcess(spawned.pid, "SIGKILL");
     await spawned.exit;

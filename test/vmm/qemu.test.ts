@@ -27,7 +27,10 @@ after(async () => {
 });
 
 async function backendFor(): Promise<VmmBackend> {
-  const { accel } = await detectAccelerator({ probeTimeoutMs: 10_000, probeKernel: "spec" in guest ? { kernel: guest.spec.kernel } : undefined });
+  const { accel } = await detectAccelerator({
+    probeTimeoutMs: 10_000,
+    probeKernel: "spec" in guest ? { kernel: guest.spec.kernel } : undefined,
+  });
   return createQemuBackend({ accel, logger });
 }
 
@@ -127,7 +130,11 @@ describe("QEMU backend", { skip, concurrency: false }, () => {
     // A restarted worker: a new backend instance, the old one's QMP connection gone.
     await (handle as unknown as { detach(): Promise<void> }).detach();
     const restarted = await backendFor();
-    assert.equal(await restarted.adopt({ ...handle.record, startTime: String(Number(handle.record.startTime) + 1) }, spec.vmDir), undefined, "a reused pid is not adopted");
+    assert.equal(
+      await restarted.adopt({ ...handle.record, startTime: String(Number(handle.record.startTime) + 1) }, spec.vmDir),
+      undefined,
+      "a reused pid is not adopted",
+    );
     const a0 = performance.now();
     const adopted = await restarted.adopt(handle.record, spec.vmDir);
     t.diagnostic(`adopt ${ms(a0)} ms`);
@@ -155,8 +162,13 @@ describe("QEMU backend", { skip, concurrency: false }, () => {
     const shareDir = join(root, "share-b");
     mkdirSync(shareDir, { mode: 0o700 });
     writeFileSync(join(shareDir, "token"), "s3cret-value\n", { mode: 0o400 });
-    const command = Buffer.from(`cat /run/secrets/token; touch /run/secrets/x 2>/dev/null && echo WRITABLE || echo READONLY`).toString("base64");
-    const spec = launchSpec(backend, "vm-b", { share: { tag: "secrets", hostDir: shareDir } }, [`pcr.share=${backend.shareKind}`, `pcr.cmd=${command}`]);
+    const command = Buffer.from(`cat /run/secrets/token; touch /run/secrets/x 2>/dev/null && echo WRITABLE || echo READONLY`).toString(
+      "base64",
+    );
+    const spec = launchSpec(backend, "vm-b", { share: { tag: "secrets", hostDir: shareDir } }, [
+      `pcr.share=${backend.shareKind}`,
+      `pcr.cmd=${command}`,
+    ]);
     const handle = await launch(backend, spec);
     assert.ok(!readFileSync(`/proc/${handle.record.pid}/cmdline`, "utf8").includes("s3cret"), "no secret on argv");
     await handle.waitRunning(10_000);
@@ -170,7 +182,11 @@ describe("QEMU backend", { skip, concurrency: false }, () => {
     const stopMs = ms(s0);
     t.diagnostic(`stop (child) ${stopMs} ms: ${exit.description}`);
     assert.ok(stopMs < graceMs + 2000);
-    assert.deepEqual(exit, { code: 0, signal: null, description: "exited with code 0 (guest powered off)" }, "the guest powered off on the ACPI power button");
+    assert.deepEqual(
+      exit,
+      { code: 0, signal: null, description: "exited with code 0 (guest powered off)" },
+      "the guest powered off on the ACPI power button",
+    );
   });
 
   test("a VMM outlives the worker process that launched it, and is adopted and killed by another", async (t: TestContext) => {
@@ -185,7 +201,9 @@ describe("QEMU backend", { skip, concurrency: false }, () => {
       await handle.waitRunning(10000);
       process.stdout.write(JSON.stringify(handle.record));
       process.exit(0);`;
-    const accel = (await detectAccelerator({ probeTimeoutMs: 10_000, probeKernel: "spec" in guest ? { kernel: guest.spec.kernel } : undefined })).accel;
+    const accel = (
+      await detectAccelerator({ probeTimeoutMs: 10_000, probeKernel: "spec" in guest ? { kernel: guest.spec.kernel } : undefined })
+    ).accel;
     const worker = spawnSync(process.execPath, [...process.execArgv, "--input-type=module", "-e", script], {
       cwd: REPO_ROOT,
       env: { ...process.env, SPEC: JSON.stringify(spec), ACCEL: accel },
@@ -240,7 +258,10 @@ describe("QEMU backend", { skip, concurrency: false }, () => {
   test("a VMM that dies at start fails the launch with QEMU's last stderr line", async () => {
     const backend = await backendFor();
     const spec = launchSpec(backend, "vm-bad", { image: join(root, "no-such-image.raw") });
-    await assert.rejects(backend.launch(spec), isWorkerError("FAILED_PRECONDITION", /QEMU exited at start: exited with code 1: .*no-such-image\.raw/));
+    await assert.rejects(
+      backend.launch(spec),
+      isWorkerError("FAILED_PRECONDITION", /QEMU exited at start: exited with code 1: .*no-such-image\.raw/),
+    );
   });
 
   test("a missing QEMU binary is FAILED_PRECONDITION with the package to install", async () => {
@@ -255,6 +276,9 @@ describe("QEMU backend", { skip, concurrency: false }, () => {
     const tcg = createQemuBackend({ accel: "tcg", logger, tscKhz: 2_000_000 });
     assert.deepEqual(tcg.extraCmdline(), ["tsc_early_khz=2000000"]);
     assert.deepEqual(createQemuBackend({ accel: "kvm", logger }).extraCmdline(), []);
-    assert.equal(await tcg.adopt({ backend: "cloud-hypervisor", pid: process.pid, startTime: "0", controlSocket: "/x", helpers: [] }, root), undefined);
+    assert.equal(
+      await tcg.adopt({ backend: "cloud-hypervisor", pid: process.pid, startTime: "0", controlSocket: "/x", helpers: [] }, root),
+      undefined,
+    );
   });
 });

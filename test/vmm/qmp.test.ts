@@ -34,9 +34,13 @@ describe("QMP client against QEMU -M none", () => {
   const socketPath = join(dir, "none.sock");
 
   before(async () => {
-    qemu = spawn("qemu-system-x86_64", ["-M", "none", "-S", "-nodefaults", "-no-user-config", "-display", "none", "-qmp", `unix:${socketPath},server=on,wait=off`], {
-      stdio: "ignore",
-    });
+    qemu = spawn(
+      "qemu-system-x86_64",
+      ["-M", "none", "-S", "-nodefaults", "-no-user-config", "-display", "none", "-qmp", `unix:${socketPath},server=on,wait=off`],
+      {
+        stdio: "ignore",
+      },
+    );
     qmp = await connectWithRetry(socketPath);
   });
   after(async () => {
@@ -93,14 +97,13 @@ describe("QMP client framing and failures (real unix socket, scripted server)", 
   test("handles greeting and replies split at odd places, several messages per chunk", async () => {
     const path = join(dir, "split.sock");
     const server = createServer((socket) => {
-      const greeting = JSON.stringify({ QMP: { version: {}, capabilities: [] } }) + "\r\n";
+      const greeting = `${JSON.stringify({ QMP: { version: {}, capabilities: [] } })}\r\n`;
       socket.write(greeting.slice(0, 5));
       setTimeout(() => socket.write(greeting.slice(5)), 5);
       let buffer = "";
       socket.on("data", (chunk) => {
         buffer += chunk.toString();
-        let newline: number;
-        while ((newline = buffer.indexOf("\n")) >= 0) {
+        for (let newline = buffer.indexOf("\n"); newline >= 0; newline = buffer.indexOf("\n")) {
           const request = JSON.parse(buffer.slice(0, newline)) as { execute: string; id: string };
           buffer = buffer.slice(newline + 1);
           const event = JSON.stringify({ event: "STOP", data: {}, timestamp: { seconds: 1, microseconds: 2 } });
@@ -137,11 +140,11 @@ describe("QMP client framing and failures (real unix socket, scripted server)", 
     const sockets: Socket[] = [];
     const server = createServer((socket) => {
       sockets.push(socket);
-      socket.write(JSON.stringify({ QMP: {} }) + "\n");
+      socket.write(`${JSON.stringify({ QMP: {} })}\n`);
       socket.on("data", (chunk) => {
         for (const line of chunk.toString().split("\n").filter(Boolean)) {
           const request = JSON.parse(line) as { execute: string; id: string };
-          if (request.execute === "qmp_capabilities") socket.write(JSON.stringify({ return: {}, id: request.id }) + "\n");
+          if (request.execute === "qmp_capabilities") socket.write(`${JSON.stringify({ return: {}, id: request.id })}\n`);
         }
       });
     });

@@ -34,16 +34,39 @@ async function tempDir(prefix: string): Promise<string> {
 }
 
 test("argv for both implementations", () => {
-  assert.deepEqual(virtiofsdArgs("c", "/v/fs.sock", "/s", true), ["--socket-path=/v/fs.sock", "-o", "source=/s", "-o", "cache=none", "-o", "sandbox=namespace"]);
-  assert.deepEqual(virtiofsdArgs("rust", "/v/fs.sock", "/s", true), ["--socket-path", "/v/fs.sock", "--shared-dir", "/s", "--cache", "never", "--sandbox", "namespace", "--readonly"]);
+  assert.deepEqual(virtiofsdArgs("c", "/v/fs.sock", "/s", true), [
+    "--socket-path=/v/fs.sock",
+    "-o",
+    "source=/s",
+    "-o",
+    "cache=none",
+    "-o",
+    "sandbox=namespace",
+  ]);
+  assert.deepEqual(virtiofsdArgs("rust", "/v/fs.sock", "/s", true), [
+    "--socket-path",
+    "/v/fs.sock",
+    "--shared-dir",
+    "/s",
+    "--cache",
+    "never",
+    "--sandbox",
+    "namespace",
+    "--readonly",
+  ]);
   assert.ok(!virtiofsdArgs("rust", "/v/fs.sock", "/s", false).includes("--readonly"));
 });
 
-test("the flavour is read from --help: QEMU's C virtiofsd is 'c' without read-only; a --shared-dir binary is 'rust'", { skip: skipNoVirtiofsd }, async () => {
+test("the flavour is read from --help: QEMU's C virtiofsd is 'c' without read-only; a --shared-dir binary is 'rust'", {
+  skip: skipNoVirtiofsd,
+}, async () => {
   assert.deepEqual(await detectVirtiofsd(C_VIRTIOFSD), { style: "c", readOnlyFlag: false });
   const dir = await tempDir("pcr-vfsd-style-");
   const rustLike = join(dir, "virtiofsd");
-  await writeFile(rustLike, '#!/bin/sh\necho "Usage: virtiofsd [OPTIONS] --shared-dir <shared-dir>"\necho "      --readonly  Mark the export read-only"\n');
+  await writeFile(
+    rustLike,
+    '#!/bin/sh\necho "Usage: virtiofsd [OPTIONS] --shared-dir <shared-dir>"\necho "      --readonly  Mark the export read-only"\n',
+  );
   await chmod(rustLike, 0o755);
   assert.deepEqual(await detectVirtiofsd(rustLike), { style: "rust", readOnlyFlag: true });
   const oldRust = join(dir, "virtiofsd-old");
@@ -75,7 +98,9 @@ test("QEMU's C virtiofsd starts, creates its socket, and exits when killed", { s
   assert.equal(existsSync(socketPath), false, "socket removed after exit");
 });
 
-test("a read-only share is refused with the C daemon (it cannot export read-only): FAILED_PRECONDITION, nothing started", { skip: skipNoVirtiofsd }, async () => {
+test("a read-only share is refused with the C daemon (it cannot export read-only): FAILED_PRECONDITION, nothing started", {
+  skip: skipNoVirtiofsd,
+}, async () => {
   const dir = await tempDir("pcr-vfsd-ro-");
   const socketPath = join(dir, "fs.sock");
   await assert.rejects(startVirtiofsd({ binary: C_VIRTIOFSD, socketPath, sharedDir: dir, readOnly: true, logger }), (err: unknown) => {
@@ -111,75 +136,78 @@ test("a missing binary is FAILED_PRECONDITION naming it", async () => {
 // production; the vhost-user-fs protocol between VMM and virtiofsd is the same), the guest mounts
 // the share with `pcr.share=virtiofs` as the guest contract says, and reads a file through it.
 const guest = testGuest();
-test(
-  "a real guest mounts the share served by QEMU's C virtiofsd (QEMU as the vhost-user frontend)",
-  { skip: skipNoVirtiofsd || ("skip" in guest ? guest.skip : false) },
-  async (t) => {
-    if (!("spec" in guest)) return;
-    const { accel } = await detectAccelerator({ probeTimeoutMs: 10_000, probeKernel: { kernel: guest.spec.kernel } });
-    const dir = await tempDir("pcr-vfsd-guest-");
-    const shared = join(dir, "share");
-    await mkdir(shared, { mode: 0o700 });
-    await writeFile(join(shared, "token"), "s3cret-over-virtiofs\n", { mode: 0o400 });
-    const socketPath = join(dir, "virtiofs.sock");
-    // Not read-only (the C daemon cannot be): this test shows why the worker never uses it for secrets.
-    const virtiofsd = await startVirtiofsd({ binary: C_VIRTIOFSD, socketPath, sharedDir: shared, readOnly: false, logger });
-    cleanups.push(() => virtiofsd.kill());
+test("a real guest mounts the share served by QEMU's C virtiofsd (QEMU as the vhost-user frontend)", {
+  skip: skipNoVirtiofsd || ("skip" in guest ? guest.skip : false),
+}, async (t) => {
+  if (!("spec" in guest)) return;
+  const { accel } = await detectAccelerator({ probeTimeoutMs: 10_000, probeKernel: { kernel: guest.spec.kernel } });
+  const dir = await tempDir("pcr-vfsd-guest-");
+  const shared = join(dir, "share");
+  await mkdir(shared, { mode: 0o700 });
+  await writeFile(join(shared, "token"), "s3cret-over-virtiofs\n", { mode: 0o400 });
+  const socketPath = join(dir, "virtiofs.sock");
+  // Not read-only (the C daemon cannot be): this test shows why the worker never uses it for secrets.
+  const virtiofsd = await startVirtiofsd({ binary: C_VIRTIOFSD, socketPath, sharedDir: shared, readOnly: false, logger });
+  cleanups.push(() => virtiofsd.kill());
 
-    const command = Buffer.from(
-      "cat /run/secrets/token; touch /run/secrets/x 2>/dev/null && echo WRITABLE || echo READONLY; " +
-        "mount -o remount,rw /run/secrets && echo planted >/run/secrets/planted && echo REMOUNTED-RW",
-    ).toString("base64");
-    const consolePath = join(dir, "console.log");
-    const memMiB = guest.spec.memoryBytes / (1024 * 1024);
-    const argv = [
-      ...qemuArgv(
-        {
-          id: "vfsd-test",
-          kernel: guest.spec.kernel,
-          initrd: guest.spec.initrd,
-          image: guest.spec.image,
-          cmdline: [guest.spec.cmdline, "pcr.share=virtiofs", `pcr.cmd=${command}`, "pcr.poweroff=1", ...extraCmdlineFor(accel)].join(" "),
-          cpu: 1,
-          memoryBytes: guest.spec.memoryBytes,
-          consolePath,
-        },
-        { accel },
-      ),
-      // vhost-user needs guest memory the virtiofsd process can map: a shared memfd.
-      "-object", `memory-backend-memfd,id=mem,size=${memMiB}M,share=on`,
-      "-machine", "memory-backend=mem",
-      // libvhost-user refuses legacy virtio, which microvm's virtio-mmio defaults to.
-      "-global", "virtio-mmio.force-legacy=false",
-      "-chardev", `socket,id=vfs,path=${socketPath}`,
-      "-device", "vhost-user-fs-device,chardev=vfs,tag=secrets",
-    ];
-    const started = Date.now();
-    const qemu = spawn("qemu-system-x86_64", argv, { stdio: ["ignore", "ignore", "pipe"] });
-    let stderr = "";
-    qemu.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
-    const qemuExit = new Promise<number | null>((resolve) => qemu.once("exit", (code) => resolve(code)));
-    cleanups.push(async () => {
-      qemu.kill("SIGKILL");
-      await qemuExit;
-    });
+  const command = Buffer.from(
+    "cat /run/secrets/token; touch /run/secrets/x 2>/dev/null && echo WRITABLE || echo READONLY; " +
+      "mount -o remount,rw /run/secrets && echo planted >/run/secrets/planted && echo REMOUNTED-RW",
+  ).toString("base64");
+  const consolePath = join(dir, "console.log");
+  const memMiB = guest.spec.memoryBytes / (1024 * 1024);
+  const argv = [
+    ...qemuArgv(
+      {
+        id: "vfsd-test",
+        kernel: guest.spec.kernel,
+        initrd: guest.spec.initrd,
+        image: guest.spec.image,
+        cmdline: [guest.spec.cmdline, "pcr.share=virtiofs", `pcr.cmd=${command}`, "pcr.poweroff=1", ...extraCmdlineFor(accel)].join(" "),
+        cpu: 1,
+        memoryBytes: guest.spec.memoryBytes,
+        consolePath,
+      },
+      { accel },
+    ),
+    // vhost-user needs guest memory the virtiofsd process can map: a shared memfd.
+    "-object",
+    `memory-backend-memfd,id=mem,size=${memMiB}M,share=on`,
+    "-machine",
+    "memory-backend=mem",
+    // libvhost-user refuses legacy virtio, which microvm's virtio-mmio defaults to.
+    "-global",
+    "virtio-mmio.force-legacy=false",
+    "-chardev",
+    `socket,id=vfs,path=${socketPath}`,
+    "-device",
+    "vhost-user-fs-device,chardev=vfs,tag=secrets",
+  ];
+  const started = Date.now();
+  const qemu = spawn("qemu-system-x86_64", argv, { stdio: ["ignore", "ignore", "pipe"] });
+  let stderr = "";
+  qemu.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+  const qemuExit = new Promise<number | null>((resolve) => qemu.once("exit", (code) => resolve(code)));
+  cleanups.push(async () => {
+    qemu.kill("SIGKILL");
+    await qemuExit;
+  });
 
-    const deadline = Date.now() + 90_000;
-    let console = "";
-    while (!/pcr-guest: cmd exit=\d+/.test(console) && Date.now() < deadline && qemu.exitCode === null) {
-      await new Promise((resolve) => setTimeout(resolve, 100));
-      console = await readFile(consolePath, "utf8").catch(() => "");
-    }
-    t.diagnostic(`accel ${accel}: guest ran the command after ${Date.now() - started} ms`);
-    assert.match(console, /s3cret-over-virtiofs/, `console:\n${console.slice(-2000)}\nqemu stderr: ${stderr}`);
-    assert.match(console, /READONLY/, "the guest mounts the share read-only");
-    // ...but nothing stops it from mounting it again read-write and writing to the host.
-    assert.match(console, /REMOUNTED-RW/);
-    assert.equal(await readFile(join(shared, "planted"), "utf8").catch(() => ""), "planted\n", "the C daemon let the guest write");
-    assert.equal(await qemuExit, 0, "guest powered off");
-    // QEMU's virtiofsd serves one vhost-user session: it ends with the VM by itself.
-    const exit = await Promise.race([virtiofsd.exited, new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 5000))]);
-    assert.ok(exit, "virtiofsd exits when the VM's vhost-user connection closes");
-    t.diagnostic(`virtiofsd after the VM ended: ${exit.description}`);
-  },
-);
+  const deadline = Date.now() + 90_000;
+  let console = "";
+  while (!/pcr-guest: cmd exit=\d+/.test(console) && Date.now() < deadline && qemu.exitCode === null) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    console = await readFile(consolePath, "utf8").catch(() => "");
+  }
+  t.diagnostic(`accel ${accel}: guest ran the command after ${Date.now() - started} ms`);
+  assert.match(console, /s3cret-over-virtiofs/, `console:\n${console.slice(-2000)}\nqemu stderr: ${stderr}`);
+  assert.match(console, /READONLY/, "the guest mounts the share read-only");
+  // ...but nothing stops it from mounting it again read-write and writing to the host.
+  assert.match(console, /REMOUNTED-RW/);
+  assert.equal(await readFile(join(shared, "planted"), "utf8").catch(() => ""), "planted\n", "the C daemon let the guest write");
+  assert.equal(await qemuExit, 0, "guest powered off");
+  // QEMU's virtiofsd serves one vhost-user session: it ends with the VM by itself.
+  const exit = await Promise.race([virtiofsd.exited, new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 5000))]);
+  assert.ok(exit, "virtiofsd exits when the VM's vhost-user connection closes");
+  t.diagnostic(`virtiofsd after the VM ended: ${exit.description}`);
+});

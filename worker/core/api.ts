@@ -73,7 +73,17 @@ export type DiskOp = (typeof DISK_OPS)[number];
  * tag. fault-model.ts does not compile unless its schema has exactly these kinds.
  */
 export const FAULT_KINDS = [
-  "partition", "loss", "delay", "bandwidth", "pause", "resume", "killVmm", "powerOff", "reboot", "diskErrors", "cpuThrottle",
+  "partition",
+  "loss",
+  "delay",
+  "bandwidth",
+  "pause",
+  "resume",
+  "killVmm",
+  "powerOff",
+  "reboot",
+  "diskErrors",
+  "cpuThrottle",
 ] as const;
 export type FaultName = (typeof FAULT_KINDS)[number];
 

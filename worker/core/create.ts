@@ -86,8 +86,16 @@ export async function runCreate(
   }
 
   // Opened now and handed to the VMM as descriptors: what was checked is what it boots.
-  const bootFiles = await plan.step("check boot files", () => openBootFiles(store, spec), (files) => closeBootFiles(files));
-  const vmDir = await plan.step("create vm directory", () => records.createDir(id), () => records.remove(id));
+  const bootFiles = await plan.step(
+    "check boot files",
+    () => openBootFiles(store, spec),
+    (files) => closeBootFiles(files),
+  );
+  const vmDir = await plan.step(
+    "create vm directory",
+    () => records.createDir(id),
+    () => records.remove(id),
+  );
   const record: VmRecord = {
     id,
     spec,
@@ -115,10 +123,18 @@ export async function runCreate(
   );
 
   const secretsDir = secrets.length
-    ? await plan.step("write secrets", () => deps.secrets.write(id, secrets), () => deps.secrets.wipe(id))
+    ? await plan.step(
+        "write secrets",
+        () => deps.secrets.write(id, secrets),
+        () => deps.secrets.wipe(id),
+      )
     : undefined;
   if (network) {
-    record.net = await plan.step("attach network", () => network.attach(id, spec.allowedDomains), () => network.detach(id));
+    record.net = await plan.step(
+      "attach network",
+      () => network.attach(id, spec.allowedDomains),
+      () => network.detach(id),
+    );
   }
   const cmdline = [
     spec.cmdline,
@@ -161,7 +177,10 @@ export async function runCreate(
     await vm.transition("running", "", { save: "once" });
   });
   vm.own(handle);
-  log.info({ ms: Date.now() - started, stepMs: plan.stepMs, backend: backend.name, cpu: spec.cpu, memoryBytes: spec.memoryBytes }, "vm running");
+  log.info(
+    { ms: Date.now() - started, stepMs: plan.stepMs, backend: backend.name, cpu: spec.cpu, memoryBytes: spec.memoryBytes },
+    "vm running",
+  );
   return vm;
 }
 

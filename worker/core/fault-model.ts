@@ -60,7 +60,9 @@ export type SchemaKindsAreFaultKinds = Assert<Same<FaultKind["kind"], FaultName>
 export function validateFault(input: FaultInput): FaultInput {
   const parsed = faultInputSchema.safeParse(input);
   if (!parsed.success) {
-    throw invalidArgument(`bad ${input.kind ?? "fault"}: ${parsed.error.issues.map((i) => `${i.path.join(".") || "fault"}: ${i.message}`).join("; ")}`);
+    throw invalidArgument(
+      `bad ${input.kind ?? "fault"}: ${parsed.error.issues.map((i) => `${i.path.join(".") || "fault"}: ${i.message}`).join("; ")}`,
+    );
   }
   return parsed.data;
 }

@@ -107,7 +107,10 @@ export class FaultController {
       entry.timer.unref();
     }
     let faults = this.byVm.get(target.id);
-    if (!faults) this.byVm.set(target.id, (faults = new Map()));
+    if (!faults) {
+      faults = new Map();
+      this.byVm.set(target.id, faults);
+    }
     faults.set(faultId, entry);
     log.info({ description: entry.view.description, durationMs }, "fault injected");
     return faultId;
@@ -145,7 +148,12 @@ export class FaultController {
   }
 
   /** Applies the fault; returns its undo (undefined for instant faults). */
-  private async apply(target: FaultTarget, handle: VmmHandle, faultId: string, fault: FaultKind): Promise<((t: FaultTarget) => Promise<void>) | undefined> {
+  private async apply(
+    target: FaultTarget,
+    handle: VmmHandle,
+    faultId: string,
+    fault: FaultKind,
+  ): Promise<((t: FaultTarget) => Promise<void>) | undefined> {
     const unsupported = (what: string) => failedPrecondition(`${fault.kind} is not supported on ${target.backend}: ${what}`);
     switch (fault.kind) {
       case "partition":
@@ -154,12 +162,19 @@ export class FaultController {
       case "bandwidth": {
         const net = this.ports.net;
         const tap = target.tap;
-        if (!net || !tap) throw failedPrecondition(`${fault.kind} needs the VM's network, and vm ${target.id} has none (networking disabled?)`);
+        if (!net || !tap)
+          throw failedPrecondition(`${fault.kind} needs the VM's network, and vm ${target.id} has none (networking disabled?)`);
         try {
           await net.apply(faultId, tap, fault);
         } catch (err) {
           // No sch_netem on this host: the VMM can hold packets itself (QEMU's filter-redirector).
-          if (fault.kind !== "delay" || asWorkerError(err).code !== "FAILED_PRECONDITION" || !handle.delayNetwork || !handle.clearNetworkDelay) throw err;
+          if (
+            fault.kind !== "delay" ||
+            asWorkerError(err).code !== "FAILED_PRECONDITION" ||
+            !handle.delayNetwork ||
+            !handle.clearNetworkDelay
+          )
+            throw err;
           await handle.delayNetwork(faultId, { ms: fault.ms, jitterMs: fault.jitterMs });
           return () => handle.clearNetworkDelay!(faultId);
         }

@@ -69,7 +69,9 @@ export async function recover(deps: RecoveryDeps): Promise<RecoveryResult> {
   const keepPids = new Set(adopted.flatMap(({ handle }) => [handle.record.pid, ...handle.record.helpers.map((helper) => helper.pid)]));
   result.orphans.push(...((await backend.killStrays?.(deps.strayRoots, keepPids)) ?? []));
   const live = registry.all().filter((vm) => isLive(vm.status));
-  const keep = live.flatMap(({ id, record }) => (record.net ? [{ vmId: id, net: record.net, allowedDomains: record.spec.allowedDomains }] : []));
+  const keep = live.flatMap(({ id, record }) =>
+    record.net ? [{ vmId: id, net: record.net, allowedDomains: record.spec.allowedDomains }] : [],
+  );
   if (network) {
     await network.init(keep);
     result.orphans.push(...(await network.removeOrphans(new Set(keep.map((entry) => entry.vmId)))));

@@ -54,7 +54,8 @@ export class VmRegistry {
     const cpu = sum(specs.map((each) => each.cpu));
     const memory = sum(specs.map((each) => each.memoryBytes));
     if (specs.length > limits.maxVms) throw resourceExhausted(`host limit of ${limits.maxVms} VMs reached`);
-    if (cpu > limits.maxTotalCpu) throw resourceExhausted(`host vCPU limit ${limits.maxTotalCpu} would be exceeded (${cpu} requested in all)`);
+    if (cpu > limits.maxTotalCpu)
+      throw resourceExhausted(`host vCPU limit ${limits.maxTotalCpu} would be exceeded (${cpu} requested in all)`);
     if (memory > limits.maxTotalMemoryBytes) {
       throw resourceExhausted(`host memory limit ${limits.maxTotalMemoryBytes} bytes would be exceeded (${memory} requested in all)`);
     }
@@ -63,7 +64,9 @@ export class VmRegistry {
     const disks = [...settled.map((vm) => vm.record.spec), ...this.reservations.values(), spec];
     const disk = sum(disks.map((each) => each.dataDiskBytes ?? 0));
     if (diskBytes > 0 && disk > limits.maxTotalDiskBytes) {
-      throw resourceExhausted(`host data-disk limit ${limits.maxTotalDiskBytes} bytes would be exceeded (${disk} held or requested in all)`);
+      throw resourceExhausted(
+        `host data-disk limit ${limits.maxTotalDiskBytes} bytes would be exceeded (${disk} held or requested in all)`,
+      );
     }
     this.reservations.set(id, spec);
   }

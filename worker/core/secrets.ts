@@ -15,7 +15,9 @@ export function validateSecrets(secrets: SecretInput[]): void {
   let total = 0;
   for (const { name, value } of secrets) {
     if (!SECRET_NAME.test(name)) {
-      throw invalidArgument(`secret name ${JSON.stringify(name.slice(0, 64))} is not allowed (letters, digits, _ . -; no leading dot, at most 128)`);
+      throw invalidArgument(
+        `secret name ${JSON.stringify(name.slice(0, 64))} is not allowed (letters, digits, _ . -; no leading dot, at most 128)`,
+      );
     }
     if (seen.has(name)) throw invalidArgument(`secret ${name} is given twice`);
     seen.add(name);

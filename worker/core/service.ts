@@ -66,7 +66,9 @@ export class WorkerService implements WorkerApi {
     this.log = deps.logger;
     this.registry = new VmRegistry(deps.limits);
     this.faults = new FaultController(deps.faults ?? {}, deps.logger, (vmId, faultId) => {
-      this.clearFault(vmId, faultId).catch((err) => this.log.warn({ vmId, faultId, err: asWorkerError(err).message }, "expired fault not cleared"));
+      this.clearFault(vmId, faultId).catch((err) =>
+        this.log.warn({ vmId, faultId, err: asWorkerError(err).message }, "expired fault not cleared"),
+      );
     });
     this.vmContext = {
       records: deps.records,

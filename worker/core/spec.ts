@@ -72,6 +72,7 @@ export function validateSpec(input: VmSpecInput, limits: SpecLimits): ValidSpec 
     problems.push(`memoryBytes ${memory} is not a multiple of 1 MiB`);
   }
   if (input.cmdline.length > MAX_CMDLINE) problems.push(`cmdline is longer than ${MAX_CMDLINE} bytes`);
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: refusing control characters is the point
   if (/[\x00-\x1f\x7f]/.test(input.cmdline)) problems.push("cmdline contains control characters");
   const reserved = input.cmdline.split(/\s+/).find((param) => RESERVED_PARAMS.includes(param.split("=")[0]!));
   if (reserved) problems.push(`cmdline may not set ${reserved.split("=")[0]} (the worker sets it)`);
@@ -104,10 +105,7 @@ export function specHash(spec: ValidSpec): string {
   return createHash("sha256").update(canonical).digest("hex");
 }
 
-const wholeNumber = z.union([
-  z.number().int().nonnegative(),
-  z.string().regex(/^\d+$/, "must be a whole number"),
-]);
+const wholeNumber = z.union([z.number().int().nonnegative(), z.string().regex(/^\d+$/, "must be a whole number")]);
 
 /** Exactly what `nix eval --json .#vmSpec` prints; unknown keys are an error, so typos don't pass silently. */
 export const vmSpecJsonSchema = z.strictObject({

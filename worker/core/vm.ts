@@ -285,7 +285,11 @@ export class ManagedVm {
       this.ctx.log.warn({ vmId: this.id, err: asWorkerError(err).message }, "cannot read the console's last lines");
       return new Uint8Array(0);
     });
-    const lines = Buffer.from(tail).toString("utf8").split(/\r?\n/).map((line) => line.trim()).filter(Boolean);
+    const lines = Buffer.from(tail)
+      .toString("utf8")
+      .split(/\r?\n/)
+      .map((line) => line.trim())
+      .filter(Boolean);
     return lines.slice(-CONSOLE_TAIL_LINES).join(" | ");
   }
 }

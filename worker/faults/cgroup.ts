@@ -46,7 +46,10 @@ export async function cpuThrottleUnavailable(root: string | undefined): Promise<
   if (!root) return "no cgroup v2 hierarchy is mounted on this host";
   const controllers = (await readFile(join(root, "cgroup.controllers"), "utf8").catch(() => "")).trim();
   if (!controllers.split(/\s+/).includes("cpu")) {
-    return `the cgroup v2 hierarchy at ${root} has no cpu controller (cgroup.controllers: "${controllers}"); the host runs cgroup v1 or hybrid mode with cpu bound to v1`;
+    return (
+      `the cgroup v2 hierarchy at ${root} has no cpu controller (cgroup.controllers: "${controllers}"); ` +
+      "the host runs cgroup v1 or hybrid mode with cpu bound to v1"
+    );
   }
   return undefined;
 }
@@ -74,7 +77,10 @@ export function createCgroupCpuThrottle(options: CgroupCpuThrottleOptions = {}):
       await mkdir(options.mountDir, { recursive: true, mode: 0o700 });
       const mounted = await execa("mount", ["-t", "cgroup", "-o", "cpu", "procurator-cpu", options.mountDir], { reject: false });
       if (mounted.exitCode === 0) return { version: 1, root: options.mountDir };
-      throw failedPrecondition(`cpuThrottle needs the cpu cgroup controller: ${v2Why}, no cgroup v1 cpu hierarchy is mounted, and mounting one failed: ${mounted.stderr.trim()}`);
+      throw failedPrecondition(
+        `cpuThrottle needs the cpu cgroup controller: ${v2Why}, no cgroup v1 cpu hierarchy is mounted, ` +
+          `and mounting one failed: ${mounted.stderr.trim()}`,
+      );
     }
     throw failedPrecondition(`cpuThrottle needs the cpu cgroup controller: ${v2Why}, and no cgroup v1 cpu hierarchy is mounted`);
   };

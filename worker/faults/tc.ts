@@ -8,7 +8,19 @@ import type { Runner } from "../net/run.js";
 export function tcArgs(tap: string, fault: TcFault): string[] {
   if (fault.kind === "delay") {
     // A queue long enough that the delay line itself never drops (netem's default limit is 1000 packets).
-    return ["qdisc", "add", "dev", tap, "root", "netem", "delay", `${fault.ms}ms`, ...(fault.jitterMs > 0 ? [`${fault.jitterMs}ms`] : []), "limit", "10000"];
+    return [
+      "qdisc",
+      "add",
+      "dev",
+      tap,
+      "root",
+      "netem",
+      "delay",
+      `${fault.ms}ms`,
+      ...(fault.jitterMs > 0 ? [`${fault.jitterMs}ms`] : []),
+      "limit",
+      "10000",
+    ];
   }
   // Burst: at least one full frame, and about 20 ms worth at the rate, so the rate holds on average.
   const burstBytes = Math.max(3_200, Math.ceil((fault.kbitPerSecond * 1000) / 8 / 50));
@@ -35,7 +47,8 @@ export class TcShaper {
   /** Back to the device's default qdisc. A device or qdisc already gone is fine. */
   async clear(tap: string): Promise<void> {
     const result = await this.run("tc", ["qdisc", "del", "dev", tap, "root"]);
-    if (result.exitCode === 0 || /cannot find device|no such|invalid handle|cannot delete qdisc with handle of zero/i.test(result.stderr)) return;
+    if (result.exitCode === 0 || /cannot find device|no such|invalid handle|cannot delete qdisc with handle of zero/i.test(result.stderr))
+      return;
     throw internal(`tc qdisc del dev ${tap} root failed: ${result.stderr.trim()}`);
   }
 

@@ -23,8 +23,6 @@ export interface Query {
 /** Why a message gets no answer at all, or which error answers it. */
 export type Verdict = { query: Query } | { drop: string } | { reply: Buffer; reason: string };
 
-const OPCODE_QUERY = 0;
-
 /** Reads a guest's query; only a well-formed standard query comes back as `query`. */
 export function readQuery(message: Buffer): Verdict {
   if (message.length < 12) return { drop: "shorter than a DNS header" };
@@ -36,7 +34,8 @@ export function readQuery(message: Buffer): Verdict {
   const counts = [4, 6, 8, 10].map((offset) => message.readUInt16BE(offset));
   const refuse = (rcode: number, reason: string): Verdict => ({ reply: errorReply(id, flags, rcode), reason });
   if ((flags >> 11) & 0xf) return refuse(RCODE.NOTIMP, "opcode other than QUERY");
-  if (counts[0] !== 1 || counts[1] !== 0 || counts[2] !== 0 || counts[3]! > 1) return refuse(RCODE.FORMERR, `section counts ${counts.join("/")}`);
+  if (counts[0] !== 1 || counts[1] !== 0 || counts[2] !== 0 || counts[3]! > 1)
+    return refuse(RCODE.FORMERR, `section counts ${counts.join("/")}`);
   let decoded: dnsPacket.DecodedPacket;
   try {
     decoded = dnsPacket.decode(message);
@@ -45,7 +44,7 @@ export function readQuery(message: Buffer): Verdict {
   }
   if (dnsPacket.decode.bytes !== message.length) return refuse(RCODE.FORMERR, "trailing bytes");
   const question = decoded.questions?.[0];
-  if (!question || question.class !== "IN") return refuse(RCODE.REFUSED, "class other than IN");
+  if (question?.class !== "IN") return refuse(RCODE.REFUSED, "class other than IN");
   if (decoded.additionals?.some((record) => record.type !== "OPT")) return refuse(RCODE.FORMERR, "additional record other than OPT");
   const asked = question.name;
   const name = asked.toLowerCase().replace(/\.$/, "");

@@ -16,7 +16,15 @@ const ToProxy = z.discriminatedUnion("op", [
   z.object({ op: z.literal("stats") }),
 ]);
 
-const { values } = parseArgs({ options: { listen: { type: "string" }, port: { type: "string" }, upstream: { type: "string" }, "max-ttl": { type: "string" }, "bind-wait-ms": { type: "string" } } });
+const { values } = parseArgs({
+  options: {
+    listen: { type: "string" },
+    port: { type: "string" },
+    upstream: { type: "string" },
+    "max-ttl": { type: "string" },
+    "bind-wait-ms": { type: "string" },
+  },
+});
 const send = (message: FromProxy) => process.stdout.write(`${JSON.stringify(message)}\n`);
 
 const waiting = new Map<number, (addresses: string[]) => void>();
@@ -45,7 +53,8 @@ const proxy = new DnsProxy({
 const lines = createInterface({ input: process.stdin });
 lines.on("line", (line) => {
   const parsed = readLine(ToProxy, line);
-  if (!parsed.success) return send({ op: "log", level: "error", msg: "dns proxy got a malformed command", fields: { line: line.slice(0, 200) } });
+  if (!parsed.success)
+    return send({ op: "log", level: "error", msg: "dns proxy got a malformed command", fields: { line: line.slice(0, 200) } });
   const message = parsed.data;
   if (message.op === "allow") proxy.allow(message.ip, message.domains);
   else if (message.op === "forget") proxy.forget(message.ip);

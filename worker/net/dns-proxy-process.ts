@@ -22,7 +22,12 @@ const FromProxy = z.discriminatedUnion("op", [
     name: z.string().max(253),
     answers: z.array(z.object({ address: z.string(), ttl: z.number().int().min(0) })).max(64),
   }),
-  z.object({ op: z.literal("log"), level: z.enum(["debug", "info", "warn", "error"]), msg: z.string(), fields: z.record(z.string(), z.unknown()).optional() }),
+  z.object({
+    op: z.literal("log"),
+    level: z.enum(["debug", "info", "warn", "error"]),
+    msg: z.string(),
+    fields: z.record(z.string(), z.unknown()).optional(),
+  }),
   z.object({
     op: z.literal("stats"),
     answered: z.number(),
@@ -81,7 +86,20 @@ export class DnsProxyProcess {
     if (this.child) return Promise.resolve();
     this.closed = false;
     const { listen, port = 53, upstream, netns } = this.options;
-    const argv = [process.execPath, MAIN, "--listen", listen, "--port", String(port), "--upstream", upstream, "--max-ttl", String(this.options.maxTtlSeconds), "--bind-wait-ms", String(this.options.bindWaitMs ?? 5_000)];
+    const argv = [
+      process.execPath,
+      MAIN,
+      "--listen",
+      listen,
+      "--port",
+      String(port),
+      "--upstream",
+      upstream,
+      "--max-ttl",
+      String(this.options.maxTtlSeconds),
+      "--bind-wait-ms",
+      String(this.options.bindWaitMs ?? 5_000),
+    ];
     const [file, args] = netns ? ["ip", ["netns", "exec", netns, ...argv]] : [argv[0]!, argv.slice(1)];
     const child = spawn(file, args, { stdio: ["pipe", "pipe", "pipe"] });
     this.child = child;
@@ -95,7 +113,10 @@ export class DnsProxyProcess {
     for (const [ip, domains] of this.allowlists) this.write({ op: "allow", ip, domains });
 
     return new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => fail(new Error(`the DNS proxy did not start within ${this.options.readyTimeoutMs ?? 10_000} ms`)), this.options.readyTimeoutMs ?? 10_000);
+      const timer = setTimeout(
+        () => fail(new Error(`the DNS proxy did not start within ${this.options.readyTimeoutMs ?? 10_000} ms`)),
+        this.options.readyTimeoutMs ?? 10_000,
+      );
       let settled = false;
       let listening = false;
       const fail = (err: Error) => {

@@ -140,7 +140,11 @@ export class DnsProxy {
       const answers = await this.lookup(query.name);
       const accepted = new Set(await this.options.publish(vmIp, query.name, answers));
       this.stats.answered++;
-      return reply(query, RCODE.NOERROR, answers.filter((answer) => accepted.has(answer.address)));
+      return reply(
+        query,
+        RCODE.NOERROR,
+        answers.filter((answer) => accepted.has(answer.address)),
+      );
     } catch (err) {
       this.stats.failed++;
       this.options.log("warn", "resolving an allowed name for a guest failed", { vmIp, name: query.name, err: (err as Error).message });

@@ -127,12 +127,14 @@ export class Ipam {
   /** Serialised so that concurrent changes never interleave their renames. */
   private save(): Promise<void> {
     const snapshot = JSON.stringify({ leases: Object.fromEntries(this.leases) }, null, 2);
-    this.writing = this.writing.catch(() => undefined).then(async () => {
-      await mkdir(dirname(this.statePath), { recursive: true });
-      const temp = `${this.statePath}.${process.pid}.tmp`;
-      await writeFile(temp, snapshot, { mode: 0o600 });
-      await rename(temp, this.statePath);
-    });
+    this.writing = this.writing
+      .catch(() => undefined)
+      .then(async () => {
+        await mkdir(dirname(this.statePath), { recursive: true });
+        const temp = `${this.statePath}.${process.pid}.tmp`;
+        await writeFile(temp, snapshot, { mode: 0o600 });
+        await rename(temp, this.statePath);
+      });
     return this.writing;
   }
 }

@@ -98,7 +98,16 @@ function baseCommands(config: LayoutConfig): Command[] {
     ...(config.dnsProxy ? [rule(inet, "input", br, eq(field("ip", "daddr"), config.gateway), eq(field("udp", "dport"), 53), accept)] : []),
     // Only on the gateway address: the same port on the host's other interfaces stays closed.
     ...(config.hostAllowedPorts.length
-      ? [rule(inet, "input", br, eq(field("ip", "daddr"), config.gateway), eq(field("tcp", "dport"), { set: config.hostAllowedPorts }), accept)]
+      ? [
+          rule(
+            inet,
+            "input",
+            br,
+            eq(field("ip", "daddr"), config.gateway),
+            eq(field("tcp", "dport"), { set: config.hostAllowedPorts }),
+            accept,
+          ),
+        ]
       : []),
     rule(inet, "input", br, { vmap: { key: field("ip", "saddr"), data: "@deny" } }),
     rule(inet, "input", br, { counter: { packets: 0, bytes: 0 } }, drop),
@@ -130,7 +139,9 @@ export function vmAddCommands(config: LayoutConfig, vm: VmRules): Command[] {
     { add: { counter: { ...inet, name: n.drops } } },
     { add: { set: { ...inet, name: n.allow, type: "ipv4_addr", flags: ["timeout"] } } },
     { add: { set: { ...inet, name: n.nets, type: "ipv4_addr", flags: ["interval"] } } },
-    ...(vm.cidrs.length ? [{ add: { element: { ...inet, name: n.nets, elem: vm.cidrs.map((cidr) => prefixElement(cidr)) } } } as Command] : []),
+    ...(vm.cidrs.length
+      ? [{ add: { element: { ...inet, name: n.nets, elem: vm.cidrs.map((cidr) => prefixElement(cidr)) } } } as Command]
+      : []),
     { add: { chain: { ...inet, name: n.egress } } },
     { add: { chain: { ...inet, name: n.deny } } },
     rule(inet, n.egress, eq(field("ip", "daddr"), `@${n.allow}`), accept),
@@ -153,7 +164,14 @@ export function vmAddCommands(config: LayoutConfig, vm: VmRules): Command[] {
       eq(field("arp", "saddr ip"), vm.ip),
       accept,
     ),
-    rule(bridgeFamily, n.guard, eq(field("ether", "saddr"), vm.mac), eq(field("ether", "type"), "ip"), eq(field("ip", "saddr"), vm.ip), accept),
+    rule(
+      bridgeFamily,
+      n.guard,
+      eq(field("ether", "saddr"), vm.mac),
+      eq(field("ether", "type"), "ip"),
+      eq(field("ip", "saddr"), vm.ip),
+      accept,
+    ),
     rule(bridgeFamily, n.guard, eq(field("ether", "type"), "ip6"), drop),
     rule(bridgeFamily, n.guard, { counter: n.drops }, drop),
     { add: { element: { ...bridgeFamily, name: "ports", elem: [[vm.tap, goTo(n.guard)]] } } },

@@ -23,4 +23,3 @@ export interface CpuThrottlePort {
   /** After a restart: lifts every limit a worker left (processes back to the root, cgroups removed). */
   reset(): Promise<string[]>;
 }
-

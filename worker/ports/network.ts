@@ -33,4 +33,3 @@ export interface NetworkPort {
   removeOrphans(known: Set<string>): Promise<string[]>;
   close(): Promise<void>;
 }
-

@@ -19,4 +19,3 @@ export interface BootFile {
   /** Idempotent. */
   close(): Promise<void>;
 }
-

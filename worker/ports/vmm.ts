@@ -128,4 +128,3 @@ export interface VmmBackend {
    */
   killStrays?(roots: string[], keep: Set<number>): Promise<string[]>;
 }
-

@@ -2,7 +2,7 @@
 // (supervisor.ts) stands on. Identity is pid + start time (+ boot id, + executable), never a pid alone.
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, openSync, readFileSync } from "node:fs";
-import { open, readdir, readFile, readlink } from "node:fs/promises";
+import { type FileHandle, open, readdir, readFile, readlink } from "node:fs/promises";
 
 /** Fields of /proc/<pid>/stat after the command name: state (field 3) and start time (field 22). */
 export async function readProcStat(pid: number): Promise<{ state: string; startTime: string } | undefined> {
@@ -109,7 +109,10 @@ export async function isOurProcess(identity: ProcessIdentity, vmDir: string): Pr
   if (identity.bootId !== undefined && identity.bootId !== bootId()) return false;
   if (!(await isSameLiveProcess(identity.pid, identity.startTime))) return false;
   if (identity.exe !== undefined && (await processExe(identity.pid)) !== identity.exe) return false;
-  const argv = await readFile(`/proc/${identity.pid}/cmdline`, "utf8").then((text) => text.split("\0"), () => [] as string[]);
+  const argv = await readFile(`/proc/${identity.pid}/cmdline`, "utf8").then(
+    (text) => text.split("\0"),
+    () => [] as string[],
+  );
   const dir = vmDir.endsWith("/") ? vmDir : `${vmDir}/`;
   return argv.some((arg) => arg.includes(dir));
 }
@@ -155,7 +158,7 @@ export async function spawnDetached(binary: string, argv: string[], logPath: str
 
 /** The last non-empty lines of a text file (reads at most the last 16 KiB). */
 export async function tailLines(path: string, count: number): Promise<string[]> {
-  let handle;
+  let handle: FileHandle;
   try {
     handle = await open(path, "r");
   } catch {
@@ -182,7 +185,12 @@ export async function tailLines(path: string, count: number): Promise<string[]> 
  * `roots` (a VM's directory, a secrets directory), except the pids in `keep`: VMMs and helpers a
  * killed worker left behind with no record. Kills them (SIGKILL) and waits until they are gone.
  */
-export async function killStrayProcesses(roots: string[], keep: Set<number>, program: RegExp, waitMs = 3000): Promise<{ pid: number; argv0: string }[]> {
+export async function killStrayProcesses(
+  roots: string[],
+  keep: Set<number>,
+  program: RegExp,
+  waitMs = 3000,
+): Promise<{ pid: number; argv0: string }[]> {
   const prefixes = roots.filter(Boolean).map((root) => (root.endsWith("/") ? root : `${root}/`));
   if (prefixes.length === 0) return [];
   const strays: { pid: number; startTime: string; argv0: string }[] = [];
@@ -190,7 +198,10 @@ export async function killStrayProcesses(roots: string[], keep: Set<number>, pro
     if (!/^\d+$/.test(entry)) continue;
     const pid = Number(entry);
     if (pid === process.pid || keep.has(pid)) continue;
-    const argv = await readFile(`/proc/${pid}/cmdline`, "utf8").then((text) => text.split("\0"), () => undefined);
+    const argv = await readFile(`/proc/${pid}/cmdline`, "utf8").then(
+      (text) => text.split("\0"),
+      () => undefined,
+    );
     const argv0 = argv?.[0] ?? "";
     if (!argv || !program.test(argv0.slice(argv0.lastIndexOf("/") + 1))) continue;
     if (!argv.some((arg) => prefixes.some((prefix) => arg.includes(prefix)))) continue;

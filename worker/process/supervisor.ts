@@ -50,7 +50,7 @@ export interface SpawnOptions {
  * and what to install; any other spawn failure is INTERNAL.
  */
 export async function spawnSupervised(binary: string, argv: string[], options: SpawnOptions): Promise<Supervised> {
-  let spawned;
+  let spawned: Awaited<ReturnType<typeof spawnDetached>>;
   try {
     spawned = await spawnDetached(binary, argv, options.logPath, options.passFds);
   } catch (err) {
@@ -72,7 +72,12 @@ export async function spawnSupervised(binary: string, argv: string[], options: S
 export async function adoptSupervised(identity: Pick<ProcessIdentity, "pid" | "startTime" | "bootId">): Promise<Supervised | undefined> {
   if (!(await isSameLiveProcess(identity.pid, identity.startTime))) return undefined;
   const watch = watchNonChild(identity.pid, identity.startTime);
-  return supervise(identity, true, (killed) => watch.exited.then(() => ({ code: null, signal: killed() ? "SIGKILL" : null, known: false, killedByUs: killed() })), watch.hurry);
+  return supervise(
+    identity,
+    true,
+    (killed) => watch.exited.then(() => ({ code: null, signal: killed() ? "SIGKILL" : null, known: false, killedByUs: killed() })),
+    watch.hurry,
+  );
 }
 
 function supervise(
@@ -144,7 +149,10 @@ export function describeExit(end: { code: number | null; signal: string | null }
 export async function findExecutable(binary: string): Promise<string | undefined> {
   const candidates = binary.includes("/")
     ? [binary]
-    : (process.env.PATH ?? "/usr/local/bin:/usr/bin:/bin").split(delimiter).filter(Boolean).map((dir) => join(dir, binary));
+    : (process.env.PATH ?? "/usr/local/bin:/usr/bin:/bin")
+        .split(delimiter)
+        .filter(Boolean)
+        .map((dir) => join(dir, binary));
   for (const candidate of candidates) {
     try {
       await access(candidate, constants.X_OK);

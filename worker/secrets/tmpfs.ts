@@ -28,7 +28,11 @@ export class TmpfsSecrets implements SecretsPort {
     await mkdir(this.root, { recursive: true, mode: 0o700 });
     if ((await statfs(this.root)).type === TMPFS_MAGIC) return;
     const mount = (extra: string) =>
-      execa("mount", ["-t", "tmpfs", "-o", `mode=0700,size=${this.sizeBytes},nosuid,nodev,noexec${extra}`, "procurator-secrets", this.root], { reject: false });
+      execa(
+        "mount",
+        ["-t", "tmpfs", "-o", `mode=0700,size=${this.sizeBytes},nosuid,nodev,noexec${extra}`, "procurator-secrets", this.root],
+        { reject: false },
+      );
     let mounted = await mount(",noswap");
     if (mounted.exitCode !== 0) {
       mounted = await mount("");
@@ -58,7 +62,8 @@ export class TmpfsSecrets implements SecretsPort {
       }
     } catch (err) {
       await this.wipe(vmId);
-      if ((err as NodeJS.ErrnoException).code === "ENOSPC") throw resourceExhausted("the secrets tmpfs is full: too many secrets held by running VMs");
+      if ((err as NodeJS.ErrnoException).code === "ENOSPC")
+        throw resourceExhausted("the secrets tmpfs is full: too many secrets held by running VMs");
       throw err;
     }
     return dir;
@@ -72,7 +77,9 @@ export class TmpfsSecrets implements SecretsPort {
     // hold what a guest put there (a writable share, a bug): never follow a link, never open a
     // FIFO or device, never touch a file with other names (a hard link's other name is not ours).
     for (const name of names) {
-      const file = await open(join(dir, name), constants.O_WRONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY).catch(() => undefined);
+      const file = await open(join(dir, name), constants.O_WRONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY).catch(
+        () => undefined,
+      );
       if (!file) continue;
       try {
         const stats = await file.stat();

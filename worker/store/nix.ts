@@ -111,7 +111,14 @@ export class NixStore implements StorePort {
 
   /** The paths of `paths` that are not valid in the local store (one `nix-store` call). */
   private async invalidPaths(paths: string[]): Promise<string[]> {
-    const onDisk = await Promise.all(paths.map((path) => access(path).then(() => true, () => false)));
+    const onDisk = await Promise.all(
+      paths.map((path) =>
+        access(path).then(
+          () => true,
+          () => false,
+        ),
+      ),
+    );
     const unknown = paths.filter((path, index) => !(onDisk[index] && this.knownValid.has(path)));
     if (unknown.length === 0) return [];
     const invalid = await this.checkValidity(unknown);

@@ -129,8 +129,27 @@ export async function probeKvmWithCloudHypervisor(options: ChKvmProbeOptions): P
   try {
     const kernel = join(dir, "probe.elf");
     await writeFile(kernel, probeKernelElf());
-    const argv = ["--kernel", kernel, "--cmdline", "console=ttyS0", "--cpus", "boot=1", "--memory", "size=64M", "--serial", "tty", "--console", "off"];
-    const boot = await runProbe("cloud-hypervisor", options.chBinary, argv, (output) => output.includes(FIRMWARE_MARKER), options.probeTimeoutMs);
+    const argv = [
+      "--kernel",
+      kernel,
+      "--cmdline",
+      "console=ttyS0",
+      "--cpus",
+      "boot=1",
+      "--memory",
+      "size=64M",
+      "--serial",
+      "tty",
+      "--console",
+      "off",
+    ];
+    const boot = await runProbe(
+      "cloud-hypervisor",
+      options.chBinary,
+      argv,
+      (output) => output.includes(FIRMWARE_MARKER),
+      options.probeTimeoutMs,
+    );
     const result: AcceleratorChoice = boot.ok
       ? { accel: "kvm", reason: `cloud-hypervisor booted its KVM probe kernel in ${boot.ms} ms` }
       : { accel: "tcg", reason: `cloud-hypervisor's KVM probe failed: ${boot.summary}` };
@@ -145,7 +164,11 @@ const cache = new Map<string, Promise<AcceleratorChoice>>();
 
 /** Probes once per process and option set; later calls share the first result. */
 export function detectAccelerator(options: DetectAcceleratorOptions): Promise<AcceleratorChoice> {
-  const key = JSON.stringify({ ...options, logger: undefined, probeKernel: options.probeKernel && { ...options.probeKernel, readyPattern: String(options.probeKernel.readyPattern) } });
+  const key = JSON.stringify({
+    ...options,
+    logger: undefined,
+    probeKernel: options.probeKernel && { ...options.probeKernel, readyPattern: String(options.probeKernel.readyPattern) },
+  });
   let choice = cache.get(key);
   if (!choice) {
     choice = probe(options)
@@ -175,7 +198,19 @@ async function probe(options: DetectAcceleratorOptions): Promise<AcceleratorChoi
     const firmware = await runProbe(
       "QEMU",
       qemuBinary,
-      [...QEMU_PROBE_ARGV, "-M", "microvm,x-option-roms=off,rtc=off,acpi=off", "-cpu", cpuModel, "-bios", firmwarePath, "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-m", "16"],
+      [
+        ...QEMU_PROBE_ARGV,
+        "-M",
+        "microvm,x-option-roms=off,rtc=off,acpi=off",
+        "-cpu",
+        cpuModel,
+        "-bios",
+        firmwarePath,
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=4",
+        "-m",
+        "16",
+      ],
       (output) => output.includes(FIRMWARE_MARKER),
       options.probeTimeoutMs,
     );
@@ -188,7 +223,20 @@ async function probe(options: DetectAcceleratorOptions): Promise<AcceleratorChoi
     const boot = await runProbe(
       "QEMU",
       qemuBinary,
-      [...QEMU_PROBE_ARGV, "-M", "microvm", "-cpu", cpuModel, "-m", "256", "-kernel", kernel.kernel, ...(kernel.initrd ? ["-initrd", kernel.initrd] : []), "-append", cmdline],
+      [
+        ...QEMU_PROBE_ARGV,
+        "-M",
+        "microvm",
+        "-cpu",
+        cpuModel,
+        "-m",
+        "256",
+        "-kernel",
+        kernel.kernel,
+        ...(kernel.initrd ? ["-initrd", kernel.initrd] : []),
+        "-append",
+        cmdline,
+      ],
       (output) => ready.test(output),
       options.probeTimeoutMs,
     );
@@ -210,7 +258,13 @@ interface ProbeResult {
 const QEMU_PROBE_ARGV = ["-accel", "kvm", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio"];
 
 /** Runs a probe boot; success when `done` matches the output (stdout and stderr). Always kills. */
-function runProbe(name: string, binary: string, argv: string[], done: (output: string) => boolean, timeoutMs: number): Promise<ProbeResult> {
+function runProbe(
+  name: string,
+  binary: string,
+  argv: string[],
+  done: (output: string) => boolean,
+  timeoutMs: number,
+): Promise<ProbeResult> {
   const started = Date.now();
   return new Promise((resolve) => {
     const child = spawn(binary, argv, { stdio: ["ignore", "pipe", "pipe"] });

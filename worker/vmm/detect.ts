@@ -61,10 +61,15 @@ const execFileAsync = promisify(execFile);
 /** Resolves a binary name on PATH (or checks an explicit path) and runs `--version`. */
 export async function findBinary(binary: string, timeoutMs = 5000): Promise<BinaryFinding> {
   const path = await findExecutable(binary);
-  if (!path) return { found: false, reason: binary.includes("/") ? `${binary} does not exist or is not executable` : `${binary} not found on PATH` };
+  if (!path)
+    return { found: false, reason: binary.includes("/") ? `${binary} does not exist or is not executable` : `${binary} not found on PATH` };
   try {
     const { stdout, stderr } = await execFileAsync(path, ["--version"], { timeout: timeoutMs });
-    const version = (stdout || stderr).split("\n").find((line) => line.trim())?.trim() ?? "unknown version";
+    const version =
+      (stdout || stderr)
+        .split("\n")
+        .find((line) => line.trim())
+        ?.trim() ?? "unknown version";
     return { found: true, path, version };
   } catch (err) {
     const e = err as { killed?: boolean; stderr?: string; message: string };
@@ -84,13 +89,17 @@ export async function detectBackends(options: DetectBackendsOptions): Promise<De
     byPreference.map(async (backend) => {
       const setting = backend.binaries[0];
       const binary = setting ? binaryValue(options.binaries, setting) : "";
-      const finding: BinaryFinding = setting ? await findBinary(binary, options.versionTimeoutMs) : { found: true, path: "", version: "in memory" };
+      const finding: BinaryFinding = setting
+        ? await findBinary(binary, options.versionTimeoutMs)
+        : { found: true, path: "", version: "in memory" };
       const probe = backend.kvmProbe;
       const run = probe && options.kvmProbes[probe.reportKey];
       let verdict: Verdict | undefined;
       if (probe && run) {
         const choice = finding.found
-          ? await run(finding.path).catch((err: Error): AcceleratorChoice => ({ accel: "tcg", reason: `${probe.name} failed: ${err.message}` }))
+          ? await run(finding.path).catch(
+              (err: Error): AcceleratorChoice => ({ accel: "tcg", reason: `${probe.name} failed: ${err.message}` }),
+            )
           : { accel: "tcg" as const, reason: `not probed: ${backend.name} not found` };
         verdict = { usable: choice.accel === "kvm", reason: choice.reason };
       }
@@ -99,7 +108,9 @@ export async function detectBackends(options: DetectBackendsOptions): Promise<De
   );
 
   const accelerators = sightings
-    .flatMap(({ backend, verdict }) => (verdict && backend.kvmProbe ? [{ key: backend.kvmProbe.reportKey, label: backend.kvmProbe.label, ...verdict }] : []))
+    .flatMap(({ backend, verdict }) =>
+      verdict && backend.kvmProbe ? [{ key: backend.kvmProbe.reportKey, label: backend.kvmProbe.label, ...verdict }] : [],
+    )
     .sort((a, b) => Number(b.key === "kvm") - Number(a.key === "kvm"));
   if (accelerators[0]?.key !== "kvm") accelerators.unshift({ key: "kvm", label: "KVM", usable: false, reason: "no KVM probe ran" });
   const kvm: Verdict = { usable: accelerators[0]!.usable, reason: accelerators[0]!.reason };
@@ -116,13 +127,19 @@ export async function detectBackends(options: DetectBackendsOptions): Promise<De
   let error: string | undefined;
   if (pick === "auto") {
     chosen = assessed.find((candidate) => candidate.usable);
-    if (!chosen) error = `no VMM backend can run here; install one of: ${assessed.map(({ backend }) => `${backend.name}: ${backend.install}`).join("; or ")}`;
+    if (!chosen)
+      error =
+        "no VMM backend can run here; install one of: " +
+        assessed.map(({ backend }) => `${backend.name}: ${backend.install}`).join("; or ");
   } else {
     const asked = assessed.find((candidate) => candidate.backend.name === pick);
     const others = assessed.filter((candidate) => candidate !== asked && candidate.usable).map(({ backend }) => `--vmm ${backend.name}`);
     if (!asked) error = `--vmm ${pick} names no backend this worker has (${assessed.map(({ backend }) => backend.name).join(", ")})`;
     else if (asked.usable) chosen = asked;
-    else error = `${pick} was asked for but cannot run: ${asked.why}. Install ${asked.backend.install}${others.length ? `, or choose ${others.join(" or ")}` : ""}`;
+    else
+      error =
+        `${pick} was asked for but cannot run: ${asked.why}. Install ${asked.backend.install}` +
+        (others.length ? `, or choose ${others.join(" or ")}` : "");
   }
 
   const choiceWhy = (candidate: (typeof assessed)[number], index: number): string => {
@@ -134,15 +151,19 @@ export async function detectBackends(options: DetectBackendsOptions): Promise<De
     if (!candidate.usable) return "not chosen";
     return pick === "auto" ? `not chosen: ${chosen?.backend.name} is preferred` : `not chosen: --vmm ${pick}`;
   };
-  const candidates = assessed.map((candidate, index): CandidateReport => ({
-    backend: candidate.backend.name,
-    binary: candidate.binary,
-    finding: candidate.finding,
-    usable: candidate.usable,
-    chosen: candidate === chosen,
-    why: `${candidate.why}; ${choiceWhy(candidate, index)}`,
-  }));
-  const ownVerdicts = Object.fromEntries(accelerators.filter((entry) => entry.key !== "kvm").map(({ key, usable, reason }) => [key, { usable, reason }]));
+  const candidates = assessed.map(
+    (candidate, index): CandidateReport => ({
+      backend: candidate.backend.name,
+      binary: candidate.binary,
+      finding: candidate.finding,
+      usable: candidate.usable,
+      chosen: candidate === chosen,
+      why: `${candidate.why}; ${choiceWhy(candidate, index)}`,
+    }),
+  );
+  const ownVerdicts = Object.fromEntries(
+    accelerators.filter((entry) => entry.key !== "kvm").map(({ key, usable, reason }) => [key, { usable, reason }]),
+  );
   return {
     preference: pick,
     kvm,

@@ -25,14 +25,21 @@ export type BackendConfig = { vmm: string; accel: "auto" | "kvm" | "tcg" } & Par
 const PROBE_TIMEOUT_MS = 5_000;
 
 /** Each backend's KVM probe, by report key; `--accel` pins the answer without probing. */
-function kvmProbes(config: BackendConfig, backends: readonly BackendModule[], logger?: Logger): Record<string, (binaryPath: string) => Promise<AcceleratorChoice>> {
+function kvmProbes(
+  config: BackendConfig,
+  backends: readonly BackendModule[],
+  logger?: Logger,
+): Record<string, (binaryPath: string) => Promise<AcceleratorChoice>> {
   const probes: Record<string, (binaryPath: string) => Promise<AcceleratorChoice>> = {};
   for (const { kvmProbe } of backends) {
     if (!kvmProbe) continue;
     probes[kvmProbe.reportKey] =
       config.accel === "auto"
         ? (binaryPath) => kvmProbe.run(binaryPath, { timeoutMs: PROBE_TIMEOUT_MS, logger })
-        : async () => ({ accel: config.accel as "kvm" | "tcg", reason: `--accel ${config.accel} was configured${config.accel === "kvm" ? " (not probed)" : ""}` });
+        : async () => ({
+            accel: config.accel as "kvm" | "tcg",
+            reason: `--accel ${config.accel} was configured${config.accel === "kvm" ? " (not probed)" : ""}`,
+          });
   }
   return probes;
 }
@@ -46,13 +53,20 @@ export function detect(config: BackendConfig, logger?: Logger, backends: readonl
 }
 
 /** What `pcr-worker --check` prints; ok is false when no backend can run. */
-export async function checkBackends(config: BackendConfig, backends: readonly BackendModule[] = BACKENDS): Promise<{ text: string; ok: boolean }> {
+export async function checkBackends(
+  config: BackendConfig,
+  backends: readonly BackendModule[] = BACKENDS,
+): Promise<{ text: string; ok: boolean }> {
   const report = await detect(config, undefined, backends);
   return { text: formatDetectionReport(report), ok: report.chosen !== undefined };
 }
 
 /** Detects, logs why, and builds the chosen backend; throws FAILED_PRECONDITION naming what to install. */
-export async function selectBackend(config: BackendConfig, logger: Logger, backends: readonly BackendModule[] = BACKENDS): Promise<VmmBackend> {
+export async function selectBackend(
+  config: BackendConfig,
+  logger: Logger,
+  backends: readonly BackendModule[] = BACKENDS,
+): Promise<VmmBackend> {
   const report = await detect(config, logger, backends);
   logger.info(
     {

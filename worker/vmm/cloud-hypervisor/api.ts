@@ -1,7 +1,7 @@
 // Typed client of Cloud Hypervisor's REST API (vmm/src/api/openapi/cloud-hypervisor.yaml) over its
 // unix socket. Only the calls the backend makes; each is listed in CH_API_CALLS so the contract
 // test can check it against the OpenAPI file. Responses are validated with zod at this edge.
-import { Agent, request } from "undici";
+import { Agent, type Dispatcher, request } from "undici";
 import { z } from "zod";
 
 /** Every endpoint the worker calls: method, path, and whether it carries a JSON body. */
@@ -172,7 +172,7 @@ export class ChApiClient {
   /** One request; returns the response text ("" for 204). */
   private async call(name: ChApiCall, body?: object, timeoutMs = this.defaultTimeoutMs): Promise<string> {
     const { method, path } = CH_API_CALLS[name];
-    let response;
+    let response: Dispatcher.ResponseData;
     try {
       response = await request(`http://localhost${API_PREFIX}${path}`, {
         method,

@@ -53,7 +53,17 @@ export function chPaths(vmDir: string) {
  */
 export function vmmArgv(vmDir: string): string[] {
   const paths = chPaths(vmDir);
-  return ["--api-socket", `path=${paths.apiSocket}`, "--event-monitor", `path=${paths.events}`, "--log-file", paths.log, "--seccomp", "true", "-v"];
+  return [
+    "--api-socket",
+    `path=${paths.apiSocket}`,
+    "--event-monitor",
+    `path=${paths.events}`,
+    "--log-file",
+    paths.log,
+    "--seccomp",
+    "true",
+    "-v",
+  ];
 }
 
 /** What Cloud Hypervisor's log says about how it ended. */
@@ -80,7 +90,8 @@ export function readChLog(lines: string[]): ChLogFindings {
     const match = /^cloud-hypervisor:.*?\b(ERROR|WARN|INFO|DEBUG|TRACE):\S* -- (.*)$/.exec(line);
     if (!match) continue;
     const [, level, message] = match as unknown as [string, string, string];
-    if (message === "VM guest exit event" || message === "ACPI Shutdown signalled" || message === "VmExit::Shutdown") findings.guestExit = true;
+    if (message === "VM guest exit event" || message === "ACPI Shutdown signalled" || message === "VmExit::Shutdown")
+      findings.guestExit = true;
     else if (message === "VM exit event") findings.exitEvent = true;
     else if (message === "API request event: VmmShutdown") findings.apiShutdown = true;
     if (level === "ERROR") findings.lastError = message;
@@ -158,7 +169,9 @@ export function mapChError(err: unknown, what: string): WorkerError {
     // 404: no VM was created. A state change refused (pause twice, power button on a stopped VM)
     // is a 500 in Cloud Hypervisor, never a 405: on those calls it means the VM's state.
     const code = err.status === 404 || (err.status === 500 && STATE_CHANGES.has(what)) ? "FAILED_PRECONDITION" : "INTERNAL";
-    return new WorkerError(code, `${what}: cloud-hypervisor answered HTTP ${err.status}${err.chain ? `: ${err.chain}` : ""}`, { cause: err });
+    return new WorkerError(code, `${what}: cloud-hypervisor answered HTTP ${err.status}${err.chain ? `: ${err.chain}` : ""}`, {
+      cause: err,
+    });
   }
   if (err instanceof ChConnectionError) {
     const code = /no answer within/.test(err.message) ? "DEADLINE_EXCEEDED" : "UNAVAILABLE";
@@ -194,7 +207,8 @@ export function createCloudHypervisorBackend(options: CloudHypervisorBackendOpti
 
   async function launch(spec: VmLaunchSpec): Promise<VmmHandle> {
     // Disk faults need QEMU's blkdebug, so the writable data disk exists only there for now.
-    if (spec.dataDisk) throw failedPrecondition("dataDiskBytes is not supported on cloud-hypervisor (its disk faults are not either); use the QEMU backend");
+    if (spec.dataDisk)
+      throw failedPrecondition("dataDiskBytes is not supported on cloud-hypervisor (its disk faults are not either); use the QEMU backend");
     const paths = chPaths(spec.vmDir);
     const log = logger.child({ vmId: spec.id });
     await clearStaleApiSocket(paths.apiSocket);
@@ -203,7 +217,8 @@ export function createCloudHypervisorBackend(options: CloudHypervisorBackendOpti
 
     let virtiofsd: VirtiofsdHandle | undefined;
     if (spec.share) {
-      if (!options.virtiofsdBinary) throw new WorkerError("FAILED_PRECONDITION", "a share needs virtiofsd, and no virtiofsd binary is configured");
+      if (!options.virtiofsdBinary)
+        throw new WorkerError("FAILED_PRECONDITION", "a share needs virtiofsd, and no virtiofsd binary is configured");
       virtiofsd = await startVirtiofsd({
         binary: options.virtiofsdBinary,
         socketPath: paths.virtiofsSocket,
@@ -217,7 +232,11 @@ export function createCloudHypervisorBackend(options: CloudHypervisorBackendOpti
     const passed = handOverBootFiles(spec);
     let vmm: Supervised;
     try {
-      vmm = await spawnSupervised(binary, vmmArgv(spec.vmDir), { logPath: paths.stdio, passFds: passed.fds, install: "install the cloud-hypervisor release binary" });
+      vmm = await spawnSupervised(binary, vmmArgv(spec.vmDir), {
+        logPath: paths.stdio,
+        passFds: passed.fds,
+        install: "install the cloud-hypervisor release binary",
+      });
     } catch (err) {
       await virtiofsd?.kill();
       throw err;
@@ -352,7 +371,8 @@ class ChVmHandle implements VmmHandle {
     const deadline = Date.now() + timeoutMs;
     let lastError = "";
     for (;;) {
-      if (this.hasExited) throw new WorkerError("FAILED_PRECONDITION", `cloud-hypervisor failed to start: ${(await this.exited).description}`);
+      if (this.hasExited)
+        throw new WorkerError("FAILED_PRECONDITION", `cloud-hypervisor failed to start: ${(await this.exited).description}`);
       try {
         const ping = await this.client.ping(Math.max(100, Math.min(1000, deadline - Date.now())));
         this.log.debug({ version: ping.version }, "cloud-hypervisor API up");
@@ -376,7 +396,8 @@ class ChVmHandle implements VmmHandle {
     } catch (err) {
       if (err instanceof ChConnectionError) {
         const exit = await this.exitedWithin(200);
-        if (exit) throw new WorkerError("FAILED_PRECONDITION", `cloud-hypervisor exited during ${what}: ${exit.description}`, { cause: err });
+        if (exit)
+          throw new WorkerError("FAILED_PRECONDITION", `cloud-hypervisor exited during ${what}: ${exit.description}`, { cause: err });
       }
       throw mapChError(err, what);
     }
@@ -385,7 +406,8 @@ class ChVmHandle implements VmmHandle {
   async waitRunning(timeoutMs: number): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      if (this.hasExited) throw new WorkerError("FAILED_PRECONDITION", `cloud-hypervisor exited before the guest ran: ${(await this.exited).description}`);
+      if (this.hasExited)
+        throw new WorkerError("FAILED_PRECONDITION", `cloud-hypervisor exited before the guest ran: ${(await this.exited).description}`);
       if (this.lastEventState === "running") return;
       try {
         const info = await this.client.info(Math.max(100, Math.min(2000, deadline - Date.now())));
@@ -526,7 +548,9 @@ class ChVmHandle implements VmmHandle {
   }
 
   private async endAfterGuestReboot(): Promise<VmmExit> {
-    await this.client.shutdownVmm(this.timing.bootRequestTimeoutMs).catch((err: Error) => this.log.debug({ err: err.message }, "vmm.shutdown after the guest rebooted failed"));
+    await this.client
+      .shutdownVmm(this.timing.bootRequestTimeoutMs)
+      .catch((err: Error) => this.log.debug({ err: err.message }, "vmm.shutdown after the guest rebooted failed"));
     return (await this.exitedWithin(5000)) ?? this.kill();
   }
 
@@ -555,7 +579,11 @@ class ChVmHandle implements VmmHandle {
     }
     if (!end.known) return { code, signal, description: "cloud-hypervisor exited (re-adopted process: exit status unknown)" };
     if (code === 0 && this.guestRebooted && !this.tornDownByUs) {
-      return { code, signal, description: "exited with code 0 (the guest rebooted, which ends the VM as QEMU's -no-reboot does; a kernel panic does that)" };
+      return {
+        code,
+        signal,
+        description: "exited with code 0 (the guest rebooted, which ends the VM as QEMU's -no-reboot does; a kernel panic does that)",
+      };
     }
     if (code === 0 && this.tornDownByUs) return { code, signal, description: "exited with code 0" };
     if (code === 0 && this.pluggedByUs) return { code, signal, description: "exited with code 0 (hard power-off: vmm.shutdown)" };
@@ -565,10 +593,12 @@ class ChVmHandle implements VmmHandle {
       const log = readChLog(await tailLines(this.paths.log, 400));
       if (log.guestExit) return { code, signal, description: "exited with code 0 (guest powered off)" };
       const why = log.exitEvent
-        ? `its exit event ("VM exit event")${log.lastError ? ` after the error "${log.lastError}"` : ": SIGTERM or SIGINT, or a failure it did not log"}`
+        ? `its exit event ("VM exit event")` +
+          (log.lastError ? ` after the error "${log.lastError}"` : ": SIGTERM or SIGINT, or a failure it did not log")
         : log.apiShutdown
           ? "vmm.shutdown through its API, not sent by the worker"
-          : `no line in ${this.paths.log} says why (neither "VM guest exit event" nor "VM exit event")${log.lastError ? `; last error: ${log.lastError}` : ""}`;
+          : `no line in ${this.paths.log} says why (neither "VM guest exit event" nor "VM exit event")` +
+            (log.lastError ? `; last error: ${log.lastError}` : "");
       return { code, signal, description: `exited with code 0, but the guest did not power off: ${why}`, failed: true };
     }
     const last = (await tailLines(this.paths.stdio, 1))[0] ?? (await tailLines(this.paths.log, 1))[0];

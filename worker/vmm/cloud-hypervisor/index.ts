@@ -11,7 +11,8 @@ export const backend = {
     { configKey: "virtiofsdBinary", default: "/usr/lib/qemu/virtiofsd", help: "virtiofsd binary (Cloud Hypervisor's secrets share)" },
   ],
   install:
-    "the cloud-hypervisor static release binary (https://github.com/cloud-hypervisor/cloud-hypervisor/releases) on PATH, on a host with working KVM",
+    "the cloud-hypervisor static release binary (https://github.com/cloud-hypervisor/cloud-hypervisor/releases) " +
+    "on PATH, on a host with working KVM",
   // Boots in ~100 ms on KVM: preferred wherever it runs.
   preference: 2,
   // Its data disk would work; the disk faults built on it (QEMU's blkdebug) would not, so not yet.

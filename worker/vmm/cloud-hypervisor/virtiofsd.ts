@@ -71,7 +71,17 @@ export function detectVirtiofsd(binary: string): Promise<VirtiofsdFlavour> {
 /** The argv for each implementation. The C one has no read-only switch: it is never asked for one. */
 export function virtiofsdArgs(style: VirtiofsdStyle, socketPath: string, sharedDir: string, readOnly: boolean): string[] {
   if (style === "rust") {
-    return ["--socket-path", socketPath, "--shared-dir", sharedDir, "--cache", "never", "--sandbox", "namespace", ...(readOnly ? ["--readonly"] : [])];
+    return [
+      "--socket-path",
+      socketPath,
+      "--shared-dir",
+      sharedDir,
+      "--cache",
+      "never",
+      "--sandbox",
+      "namespace",
+      ...(readOnly ? ["--readonly"] : []),
+    ];
   }
   return [`--socket-path=${socketPath}`, "-o", `source=${sharedDir}`, "-o", "cache=none", "-o", "sandbox=namespace"];
 }
@@ -83,14 +93,19 @@ export async function startVirtiofsd(options: VirtiofsdOptions): Promise<Virtiof
   try {
     flavour = options.flavour ?? (await detectVirtiofsd(binary));
   } catch (err) {
-    throw new WorkerError("FAILED_PRECONDITION", `virtiofsd binary not found: ${binary} (install qemu-system-common or the virtiofsd release)`, { cause: err });
+    throw new WorkerError(
+      "FAILED_PRECONDITION",
+      `virtiofsd binary not found: ${binary} (install qemu-system-common or the virtiofsd release)`,
+      { cause: err },
+    );
   }
   if (readOnly && !flavour.readOnlyFlag) {
     // QEMU's C virtiofsd (and old Rust ones) cannot export read-only, and a guest can remount its
     // side rw: a share that must be read-only is not started at all.
     throw new WorkerError(
       "FAILED_PRECONDITION",
-      `virtiofsd ${binary} (${flavour.style === "c" ? "QEMU's C daemon" : "a Rust build without --readonly"}) cannot export a share read-only; ` +
+      `virtiofsd ${binary} (${flavour.style === "c" ? "QEMU's C daemon" : "a Rust build without --readonly"}) ` +
+        "cannot export a share read-only; " +
         "install the Rust virtiofsd (1.13 or later has --readonly) to share secrets on this backend",
     );
   }
@@ -109,7 +124,10 @@ export async function startVirtiofsd(options: VirtiofsdOptions): Promise<Virtiof
     if (gone) throw new WorkerError("INTERNAL", `virtiofsd failed to start: ${(await exited).description}`);
     if (Date.now() > deadline) {
       await handle.kill();
-      throw new WorkerError("DEADLINE_EXCEEDED", `virtiofsd did not create ${basename(socketPath)} within ${options.readyTimeoutMs ?? 5000} ms`);
+      throw new WorkerError(
+        "DEADLINE_EXCEEDED",
+        `virtiofsd did not create ${basename(socketPath)} within ${options.readyTimeoutMs ?? 5000} ms`,
+      );
     }
     await new Promise((resolve) => setTimeout(resolve, 10));
   }

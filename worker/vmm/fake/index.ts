@@ -60,7 +60,8 @@ export interface FakeBackendOptions {
 type GuestState = "booting" | "running" | "paused" | "exited";
 
 /** The backend's options each guest needs, defaults applied. */
-type GuestOptions = Required<Pick<FakeBackendOptions, "bootDelayMs" | "acpiDelayMs" | "bootReadBytes">> & Pick<FakeBackendOptions, "console">;
+type GuestOptions = Required<Pick<FakeBackendOptions, "bootDelayMs" | "acpiDelayMs" | "bootReadBytes">> &
+  Pick<FakeBackendOptions, "console">;
 
 /** The fake machine: a process table that outlives any backend instance. */
 export class FakeVmmHost {
@@ -93,7 +94,9 @@ export class FakeVmmHost {
 
   /** The VMM of this VM id, the newest if there were several. */
   byId(vmId: string): FakeVm | undefined {
-    return this.all().filter((vm) => vm.spec.id === vmId).at(-1);
+    return this.all()
+      .filter((vm) => vm.spec.id === vmId)
+      .at(-1);
   }
 
   /** Resolves with the next VMM spawned that matches (or one already spawned that does). */
@@ -293,7 +296,12 @@ class FakeHandle implements VmmHandle {
         if (!vm.spec.dataDisk) throw failedPrecondition("the VM has no data disk to fail; create it with dataDiskBytes > 0");
         const active = [...vm.diskErrors.keys()][0];
         if (active) throw failedPrecondition(`disk fault ${active} is already active; clear it first`);
-        vm.diskErrors.set(faultId, { op: rule.op, errno: rule.errno, afterOps: rule.afterOps, probabilityPercent: rule.probabilityPercent });
+        vm.diskErrors.set(faultId, {
+          op: rule.op,
+          errno: rule.errno,
+          afterOps: rule.afterOps,
+          probabilityPercent: rule.probabilityPercent,
+        });
       };
       this.clearDiskErrors = async (faultId) => void vm.diskErrors.delete(faultId);
     }
@@ -308,7 +316,10 @@ class FakeHandle implements VmmHandle {
     if (faults.resetFaults !== false) {
       this.resetFaults = async () => {
         this.alive();
-        const removed = [...[...vm.diskErrors.keys()].map((id) => `disk-errors:${id}`), ...[...vm.netDelays.keys()].map((id) => `net-delay:${id}`)];
+        const removed = [
+          ...[...vm.diskErrors.keys()].map((id) => `disk-errors:${id}`),
+          ...[...vm.netDelays.keys()].map((id) => `net-delay:${id}`),
+        ];
         vm.diskErrors.clear();
         vm.netDelays.clear();
         return removed;

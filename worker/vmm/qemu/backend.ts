@@ -16,7 +16,15 @@ import type {
   VmmProcessRecord,
 } from "../../ports/index.js";
 import { isOurProcess, killStrayProcesses, processExe, tailLines } from "../../process/proc.js";
-import { adoptSupervised, describeExit, findExecutable, keepAlive, spawnSupervised, type ProcessEnd, type Supervised } from "../../process/supervisor.js";
+import {
+  adoptSupervised,
+  describeExit,
+  findExecutable,
+  keepAlive,
+  spawnSupervised,
+  type ProcessEnd,
+  type Supervised,
+} from "../../process/supervisor.js";
 import { hostTscKhz, type Accelerator } from "../accel.js";
 import { handOverBootFiles, workerSidePath } from "../boot-files.js";
 import { DATA_DEVICE, DATA_FILE_NODE, DATA_NODE, DiskFaults } from "./disk-faults.js";
@@ -70,17 +78,30 @@ export function qemuArgv(
 ): string[] {
   const argv = [
     // The process name shows in /proc/<pid>/comm and cmdline: how an operator spots whose VMM it is.
-    "-name", `pcr-${optionValue(spec.id)},process=pcr-${optionValue(spec.id)}`,
-    "-M", "microvm,acpi=on,rtc=on,pcie=off",
-    "-accel", options.accel,
-    "-cpu", options.cpuModel ?? defaultCpuModel(options.accel),
-    "-smp", String(spec.cpu),
-    "-m", `${Math.ceil(spec.memoryBytes / (1024 * 1024))}M`,
-    "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-    "-kernel", spec.kernel,
+    "-name",
+    `pcr-${optionValue(spec.id)},process=pcr-${optionValue(spec.id)}`,
+    "-M",
+    "microvm,acpi=on,rtc=on,pcie=off",
+    "-accel",
+    options.accel,
+    "-cpu",
+    options.cpuModel ?? defaultCpuModel(options.accel),
+    "-smp",
+    String(spec.cpu),
+    "-m",
+    `${Math.ceil(spec.memoryBytes / (1024 * 1024))}M`,
+    "-nodefaults",
+    "-no-user-config",
+    "-display",
+    "none",
+    "-no-reboot",
+    "-kernel",
+    spec.kernel,
     ...(spec.initrd ? ["-initrd", spec.initrd] : []),
-    "-append", spec.cmdline,
-    "-device", "virtio-rng-device",
+    "-append",
+    spec.cmdline,
+    "-device",
+    "virtio-rng-device",
   ];
   if (spec.consolePath) {
     // append=on: QEMU never truncates a console the core already holds lines of, and O_APPEND keeps
@@ -91,28 +112,37 @@ export function qemuArgv(
   }
   if (spec.image) {
     argv.push(
-      "-drive", `id=root,file=${optionValue(spec.image)},format=raw,if=none,readonly=on`,
-      "-device", "virtio-blk-device,drive=root",
+      "-drive",
+      `id=root,file=${optionValue(spec.image)},format=raw,if=none,readonly=on`,
+      "-device",
+      "virtio-blk-device,drive=root",
     );
   }
   if (spec.dataDisk) {
     // Format node over a file node, so a blkdebug filter can be slid between them at runtime.
     argv.push(
-      "-blockdev", `driver=file,node-name=${DATA_FILE_NODE},filename=${optionValue(spec.dataDisk.path)}`,
-      "-blockdev", `driver=raw,node-name=${DATA_NODE},file=${DATA_FILE_NODE}`,
-      "-device", `virtio-blk-device,drive=${DATA_NODE},id=${DATA_DEVICE}`,
+      "-blockdev",
+      `driver=file,node-name=${DATA_FILE_NODE},filename=${optionValue(spec.dataDisk.path)}`,
+      "-blockdev",
+      `driver=raw,node-name=${DATA_NODE},file=${DATA_FILE_NODE}`,
+      "-device",
+      `virtio-blk-device,drive=${DATA_NODE},id=${DATA_DEVICE}`,
     );
   }
   if (spec.net) {
     argv.push(
-      "-netdev", `tap,id=${NETDEV_ID},ifname=${optionValue(spec.net.tap)},script=no,downscript=no`,
-      "-device", `virtio-net-device,netdev=${NETDEV_ID},mac=${spec.net.mac}`,
+      "-netdev",
+      `tap,id=${NETDEV_ID},ifname=${optionValue(spec.net.tap)},script=no,downscript=no`,
+      "-device",
+      `virtio-net-device,netdev=${NETDEV_ID},mac=${spec.net.mac}`,
     );
   }
   if (spec.share) {
     argv.push(
-      "-fsdev", `local,id=share,path=${optionValue(spec.share.hostDir)},security_model=none,readonly=on`,
-      "-device", `virtio-9p-device,fsdev=share,mount_tag=${optionValue(spec.share.tag)}`,
+      "-fsdev",
+      `local,id=share,path=${optionValue(spec.share.hostDir)},security_model=none,readonly=on`,
+      "-device",
+      `virtio-9p-device,fsdev=share,mount_tag=${optionValue(spec.share.tag)}`,
     );
   }
   if (options.qmpSocket) argv.push("-qmp", `unix:${optionValue(options.qmpSocket)},server=on,wait=off`);
@@ -232,7 +262,9 @@ async function createDataDisk(path: string, bytes: number, log: Logger): Promise
     }
   } catch (err) {
     await file.close();
-    await unlink(path).catch((cleanup: Error) => log.warn({ path, err: cleanup.message }, "cannot remove the data disk of a failed create"));
+    await unlink(path).catch((cleanup: Error) =>
+      log.warn({ path, err: cleanup.message }, "cannot remove the data disk of a failed create"),
+    );
     throw err;
   }
   await file.close();
@@ -267,7 +299,10 @@ async function describeQemuExit(end: ProcessEnd, logPath: string, shutdownReason
   const code = !end.known && !signal && shutdownReason ? 0 : end.code;
   if (signal === "SIGKILL") return { code, signal, description: "killed by SIGKILL" };
   if (code === 0 && !signal) {
-    const why = shutdownReason === "guest-reset" ? "the guest rebooted, which -no-reboot turns into an exit (a kernel panic does that)" : "guest powered off";
+    const why =
+      shutdownReason === "guest-reset"
+        ? "the guest rebooted, which -no-reboot turns into an exit (a kernel panic does that)"
+        : "guest powered off";
     return { code, signal, description: `exited with code 0 (${why})` };
   }
   const tail = (await tailLines(logPath, 3)).join(" | ");
@@ -395,7 +430,8 @@ class QemuHandle implements VmmHandle {
     } finally {
       // Left at "reset", the next reboot of the guest would not end the VM.
       await this.execute("set-action", { reboot: "shutdown" }).catch((err: Error) => {
-        if (!this.exitValue) this.log.warn({ err: err.message }, "cannot restore -no-reboot after the reset fault: a guest reboot will not end this VM");
+        if (!this.exitValue)
+          this.log.warn({ err: err.message }, "cannot restore -no-reboot after the reset fault: a guest reboot will not end this VM");
       });
     }
   }
@@ -441,31 +477,35 @@ class QemuHandle implements VmmHandle {
   }
 
   stop(graceMs: number): Promise<VmmExit> {
-    this.stopping ??= keepAlive((async () => {
-      if (this.exitValue) return this.exitValue;
-      try {
-        await this.control.execute("system_powerdown");
-      } catch (err) {
-        this.log.debug({ err: (err as Error).message }, "system_powerdown failed; killing");
+    this.stopping ??= keepAlive(
+      (async () => {
+        if (this.exitValue) return this.exitValue;
+        try {
+          await this.control.execute("system_powerdown");
+        } catch (err) {
+          this.log.debug({ err: (err as Error).message }, "system_powerdown failed; killing");
+          return this.kill();
+        }
+        let timer: NodeJS.Timeout | undefined;
+        const graceOver = new Promise<"grace over">((resolve) => (timer = setTimeout(() => resolve("grace over"), graceMs)));
+        const first = await Promise.race([this.exited, graceOver]);
+        clearTimeout(timer);
+        if (first !== "grace over") return first;
+        this.log.info({ graceMs }, "guest did not power off in time; killing");
         return this.kill();
-      }
-      let timer: NodeJS.Timeout | undefined;
-      const graceOver = new Promise<"grace over">((resolve) => (timer = setTimeout(() => resolve("grace over"), graceMs)));
-      const first = await Promise.race([this.exited, graceOver]);
-      clearTimeout(timer);
-      if (first !== "grace over") return first;
-      this.log.info({ graceMs }, "guest did not power off in time; killing");
-      return this.kill();
-    })());
+      })(),
+    );
     return this.stopping;
   }
 
   kill(): Promise<VmmExit> {
-    this.killing ??= keepAlive((async () => {
-      if (this.exitValue) return this.exitValue;
-      await this.vmm.kill();
-      return this.exited;
-    })());
+    this.killing ??= keepAlive(
+      (async () => {
+        if (this.exitValue) return this.exitValue;
+        await this.vmm.kill();
+        return this.exited;
+      })(),
+    );
     return this.killing;
   }
 

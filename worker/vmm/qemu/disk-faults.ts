@@ -46,7 +46,8 @@ export function blkdebugRules(faultId: string, rule: DiskErrorRule, diskBytes: n
   const blocks = Math.floor(diskBytes / BLOCK_BYTES);
   const tooMany = () =>
     invalidArgument(
-      `${rule.probabilityPercent}% of the data disk's ${blocks} blocks is about ${Math.round((blocks * rule.probabilityPercent) / 100)} bad blocks, ` +
+      `${rule.probabilityPercent}% of the data disk's ${blocks} blocks ` +
+        `is about ${Math.round((blocks * rule.probabilityPercent) / 100)} bad blocks, ` +
         `above the ${MAX_BAD_BLOCKS} this supports; lower the probability or the disk size`,
     );
   // Refuse what is surely too many before any work; otherwise jump from bad block to bad block
@@ -80,7 +81,10 @@ export class DiskFaults {
 
   async inject(faultId: string, rule: DiskErrorRule): Promise<void> {
     if (this.active) throw failedPrecondition(`disk fault ${this.active.faultId} is already active; clear it first`);
-    const nodes = (await this.execute("query-named-block-nodes", { flat: true })) as { "node-name": string; image: { "virtual-size": number } }[];
+    const nodes = (await this.execute("query-named-block-nodes", { flat: true })) as {
+      "node-name": string;
+      image: { "virtual-size": number };
+    }[];
     const data = nodes.find((node) => node["node-name"] === DATA_NODE);
     if (!data) throw failedPrecondition("the VM has no data disk to fail; create it with dataDiskBytes > 0");
     const rules = blkdebugRules(faultId, rule, data.image["virtual-size"]);
@@ -101,7 +105,9 @@ export class DiskFaults {
       const ops = await this.ops(rule.op).catch(() => undefined);
       if (this.active !== active) return;
       if (ops !== undefined && ops - baseline >= rule.afterOps) {
-        await this.insert(active, rules).catch((err) => this.log.error({ faultId, err: (err as Error).message }, "disk fault insert failed"));
+        await this.insert(active, rules).catch((err) =>
+          this.log.error({ faultId, err: (err as Error).message }, "disk fault insert failed"),
+        );
         return;
       }
       active.poll = setTimeout(() => void poll(), AFTER_OPS_POLL_MS);
@@ -137,7 +143,10 @@ export class DiskFaults {
       await this.execute("blockdev-reopen", { options: [{ driver: "raw", "node-name": DATA_NODE, file: active.node }] });
     } catch (err) {
       await this.execute("blockdev-del", { "node-name": active.node }).catch((cleanup: Error) =>
-        this.log.warn({ faultId: active.faultId, node: active.node, err: cleanup.message }, "cannot delete the blkdebug node of a failed insert"),
+        this.log.warn(
+          { faultId: active.faultId, node: active.node, err: cleanup.message },
+          "cannot delete the blkdebug node of a failed insert",
+        ),
       );
       throw err;
     }

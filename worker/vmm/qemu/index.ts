@@ -19,7 +19,11 @@ export const backend = {
   },
   detect({ binary, kvm }) {
     if (!binary.found) return { usable: false, accel: "tcg", why: binary.reason };
-    return { usable: true, accel: kvm.usable ? "kvm" : "tcg", why: `runs here with ${kvm.usable ? "KVM" : "TCG (software emulation: slow)"}` };
+    return {
+      usable: true,
+      accel: kvm.usable ? "kvm" : "tcg",
+      why: `runs here with ${kvm.usable ? "KVM" : "TCG (software emulation: slow)"}`,
+    };
   },
   async create({ binaries, accel, logger }) {
     const { createQemuBackend } = await import("./backend.js");

@@ -18,7 +18,12 @@ const MAX_PACKET = 65536 + 4;
 /** As netem's `limit` (1000 packets by default): past it, packets are dropped, not queued. */
 export const MAX_HELD_PACKETS = 1000;
 const MAX_HELD_BYTES = 16 * 1024 * 1024;
-const DELAY_IDS = { outChardev: "pcr-delay-out", inChardev: "pcr-delay-in", outFilter: "pcr-delay-steal", inFilter: "pcr-delay-inject" } as const;
+const DELAY_IDS = {
+  outChardev: "pcr-delay-out",
+  inChardev: "pcr-delay-in",
+  outFilter: "pcr-delay-steal",
+  inFilter: "pcr-delay-inject",
+} as const;
 
 interface Active {
   faultId: string;
@@ -107,12 +112,24 @@ export class QemuNetDelay {
       const outConnected = this.listen(active, outPath, (socket) => (active.out = socket));
       const inConnected = this.listen(active, inPath, (socket) => (active.into = socket));
       await Promise.all([outConnected.listening, inConnected.listening]);
-      for (const [id, path] of [[ids.outChardev, outPath], [ids.inChardev, inPath]] as const) {
-        await this.execute("chardev-add", { id, backend: { type: "socket", data: { addr: { type: "unix", data: { path } }, server: false } } });
+      for (const [id, path] of [
+        [ids.outChardev, outPath],
+        [ids.inChardev, inPath],
+      ] as const) {
+        await this.execute("chardev-add", {
+          id,
+          backend: { type: "socket", data: { addr: { type: "unix", data: { path } }, server: false } },
+        });
       }
       await Promise.all([outConnected.connected, inConnected.connected]);
       // The injecting filter first, so that it sits after the stealing one on the path to the guest.
-      await this.execute("object-add", { "qom-type": "filter-redirector", id: ids.inFilter, netdev: NETDEV_ID, queue: "tx", indev: ids.inChardev });
+      await this.execute("object-add", {
+        "qom-type": "filter-redirector",
+        id: ids.inFilter,
+        netdev: NETDEV_ID,
+        queue: "tx",
+        indev: ids.inChardev,
+      });
       await this.execute("object-add", {
         "qom-type": "filter-redirector",
         id: ids.outFilter,
@@ -150,7 +167,8 @@ export class QemuNetDelay {
 
   private hold(active: Active, packet: Buffer, ms: number, jitterMs: number): void {
     if (!active.held.add(packet)) {
-      if (active.held.dropped === 1) this.log.warn({ faultId: active.faultId, limit: MAX_HELD_PACKETS }, "delay queue full: dropping packets");
+      if (active.held.dropped === 1)
+        this.log.warn({ faultId: active.faultId, limit: MAX_HELD_PACKETS }, "delay queue full: dropping packets");
       return;
     }
     const due = Math.max(Date.now() + ms + (jitterMs ? (Math.random() * 2 - 1) * jitterMs : 0), active.lastDueMs);
@@ -169,7 +187,10 @@ export class QemuNetDelay {
     const quietly = (command: string, args: Record<string, unknown>) =>
       this.execute(command, args).catch((err: unknown) => {
         const gone = err instanceof WorkerError && err.code === "FAILED_PRECONDITION";
-        this.log[gone ? "debug" : "warn"]({ faultId: active.faultId, command, err: err instanceof Error ? err.message : String(err) }, "network delay teardown step failed");
+        this.log[gone ? "debug" : "warn"](
+          { faultId: active.faultId, command, err: err instanceof Error ? err.message : String(err) },
+          "network delay teardown step failed",
+        );
       });
     await quietly("object-del", { id: ids.outFilter }); // stop stealing first
     for (const timer of active.timers) clearTimeout(timer);
@@ -198,7 +219,13 @@ export class QemuNetDelay {
       ["chardev-remove", DELAY_IDS.outChardev],
       ["chardev-remove", DELAY_IDS.inChardev],
     ] as const) {
-      if (await execute(command, { id }).then(() => true, () => false)) removed.push(`qemu:${id}`);
+      if (
+        await execute(command, { id }).then(
+          () => true,
+          () => false,
+        )
+      )
+        removed.push(`qemu:${id}`);
     }
     return removed;
   }
@@ -220,7 +247,9 @@ export class QemuNetDelay {
           server.listen(path, () => resolve());
         }),
     );
-    const timeout = new Promise<never>((_, reject) => setTimeout(() => reject(new Error("QEMU did not connect to the delay socket")), 5_000).unref());
+    const timeout = new Promise<never>((_, reject) =>
+      setTimeout(() => reject(new Error("QEMU did not connect to the delay socket")), 5_000).unref(),
+    );
     return { listening, connected: Promise.race([connected, timeout]) };
   }
 }

@@ -103,7 +103,7 @@ export class QmpClient extends EventEmitter<QmpClientEvents> {
         reject(new QmpConnectionError(`QMP ${command}: no reply within ${timeoutMs} ms`));
       }, timeoutMs);
       this.pending.set(id, { resolve: resolve as (value: unknown) => void, reject, timer, command });
-      this.socket.write(JSON.stringify(args ? { execute: command, arguments: args, id } : { execute: command, id }) + "\n");
+      this.socket.write(`${JSON.stringify(args ? { execute: command, arguments: args, id } : { execute: command, id })}\n`);
     });
   }
 
@@ -147,8 +147,7 @@ export class QmpClient extends EventEmitter<QmpClientEvents> {
 
   private onData(chunk: string): void {
     this.buffer += chunk;
-    let newline: number;
-    while ((newline = this.buffer.indexOf("\n")) >= 0) {
+    for (let newline = this.buffer.indexOf("\n"); newline >= 0; newline = this.buffer.indexOf("\n")) {
       const line = this.buffer.slice(0, newline).trim();
       this.buffer = this.buffer.slice(newline + 1);
       if (line) this.onMessage(line);
