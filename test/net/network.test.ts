@@ -47,10 +47,35 @@ describe("network adapter in a namespace", { skip }, () => {
 
   test("bad allowedDomains are rejected before anything is made", async () => {
     const before = await world.nftJson(["list", "ruleset"]);
-    const denied = [["169.254.169.254"], ["0.0.0.0/0"], ["127.0.0.1"], ["224.0.0.251"], ["10.213.0.1"], [UPLINK_IP], ["198.18.0.0/24"], [RESOLVER]];
-    for (const bad of [["*.example.com"], ["exa mple.com"], ["-x.test"], ["10.0.0.300"], ["10.0.0.0/33"], ["::1"], ["host:443"], ...denied]) {
-      assert.throws(() => network.validateAllowedDomains(bad), (err: unknown) => err instanceof WorkerError && err.code === "INVALID_ARGUMENT", bad[0]);
-      await assert.rejects(network.attach("vm-bad0000001", bad), (err: unknown) => err instanceof WorkerError && err.code === "INVALID_ARGUMENT");
+    const denied = [
+      ["169.254.169.254"],
+      ["0.0.0.0/0"],
+      ["127.0.0.1"],
+      ["224.0.0.251"],
+      ["10.213.0.1"],
+      [UPLINK_IP],
+      ["198.18.0.0/24"],
+      [RESOLVER],
+    ];
+    for (const bad of [
+      ["*.example.com"],
+      ["exa mple.com"],
+      ["-x.test"],
+      ["10.0.0.300"],
+      ["10.0.0.0/33"],
+      ["::1"],
+      ["host:443"],
+      ...denied,
+    ]) {
+      assert.throws(
+        () => network.validateAllowedDomains(bad),
+        (err: unknown) => err instanceof WorkerError && err.code === "INVALID_ARGUMENT",
+        bad[0],
+      );
+      await assert.rejects(
+        network.attach("vm-bad0000001", bad),
+        (err: unknown) => err instanceof WorkerError && err.code === "INVALID_ARGUMENT",
+      );
     }
     assert.deepEqual(await world.nftJson(["list", "ruleset"]), before);
     assert.ok(!(await world.linkNames()).includes("pcr-bad0000001"));
@@ -116,13 +141,26 @@ describe("network adapter in a namespace", { skip }, () => {
   });
 
   test("a DNS answer in a denied range (cloud metadata, the host itself) never enters the allow set", async () => {
-    await world.setHosts({ "allowed.test": ALLOWED_IP, "denied.test": DENIED_IP, "metadata.test": "169.254.169.254", "self.test": UPLINK_IP });
+    await world.setHosts({
+      "allowed.test": ALLOWED_IP,
+      "denied.test": DENIED_IP,
+      "metadata.test": "169.254.169.254",
+      "self.test": UPLINK_IP,
+    });
     world.reloadDns();
     try {
       // The resolver really answers those names before the VM asks, or the test proves nothing.
       const resolve = world.resolver();
-      for (const [name, address] of [["metadata.test", "169.254.169.254"], ["self.test", UPLINK_IP]] as const) {
-        await waitFor(`${name} resolving`, 10_000, async () => ((await resolve(name)).some((answer) => answer.address === address) ? true : undefined), 100);
+      for (const [name, address] of [
+        ["metadata.test", "169.254.169.254"],
+        ["self.test", UPLINK_IP],
+      ] as const) {
+        await waitFor(
+          `${name} resolving`,
+          10_000,
+          async () => ((await resolve(name)).some((answer) => answer.address === address) ? true : undefined),
+          100,
+        );
       }
       await network.attach("vm-n000000001", ["allowed.test", "metadata.test", "self.test"]);
       assert.deepEqual(setAddresses(await world.nftJson(["list", "set", "inet", "procurator", "allow_vm-n000000001"])), [ALLOWED_IP]);
@@ -178,7 +216,8 @@ describe("network adapter in a namespace", { skip }, () => {
     await restarted.init([{ vmId: "vm-k000000001", net: kept, allowedDomains: ["allowed.test"] }]);
     const rules2 = withoutHandles(await world.nftJson(["list", "ruleset"]));
     // Element expiry counts down, so compare without it.
-    const noExpiry = (value: unknown) => JSON.parse(JSON.stringify(value), (key, inner: unknown) => (key === "expires" ? undefined : inner));
+    const noExpiry = (value: unknown) =>
+      JSON.parse(JSON.stringify(value), (key, inner: unknown) => (key === "expires" ? undefined : inner));
     assert.deepEqual(noExpiry(rules2), noExpiry(rules1));
 
     // The lease file survived: a new VM gets another address; a just-released one cools down first.

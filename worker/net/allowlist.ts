@@ -147,13 +147,16 @@ export class DomainFollower {
     private readonly log: Logger,
   ) {}
 
-  /** Resolves every domain once (awaited), then keeps them fresh. */
-  async start(vmId: string, domains: string[]): Promise<void> {
+  /**
+   * Resolves every domain once (awaited), then keeps them fresh. The first answers go to `first`
+   * when given (the attach puts them into the transaction that makes the VM's set), later ones to publish.
+   */
+  async start(vmId: string, domains: string[], first: Publish = this.publish): Promise<void> {
     this.stop(vmId);
     if (domains.length === 0) return;
     const timers = new Map<string, NodeJS.Timeout>();
     this.timers.set(vmId, timers);
-    await Promise.all(domains.map((domain) => this.refresh(vmId, domain, timers)));
+    await Promise.all(domains.map((domain) => this.refresh(vmId, domain, timers, first)));
   }
 
   stop(vmId: string): void {
@@ -166,7 +169,7 @@ export class DomainFollower {
   }
 
   /** `timers` identifies one start(): a refresh that outlived stop() or a newer start() ends. */
-  private async refresh(vmId: string, domain: string, timers: Map<string, NodeJS.Timeout>): Promise<void> {
+  private async refresh(vmId: string, domain: string, timers: Map<string, NodeJS.Timeout>, publish: Publish = this.publish): Promise<void> {
     const current = () => this.timers.get(vmId) === timers;
     let nextSeconds = this.policy.minSeconds;
     try {
@@ -176,7 +179,10 @@ export class DomainFollower {
       nextSeconds = clamp(ttl, this.policy.minSeconds, this.policy.maxSeconds);
       if (!current()) return;
       const timeoutSeconds = nextSeconds + this.policy.slackSeconds;
-      await this.publish(vmId, answers.map((answer) => ({ address: answer.address, timeoutSeconds })));
+      await publish(
+        vmId,
+        answers.map((answer) => ({ address: answer.address, timeoutSeconds })),
+      );
       this.log.debug({ vmId, domain, addresses: answers.map((answer) => answer.address), nextSeconds }, "allowed domain resolved");
     } catch (err) {
       this.log.warn({ vmId, domain, err: (err as Error).message }, "resolving an allowed domain failed; retrying");

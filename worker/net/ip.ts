@@ -1,7 +1,7 @@
 // The bridge and the per-VM TAPs, through iproute2. Several link changes go through one
 // `ip -batch -` so a TAP costs one process, not four.
 import { createHash } from "node:crypto";
-import type { Runner } from "./run.js";
+import type { RunResult, Runner } from "./run.js";
 
 export const TAP_PREFIX = "pcr-";
 
@@ -22,6 +22,11 @@ interface LinkInfo {
 export class IpLinks {
   constructor(private readonly run: Runner) {}
 
+  /** `ip -batch -` with these lines: one process for all of them. */
+  private batch(lines: string[]): Promise<RunResult> {
+    return this.run("ip", ["-batch", "-"], `${lines.join("\n")}\n`);
+  }
+
   private async ip(args: string[], input?: string): Promise<string> {
     const result = await this.run("ip", args, input);
     if (result.exitCode !== 0) throw new Error(`ip ${args.join(" ")} failed: ${result.stderr.trim()}`);
@@ -41,19 +46,29 @@ export class IpLinks {
   /** Bridge with the gateway address, up. Idempotent. */
   async ensureBridge(bridge: string, gatewayCidr: string): Promise<void> {
     if (!(await this.exists(bridge))) await this.ip(["link", "add", "name", bridge, "type", "bridge"]);
-    await this.ip(["-batch", "-"], [`addr replace ${gatewayCidr} dev ${bridge}`, `link set dev ${bridge} up`].join("\n") + "\n");
+    const lines = [`addr replace ${gatewayCidr} dev ${bridge}`, `link set dev ${bridge} up`];
+    const result = await this.batch(lines);
+    if (result.exitCode !== 0) throw new Error(`ip -batch (${lines.join("; ")}) failed: ${result.stderr.trim()}`);
   }
 
-  /** TAP attached to the bridge, isolated from the other ports, up. Idempotent. */
-  async ensureTap(tap: string, bridge: string): Promise<void> {
-    const lines = [
+  /**
+   * TAP attached to the bridge, isolated from the other ports, up. Idempotent. One process when
+   * `likelyNew` guesses right (a new VM's TAP does not exist, a recovered VM's does): the batch
+   * stops at its first failing line, so a wrong guess changed nothing and is redone after a look.
+   */
+  async ensureTap(tap: string, bridge: string, likelyNew = true): Promise<void> {
+    const create = `tuntap add dev ${tap} mode tap`;
+    const setUp = [
       `link set dev ${tap} master ${bridge}`,
       // Isolated ports cannot talk to each other at L2; the bridge table also drops it.
       `link set dev ${tap} type bridge_slave isolated on`,
       `link set dev ${tap} up`,
     ];
-    if (!(await this.exists(tap))) lines.unshift(`tuntap add dev ${tap} mode tap`);
-    await this.ip(["-batch", "-"], lines.join("\n") + "\n");
+    const guessed = await this.batch(likelyNew ? [create, ...setUp] : setUp);
+    if (guessed.exitCode === 0) return;
+    const lines = (await this.exists(tap)) ? setUp : [create, ...setUp];
+    const result = await this.batch(lines);
+    if (result.exitCode !== 0) throw new Error(`ip -batch (${lines.join("; ")}) failed: ${result.stderr.trim()}`);
   }
 
   /** Deletes the link; a missing one is fine. */
@@ -68,7 +83,9 @@ export class IpLinks {
   async ownAddresses(): Promise<string[]> {
     const text = await this.ip(["-j", "-4", "addr", "show"]);
     const links = JSON.parse(text || "[]") as { addr_info?: { family?: string; local?: string }[] }[];
-    return links.flatMap((link) => (link.addr_info ?? []).filter((info) => info.family === "inet" && info.local).map((info) => info.local!));
+    return links.flatMap((link) =>
+      (link.addr_info ?? []).filter((info) => info.family === "inet" && info.local).map((info) => info.local!),
+    );
   }
 
   async sysctl(key: string, value: string): Promise<void> {

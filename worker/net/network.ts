@@ -4,12 +4,33 @@ import { readFile } from "node:fs/promises";
 import type { Logger } from "pino";
 import { failedPrecondition, internal, invalidArgument, notFound } from "../core/errors.js";
 import type { NetCounters, NetworkPort, VmNetwork } from "../ports/index.js";
-import { type Answer, DEFAULT_DENY_CIDRS, DEFAULT_REFRESH, DenyList, DomainFollower, dnsResolver, parseAllowlist, isIpv4, type RefreshPolicy, type ResolveFn } from "./allowlist.js";
+import {
+  type Answer,
+  DEFAULT_DENY_CIDRS,
+  DEFAULT_REFRESH,
+  DenyList,
+  DomainFollower,
+  dnsResolver,
+  parseAllowlist,
+  isIpv4,
+  type RefreshPolicy,
+  type ResolveFn,
+} from "./allowlist.js";
 import { DnsProxyProcess } from "./dns-proxy-process.js";
 import { IpLinks, TAP_PREFIX, tapName } from "./ip.js";
 import { formatCidr, gatewayOf, Ipam, macForIp, parseCidr, type Subnet } from "./ipam.js";
-import { type LayoutConfig, names, rebuildCommands, refreshAllowCommands, TABLE, vmAddCommands, vmIdOf, vmRemoveCommands, type VmRules } from "./layout.js";
-import { Nft, removeStaleTransactionFiles } from "./nft.js";
+import {
+  type LayoutConfig,
+  names,
+  rebuildCommands,
+  refreshAllowCommands,
+  TABLE,
+  vmAddCommands,
+  vmIdOf,
+  vmRemoveCommands,
+  type VmRules,
+} from "./layout.js";
+import { type Command, Nft, removeStaleTransactionFiles } from "./nft.js";
 import { createRunner, type Runner } from "./run.js";
 
 export interface NetworkOptions {
@@ -31,7 +52,10 @@ export interface NetworkOptions {
   logger: Logger;
   /** TCP ports on the host that guests may connect to (besides DNS to the resolver). */
   hostAllowedPorts?: number[];
-  /** Ranges no VM may reach (literal entries refused, DNS answers dropped); DEFAULT_DENY_CIDRS by default. The host's own addresses are always added. */
+  /**
+   * Ranges no VM may reach (literal entries refused, DNS answers dropped); DEFAULT_DENY_CIDRS by
+   * default. The host's own addresses are always added.
+   */
   denyCidrs?: string[];
   /** How long a released address stays unused (ADDRESS_COOLDOWN_MS by default). */
   addressCooldownMs?: number;
@@ -83,8 +107,10 @@ class Network implements NetworkPort {
 
   constructor(private readonly options: NetworkOptions) {
     const subnet = parseCidr(options.subnet);
-    if (!subnet || subnet.prefixLength > 30) throw invalidArgument(`network subnet "${options.subnet}" is not an IPv4 CIDR of /30 or larger`);
-    if (options.bridge.length > 15 || !/^[A-Za-z0-9_.-]+$/.test(options.bridge)) throw invalidArgument(`bad bridge name "${options.bridge}"`);
+    if (!subnet || subnet.prefixLength > 30)
+      throw invalidArgument(`network subnet "${options.subnet}" is not an IPv4 CIDR of /30 or larger`);
+    if (options.bridge.length > 15 || !/^[A-Za-z0-9_.-]+$/.test(options.bridge))
+      throw invalidArgument(`bad bridge name "${options.bridge}"`);
     this.subnet = subnet;
     this.gateway = gatewayOf(subnet);
     this.deny = new DenyList(options.denyCidrs ?? DEFAULT_DENY_CIDRS);
@@ -135,7 +161,9 @@ class Network implements NetworkPort {
       throw invalidArgument(`allowedDomains has names (${parsed.domains[0]}), but this worker has no DNS resolver configured`);
     }
     if (parsed.domains.length > 0 && this.dnsProxyDown) {
-      throw failedPrecondition(`allowedDomains has names (${parsed.domains[0]}), but the worker's DNS proxy is not serving: ${this.dnsProxyDown}`);
+      throw failedPrecondition(
+        `allowedDomains has names (${parsed.domains[0]}), but the worker's DNS proxy is not serving: ${this.dnsProxyDown}`,
+      );
     }
   }
 
@@ -163,14 +191,19 @@ class Network implements NetworkPort {
         this.log.error({ vmId, err: (err as Error).message }, "stored allowedDomains are invalid; the VM keeps no egress");
       }
       await ipam.adopt(vmId, net.ip);
-      await this.links.ensureTap(net.tap, this.options.bridge);
+      await this.links.ensureTap(net.tap, this.options.bridge, false);
       const rules: VmRules = { vmId, tap: net.tap, ip: net.ip, mac: net.mac, cidrs: parsed.cidrs };
       this.attached.set(vmId, { net, rules, domains: new Set(parsed.domains), expiries: new Map() });
       this.dnsProxy?.allow(net.ip, parsed.domains);
       keep.push({ vmId, domains: parsed.domains });
     }
     // One transaction: both tables deleted and rebuilt, so nothing is duplicated or briefly open.
-    await this.nft.apply(rebuildCommands(this.layout, [...this.attached.values()].map((entry) => entry.rules)));
+    await this.nft.apply(
+      rebuildCommands(
+        this.layout,
+        [...this.attached.values()].map((entry) => entry.rules),
+      ),
+    );
     await Promise.all(keep.map(({ vmId, domains }) => this.follower.start(vmId, domains)));
     this.log.info({ bridge: this.options.bridge, subnet: this.layout.subnet, vms: existing.length }, "network ready");
   }
@@ -198,7 +231,9 @@ class Network implements NetworkPort {
       this.uplinkForwarding = false;
       await this.ensureUplinkForwarding();
     } else {
-      this.log.warn("no uplink named: IPv4 forwarding is enabled host-wide; name one with --uplink to keep it to the bridge and the uplink");
+      this.log.warn(
+        "no uplink named: IPv4 forwarding is enabled host-wide; name one with --uplink to keep it to the bridge and the uplink",
+      );
       await this.links.sysctl("net.ipv4.ip_forward", "1");
     }
     await this.links.sysctl(`net.ipv4.conf.${bridge}.arp_ignore`, "1");
@@ -210,7 +245,8 @@ class Network implements NetworkPort {
     const { uplink } = this.options;
     if (!uplink || this.uplinkForwarding) return;
     if (!(await this.links.exists(uplink))) {
-      if (!this.uplinkMissingLogged) this.log.warn({ uplink }, "the uplink does not exist (yet): guests' egress is not forwarded until it does");
+      if (!this.uplinkMissingLogged)
+        this.log.warn({ uplink }, "the uplink does not exist (yet): guests' egress is not forwarded until it does");
       this.uplinkMissingLogged = true;
       return;
     }
@@ -220,7 +256,8 @@ class Network implements NetworkPort {
 
   async attach(vmId: string, allowedDomains: string[]): Promise<VmNetwork> {
     if (!VM_ID.test(vmId)) throw invalidArgument(`bad vm id "${vmId}"`);
-    await (this.ready ??= this.rebuild([]));
+    this.ready ??= this.rebuild([]);
+    await this.ready;
     this.validateAllowedDomains(allowedDomains);
     const allowlist = parseAllowlist(allowedDomains, this.deny);
     await this.ensureUplinkForwarding();
@@ -237,16 +274,26 @@ class Network implements NetworkPort {
       dns: this.gateway,
     };
     const rules: VmRules = { vmId, tap: net.tap, ip, mac: net.mac, cidrs: allowlist.cidrs };
-    try {
-      // Rules first, then the TAP: the port is guarded from its first frame.
-      await this.nft.apply(vmAddCommands(this.layout, rules));
-      this.attached.set(vmId, { net, rules, domains: new Set(allowlist.domains), expiries: new Map() });
+    const entry: Attached = { net, rules, domains: new Set(allowlist.domains), expiries: new Map() };
+    // Each process costs ~10 ms, so an attach is two, side by side: one nft transaction (the VM's
+    // objects and its names' first addresses) and one ip batch (the TAP). The TAP may come up
+    // before its rules: the bridge drops every frame of a port its map does not know.
+    const rulesReady = async () => {
+      const first: { address: string; timeoutSeconds: number }[] = [];
+      await this.follower.start(vmId, allowlist.domains, async (_vmId, addresses) => void first.push(...addresses));
+      await this.nft.apply([...vmAddCommands(this.layout, rules), ...this.allowCommands(entry, first)]);
+      this.attached.set(vmId, entry);
       this.dnsProxy?.allow(ip, allowlist.domains);
-      await this.links.ensureTap(net.tap, this.options.bridge);
-      await this.follower.start(vmId, allowlist.domains);
-    } catch (err) {
-      await this.detach(vmId).catch((undoErr: unknown) => this.log.error({ vmId, err: (undoErr as Error).message }, "undoing attach failed"));
-      throw internal(`attaching the network of ${vmId} failed: ${(err as Error).message}`, err);
+    };
+    const outcomes = await Promise.allSettled([rulesReady(), this.links.ensureTap(net.tap, this.options.bridge)]);
+    const failed = outcomes.find((outcome) => outcome.status === "rejected");
+    if (failed) {
+      // Both have ended, so the undo races neither.
+      await this.detach(vmId).catch((undoErr: unknown) =>
+        this.log.error({ vmId, err: (undoErr as Error).message }, "undoing attach failed"),
+      );
+      const err = failed.reason as Error;
+      throw internal(`attaching the network of ${vmId} failed: ${err.message}`, err);
     }
     this.log.info({ vmId, ip, tap: net.tap, domains: allowlist.domains.length, cidrs: allowlist.cidrs.length }, "network attached");
     return net;
@@ -259,8 +306,9 @@ class Network implements NetworkPort {
     const tap = entry?.net.tap ?? tapName(vmId);
     const ip = entry?.net.ip ?? ipam.get(vmId);
     await this.removeRules({ vmId, tap, ip }, entry !== undefined);
-    await this.links.remove(tap);
-    if (ip) await this.forgetFlows(vmId, ip);
+    // With its rules gone, the bridge drops whatever the port still sends: no flow starts after
+    // the flush, so the TAP and the flows go side by side.
+    await Promise.all([this.links.remove(tap), ip ? this.forgetFlows(vmId, ip) : undefined]);
     if (ip) this.dnsProxy?.forget(ip);
     await ipam.release(vmId);
     this.attached.delete(vmId);
@@ -268,11 +316,16 @@ class Network implements NetworkPort {
 
   /** Deletes the connection-tracking entries of an address, so no flow of this VM reaches the next one to get it. */
   private async forgetFlows(vmId: string, ip: string): Promise<void> {
-    const results = await Promise.all(["--orig-src", "--orig-dst"].map((direction) => this.run("conntrack", ["-D", "-f", "ipv4", direction, ip])));
+    const results = await Promise.all(
+      ["--orig-src", "--orig-dst"].map((direction) => this.run("conntrack", ["-D", "-f", "ipv4", direction, ip])),
+    );
     // Exit 1 with "0 flow entries" is the common case: nothing to delete.
     const failed = results.find((result) => result.exitCode !== 0 && !/0 flow entries/.test(result.stderr));
     if (failed) {
-      this.log.warn({ vmId, ip, err: failed.stderr.trim() || `exit ${failed.exitCode}` }, "flushing the address's conntrack entries failed (the address still cools down before reuse)");
+      this.log.warn(
+        { vmId, ip, err: failed.stderr.trim() || `exit ${failed.exitCode}` },
+        "flushing the address's conntrack entries failed (the address still cools down before reuse)",
+      );
     }
   }
 
@@ -328,6 +381,13 @@ class Network implements NetworkPort {
   private async publish(vmId: string, addresses: { address: string; timeoutSeconds: number }[]): Promise<void> {
     const entry = this.attached.get(vmId);
     if (!entry) return;
+    const commands = this.allowCommands(entry, addresses);
+    if (this.attached.has(vmId)) await this.nft.apply(commands);
+  }
+
+  /** The commands that (re-)add addresses to a VM's allow set, noting their expiries; denied ones are left out. */
+  private allowCommands(entry: Attached, addresses: { address: string; timeoutSeconds: number }[]): Command[] {
+    const { vmId } = entry.rules;
     const now = Date.now();
     const merged = new Map<string, number>();
     for (const { address, timeoutSeconds } of addresses) {
@@ -342,8 +402,10 @@ class Network implements NetworkPort {
       merged.set(address, seconds);
     }
     for (const [address, seconds] of merged) entry.expiries.set(address, now + seconds * 1000);
-    const commands = refreshAllowCommands(vmId, [...merged].map(([address, timeoutSeconds]) => ({ address, timeoutSeconds })));
-    if (this.attached.has(vmId)) await this.nft.apply(commands);
+    return refreshAllowCommands(
+      vmId,
+      [...merged].map(([address, timeoutSeconds]) => ({ address, timeoutSeconds })),
+    );
   }
 
   /**
@@ -353,7 +415,7 @@ class Network implements NetworkPort {
    */
   private async publishAnswer(vmIp: string, name: string, answers: Answer[]): Promise<string[]> {
     const entry = [...this.attached.values()].find((candidate) => candidate.net.ip === vmIp);
-    if (!entry || !entry.domains.has(name)) {
+    if (!entry?.domains.has(name)) {
       this.log.warn({ vmIp, name }, "the DNS proxy asked to open addresses for a name this VM may not resolve; refused");
       return [];
     }
@@ -401,10 +463,13 @@ class Network implements NetworkPort {
     const n = names(vmId);
     const keyFor = async (family: string, map: string, target: string) => {
       const objects = await this.nft.list(["map", family, TABLE, map]).catch(() => []);
-      const elems = ((objects[0]?.map as { elem?: [string, Record<string, { target: string }>][] })?.elem ?? []);
+      const elems = (objects[0]?.map as { elem?: [string, Record<string, { target: string }>][] })?.elem ?? [];
       return elems.find(([, verdict]) => Object.values(verdict)[0]?.target === target)?.[0];
     };
-    return { ip: await keyFor("inet", "egress", n.egress) ?? (await keyFor("inet", "deny", n.deny)), tap: await keyFor("bridge", "ports", n.guard) };
+    return {
+      ip: (await keyFor("inet", "egress", n.egress)) ?? (await keyFor("inet", "deny", n.deny)),
+      tap: await keyFor("bridge", "ports", n.guard),
+    };
   }
 
   /** Drop counters of every VM (inet + bridge table), from one `nft list counters`, cached briefly. */
@@ -457,4 +522,3 @@ class Network implements NetworkPort {
     return counters;
   }
 }
-

@@ -66,7 +66,10 @@ export interface MapSpec extends SetSpec {
   map: "verdict";
 }
 
-export type Element = string | { elem: { val: string | { prefix: { addr: string; len: number } }; timeout: number } } | { prefix: { addr: string; len: number } };
+export type Element =
+  | string
+  | { elem: { val: string | { prefix: { addr: string; len: number } }; timeout: number } }
+  | { prefix: { addr: string; len: number } };
 export type MapElement = [string, Verdict];
 
 export interface ElementSpec extends TableRef {

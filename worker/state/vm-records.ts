@@ -3,7 +3,7 @@
 // at the same offsets, disk use stays bounded and offsets stay monotonic for readers, until the
 // VMM creates the file again (Cloud Hypervisor does on a guest reboot): then reading starts over.
 import { execFile } from "node:child_process";
-import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { type FileHandle, mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import type { ConsoleStore, RecordRepo, VmRecord } from "../ports/index.js";
@@ -13,6 +13,8 @@ export class FileRecordRepo implements RecordRepo, ConsoleStore {
   /** Console start offsets, read from disk once per VM and kept here: `read` runs often. */
   private readonly consoleStarts = new Map<string, number>();
   private saves = 0;
+  /** VMs whose vm.json name is on disk (its directory synced after the first rename, or found at start). */
+  private readonly durable = new Set<string>();
 
   constructor(stateDir: string) {
     this.vmsDir = join(stateDir, "vms");
@@ -59,17 +61,23 @@ export class FileRecordRepo implements RecordRepo, ConsoleStore {
       await file.close();
     }
     await rename(temp, path);
-    // The rename itself must reach the disk too, or a power loss could bring back the old record.
+    // The first rename must reach the disk too (a directory fsync), or a power loss could leave the
+    // VM with no record at all. A later one replaces a complete record with a complete one: a power
+    // loss may at worst bring back the previous status, which recovery treats like any other (and
+    // after a power loss no VMM is left to adopt). That fsync was a third of each save's cost.
+    if (this.durable.has(record.id)) return;
     const dir = await open(this.vmDir(record.id), "r");
     try {
       await dir.sync();
     } finally {
       await dir.close();
     }
+    this.durable.add(record.id);
   }
 
   async remove(id: string): Promise<void> {
     this.consoleStarts.delete(id);
+    this.durable.delete(id);
     // Retries: a save racing the delete may add a temp file while rm walks the directory.
     await rm(this.vmDir(id), { recursive: true, force: true, maxRetries: 3 });
   }
@@ -84,6 +92,7 @@ export class FileRecordRepo implements RecordRepo, ConsoleStore {
       }
       try {
         records.push(JSON.parse(await readFile(join(this.vmDir(id), "vm.json"), "utf8")) as VmRecord);
+        this.durable.add(id);
       } catch {
         unreadable.push(id);
       }
@@ -111,7 +120,7 @@ export class FileRecordRepo implements RecordRepo, ConsoleStore {
    * at the file's start, and nextOffset says so.
    */
   async readConsole(id: string, offset: bigint, maxBytes: number): Promise<{ data: Uint8Array; nextOffset: bigint }> {
-    let file;
+    let file: FileHandle;
     try {
       file = await open(this.consolePath(id), "r");
     } catch {
