@@ -272,7 +272,8 @@ async function inside(): Promise<void> {
     const cell = (text: string, width: number) => text.padStart(width);
     const line = (label: string, samples: number[], base = spawnBase) =>
       console.log(
-        `| ${label.padEnd(44)} | ${cell(p50(samples).toFixed(1), 7)} | ${cell(p99(samples).toFixed(1), 7)} | ${cell((p50(samples) / base).toFixed(2), 6)}x |`,
+        `| ${label.padEnd(44)} | ${cell(p50(samples).toFixed(1), 7)} | ${cell(p99(samples).toFixed(1), 7)} ` +
+          `| ${cell((p50(samples) / base).toFixed(2), 6)}x |`,
       );
     console.log(
       `Worker cost per VM on the fake backend, ${RUNS} runs each, ${PAUSE_MS} ms pause after each call, node ${process.version}, ` +
@@ -290,7 +291,8 @@ async function inside(): Promise<void> {
 
     const split = (title: string, rows: [string, number[], number[]][]) => {
       console.log(
-        `\n| ${title.padEnd(44)} | ${"seq p50".padStart(7)} | ${"seq p99".padStart(7)} | ${`${CONCURRENCY}x p50`.padStart(7)} | ${`${CONCURRENCY}x p99`.padStart(7)} |`,
+        `\n| ${title.padEnd(44)} | ${"seq p50".padStart(7)} | ${"seq p99".padStart(7)} ` +
+          `| ${`${CONCURRENCY}x p50`.padStart(7)} | ${`${CONCURRENCY}x p99`.padStart(7)} |`,
       );
       for (const [label, seq, conc] of rows) {
         console.log(
