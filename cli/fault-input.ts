@@ -1,5 +1,6 @@
 // Turning inject-fault flags into a FaultInput; the worker validates the values themselves.
 import { type ActiveFault, type DiskOp, FAULT_KINDS, type FaultInput } from "../worker/core/api.js";
+import { textTable } from "./format.js";
 import { printable } from "./terminal.js";
 import { invalidArgument } from "../worker/core/errors.js";
 
@@ -63,13 +64,5 @@ export function formatFaultTable(faults: ActiveFault[]): string {
     printable(f.description),
   ]);
   const header = ["FAULT", "KIND", "EXPIRES IN", "DESCRIPTION"];
-  const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => row[column]!.length)));
-  return [header, ...rows]
-    .map((row) =>
-      row
-        .map((cell, column) => cell.padEnd(widths[column]!))
-        .join("  ")
-        .trimEnd(),
-    )
-    .join("\n");
+  return textTable(header, rows);
 }

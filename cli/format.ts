@@ -39,6 +39,11 @@ export function formatVmTable(vms: VmView[]): string {
     vm.uptimeMs > 0n ? duration(vm.uptimeMs) : "-",
     vm.failure ? printable(vm.failure).slice(0, 80) : "",
   ]);
+  return textTable(header, rows);
+}
+
+/** Columns padded to their widest cell, two spaces apart, no trailing blanks. */
+export function textTable(header: string[], rows: string[][]): string {
   const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => row[column]!.length)));
   return [header, ...rows]
     .map((row) =>
