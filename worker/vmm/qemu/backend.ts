@@ -242,7 +242,7 @@ export function createQemuBackend(options: QemuBackendOptions): VmmBackend {
 /** What to install when the binary is missing. */
 const INSTALL_HINT = "install qemu-system-x86";
 
-class ExitedFirst extends Error {}
+export class ExitedFirst extends Error {}
 
 /**
  * A fresh data disk with its blocks reserved now: a host without room fails this create, never a
@@ -270,24 +270,36 @@ async function createDataDisk(path: string, bytes: number, log: Logger): Promise
   await file.close();
 }
 
-/** Connects to QEMU's QMP socket, retrying while QEMU has not created it yet. */
-async function connectWhileAlive(path: string, exit: Promise<unknown>, timeoutMs: number): Promise<QmpClient> {
+/**
+ * Connects to QEMU's QMP socket, retrying while QEMU has not created it yet. A QEMU that dies at
+ * start may do so with our connection in its backlog (the connect is reset): while the process
+ * is going away, every failure is retried, so the end is reported as ExitedFirst with its reason.
+ */
+export async function connectWhileAlive(
+  path: string,
+  exit: Promise<unknown>,
+  timeoutMs: number,
+  connect: (path: string, timeoutMs: number) => Promise<QmpClient> = (at, ms) => QmpClient.connect(at, ms),
+): Promise<QmpClient> {
   let exited = false;
   void exit.then(() => (exited = true));
   const deadline = performance.now() + timeoutMs;
   for (let attempt = 0; ; attempt++) {
     if (exited) throw new ExitedFirst("exited");
     try {
-      return await QmpClient.connect(path, Math.max(100, deadline - performance.now()));
+      return await connect(path, Math.max(100, deadline - performance.now()));
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      const retryable = code === "ENOENT" || code === "ECONNREFUSED" || err instanceof QmpConnectionError;
+      const retryable = RETRYABLE_CONNECT.has(code ?? "") || err instanceof QmpConnectionError;
       if (!retryable || performance.now() > deadline) throw err;
     }
     // QEMU creates the socket within tens of milliseconds: short polls, no long sleeps.
     await Promise.race([new Promise((resolve) => setTimeout(resolve, attempt < 50 ? 5 : 20)), exit]);
   }
 }
+
+/** Not there yet (ENOENT, ECONNREFUSED), its backlog full (EAGAIN), or it died with us in it (ECONNRESET, EPIPE). */
+const RETRYABLE_CONNECT = new Set(["ENOENT", "ECONNREFUSED", "EAGAIN", "ECONNRESET", "EPIPE"]);
 
 /**
  * `shutdownReason` is from QMP's last SHUTDOWN event: QEMU exits 0 for a power-off and a reset
