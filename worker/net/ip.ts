@@ -1,7 +1,8 @@
-// The bridge and the per-VM TAPs, through iproute2. Several link changes go through one
-// `ip -batch -` so a TAP costs one process, not four.
+// The bridge and the per-VM TAPs, through iproute2. Link changes go as batches to one long-lived
+// `ip -batch -` (session.ts), so a TAP costs a write, not four processes.
 import { createHash } from "node:crypto";
 import type { RunResult, Runner } from "./run.js";
+import type { ToolSession } from "./session.js";
 
 export const TAP_PREFIX = "pcr-";
 
@@ -20,11 +21,17 @@ interface LinkInfo {
 }
 
 export class IpLinks {
-  constructor(private readonly run: Runner) {}
+  constructor(
+    private readonly run: Runner,
+    /** A long-lived `ip -force -batch -` (session.ts): link changes then cost no process at all. */
+    private readonly session?: ToolSession,
+  ) {}
 
-  /** `ip -batch -` with these lines: one process for all of them. */
-  private batch(lines: string[]): Promise<RunResult> {
-    return this.run("ip", ["-batch", "-"], `${lines.join("\n")}\n`);
+  /** These lines as one batch: `ip -batch -` stops at a failing line, the session goes on (-force). */
+  private async batch(lines: string[]): Promise<RunResult> {
+    if (!this.session) return this.run("ip", ["-batch", "-"], `${lines.join("\n")}\n`);
+    const result = await this.session.request(lines);
+    return { exitCode: result.failed ? 1 : 0, stdout: "", stderr: result.stderr };
   }
 
   private async ip(args: string[], input?: string): Promise<string> {
@@ -52,9 +59,9 @@ export class IpLinks {
   }
 
   /**
-   * TAP attached to the bridge, isolated from the other ports, up. Idempotent. One process when
-   * `likelyNew` guesses right (a new VM's TAP does not exist, a recovered VM's does): the batch
-   * stops at its first failing line, so a wrong guess changed nothing and is redone after a look.
+   * TAP attached to the bridge, isolated from the other ports, up. Idempotent. One batch when
+   * `likelyNew` guesses right (a new VM's TAP does not exist, a recovered VM's does); after a
+   * wrong guess every line is idempotent, so the batch is redone after a look.
    */
   async ensureTap(tap: string, bridge: string, likelyNew = true): Promise<void> {
     const create = `tuntap add dev ${tap} mode tap`;
@@ -73,7 +80,7 @@ export class IpLinks {
 
   /** Deletes the link; a missing one is fine. */
   async remove(name: string): Promise<void> {
-    const result = await this.run("ip", ["link", "delete", "dev", name]);
+    const result = await this.batch([`link delete dev ${name}`]);
     if (result.exitCode !== 0 && !/Cannot find device|does not exist/.test(result.stderr)) {
       throw new Error(`ip link delete ${name} failed: ${result.stderr.trim()}`);
     }

@@ -32,6 +32,7 @@ import {
 } from "./layout.js";
 import { type Command, Nft, removeStaleTransactionFiles } from "./nft.js";
 import { createRunner, type Runner } from "./run.js";
+import { IP_SESSION, NFT_SESSION, ToolSession } from "./session.js";
 
 export interface NetworkOptions {
   bridge: string;
@@ -84,6 +85,8 @@ export function createNetwork(options: NetworkOptions): NetworkPort {
 class Network implements NetworkPort {
   private readonly run: Runner;
   private readonly nft: Nft;
+  private readonly nftSession: ToolSession;
+  private readonly ipSession: ToolSession;
   private readonly links: IpLinks;
   private readonly subnet: Subnet;
   private readonly gateway: string;
@@ -119,8 +122,10 @@ class Network implements NetworkPort {
     if (options.resolver) this.deny.add([options.resolver]);
     this.log = options.logger.child({ component: "network" });
     this.run = options.runner ?? createRunner({ netns: options.netns });
-    this.nft = new Nft(this.run);
-    this.links = new IpLinks(this.run);
+    this.nftSession = new ToolSession(NFT_SESSION, { netns: options.netns });
+    this.ipSession = new ToolSession(IP_SESSION, { netns: options.netns });
+    this.nft = new Nft(this.run, this.nftSession);
+    this.links = new IpLinks(this.run, this.ipSession);
     this.layout = {
       bridge: options.bridge,
       subnet: formatCidr(subnet),
@@ -275,7 +280,7 @@ class Network implements NetworkPort {
     };
     const rules: VmRules = { vmId, tap: net.tap, ip, mac: net.mac, cidrs: allowlist.cidrs };
     const entry: Attached = { net, rules, domains: new Set(allowlist.domains), expiries: new Map() };
-    // Each process costs ~10 ms, so an attach is two, side by side: one nft transaction (the VM's
+    // Two requests, side by side, to the long-lived nft and ip: one nft transaction (the VM's
     // objects and its names' first addresses) and one ip batch (the TAP). The TAP may come up
     // before its rules: the bridge drops every frame of a port its map does not know.
     const rulesReady = async () => {
@@ -372,6 +377,8 @@ class Network implements NetworkPort {
   async close(): Promise<void> {
     // VMs may outlive the worker, so their network stays; only the DNS timers and proxy stop.
     this.follower.stopAll();
+    this.nftSession.close();
+    this.ipSession.close();
     await this.dnsProxy?.close();
   }
 

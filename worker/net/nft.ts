@@ -1,10 +1,12 @@
 // Typed subset of the nftables JSON schema (libnftables-json(5)) that the worker writes, plus
-// the applier: every change is one `nft -j -f <file>` transaction, so it applies whole or not at all.
+// the applier: every change is one transaction (a line to a long-lived `nft -j -i`, or `nft -j -f
+// <file>`), so it applies whole or not at all.
 import { randomBytes } from "node:crypto";
 import { readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Runner } from "./run.js";
+import type { ToolSession } from "./session.js";
 
 export type Family = "inet" | "ip" | "bridge" | "netdev";
 
@@ -121,15 +123,29 @@ export class NftError extends Error {
   }
 }
 
+/** Above this, a transaction goes through a file: `nft -i` reads its input a byte per read(2). */
+const MAX_SESSION_LINE = 16 * 1024;
+
 export class Nft {
-  constructor(private readonly run: Runner) {}
+  constructor(
+    private readonly run: Runner,
+    /** A long-lived `nft -j -i` (session.ts) for transactions of a few kilobytes, such as one VM's. */
+    private readonly session?: ToolSession,
+  ) {}
 
   /** Applies the commands as one atomic transaction. */
   async apply(commands: Command[]): Promise<void> {
     if (commands.length === 0) return;
+    const json = JSON.stringify({ nftables: commands });
+    if (this.session && json.length <= MAX_SESSION_LINE) {
+      const result = await this.session.request([json]);
+      if (result.failed)
+        throw new NftError(`nft transaction of ${commands.length} commands failed: ${firstLine(result.stderr)}`, result.stderr);
+      return;
+    }
     // Through a file: nft opens /dev/stdin, which fails on the socket Node gives a child as stdin.
     const file = join(tmpdir(), `pcr-nft-${process.pid}-${randomBytes(6).toString("hex")}.json`);
-    await writeFile(file, JSON.stringify({ nftables: commands }), { mode: 0o600 });
+    await writeFile(file, json, { mode: 0o600 });
     const result = await this.run("nft", ["-j", "-f", file]).finally(() => rm(file, { force: true }));
     if (result.exitCode !== 0) {
       throw new NftError(`nft transaction of ${commands.length} commands failed: ${firstLine(result.stderr)}`, result.stderr);
