@@ -14,9 +14,9 @@ import { startHttp } from "./observability/http.js";
 import { instrument } from "./observability/instrument.js";
 import { WorkerMetrics } from "./observability/metrics.js";
 import { startRpcServer } from "./rpc/server.js";
-import { TmpfsSecrets } from "./secrets/tmpfs.js";
-import { FileRecordRepo } from "./state/vm-records.js";
-import { NixStore } from "./store/nix.js";
+import { createTmpfsSecrets } from "./secrets/tmpfs.js";
+import { createFileRecords } from "./state/vm-records.js";
+import { createNixStore } from "./store/nix.js";
 import { checkBackends, selectBackend } from "./vmm/registry.js";
 
 async function run(config: WorkerConfig): Promise<void> {
@@ -25,11 +25,10 @@ async function run(config: WorkerConfig): Promise<void> {
   await mkdir(config.runtimeDir, { recursive: true, mode: 0o755 });
 
   const backend = await selectBackend(config, logger);
-  const records = new FileRecordRepo(config.stateDir);
-  await records.init();
-  const secrets = new TmpfsSecrets(join(config.runtimeDir, "secrets"), logger, config.secretsTmpfsBytes);
-  await secrets.init();
-  const store = new NixStore({ cacheUrl: config.cacheUrl, trustedKeys: config.trustedKeys, logger });
+  // Every adapter is built by its create<Adapter>(options); those that prepare the host are async.
+  const records = await createFileRecords({ stateDir: config.stateDir });
+  const secrets = await createTmpfsSecrets({ root: join(config.runtimeDir, "secrets"), logger, sizeBytes: config.secretsTmpfsBytes });
+  const store = createNixStore({ cacheUrl: config.cacheUrl, trustedKeys: config.trustedKeys, logger });
   const network = config.network
     ? createNetwork({
         bridge: config.bridge,
@@ -83,7 +82,7 @@ async function run(config: WorkerConfig): Promise<void> {
   await service.recover();
 
   const sampler = setInterval(() => {
-    void service.sampleAllCounters().catch(() => undefined);
+    void service.sampleAllCounters().catch((err: unknown) => logger.warn({ err: (err as Error).message }, "sampling counters failed"));
     void service.trimConsoles();
   }, config.counterIntervalMs);
   sampler.unref();

@@ -23,10 +23,10 @@ import { WorkerService } from "../../worker/core/service.js";
 import { createNetwork } from "../../worker/net/network.js";
 import { createRunner } from "../../worker/net/run.js";
 import type { ConsoleStore, NetworkPort, RecordRepo, SecretsPort, StorePort } from "../../worker/ports/index.js";
-import { TmpfsSecrets } from "../../worker/secrets/tmpfs.js";
-import { FileRecordRepo } from "../../worker/state/vm-records.js";
-import { NixStore } from "../../worker/store/nix.js";
-import { FakeBackend } from "../../worker/vmm/fake/index.js";
+import { createTmpfsSecrets } from "../../worker/secrets/tmpfs.js";
+import { createFileRecords } from "../../worker/state/vm-records.js";
+import { createNixStore } from "../../worker/store/nix.js";
+import { createFakeBackend } from "../../worker/vmm/fake/index.js";
 import { FakeNetwork, FakeSecrets, FakeStore, LIMITS, MemoryRecordRepo, TIMEOUTS } from "../../test/core/fakes.js";
 import { createNetns, deleteNetns } from "../../test/helpers/netns.js";
 import { testGuest } from "../../test/helpers/repo.js";
@@ -140,7 +140,7 @@ interface Ports {
 
 function service(ports: Ports, logger: Logger, strayRoots: string[]): WorkerService {
   return new WorkerService({
-    backend: new FakeBackend(),
+    backend: createFakeBackend(),
     ...ports,
     consoles: ports.records,
     logger,
@@ -230,10 +230,8 @@ async function inside(): Promise<void> {
     await cycles(fake, fakeInput, secrets, 10, 1);
     const fakeCore = await cycles(fake, fakeInput, secrets, RUNS, 1);
 
-    const records = new FileRecordRepo(join(dir, "state"));
-    await records.init();
-    const tmpfs = new TmpfsSecrets(secretsRoot, quiet);
-    await tmpfs.init();
+    const records = await createFileRecords({ stateDir: join(dir, "state") });
+    const tmpfs = await createTmpfsSecrets({ root: secretsRoot, logger: quiet });
     network = createNetwork({
       bridge: "pcrbr0",
       subnet: "10.213.0.0/16",
@@ -246,7 +244,7 @@ async function inside(): Promise<void> {
     const real = service(
       {
         network: times.wrap(network, "network"),
-        store: times.wrap(new NixStore({ trustedKeys: [], logger: quiet }), "store"),
+        store: times.wrap(createNixStore({ trustedKeys: [], logger: quiet }), "store"),
         secrets: times.wrap(tmpfs, "secrets"),
         records: times.wrap(records, "records"),
       },

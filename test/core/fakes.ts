@@ -19,7 +19,7 @@ import type {
   StorePort,
   VmNetwork,
 } from "../../worker/ports/index.js";
-import { FakeBackend, FakeVmmHost, type FakeBackendOptions } from "../../worker/vmm/fake/index.js";
+import { createFakeBackend, type FakeBackend, FakeVmmHost, type FakeBackendOptions } from "../../worker/vmm/fake/index.js";
 
 /** Makes a port's next calls of one method fail; every fake below has one. */
 export class Failures {
@@ -359,7 +359,7 @@ export class World {
   }
 
   private newBackend(): FakeBackend {
-    return new FakeBackend({ console: this.records.appendConsole, ...this.options.backend, host: this.host });
+    return createFakeBackend({ console: this.records.appendConsole, ...this.options.backend, host: this.host });
   }
 
   private newService(): WorkerService {

@@ -11,8 +11,8 @@ import { failedPrecondition, WorkerError } from "../../worker/core/errors.js";
 import type { VmRecord } from "../../worker/ports/index.js";
 import { WorkerService } from "../../worker/core/service.js";
 import type { VmNetwork } from "../../worker/ports/index.js";
-import { FileRecordRepo } from "../../worker/state/vm-records.js";
-import { FakeBackend, FakeVmmHost } from "../../worker/vmm/fake/index.js";
+import { createFileRecords } from "../../worker/state/vm-records.js";
+import { createFakeBackend, FakeVmmHost } from "../../worker/vmm/fake/index.js";
 import { specHash, validateSpec } from "../../worker/core/spec.js";
 import { rejectsWith } from "../helpers/errors.js";
 import { FakeNetwork, FakeSecrets, FakeStore, LIMITS, specInput, TIMEOUTS, until, utf8, World } from "./fakes.js";
@@ -459,16 +459,15 @@ test("restart: a record of another backend is not adopted: failed, its VMM kille
   await rejectsWith(w.service.injectFault(id, { kind: "pause" }), "FAILED_PRECONDITION", /is failed/);
 });
 
-test("restart over real records on disk (FileRecordRepo): the same adoption, and the directory ends empty", async (t) => {
+test("restart over real records on disk (createFileRecords): the same adoption, and the directory ends empty", async (t) => {
   const stateDir = await mkdtemp(join(tmpdir(), "pcr-core-records-"));
   t.after(() => rm(stateDir, { recursive: true, force: true }));
   const host = new FakeVmmHost();
   const network = new FakeNetwork();
   const secrets = new FakeSecrets();
   const start = async () => {
-    const records = new FileRecordRepo(stateDir);
-    await records.init();
-    const backend = new FakeBackend({ host });
+    const records = await createFileRecords({ stateDir });
+    const backend = createFakeBackend({ host });
     const service = new WorkerService({
       backend,
       network,

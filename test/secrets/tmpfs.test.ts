@@ -8,18 +8,18 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import pino from "pino";
 import { WorkerError } from "../../worker/core/errors.js";
-import { TmpfsSecrets } from "../../worker/secrets/tmpfs.js";
+import type { SecretsPort } from "../../worker/ports/index.js";
+import { createTmpfsSecrets } from "../../worker/secrets/tmpfs.js";
 
 const logger = pino({ level: "silent" });
 
-describe("TmpfsSecrets.wipe", { skip: process.getuid?.() !== 0 ? "needs root to mount tmpfs" : false }, () => {
+describe("tmpfs secrets: wipe", { skip: process.getuid?.() !== 0 ? "needs root to mount tmpfs" : false }, () => {
   let base: string;
-  let secrets: TmpfsSecrets;
+  let secrets: SecretsPort;
 
   before(async () => {
     base = await mkdtemp(join(tmpdir(), "pcr-secrets-"));
-    secrets = new TmpfsSecrets(join(base, "secrets"), logger);
-    await secrets.init();
+    secrets = await createTmpfsSecrets({ root: join(base, "secrets"), logger });
   });
 
   after(async () => {
@@ -38,8 +38,7 @@ describe("TmpfsSecrets.wipe", { skip: process.getuid?.() !== 0 ? "needs root to 
   });
 
   test("secrets that do not fit are RESOURCE_EXHAUSTED and leave no directory", async () => {
-    const small = new TmpfsSecrets(join(base, "small"), logger, 64 * 1024);
-    await small.init();
+    const small = await createTmpfsSecrets({ root: join(base, "small"), logger, sizeBytes: 64 * 1024 });
     try {
       await assert.rejects(
         small.write("vm-big", [

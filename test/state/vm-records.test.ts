@@ -1,10 +1,10 @@
-// FileRecordRepo on a real filesystem: atomic records and the bounded console.
+// The file record repo (createFileRecords) on a real filesystem: atomic records and the bounded console.
 import assert from "node:assert/strict";
 import { appendFile, mkdtemp, readdir, rm, stat, truncate, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { FileRecordRepo } from "../../worker/state/vm-records.js";
+import { createFileRecords } from "../../worker/state/vm-records.js";
 
 const base = await mkdtemp(join(tmpdir(), "pcr-records-"));
 after(() => rm(base, { recursive: true, force: true }));
@@ -12,8 +12,7 @@ after(() => rm(base, { recursive: true, force: true }));
 test(
   "records are saved atomically and loaded back; a torn record is reported, not fatal; " + "a crashed save's temp file is removed",
   async () => {
-    const repo = new FileRecordRepo(base);
-    await repo.init();
+    const repo = await createFileRecords({ stateDir: base });
     await repo.createDir("vm-a");
     const record = { id: "vm-a", status: "running", secretNames: [] } as unknown as Parameters<typeof repo.save>[0];
     await repo.save(record);
@@ -33,8 +32,7 @@ test(
 );
 
 test("the console is bounded: old bytes are dropped, disk use stays bounded, offsets stay monotonic", async () => {
-  const repo = new FileRecordRepo(base);
-  await repo.init();
+  const repo = await createFileRecords({ stateDir: base });
   await repo.createDir("vm-c");
   const path = repo.consolePath("vm-c");
   const line = (n: number) => `line ${String(n).padStart(6, "0")}\n`; // 12 bytes
@@ -72,8 +70,7 @@ test("the console is bounded: old bytes are dropped, disk use stays bounded, off
 });
 
 test("a console file that shrinks (Cloud Hypervisor creates it again on a guest reboot) is read from its new start", async () => {
-  const repo = new FileRecordRepo(base);
-  await repo.init();
+  const repo = await createFileRecords({ stateDir: base });
   await repo.createDir("vm-s");
   const path = repo.consolePath("vm-s");
   // A long first boot, trimmed so that the kept bytes start far into the file.
@@ -97,6 +94,6 @@ test("a console file that shrinks (Cloud Hypervisor creates it again on a guest 
   assert.deepEqual(await repo.readConsole("vm-s", 12n, 4096), { data: new Uint8Array(0), nextOffset: 0n }, "start over at 0");
   // A restarted worker reads the same (the start offset it keeps on disk was put back).
   await appendFile(path, "third\n");
-  const fresh = new FileRecordRepo(base);
+  const fresh = await createFileRecords({ stateDir: base });
   assert.equal(Buffer.from(await fresh.readConsoleTail("vm-s", 4096)).toString(), "third\n");
 });

@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import pino from "pino";
-import { NixStore } from "../../worker/store/nix.js";
+import { createNixStore } from "../../worker/store/nix.js";
 import { rejectsWith } from "../helpers/errors.js";
 
 const logger = pino({ level: "silent" });
@@ -18,12 +18,12 @@ async function addToStore(dir: string): Promise<string> {
   return (await execa("nix-store", ["--add", dir])).stdout.trim();
 }
 
-describe("NixStore.openBootFile", { skip }, () => {
+describe("Nix store: openBootFile", { skip }, () => {
   let scratch: string;
   let hostSecret: string;
   let path: string;
   let other: string;
-  const store = new NixStore({ trustedKeys: [], logger });
+  const store = createNixStore({ trustedKeys: [], logger });
 
   before(async () => {
     scratch = await mkdtemp(join(tmpdir(), "pcr-store-"));

@@ -1,6 +1,6 @@
 // The VMM contract (conformance.ts) on the in-memory fake backend: always runs, in milliseconds.
 import { failedPrecondition } from "../../worker/core/errors.js";
-import { FakeBackend, FakeVmmHost } from "../../worker/vmm/fake/index.js";
+import { createFakeBackend, type FakeBackend, FakeVmmHost } from "../../worker/vmm/fake/index.js";
 import { vmmConformance } from "./conformance.js";
 
 // One machine for every backend instance the suite builds: a second instance is a restarted worker.
@@ -9,7 +9,7 @@ const host = new FakeVmmHost();
 vmmConformance({
   name: "fake",
   skip: false,
-  backend: async () => new FakeBackend({ host }),
+  backend: async () => createFakeBackend({ host }),
   spec: (_backend, id) => ({
     id,
     vmDir: `/fake/conformance/${id}`,

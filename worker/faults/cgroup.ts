@@ -9,6 +9,7 @@ import { mkdir, readdir, readFile, rmdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { failedPrecondition } from "../core/errors.js";
 import type { CpuThrottlePort } from "../ports/index.js";
+import { ifMissing } from "../missing.js";
 
 const PERIOD_US = 100_000;
 const PARENT = "procurator-faults";
@@ -20,7 +21,7 @@ interface Mount {
 }
 
 async function mounts(mountinfo = "/proc/self/mountinfo"): Promise<Mount[]> {
-  const text = await readFile(mountinfo, "utf8").catch(() => "");
+  const text = await ifMissing(readFile(mountinfo, "utf8"), "");
   return text
     .split("\n")
     .filter(Boolean)
@@ -44,7 +45,7 @@ export async function cgroup1CpuMount(mountinfo?: string): Promise<string | unde
 /** Why cgroup v2 cpu.max cannot work under root, or undefined when it can. */
 export async function cpuThrottleUnavailable(root: string | undefined): Promise<string | undefined> {
   if (!root) return "no cgroup v2 hierarchy is mounted on this host";
-  const controllers = (await readFile(join(root, "cgroup.controllers"), "utf8").catch(() => "")).trim();
+  const controllers = (await ifMissing(readFile(join(root, "cgroup.controllers"), "utf8"), "")).trim();
   if (!controllers.split(/\s+/).includes("cpu")) {
     return (
       `the cgroup v2 hierarchy at ${root} has no cpu controller (cgroup.controllers: "${controllers}"); ` +
@@ -103,6 +104,7 @@ export function createCgroupCpuThrottle(options: CgroupCpuThrottleOptions = {}):
         if (version === 2) {
           await writeFile(join(root, "cgroup.subtree_control"), "+cpu");
           await mkdir(dir, { recursive: true });
+          // Already on, or refused: then the cpu.max write below fails and says so.
           await writeFile(join(parent, "cgroup.subtree_control"), "+cpu").catch(() => undefined);
           await writeFile(join(dir, "cpu.max"), `${quota} ${PERIOD_US}`);
           origins.set(faultId, join(root, /^0::(.*)$/m.exec(procCgroup)?.[1] ?? "/"));
@@ -119,19 +121,19 @@ export function createCgroupCpuThrottle(options: CgroupCpuThrottleOptions = {}):
         // In v1 and v2 alike, cgroup.procs moves the whole process, every thread of it.
         await writeFile(join(dir, "cgroup.procs"), String(pid));
       } catch (err) {
-        await rmdir(dir).catch(() => undefined);
+        await rmdir(dir).catch(() => undefined); // undoing; the error thrown below is the one that matters
         throw failedPrecondition(`cannot limit the VMM's CPU with cgroup v${version}: ${(err as Error).message}`);
       }
     },
     async reset() {
-      const found = await hierarchy().catch(() => undefined);
+      const found = await hierarchy().catch(() => undefined); // no cpu hierarchy: nothing of ours can be there
       if (!found) return [];
       const parent = join(found.root, PARENT);
       const removed: string[] = [];
-      const entries = await readdir(parent, { withFileTypes: true }).catch(() => []);
+      const entries = await ifMissing(readdir(parent, { withFileTypes: true }), []);
       for (const faultId of entries.filter((entry) => entry.isDirectory()).map((entry) => entry.name)) {
         const dir = join(parent, faultId);
-        const pids = (await readFile(join(dir, "cgroup.procs"), "utf8").catch(() => "")).split("\n").filter(Boolean);
+        const pids = (await ifMissing(readFile(join(dir, "cgroup.procs"), "utf8"), "")).split("\n").filter(Boolean);
         // The origin died with the worker that knew it: back to the root, which every host allows.
         for (const pid of pids) await writeFile(join(found.root, "cgroup.procs"), pid).catch(() => undefined); // gone already: fine
         const failure = await removeCgroup(dir);
@@ -142,7 +144,7 @@ export function createCgroupCpuThrottle(options: CgroupCpuThrottleOptions = {}):
     async clear(faultId, pid) {
       const origin = origins.get(faultId);
       origins.delete(faultId);
-      const { root } = await hierarchy().catch(() => ({ root: undefined }));
+      const { root } = await hierarchy().catch(() => ({ root: undefined })); // as in reset
       if (!root) return;
       if (origin) await writeFile(join(origin, "cgroup.procs"), String(pid)).catch(() => undefined); // gone already: fine
       const failure = await removeCgroup(join(root, PARENT, faultId));

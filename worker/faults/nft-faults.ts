@@ -68,7 +68,7 @@ export class NftFaults {
 
   /** Chain names in the fault table; empty when the table does not exist. */
   async chains(): Promise<Set<string>> {
-    const listing = await this.nft.list(["table", "netdev", FAULT_TABLE]).catch(() => []);
+    const listing = await this.nft.listIfPresent(["table", "netdev", FAULT_TABLE]);
     return new Set(listing.filter((entry) => "chain" in entry).map((entry) => (entry.chain as { name: string }).name));
   }
 }

@@ -128,7 +128,7 @@ export class Ipam {
   private save(): Promise<void> {
     const snapshot = JSON.stringify({ leases: Object.fromEntries(this.leases) }, null, 2);
     this.writing = this.writing
-      .catch(() => undefined)
+      .catch(() => undefined) // that save's caller got its error; this one starts afresh
       .then(async () => {
         await mkdir(dirname(this.statePath), { recursive: true });
         const temp = `${this.statePath}.${process.pid}.tmp`;

@@ -30,7 +30,7 @@ import {
   vmRemoveCommands,
   type VmRules,
 } from "./layout.js";
-import { type Command, Nft, removeStaleTransactionFiles } from "./nft.js";
+import { type Command, isMissing, Nft, removeStaleTransactionFiles } from "./nft.js";
 import { createRunner, type Runner } from "./run.js";
 import { IP_SESSION, NFT_SESSION, ToolSession } from "./session.js";
 
@@ -448,14 +448,18 @@ class Network implements NetworkPort {
         this.log.debug({ vmId: vm.vmId, err: (err as Error).message }, "removing rules at once failed; removing piecewise");
       }
     }
-    for (const command of commands) await this.nft.apply([command]).catch(() => undefined);
+    for (const command of commands) {
+      await this.nft.apply([command]).catch((err: unknown) => {
+        if (!isMissing(err)) this.log.warn({ vmId: vm.vmId, err: (err as Error).message }, "removing a rule object failed");
+      });
+    }
   }
 
   /** vmIds that own chains, sets or counters in the worker's tables. */
   private async ruleOwners(): Promise<Set<string>> {
     const owners = new Set<string>();
     for (const family of ["inet", "bridge"]) {
-      const objects = await this.nft.list(["table", family, TABLE]).catch(() => []);
+      const objects = await this.nft.listIfPresent(["table", family, TABLE]);
       for (const object of objects) {
         const body = Object.values(object)[0] as { name?: string };
         const vmId = body.name ? vmIdOf(body.name) : undefined;
@@ -469,7 +473,7 @@ class Network implements NetworkPort {
   private async mapKeysOf(vmId: string): Promise<{ ip?: string; tap?: string }> {
     const n = names(vmId);
     const keyFor = async (family: string, map: string, target: string) => {
-      const objects = await this.nft.list(["map", family, TABLE, map]).catch(() => []);
+      const objects = await this.nft.listIfPresent(["map", family, TABLE, map]);
       const elems = (objects[0]?.map as { elem?: [string, Record<string, { target: string }>][] })?.elem ?? [];
       return elems.find(([, verdict]) => Object.values(verdict)[0]?.target === target)?.[0];
     };
@@ -493,7 +497,7 @@ class Network implements NetworkPort {
       return totals;
     });
     this.counterCache = { at: now, value };
-    value.catch(() => (this.counterCache = undefined));
+    value.catch(() => (this.counterCache = undefined)); // callers get the error; the next asks again
     return value;
   }
 
@@ -522,7 +526,7 @@ class Network implements NetworkPort {
         return byName;
       });
       this.linkCache = { at: now, value };
-      value.catch(() => (this.linkCache = undefined));
+      value.catch(() => (this.linkCache = undefined)); // as above
     }
     const counters = (await this.linkCache.value).get(tap);
     if (!counters) throw notFound(`no TAP ${tap}`);

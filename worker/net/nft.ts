@@ -7,6 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Runner } from "./run.js";
 import type { ToolSession } from "./session.js";
+import { ifMissing } from "../missing.js";
 
 export type Family = "inet" | "ip" | "bridge" | "netdev";
 
@@ -159,6 +160,16 @@ export class Nft {
     const parsed = JSON.parse(result.stdout) as { nftables: Record<string, unknown>[] };
     return parsed.nftables.filter((entry) => !("metainfo" in entry));
   }
+
+  /** `list` of an object that may be absent: none when nft says it does not exist, any other failure thrown. */
+  async listIfPresent(what: string[]): Promise<Record<string, unknown>[]> {
+    try {
+      return await this.list(what);
+    } catch (err) {
+      if (isMissing(err)) return [];
+      throw err;
+    }
+  }
 }
 
 const TRANSACTION_FILE = /^pcr-nft-(\d+)-[0-9a-f]+\.json$/;
@@ -166,7 +177,7 @@ const TRANSACTION_FILE = /^pcr-nft-(\d+)-[0-9a-f]+\.json$/;
 /** Removes transaction files a worker killed in the middle of `apply` left behind (their pid is gone). */
 export async function removeStaleTransactionFiles(dir = tmpdir()): Promise<string[]> {
   const removed: string[] = [];
-  for (const name of await readdir(dir).catch(() => [] as string[])) {
+  for (const name of await ifMissing(readdir(dir), [] as string[])) {
     const pid = Number(TRANSACTION_FILE.exec(name)?.[1] ?? NaN);
     if (!Number.isInteger(pid) || pid === process.pid || processExists(pid)) continue;
     await rm(join(dir, name), { force: true });
@@ -182,6 +193,11 @@ function processExists(pid: number): boolean {
   } catch (err) {
     return (err as NodeJS.ErrnoException).code !== "ESRCH";
   }
+}
+
+/** nft's answer for a table, chain, set or element that is not there. */
+export function isMissing(err: unknown): boolean {
+  return err instanceof NftError && /No such file or directory/.test(err.stderr);
 }
 
 function firstLine(text: string): string {

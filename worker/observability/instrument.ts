@@ -19,6 +19,7 @@ export function instrument(api: WorkerApi, metrics: WorkerMetrics, audit: AuditL
   ): Promise<T> {
     const started = performance.now();
     // Looked up while the caller is surely still connected; ready long before most calls end.
+    // A caller that cannot be described is audited without a description; the call itself goes on.
     const describing = MUTATING.has(method) ? caller?.describe?.().catch(() => undefined) : undefined;
     let code = "OK";
     let result: T | undefined;

@@ -3,6 +3,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, openSync, readFileSync } from "node:fs";
 import { type FileHandle, open, readdir, readFile, readlink } from "node:fs/promises";
+import { ifMissing } from "../missing.js";
 
 /** Fields of /proc/<pid>/stat after the command name: state (field 3) and start time (field 22). */
 export async function readProcStat(pid: number): Promise<{ state: string; startTime: string } | undefined> {
@@ -88,7 +89,7 @@ export function bootId(): string {
  * on its way to the program.
  */
 export async function processExe(pid: number): Promise<string> {
-  return readlink(`/proc/${pid}/exe`).catch(() => "");
+  return ifMissing(readlink(`/proc/${pid}/exe`), "");
 }
 
 /** What identifies a process we started, beyond its pid: recorded at spawn, checked before adopting it. */

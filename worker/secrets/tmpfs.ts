@@ -8,14 +8,28 @@ import type { Logger } from "pino";
 import { failedPrecondition, resourceExhausted } from "../core/errors.js";
 import { SECRET_LIMITS } from "../core/secrets.js";
 import type { SecretsPort } from "../ports/index.js";
+import { ifMissing } from "../missing.js";
 
 const TMPFS_MAGIC = 0x01021994;
 
-export class TmpfsSecrets implements SecretsPort {
+export interface TmpfsSecretsOptions {
+  root: string;
+  logger: Logger;
+  /** Size of the tmpfs, all VMs' secrets together. */
+  sizeBytes?: number;
+}
+
+/** Secrets under `root`, which is made a tmpfs (mounted when it is not one) before this returns. */
+export async function createTmpfsSecrets(options: TmpfsSecretsOptions): Promise<SecretsPort> {
+  const secrets = new TmpfsSecrets(options.root, options.logger, options.sizeBytes);
+  await secrets.mountTmpfs();
+  return secrets;
+}
+
+class TmpfsSecrets implements SecretsPort {
   constructor(
     private readonly root: string,
     private readonly logger: Logger,
-    /** Size of the tmpfs, all VMs' secrets together. */
     private readonly sizeBytes = 64 * 1024 * 1024,
   ) {}
 
@@ -24,7 +38,7 @@ export class TmpfsSecrets implements SecretsPort {
    * `noswap` (Linux 6.4+) so that secret pages never reach a swap device; older kernels get a
    * warning. (The per-VM bound is core/secrets.ts's.)
    */
-  async init(): Promise<void> {
+  async mountTmpfs(): Promise<void> {
     await mkdir(this.root, { recursive: true, mode: 0o700 });
     if ((await statfs(this.root)).type === TMPFS_MAGIC) return;
     const mount = (extra: string) =>
@@ -71,7 +85,7 @@ export class TmpfsSecrets implements SecretsPort {
 
   async wipe(vmId: string): Promise<void> {
     const dir = this.dirFor(vmId);
-    const names = await readdir(dir).catch(() => undefined);
+    const names = await ifMissing(readdir(dir), undefined);
     if (!names) return;
     // Overwrite before unlinking so a file still held open elsewhere reads zeros. The directory may
     // hold what a guest put there (a writable share, a bug): never follow a link, never open a
@@ -94,7 +108,7 @@ export class TmpfsSecrets implements SecretsPort {
 
   async removeOrphans(known: Set<string>): Promise<string[]> {
     const removed: string[] = [];
-    for (const vmId of await readdir(this.root).catch(() => [] as string[])) {
+    for (const vmId of await ifMissing(readdir(this.root), [] as string[])) {
       if (known.has(vmId)) continue;
       await this.wipe(vmId);
       removed.push(`secrets:${vmId}`);

@@ -7,8 +7,18 @@ import { type FileHandle, mkdir, open, readdir, readFile, rename, rm, stat, writ
 import { join } from "node:path";
 import { promisify } from "node:util";
 import type { ConsoleStore, RecordRepo, VmRecord } from "../ports/index.js";
+import { ifMissing } from "../missing.js";
 
-export class FileRecordRepo implements RecordRepo, ConsoleStore {
+/** Records under <stateDir>/vms, which is made when missing. */
+export async function createFileRecords(options: { stateDir: string }): Promise<FileRecordRepo> {
+  const repo = new FileRecordRepo(options.stateDir);
+  await mkdir(repo.vmsDir, { recursive: true, mode: 0o700 });
+  return repo;
+}
+
+export type { FileRecordRepo };
+
+class FileRecordRepo implements RecordRepo, ConsoleStore {
   readonly vmsDir: string;
   /** Console start offsets, read from disk once per VM and kept here: `read` runs often. */
   private readonly consoleStarts = new Map<string, number>();
@@ -32,15 +42,11 @@ export class FileRecordRepo implements RecordRepo, ConsoleStore {
   private async consoleStart(id: string): Promise<number> {
     let start = this.consoleStarts.get(id);
     if (start === undefined) {
-      const text = await readFile(join(this.vmDir(id), "console.start"), "utf8").catch(() => "0");
+      const text = await ifMissing(readFile(join(this.vmDir(id), "console.start"), "utf8"), "0");
       start = Number.parseInt(text, 10) || 0;
       this.consoleStarts.set(id, start);
     }
     return start;
-  }
-
-  async init(): Promise<void> {
-    await mkdir(this.vmsDir, { recursive: true, mode: 0o700 });
   }
 
   async createDir(id: string): Promise<string> {
@@ -85,9 +91,9 @@ export class FileRecordRepo implements RecordRepo, ConsoleStore {
   async loadAll(): Promise<{ records: VmRecord[]; unreadable: string[] }> {
     const records: VmRecord[] = [];
     const unreadable: string[] = [];
-    for (const id of await readdir(this.vmsDir).catch(() => [] as string[])) {
+    for (const id of await ifMissing(readdir(this.vmsDir), [] as string[])) {
       // A temp file is a save cut short by a crash: never authoritative, so it goes.
-      for (const name of await readdir(this.vmDir(id)).catch(() => [] as string[])) {
+      for (const name of await ifMissing(readdir(this.vmDir(id)), [] as string[])) {
         if (name.endsWith(".tmp")) await rm(join(this.vmDir(id), name), { force: true });
       }
       try {
@@ -101,7 +107,7 @@ export class FileRecordRepo implements RecordRepo, ConsoleStore {
   }
 
   async readConsoleTail(id: string, maxBytes: number): Promise<Uint8Array> {
-    const file = await open(this.consolePath(id), "r").catch(() => undefined);
+    const file = await ifMissing(open(this.consolePath(id), "r"), undefined);
     if (!file) return new Uint8Array(0);
     try {
       const { size } = await file.stat();
@@ -151,7 +157,7 @@ export class FileRecordRepo implements RecordRepo, ConsoleStore {
 
   async trimConsole(id: string, keepBytes: number): Promise<void> {
     const path = this.consolePath(id);
-    const info = await stat(path).catch(() => undefined);
+    const info = await ifMissing(stat(path), undefined);
     if (!info) return;
     const size = info.size;
     const start = await this.consoleStart(id);

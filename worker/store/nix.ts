@@ -21,7 +21,11 @@ export interface NixStoreOptions {
   nixStoreBin?: string;
 }
 
-export class NixStore implements StorePort {
+export function createNixStore(options: NixStoreOptions): StorePort {
+  return new NixStore(options);
+}
+
+class NixStore implements StorePort {
   /** Copies in flight, by path, so concurrent creates needing one path share one copy. */
   private readonly inFlight = new Map<string, Promise<void>>();
   /**
@@ -87,7 +91,7 @@ export class NixStore implements StorePort {
         if (result.exitCode !== 0) throw unavailable(`nix-store --query --requisites ${root} failed: ${lastLine(result.stderr)}`);
         return new Set(result.stdout.split("\n").filter(Boolean));
       });
-      closure.catch(() => this.closures.delete(root));
+      closure.catch(() => this.closures.delete(root)); // callers get the error; not cached
       this.closures.set(root, closure);
       // Bounded: a long-lived worker sees many top-level paths; the oldest go first.
       if (this.closures.size > MAX_CACHED_CLOSURES) this.closures.delete(this.closures.keys().next().value!);

@@ -166,7 +166,7 @@ export class ChApiClient {
   }
 
   async close(): Promise<void> {
-    await this.agent.destroy().catch(() => undefined);
+    await this.agent.destroy().catch(() => undefined); // closing idle sockets to a VMM that may be gone
   }
 
   /** One request; returns the response text ("" for 204). */

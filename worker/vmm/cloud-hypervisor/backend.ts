@@ -17,6 +17,7 @@ import { ChApiClient, ChApiError, ChConnectionError, type ChVmState } from "./ap
 import { tailEventFile, type ChEvent, type EventTail } from "./events.js";
 import { backend as cloudHypervisor } from "./index.js";
 import { adoptVirtiofsd, startVirtiofsd, type VirtiofsdHandle } from "./virtiofsd.js";
+import { ifMissing } from "../../missing.js";
 
 export interface CloudHypervisorBackendOptions {
   /** Defaults to "cloud-hypervisor" on PATH. */
@@ -284,7 +285,7 @@ export function createCloudHypervisorBackend(options: CloudHypervisorBackendOpti
     const client = new ChApiClient(record.controlSocket, requestTimeoutMs);
     // What the events file holds now happened under the previous worker (a reboot fault's
     // vm:rebooting among it): history, not to be acted on again.
-    const liveFrom = (await stat(paths.events).catch(() => undefined))?.size ?? 0;
+    const liveFrom = (await ifMissing(stat(paths.events), undefined))?.size ?? 0;
     const handle = new ChVmHandle(record, vmm, client, paths, virtiofsd, log, { pollIntervalMs, bootRequestTimeoutMs }, liveFrom);
     handle.booted = true; // a recorded VMM was booted before the record was saved
     try {

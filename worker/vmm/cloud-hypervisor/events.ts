@@ -158,11 +158,12 @@ export function tailEventFile(
   tick();
   return {
     async flush() {
-      await readSerially().catch(() => undefined);
+      await readSerially().catch(() => undefined); // a failed read is retried by the next tick
     },
     async close() {
       closed = true;
       clearTimeout(timer);
+      // Closing: the follower's own failures were its ticks', and the file is ours alone.
       await running.catch(() => undefined);
       await handle?.close().catch(() => undefined);
     },

@@ -62,7 +62,7 @@ export function detectVirtiofsd(binary: string): Promise<VirtiofsdFlavour> {
         const style = text.includes("--shared-dir") ? "rust" : "c";
         return { style, readOnlyFlag: style === "rust" && text.includes("--readonly") };
       });
-    flavour.catch(() => flavourCache.delete(binary));
+    flavour.catch(() => flavourCache.delete(binary)); // callers get the error; not cached
     flavourCache.set(binary, flavour);
   }
   return flavour;

@@ -400,13 +400,14 @@ class QemuHandle implements VmmHandle {
     } finally {
       done = true;
       clearTimeout(timer);
-      exitedFirst.catch(() => undefined);
+      exitedFirst.catch(() => undefined); // the race above already saw whichever ended first
       poll.catch(() => undefined); // a query in flight when the race ended
     }
   }
 
   async runState(): Promise<GuestRunState> {
     if (this.exitValue) return "shutdown";
+    // No answer is itself an answer here: "unknown", or "shutdown" when the exit came meanwhile.
     const status = await this.execute<QmpStatus>("query-status").catch(() => undefined);
     if (!status) return this.exitValue ? "shutdown" : "unknown";
     if (status.running) return "running";
@@ -436,7 +437,7 @@ class QemuHandle implements VmmHandle {
     await this.execute("set-action", { reboot: "reset" });
     try {
       const reset = this.control.waitEvent("RESET", 5000);
-      reset.catch(() => undefined);
+      reset.catch(() => undefined); // awaited below, after system_reset; unhandled until then
       await this.execute("system_reset");
       await reset;
     } finally {

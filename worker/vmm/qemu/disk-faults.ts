@@ -102,7 +102,7 @@ export class DiskFaults {
     const baseline = await this.ops(rule.op);
     const poll = async () => {
       if (this.active !== active) return;
-      const ops = await this.ops(rule.op).catch(() => undefined);
+      const ops = await this.ops(rule.op).catch(() => undefined); // asked again at the next poll
       if (this.active !== active) return;
       if (ops !== undefined && ops - baseline >= rule.afterOps) {
         await this.insert(active, rules).catch((err) =>
@@ -128,11 +128,13 @@ export class DiskFaults {
 
   /** Slides out and deletes any blkdebug filter a previous worker left under the data disk. */
   static async reset(execute: Execute): Promise<string[]> {
+    // A QEMU that cannot list its nodes has none left to us to remove; the adoption goes on.
     const nodes = ((await execute("query-named-block-nodes", { flat: true }).catch(() => [])) as { "node-name": string }[])
       .map((node) => node["node-name"])
       .filter((name) => name.startsWith("blkdebug-"));
     if (nodes.length === 0) return [];
     await execute("blockdev-reopen", { options: [{ driver: "raw", "node-name": DATA_NODE, file: DATA_FILE_NODE }] });
+    // Out of the graph after the reopen: a node that stays is inert, and named in the result.
     for (const node of nodes) await execute("blockdev-del", { "node-name": node }).catch(() => undefined);
     return nodes.map((node) => `qemu:${node}`);
   }
