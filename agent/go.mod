@@ -1,0 +1,3 @@
+module procurator/agent
+
+go 1.19

@@ -1,0 +1,263 @@
+// The worker's agent channel against the real pcr-agent (agent/, built by scripts/setup), joined
+// by a stand-in for QEMU's virtio-serial chardev: the host side stays connected when the agent
+// goes, and bytes sent while no agent listens are dropped, as virtio-serial does.
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import { connect, createServer, type Server, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import pino from "pino";
+import { AgentChannel } from "../../worker/agent/channel.js";
+import { encodeFrame, FrameType } from "../../worker/agent/frame.js";
+import { rejectsWith } from "../helpers/errors.js";
+import { REPO_ROOT } from "../helpers/repo.js";
+
+const AGENT = join(REPO_ROOT, "agent", "build", "pcr-agent");
+const skip = existsSync(AGENT) ? false : "agent/build/pcr-agent is not built (scripts/setup builds it with golang-go)";
+const log = pino({ level: process.env.PCR_TEST_LOG ?? "silent" });
+
+/** QEMU's side of the port: one host connection, one guest connection, bytes passed between. */
+class SerialStandIn {
+  host?: Socket;
+  guest?: Socket;
+  private readonly servers: Server[] = [];
+
+  constructor(
+    readonly hostPath: string,
+    readonly guestPath: string,
+  ) {}
+
+  async listen(): Promise<void> {
+    const serve = (path: string, take: (socket: Socket) => void) =>
+      new Promise<void>((resolve) => {
+        const server = createServer(take);
+        this.servers.push(server);
+        server.listen(path, resolve);
+      });
+    await serve(this.hostPath, (socket) => {
+      this.host = socket;
+      socket.on("data", (chunk) => this.guest?.write(chunk));
+      socket.on("error", () => undefined);
+    });
+    await serve(this.guestPath, (socket) => {
+      this.guest = socket;
+      socket.on("data", (chunk) => this.host?.write(chunk));
+      socket.on("error", () => undefined);
+      socket.on("close", () => {
+        if (this.guest === socket) this.guest = undefined;
+      });
+    });
+  }
+
+  close(): void {
+    this.host?.destroy();
+    this.guest?.destroy();
+    for (const server of this.servers) server.close();
+  }
+}
+
+function startAgent(guestPath: string): ChildProcess {
+  return spawn(AGENT, ["-connect", guestPath], { stdio: ["ignore", "ignore", "pipe"] });
+}
+
+describe("agent channel with the real agent", { skip }, () => {
+  let dir: string;
+  let serial: SerialStandIn;
+  let agent: ChildProcess;
+  let channel: AgentChannel;
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "pcr-agent-"));
+    serial = new SerialStandIn(join(dir, "host.sock"), join(dir, "guest.sock"));
+    await serial.listen();
+    channel = new AgentChannel({ socketPath: serial.hostPath, log, helloIntervalMs: 100 });
+    channel.start();
+    agent = startAgent(serial.guestPath);
+    await channel.whenReady(10_000);
+  });
+  after(async () => {
+    channel.close();
+    agent.kill("SIGKILL");
+    serial.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test("hello: the agent's version, and the channel is ready", () => {
+    assert.equal(channel.state, "ready");
+    assert.equal(channel.hello?.protocol, 1);
+    assert.match(channel.hello?.version ?? "", /^\d+\.\d+\.\d+$/);
+  });
+
+  test("exit codes, stdout and stderr", async () => {
+    const ok = await channel.exec({ argv: ["/bin/sh", "-c", "echo out; echo err >&2; exit 3"] });
+    assert.equal(ok.exitCode, 3);
+    assert.equal(ok.signal, 0);
+    assert.equal(ok.stdout.toString(), "out\n");
+    assert.equal(ok.stderr.toString(), "err\n");
+  });
+
+  test("stdin, env and cwd reach the command", async () => {
+    const result = await channel.exec({
+      argv: ["/bin/sh", "-c", 'cat; echo "$GREETING"; pwd'],
+      env: ["GREETING=hello", "PATH=/bin:/usr/bin"],
+      cwd: "/tmp",
+      stdin: Buffer.from("from stdin\n"),
+    });
+    assert.equal(result.stdout.toString(), "from stdin\nhello\n/tmp\n");
+  });
+
+  test("a signal ends the command: the answer names it", async () => {
+    const result = await channel.exec({ argv: ["/bin/sh", "-c", "kill -TERM $$"] });
+    assert.equal(result.signal, 15);
+    assert.equal(result.exitCode, -1);
+  });
+
+  test("a timeout kills the command and its children, and the answer says so", async () => {
+    const started = Date.now();
+    const result = await channel.exec({ argv: ["/bin/sh", "-c", "sleep 30 & wait"], timeoutMs: 300 });
+    assert.equal(result.timedOut, true);
+    assert.equal(result.signal, 9);
+    assert.ok(Date.now() - started < 5000);
+  });
+
+  test("output beyond the bound is cut and flagged", async () => {
+    const result = await channel.exec({ argv: ["/bin/sh", "-c", "head -c 200000 /dev/zero"] });
+    assert.equal(result.stdout.length, 64 * 1024);
+    assert.equal(result.stdoutTruncated, true);
+  });
+
+  test("a command that cannot start is an error, not an exit code", async () => {
+    await assert.rejects(channel.exec({ argv: ["/no/such/binary"] }), /FAILED_PRECONDITION|no such file/i);
+  });
+
+  test("100 commands at once all answer, each its own", async () => {
+    const results = await Promise.all(Array.from({ length: 100 }, (_, index) => channel.exec({ argv: ["/bin/echo", String(index)] })));
+    assert.deepEqual(
+      results.map((result) => result.stdout.toString().trim()),
+      Array.from({ length: 100 }, (_, index) => String(index)),
+    );
+  });
+
+  test("the agent killed: its requests fail UNAVAILABLE; a new agent serves again", async () => {
+    const long = channel.exec({ argv: ["/bin/sleep", "30"], timeoutMs: 60_000 });
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    agent.kill("SIGKILL");
+    agent = startAgent(serial.guestPath);
+    await rejectsWith(long, "UNAVAILABLE", /the VM's agent restarted/);
+    const after = await channel.exec({ argv: ["/bin/echo", "back"] });
+    assert.equal(after.stdout.toString(), "back\n");
+  });
+});
+
+describe("agent channel against a hostile guest", () => {
+  let dir: string;
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "pcr-agent-hostile-"));
+  });
+  after(async () => rm(dir, { recursive: true, force: true }));
+
+  /** A "guest" that answers the first hello request with noise and a hello, then does `after`. */
+  async function hostile(name: string, after: (guest: Socket) => void): Promise<{ channel: AgentChannel; done(): void }> {
+    const serial = new SerialStandIn(join(dir, `${name}-host.sock`), join(dir, `${name}-guest.sock`));
+    await serial.listen();
+    const guest = await new Promise<Socket>((resolve, reject) => {
+      const socket = connect(serial.guestPath, () => resolve(socket));
+      socket.once("error", reject);
+    });
+    const hello = Buffer.from(JSON.stringify({ protocol: 1, version: "6.6.6", uptimeMs: 1, pid: 1 }));
+    guest.once("data", () => {
+      guest.write(
+        Buffer.concat([Buffer.from("noise before the hello"), encodeFrame({ type: FrameType.hello, stream: 0, payload: hello })]),
+      );
+      after(guest);
+    });
+    const channel = new AgentChannel({ socketPath: serial.hostPath, log, helloIntervalMs: 50 });
+    channel.start();
+    await channel.whenReady(5000);
+    return {
+      channel,
+      done() {
+        channel.close();
+        guest.destroy();
+        serial.close();
+      },
+    };
+  }
+
+  test("garbage after the hello: the channel is broken, says why, and refuses requests", async () => {
+    const { channel, done } = await hostile("garbage", (guest) => setTimeout(() => guest.write("\x00garbage garbage garbage"), 100));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.equal(channel.state, "broken");
+    assert.match(channel.brokenReason ?? "", /magic/);
+    await rejectsWith(channel.exec({ argv: ["true"] }), "UNAVAILABLE", /the VM's agent is broken: frame without the magic/);
+    done();
+  });
+
+  test("a frame declaring more than the bound breaks the channel at its header, nothing buffered", async () => {
+    const header = encodeFrame({ type: FrameType.exit, stream: 1, payload: Buffer.alloc(0) });
+    header.writeUInt32BE(0xffff_ffff, 12);
+    const { channel, done } = await hostile("huge", (guest) => setTimeout(() => guest.write(header), 100));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.equal(channel.state, "broken");
+    assert.match(channel.brokenReason ?? "", /at most/);
+    done();
+  });
+
+  test("an answer that is not what the schema says fails its request and breaks the channel", async () => {
+    let guestSocket: Socket | undefined;
+    const { channel, done } = await hostile("schema", (guest) => (guestSocket = guest));
+    const pending = channel.exec({ argv: ["true"] });
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const lie = Buffer.from(JSON.stringify({ exitCode: 1e9, signal: 0, timedOut: false, stdout: "", stderr: "" }));
+    guestSocket?.write(encodeFrame({ type: FrameType.exit, stream: 1, payload: lie }));
+    await rejectsWith(pending, "UNAVAILABLE", /does not match its schema/);
+    assert.equal(channel.state, "broken");
+    done();
+  });
+
+  test("answers for streams nobody asked on are ignored; the channel stays usable", async () => {
+    let guestSocket: Socket | undefined;
+    const { channel, done } = await hostile("unasked", (guest) => (guestSocket = guest));
+    const answer = Buffer.from(
+      JSON.stringify({
+        exitCode: 0,
+        signal: 0,
+        timedOut: false,
+        stdout: "",
+        stderr: "",
+        stdoutTruncated: false,
+        stderrTruncated: false,
+        durationMs: 1,
+      }),
+    );
+    for (let stream = 1000; stream < 1100; stream++) guestSocket?.write(encodeFrame({ type: FrameType.exit, stream, payload: answer }));
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.equal(channel.state, "ready");
+    assert.equal(channel.inFlight, 0);
+    done();
+  });
+
+  test("requests beyond the in-flight bound are refused, not queued", async () => {
+    const { channel, done } = await hostile("bound", () => undefined);
+    const limited = channel as unknown as { options: { maxInFlight?: number } };
+    limited.options.maxInFlight = 3;
+    const silent = [1, 2, 3].map(() => channel.exec({ argv: ["sleep", "9"], timeoutMs: 60_000 }));
+    await rejectsWith(channel.exec({ argv: ["true"] }), "RESOURCE_EXHAUSTED", /3 requests to the VM's agent are in flight/);
+    done();
+    for (const request of silent) await rejectsWith(request, "UNAVAILABLE", /closed/);
+  });
+
+  test("a guest that never says hello: waiting for it ends at its timeout", async () => {
+    const serial = new SerialStandIn(join(dir, "mute-host.sock"), join(dir, "mute-guest.sock"));
+    await serial.listen();
+    const channel = new AgentChannel({ socketPath: serial.hostPath, log, helloIntervalMs: 50 });
+    channel.start();
+    await rejectsWith(channel.whenReady(300), "UNAVAILABLE", /did not say hello within 300 ms/);
+    assert.equal(channel.state, "connecting");
+    channel.close();
+    serial.close();
+  });
+});
