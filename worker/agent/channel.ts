@@ -195,13 +195,15 @@ export class AgentChannel {
     try {
       frames = this.decoder.push(chunk);
     } catch (err) {
-      return this.breakChannel((err as AgentProtocolError).message);
+      this.breakChannel((err as AgentProtocolError).message);
+      return;
     }
     for (const frame of frames) {
       try {
         this.dispatch(frame);
       } catch (err) {
-        return this.breakChannel((err as Error).message);
+        this.breakChannel((err as Error).message);
+        return;
       }
       if (this.state === "broken") return;
     }
