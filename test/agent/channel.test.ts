@@ -14,6 +14,7 @@ import { AgentChannel } from "../../worker/agent/channel.js";
 import { encodeFrame, FrameType } from "../../worker/agent/frame.js";
 import { rejectsWith } from "../helpers/errors.js";
 import { REPO_ROOT } from "../helpers/repo.js";
+import { waitFor } from "../helpers/vm.js";
 
 const AGENT = join(REPO_ROOT, "agent", "build", "pcr-agent");
 const skip = existsSync(AGENT) ? false : "agent/build/pcr-agent is not built (scripts/setup builds it with golang-go)";
@@ -189,8 +190,7 @@ describe("agent channel against a hostile guest", () => {
 
   test("garbage after the hello: the channel is broken, says why, and refuses requests", async () => {
     const { channel, done } = await hostile("garbage", (guest) => setTimeout(() => guest.write("\x00garbage garbage garbage"), 100));
-    await new Promise((resolve) => setTimeout(resolve, 300));
-    assert.equal(channel.state, "broken");
+    await waitFor("the channel to break", 10_000, async () => (channel.state === "broken" ? true : undefined), 20);
     assert.match(channel.brokenReason ?? "", /magic/);
     await rejectsWith(channel.exec({ argv: ["true"] }), "UNAVAILABLE", /the VM's agent is broken: frame without the magic/);
     done();
@@ -200,8 +200,7 @@ describe("agent channel against a hostile guest", () => {
     const header = encodeFrame({ type: FrameType.exit, stream: 1, payload: Buffer.alloc(0) });
     header.writeUInt32BE(0xffff_ffff, 12);
     const { channel, done } = await hostile("huge", (guest) => setTimeout(() => guest.write(header), 100));
-    await new Promise((resolve) => setTimeout(resolve, 300));
-    assert.equal(channel.state, "broken");
+    await waitFor("the channel to break", 10_000, async () => (channel.state === "broken" ? true : undefined), 20);
     assert.match(channel.brokenReason ?? "", /at most/);
     done();
   });
@@ -210,7 +209,6 @@ describe("agent channel against a hostile guest", () => {
     let guestSocket: Socket | undefined;
     const { channel, done } = await hostile("schema", (guest) => (guestSocket = guest));
     const pending = channel.exec({ argv: ["true"] });
-    await new Promise((resolve) => setTimeout(resolve, 100));
     const lie = Buffer.from(JSON.stringify({ exitCode: 1e9, signal: 0, timedOut: false, stdout: "", stderr: "" }));
     guestSocket?.write(encodeFrame({ type: FrameType.exit, stream: 1, payload: lie }));
     await rejectsWith(pending, "UNAVAILABLE", /does not match its schema/);
@@ -234,7 +232,10 @@ describe("agent channel against a hostile guest", () => {
       }),
     );
     for (let stream = 1000; stream < 1100; stream++) guestSocket?.write(encodeFrame({ type: FrameType.exit, stream, payload: answer }));
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    // An echo of the channel's own next request proves every answer before it was read.
+    const echo = channel.exec({ argv: ["true"] });
+    guestSocket?.write(encodeFrame({ type: FrameType.exit, stream: 1, payload: answer }));
+    assert.equal((await echo).exitCode, 0);
     assert.equal(channel.state, "ready");
     assert.equal(channel.inFlight, 0);
     done();

@@ -46,6 +46,11 @@ export interface VmLaunchSpec {
    * check and the VMM's own open. The paths above still name them in logs and records.
    */
   bootFds?: { kernel: number; initrd?: number; image?: number };
+  /**
+   * Host end of the guest agent's channel (agent/, docs/agent-protocol.md): a unix socket the VMM
+   * serves, joined to the guest's virtio-serial port named pcr.agent. Backends with `agent` only.
+   */
+  agentSocket?: string;
 }
 
 /** Persisted by the core so that a restarted worker can re-adopt the VMM. */

@@ -145,6 +145,18 @@ export function qemuArgv(
       `virtio-9p-device,fsdev=share,mount_tag=${optionValue(spec.share.tag)}`,
     );
   }
+  if (spec.agentSocket) {
+    // A virtio-serial port: no guest network and no vhost-vsock needed. wait=off: QEMU starts
+    // without a client; the worker connects when it likes, and again after a restart.
+    argv.push(
+      "-device",
+      "virtio-serial-device,id=agentbus,max_ports=2",
+      "-chardev",
+      `socket,id=agent,path=${optionValue(spec.agentSocket)},server=on,wait=off`,
+      "-device",
+      "virtserialport,bus=agentbus.0,chardev=agent,name=pcr.agent",
+    );
+  }
   if (options.qmpSocket) argv.push("-qmp", `unix:${optionValue(options.qmpSocket)},server=on,wait=off`);
   return argv;
 }
