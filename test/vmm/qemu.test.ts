@@ -95,6 +95,17 @@ test("argv: microvm, read-only root, console in append mode, tap, read-only 9p, 
     assert.ok(joined.includes(expected), `argv has ${expected}:\n${joined}`);
   }
   assert.ok(argv[argv.indexOf("-M") + 1]!.startsWith("microvm"));
+  assert.ok(!joined.includes("virtserialport"), "no agent port unless asked");
+});
+
+test("argv: the agent's virtio-serial port on a unix socket QEMU serves without waiting", () => {
+  const argv = qemuArgv(
+    { id: "vm-1", kernel: "/k", cmdline: "", cpu: 1, memoryBytes: 256 << 20, consolePath: "/c", agentSocket: "/vms/1/agent,x.sock" },
+    { accel: "tcg" },
+  ).join(" ");
+  assert.ok(argv.includes("-device virtio-serial-device,id=agentbus,max_ports=2"), argv);
+  assert.ok(argv.includes("-chardev socket,id=agent,path=/vms/1/agent,,x.sock,server=on,wait=off"), argv);
+  assert.ok(argv.includes("-device virtserialport,bus=agentbus.0,chardev=agent,name=pcr.agent"), argv);
 });
 
 describe("QEMU backend", { skip, concurrency: false }, () => {
