@@ -20,6 +20,8 @@ export interface CommandSpec {
   name: string;
   /** Required positionals, in order. */
   positionals: string[];
+  /** Name of the arguments after the positionals (given after `--`), at least one; none if absent. */
+  rest?: string;
   describe: string;
   options: Record<string, OptionSpec>;
 }
@@ -31,7 +33,7 @@ export class UsageError extends Error {}
 
 export type Parsed =
   | { kind: "help"; command?: CommandSpec }
-  | { kind: "run"; command: CommandSpec; values: Values; positionals: Record<string, string> };
+  | { kind: "run"; command: CommandSpec; values: Values; positionals: Record<string, string>; rest: string[] };
 
 const kebab = (name: string) => name.replace(/[A-Z]/g, (char) => `-${char.toLowerCase()}`);
 const looksLikeFlag = (arg: string) => /^-/.test(arg) && !/^-\d/.test(arg);
@@ -119,7 +121,9 @@ export function parse(argv: string[], global: Record<string, OptionSpec>, comman
   if (missing.length > 0) {
     throw new UsageError(`Missing required argument${missing.length > 1 ? "s" : ""}: ${missing.map(([name]) => name).join(", ")}`);
   }
-  const strange = [...unknown, ...[...seen].filter((name) => !(name in allowed)), ...rest.slice(command.positionals.length)];
+  const trailing = given.slice(command.positionals.length);
+  if (command.rest && trailing.length === 0) throw new UsageError(`give the ${command.rest} after --`);
+  const strange = [...unknown, ...[...seen].filter((name) => !(name in allowed)), ...(command.rest ? [] : trailing)];
   if (strange.length > 0) throw new UsageError(unknownMessage(strange));
   const invalid = Object.entries(allowed).filter(
     ([name, spec]) => spec.choices && seen.has(name) && !spec.choices.includes(String(values[name])),
@@ -134,7 +138,13 @@ export function parse(argv: string[], global: Record<string, OptionSpec>, comman
   for (const [name, spec] of Object.entries(allowed)) {
     if (!(name in values) && spec.default !== undefined) values[name] = spec.default;
   }
-  return { kind: "run", command, values, positionals: Object.fromEntries(command.positionals.map((name, index) => [name, given[index]!])) };
+  return {
+    kind: "run",
+    command,
+    values,
+    positionals: Object.fromEntries(command.positionals.map((name, index) => [name, given[index]!])),
+    rest: command.rest ? trailing : [],
+  };
 }
 
 function unknownMessage(names: string[]): string {
@@ -193,7 +203,8 @@ function table(rows: Array<[string, string, string]>, keyWidth: number, width: n
 
 export function helpText(scriptName: string, global: Record<string, OptionSpec>, commands: CommandSpec[], command?: CommandSpec): string {
   const width = Math.min(80, process.stdout.columns || 80);
-  const usage = (c: CommandSpec) => [scriptName, c.name, ...c.positionals.map((p) => `<${p}>`)].join(" ");
+  const usage = (c: CommandSpec) =>
+    [scriptName, c.name, ...c.positionals.map((p) => `<${p}>`), ...(c.rest ? [`-- <${c.rest}...>`] : [])].join(" ");
   const options: Record<string, OptionSpec> = { ...global, help: { type: "boolean", describe: "Show help" }, ...command?.options };
   // With a short alias anywhere, "-f, --follow" comes first and the others are indented to line up.
   const indent = Object.values(options).some((spec) => spec.alias) ? "    " : "";

@@ -43,6 +43,19 @@ function local<T>(build: () => T): T {
   }
 }
 
+const EXEC_STDIN_MAX = 128 * 1024;
+
+async function readStdin(max: number): Promise<Uint8Array> {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for await (const chunk of process.stdin as AsyncIterable<Buffer>) {
+    total += chunk.length;
+    if (total > max) throw new UsageError(`stdin holds more than ${max} bytes`);
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks);
+}
+
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Console bytes to stdout: as they are with --raw, else with control characters made visible. */
@@ -94,7 +107,8 @@ async function copyConsole(
   }
 }
 
-type Handler = (args: Values, positional: Record<string, string>) => Promise<void>;
+/** Resolves to the exit code when it is not 0, as a number (exec passes the command's on). */
+type Handler = (args: Values, positional: Record<string, string>, rest: string[]) => Promise<unknown>;
 const str = (value: unknown) => value as string | undefined;
 const num = (value: unknown) => value as number | undefined;
 const list = (value: unknown) => value as string[] | undefined;
@@ -170,6 +184,17 @@ export const handlers: Record<string, Handler> = {
   },
   "clear-fault": async (args, { id, fault }) => {
     await withClient(str(args.worker)!, (client) => client.clearFault(id!, fault!));
+  },
+  exec: async (args, { id }, argv) => {
+    const stdin = args.interactive ? await readStdin(EXEC_STDIN_MAX) : undefined;
+    const result = await withClient(str(args.worker)!, (client) =>
+      client.exec(id!, { argv, env: list(args.env) ?? [], cwd: str(args.cwd) ?? "", stdin, timeoutMs: num(args["timeout-ms"]) ?? 0 }),
+    );
+    process.stdout.write(result.stdout);
+    process.stderr.write(result.stderr);
+    if (result.stdoutTruncated || result.stderrTruncated) console.error("pcr-worker-test: output cut at 64 KiB per stream");
+    if (result.timedOut) console.error("pcr-worker-test: killed after --timeout-ms");
+    return result.signal ? 128 + result.signal : result.exitCode;
   },
   "list-faults": async (args, { id }) => {
     const faults = await withClient(str(args.worker)!, (client) => client.listFaults(id!));

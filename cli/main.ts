@@ -92,6 +92,18 @@ export const COMMANDS: CommandSpec[] = [
   },
   { name: "clear-fault", positionals: ["id", "fault"], describe: "Undo an active fault", options: {} },
   { name: "list-faults", positionals: ["id"], describe: "List a VM's active faults", options: { json: { type: "boolean" } } },
+  {
+    name: "exec",
+    positionals: ["id"],
+    rest: "argv",
+    describe: "Run a command in the VM's guest agent; prints its output, exits with its code (128+N for signal N)",
+    options: {
+      "timeout-ms": { type: "number", describe: "Kill the command (and what it started) after this long" },
+      env: { type: "string", array: true, describe: "NAME=value in the command's environment (repeatable)" },
+      cwd: { type: "string", describe: "Absolute directory to run it in" },
+      interactive: { alias: "i", type: "boolean", describe: "Send this command's stdin (at most 128 KiB) to it" },
+    },
+  },
 ];
 
 export async function main(argv: string[]): Promise<number> {
@@ -104,8 +116,8 @@ export async function main(argv: string[]): Promise<number> {
     }
     const { handlers, loadClientTls } = await import("./commands.js");
     loadClientTls(parsed.values);
-    await handlers[parsed.command.name]!(parsed.values, parsed.positionals);
-    return 0;
+    const code = await handlers[parsed.command.name]!(parsed.values, parsed.positionals, parsed.rest);
+    return typeof code === "number" ? code : 0;
   } catch (err) {
     if (err instanceof UsageError) {
       console.error(`${SCRIPT}: ${err.message}`);

@@ -17,6 +17,9 @@ interface Worker {
   injectFault @6 (id :Text, fault :Fault) -> (faultId :Text);
   clearFault @7 (id :Text, faultId :Text) -> ();
   listFaults @8 (id :Text) -> (faults :List(ActiveFault));
+  # Runs a command in the guest through its agent (docs/agent-protocol.md): UNAVAILABLE while the
+  # agent has not said hello, or after its channel broke; FAILED_PRECONDITION without an agent.
+  exec @9 (id :Text, command :ExecCommand) -> (result :ExecResult);
 }
 
 struct RunningVm {
@@ -35,6 +38,27 @@ struct RunningVm {
   egressDrops @12 :UInt64;    # packets the egress allowlist dropped
   backend @13 :Text;          # "qemu" or "cloud-hypervisor"
   faults @14 :List(ActiveFault);  # faults active right now
+  agentState @15 :Text;       # the guest agent's channel: none, connecting, ready, broken or closed
+  agentReadyMs @16 :UInt64;   # from create to the agent's first hello; 0 until then
+}
+
+struct ExecCommand {
+  argv @0 :List(Text);
+  env @1 :List(Text);         # NAME=value; empty: a minimal PATH and HOME
+  cwd @2 :Text;               # absolute; empty: the agent's
+  stdin @3 :Data;             # at most 128 KiB
+  timeoutMs @4 :UInt32;       # the command and its process group are killed after this; 0: never
+}
+
+struct ExecResult {
+  exitCode @0 :Int32;         # -1 when a signal ended it
+  signal @1 :UInt32;          # 0: none
+  timedOut @2 :Bool;
+  stdout @3 :Data;            # at most 64 KiB each; the rest is dropped and flagged
+  stderr @4 :Data;
+  stdoutTruncated @5 :Bool;
+  stderrTruncated @6 :Bool;
+  durationMs @7 :UInt64;
 }
 
 struct Fault {

@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { pino } from "pino";
 import { loadConfig, type WorkerConfig } from "./config.js";
 import { WorkerService } from "./core/service.js";
+import { createGuestAgents } from "./agent/index.js";
 import { createCgroupCpuThrottle } from "./faults/cgroup.js";
 import { createNetFaults } from "./faults/net-faults.js";
 import { createNetwork } from "./net/network.js";
@@ -66,6 +67,7 @@ async function run(config: WorkerConfig): Promise<void> {
       consoleMaxBytes: config.consoleMaxBytes,
     },
     timeouts: { bootMs: config.bootTimeoutMs, stopGraceMs: config.stopGraceMs },
+    agents: createGuestAgents({ logger }),
     faults: {
       net: network ? createNetFaults() : undefined,
       cpu: createCgroupCpuThrottle({ mountDir: join(config.runtimeDir, "cgroup-cpu") }),

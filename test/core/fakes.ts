@@ -3,9 +3,18 @@
 import assert from "node:assert/strict";
 import pino, { type Logger } from "pino";
 import type { VmSpecInput } from "../../worker/core/api.js";
-import { failedPrecondition, invalidArgument } from "../../worker/core/errors.js";
+import { failedPrecondition, invalidArgument, WorkerError } from "../../worker/core/errors.js";
 import type { FaultPorts } from "../../worker/core/faults.js";
-import type { ConsoleStore, RecordRepo, VmRecord } from "../../worker/ports/index.js";
+import type {
+  AgentConnection,
+  AgentState,
+  ConsoleStore,
+  ExecRequest,
+  ExecResult,
+  GuestAgentPort,
+  RecordRepo,
+  VmRecord,
+} from "../../worker/ports/index.js";
 import { WorkerService, type ServiceLimits, type ServiceTimeouts } from "../../worker/core/service.js";
 import { MIB } from "../../worker/core/spec.js";
 import type {
@@ -286,6 +295,49 @@ export class FakeCpuThrottle implements CpuThrottlePort {
   }
 }
 
+/** Guest agents in memory: each connection is ready at once and runs `run` for every exec. */
+export class FakeAgents implements GuestAgentPort {
+  readonly connections = new Map<string, FakeAgentConnection>();
+  run: (vmId: string, request: ExecRequest) => Promise<ExecResult> = async (_vmId, request) => ({
+    exitCode: 0,
+    signal: 0,
+    timedOut: false,
+    stdout: utf8(request.argv.join(" ")),
+    stderr: new Uint8Array(),
+    stdoutTruncated: false,
+    stderrTruncated: false,
+    durationMs: 1,
+  });
+
+  connect(vmId: string, socketPath: string): AgentConnection {
+    const connection = new FakeAgentConnection(vmId, socketPath, (request) => this.run(vmId, request));
+    this.connections.set(vmId, connection);
+    return connection;
+  }
+}
+
+export class FakeAgentConnection implements AgentConnection {
+  state: AgentState = "ready";
+  readyAtMs = Date.now();
+  readonly requests: ExecRequest[] = [];
+
+  constructor(
+    readonly vmId: string,
+    readonly socketPath: string,
+    private readonly run: (request: ExecRequest) => Promise<ExecResult>,
+  ) {}
+
+  async exec(request: ExecRequest): Promise<ExecResult> {
+    if (this.state !== "ready") throw new WorkerError("UNAVAILABLE", `the VM's agent is ${this.state}`);
+    this.requests.push(request);
+    return this.run(request);
+  }
+
+  close(): void {
+    this.state = "closed";
+  }
+}
+
 // --- the world ---------------------------------------------------------------------------------
 
 export const LIMITS: ServiceLimits = {
@@ -329,6 +381,8 @@ export interface WorldOptions {
   /** false: a worker with networking disabled. */
   network?: boolean;
   faultPorts?: boolean;
+  /** true: VMs get a guest agent channel (FakeAgents). */
+  agents?: boolean;
   /** Where the service logs (default: silent, or PCR_TEST_LOG's level). */
   logger?: Logger;
 }
@@ -349,6 +403,7 @@ export class World {
   readonly secrets = new FakeSecrets();
   readonly netFaults = new FakeNetFaults();
   readonly cpu = new FakeCpuThrottle();
+  readonly agents = new FakeAgents();
   backend: FakeBackend;
   service: WorkerService;
 
@@ -376,6 +431,7 @@ export class World {
       timeouts: { ...TIMEOUTS, ...this.options.timeouts },
       strayRoots: ["/fake/vms", "/fake/secrets"],
       faults,
+      agents: this.options.agents ? this.agents : undefined,
     });
   }
 

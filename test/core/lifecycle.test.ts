@@ -47,8 +47,8 @@ test("what each status allows and holds, one answer per question", () => {
   const held = Object.fromEntries(VM_STATUSES.map((status) => [status, HOLDINGS.filter((what) => holds(status, what))]));
   assert.deepEqual(held, {
     creating: ["secrets", "network"],
-    running: ["ttl", "faults", "secrets", "network"],
-    paused: ["ttl", "faults", "secrets", "network"],
+    running: ["ttl", "agent", "faults", "secrets", "network"],
+    paused: ["ttl", "agent", "faults", "secrets", "network"],
     stopping: [],
     stopped: [],
     failed: [],

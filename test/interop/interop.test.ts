@@ -49,6 +49,8 @@ function describeVm(vm: VmView): string {
     vm.egressDrops,
     vm.backend,
     (vm.faults ?? []).map((f) => `${f.id},${f.kind},${f.description},${f.injectedAtMs},${f.expiresAtMs};`).join(""),
+    vm.agentState,
+    vm.agentReadyMs,
   ].join("|");
 }
 
@@ -123,6 +125,21 @@ describe("interop with the C++ reference implementation", { skip, timeout: 600_0
       const out = await cpp("unimplemented");
       assert.match(out, /^exception type=3 unimplemented=1 /m);
       assert.match(out, /^next call ok, 2000 vms$/m);
+    });
+
+    test("exec: the command arrives field by field, the result comes back field by field", async () => {
+      const out = await cpp("exec");
+      assert.deepEqual(fake.execs.at(-1), {
+        id: "vm-000001",
+        request: {
+          argv: ["/bin/sh", "-c", "echo \u00e9", "--big"],
+          env: ["A=1", "B=two words"],
+          cwd: "/tmp",
+          stdin: new Uint8Array([0, 1, 2, 255, 10]),
+          timeoutMs: 1,
+        },
+      });
+      assert.equal(out, "exit 4 signal 0 timedOut 1 stdout 0,1,2,255,10 stderr /tmp|A=1,B=two words truncated 1,0 duration 8589934592\n");
     });
 
     test("200 calls in flight", async () => {

@@ -97,6 +97,10 @@ describe("worker codec vs the capnp compiler", { skip: capnpAvailable() ? false 
       ["clearFault params", Size.ClearFaultParams, sizeOf("clearFault", "params")],
       ["listFaults params", Size.IdParams, sizeOf("listFaults", "params")],
       ["listFaults results", Size.ListFaultsResults, sizeOf("listFaults", "results")],
+      ["ExecCommand", Size.ExecCommand, nodes.get("ExecCommand")!.size],
+      ["ExecResult", Size.ExecResult, nodes.get("ExecResult")!.size],
+      ["exec params", Size.ExecParams, sizeOf("exec", "params")],
+      ["exec results", Size.ExecResults, sizeOf("exec", "results")],
     ];
     for (const [label, ours, compiled] of expected) assert.deepEqual([...ours], compiled, label);
   });

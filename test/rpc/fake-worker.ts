@@ -4,6 +4,8 @@ import type {
   CallerInfo,
   ConsoleChunk,
   CreateVmOptions,
+  ExecRequest,
+  ExecResult,
   FaultInput,
   VmEvent,
   VmSpecInput,
@@ -42,6 +44,8 @@ export function sampleVm(i: number): VmView {
       i % 3 === 0
         ? [{ id: `f-${i}`, kind: "loss", description: `loss ${i}%`, injectedAtMs: 1_700_000_000_000n + BigInt(i), expiresAtMs: BigInt(i) }]
         : [],
+    agentState: (["none", "connecting", "ready", "broken"] as const)[i % 4],
+    agentReadyMs: i % 4 === 2 ? BigInt(2000 + i) : 0n,
   };
 }
 
@@ -111,6 +115,24 @@ export class FakeWorker implements WorkerApi {
         injectedAtMs: 1n,
         expiresAtMs: 0n,
       }));
+  }
+
+  execs: { id: string; request: ExecRequest }[] = [];
+
+  /** Answers from what it was asked, so a misplaced field shows: exit code = argc, stdout = stdin. */
+  async exec(id: string, request: ExecRequest): Promise<ExecResult> {
+    if (id === "vm-missing") throw notFound(`no vm ${id}`);
+    this.execs.push({ id, request });
+    return {
+      exitCode: request.argv[0] === "crash" ? -1 : request.argv.length,
+      signal: request.argv[0] === "crash" ? 11 : 0,
+      timedOut: (request.timeoutMs ?? 0) === 1,
+      stdout: request.stdin ?? new Uint8Array(),
+      stderr: new TextEncoder().encode(`${request.cwd}|${(request.env ?? []).join(",")}`),
+      stdoutTruncated: request.argv.includes("--big"),
+      stderrTruncated: false,
+      durationMs: 2 ** 33,
+    };
   }
 
   async deleteVm(id: string): Promise<void> {

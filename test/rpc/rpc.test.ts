@@ -82,6 +82,41 @@ describe("rpc over unix socket and tcp", () => {
     }
   });
 
+  test("exec: every field of the command and of the result crosses intact", async () => {
+    const client = await connectWorker(socketPath);
+    try {
+      const stdin = new Uint8Array([0, 1, 2, 255, 10]);
+      const result = await client.exec("vm-1", {
+        argv: ["/bin/sh", "-c", "echo é", "--big"],
+        env: ["A=1", "B=two words"],
+        cwd: "/tmp",
+        stdin,
+        timeoutMs: 1,
+      });
+      assert.deepEqual(fake.execs.at(-1), {
+        id: "vm-1",
+        request: { argv: ["/bin/sh", "-c", "echo é", "--big"], env: ["A=1", "B=two words"], cwd: "/tmp", stdin, timeoutMs: 1 },
+      });
+      assert.equal(result.exitCode, 4);
+      assert.equal(result.signal, 0);
+      assert.equal(result.timedOut, true);
+      assert.deepEqual(result.stdout, stdin);
+      assert.equal(Buffer.from(result.stderr).toString(), "/tmp|A=1,B=two words");
+      assert.equal(result.stdoutTruncated, true);
+      assert.equal(result.stderrTruncated, false);
+      assert.equal(result.durationMs, 2 ** 33);
+      const crashed = await client.exec("vm-1", { argv: ["crash"] });
+      assert.equal(crashed.exitCode, -1, "Int32 keeps its sign");
+      assert.equal(crashed.signal, 11);
+      await assert.rejects(
+        client.exec("vm-missing", { argv: ["true"] }),
+        (err: unknown) => err instanceof WorkerError && err.code === "NOT_FOUND",
+      );
+    } finally {
+      client.close();
+    }
+  });
+
   test("tcp works the same", async () => {
     const client = await connectWorker(tcp);
     try {

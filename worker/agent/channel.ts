@@ -7,6 +7,7 @@ import { type Socket, createConnection } from "node:net";
 import type { Logger } from "pino";
 import { z } from "zod";
 import { resourceExhausted, unavailable, WorkerError } from "../core/errors.js";
+import type { AgentConnection, AgentState, ExecRequest } from "../ports/index.js";
 import { type AgentFrame, AgentProtocolError, encodeFrame, FrameDecoder, FrameType } from "./frame.js";
 
 const Hello = z.object({
@@ -36,17 +37,6 @@ const ErrorAnswer = z.object({ message: z.string().max(4096) });
 export type AgentHello = z.infer<typeof Hello>;
 export type ExecResult = z.infer<typeof ExecAnswer>;
 
-export interface ExecRequest {
-  argv: string[];
-  env?: string[];
-  cwd?: string;
-  stdin?: Buffer;
-  /** The agent kills the command (and its process group) after this long. */
-  timeoutMs?: number;
-}
-
-export type AgentState = "connecting" | "ready" | "broken" | "closed";
-
 export interface AgentChannelOptions {
   socketPath: string;
   log: Logger;
@@ -66,11 +56,13 @@ interface Pending {
   timer: NodeJS.Timeout;
 }
 
-export class AgentChannel {
+export class AgentChannel implements AgentConnection {
   state: AgentState = "connecting";
   /** Why the channel is broken, when it is. */
   brokenReason?: string;
   hello?: AgentHello;
+  /** When the first hello came. */
+  readyAtMs?: number;
   private socket?: Socket;
   private decoder = new FrameDecoder();
   private readonly pending = new Map<number, Pending>();
@@ -129,7 +121,7 @@ export class AgentChannel {
           argv: request.argv,
           env: request.env ?? [],
           cwd: request.cwd ?? "",
-          stdin: (request.stdin ?? Buffer.alloc(0)).toString("base64"),
+          stdin: Buffer.from(request.stdin ?? new Uint8Array()).toString("base64"),
           timeoutMs: request.timeoutMs ?? 0,
         }),
       ),
@@ -220,6 +212,7 @@ export class AgentChannel {
       this.decoder.synced = true;
       if (this.state !== "ready") {
         this.state = "ready";
+        this.readyAtMs ??= Date.now();
         this.options.log.info({ version: hello.version, uptimeMs: hello.uptimeMs }, "agent ready");
       }
       clearInterval(this.helloTimer);

@@ -1,5 +1,8 @@
 // What the worker offers, independent of transport. The RPC layer translates to and from this.
 import type { FaultInput } from "./fault-model.js";
+import type { ExecRequest, ExecResult } from "../ports/agent.js";
+
+export type { ExecRequest, ExecResult } from "../ports/agent.js";
 
 export type VmStatus = "creating" | "running" | "paused" | "stopping" | "stopped" | "failed";
 export const VM_STATUSES: readonly VmStatus[] = ["creating", "running", "paused", "stopping", "stopped", "failed"];
@@ -57,6 +60,10 @@ export interface VmView {
   backend: string;
   /** Faults active right now (absent from peers that predate fault injection). */
   faults?: ActiveFault[];
+  /** The guest agent's channel: "none" (the VM has none), "connecting", "ready", "broken" or "closed". */
+  agentState?: string;
+  /** From create to the agent's first hello; 0 until then. */
+  agentReadyMs?: bigint;
 }
 
 // --- fault injection (docs/faults.md) --------------------------------------------------------
@@ -132,6 +139,8 @@ export interface WorkerApi {
   /** Undoes an active fault exactly; NOT_FOUND for an unknown or already cleared fault. */
   clearFault(id: string, faultId: string, caller?: CallerInfo): Promise<void>;
   listFaults(id: string, caller?: CallerInfo): Promise<ActiveFault[]>;
+  /** Runs a command in the guest through its agent; the answer holds its exit and (bounded) output. */
+  exec(id: string, request: ExecRequest, caller?: CallerInfo): Promise<ExecResult>;
 }
 
 export const zeroCounters = (): IoCounters => ({

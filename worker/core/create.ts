@@ -145,6 +145,7 @@ export async function runCreate(
   ]
     .filter(Boolean)
     .join(" ");
+  if (backend.capabilities.agent && deps.vmContext.agents) record.agentSocket = `${vmDir}/agent.sock`;
   const handle = await plan.step(
     "start vmm",
     () =>
@@ -161,6 +162,7 @@ export async function runCreate(
         net: record.net ? { tap: record.net.tap, mac: record.net.mac } : undefined,
         share: secretsDir ? { tag: "secrets", hostDir: secretsDir } : undefined,
         dataDisk: spec.dataDiskBytes ? { path: `${vmDir}/data.img`, bytes: spec.dataDiskBytes } : undefined,
+        agentSocket: record.agentSocket,
         bootFds: { kernel: bootFiles.kernel.fd, initrd: bootFiles.initrd?.fd, image: bootFiles.image?.fd },
       }),
     async (started) => {

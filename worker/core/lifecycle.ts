@@ -29,8 +29,8 @@ export function assertTransition(id: string, from: VmStatus | undefined, to: VmS
  * What a VM may hold besides its VMM, record and console. A transition releases what the new status
  * does not hold, in HOLDINGS order (faults hang on the TAP the network detach removes).
  */
-export type Holding = "ttl" | "faults" | "secrets" | "network";
-export const HOLDINGS: readonly Holding[] = ["ttl", "faults", "secrets", "network"];
+export type Holding = "ttl" | "agent" | "faults" | "secrets" | "network";
+export const HOLDINGS: readonly Holding[] = ["ttl", "agent", "faults", "secrets", "network"];
 
 interface StatusTraits {
   /** The VMM should be alive. */

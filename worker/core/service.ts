@@ -5,7 +5,7 @@
 import { randomBytes } from "node:crypto";
 import type { Logger } from "pino";
 import type { ActiveFault, CallerInfo, ConsoleChunk, CreateVmOptions, FaultInput, VmEvent, VmSpecInput, VmView, WorkerApi } from "./api.js";
-import { asWorkerError, invalidArgument, notFound, WorkerError } from "./errors.js";
+import { asWorkerError, failedPrecondition, invalidArgument, notFound, WorkerError } from "./errors.js";
 import { EventLog } from "./events.js";
 import { checkCreate, runCreate, type CreateDeps } from "./create.js";
 import { FaultController, type FaultPorts } from "./faults.js";
@@ -14,7 +14,18 @@ import { recover, type RecoveryResult } from "./recovery.js";
 import { VmRegistry, type HostLimits } from "./registry.js";
 import type { SpecLimits } from "./spec.js";
 import type { ManagedVm, VmContext } from "./vm.js";
-import type { ConsoleStore, NetworkPort, RecordRepo, SecretsPort, StorePort, VmmBackend } from "../ports/index.js";
+import type {
+  ConsoleStore,
+  ExecRequest,
+  ExecResult,
+  GuestAgentPort,
+  NetworkPort,
+  RecordRepo,
+  SecretsPort,
+  StorePort,
+  VmmBackend,
+} from "../ports/index.js";
+import { validateExec } from "./exec.js";
 
 export interface ServiceLimits extends SpecLimits, HostLimits {
   maxTtlSeconds: number;
@@ -47,6 +58,8 @@ export interface ServiceDeps {
   strayRoots?: string[];
   /** Adapters for fault injection; without them only VMM-level faults work. */
   faults?: FaultPorts;
+  /** Channels to guest agents; without it, exec is refused. */
+  agents?: GuestAgentPort;
 }
 
 /** Hooks for metrics; every method optional. */
@@ -75,6 +88,7 @@ export class WorkerService implements WorkerApi {
       consoles: deps.consoles,
       secrets: deps.secrets,
       network: deps.network,
+      agents: deps.agents,
       faults: this.faults,
       events: this.eventLog,
       log: deps.logger,
@@ -149,6 +163,22 @@ export class WorkerService implements WorkerApi {
   async listFaults(id: string): Promise<ActiveFault[]> {
     this.registry.lookup(id);
     return this.faults.list(id);
+  }
+
+  // --- the guest agent -------------------------------------------------------------------
+
+  /** Runs a command in the guest. Not queued behind the VM's operations: many run at once. */
+  async exec(id: string, request: ExecRequest): Promise<ExecResult> {
+    const vm = this.registry.lookup(id);
+    const valid = validateExec(request);
+    if (!vm.agent) {
+      throw failedPrecondition(
+        !this.deps.backend.capabilities.agent || !this.deps.agents
+          ? `VM ${id}: the ${this.deps.backend.name} backend on this worker has no guest agent channel`
+          : `VM ${id} is ${vm.status}: no guest agent channel`,
+      );
+    }
+    return vm.agent.exec(valid);
   }
 
   // --- create ----------------------------------------------------------------------------

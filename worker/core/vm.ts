@@ -8,7 +8,17 @@ import { asWorkerError } from "./errors.js";
 import type { EventLog } from "./events.js";
 import type { FaultController, FaultTarget } from "./faults.js";
 import { assertTransition, exitEndsVm, hasCounters, HOLDINGS, holds, isLive, type Holding } from "./lifecycle.js";
-import type { ConsoleStore, NetworkPort, RecordRepo, SecretsPort, VmmExit, VmmHandle, VmRecord } from "../ports/index.js";
+import type {
+  AgentConnection,
+  ConsoleStore,
+  GuestAgentPort,
+  NetworkPort,
+  RecordRepo,
+  SecretsPort,
+  VmmExit,
+  VmmHandle,
+  VmRecord,
+} from "../ports/index.js";
 
 /** What every VM shares: the ports it releases through, the event log, the fault controller. */
 export interface VmContext {
@@ -16,6 +26,8 @@ export interface VmContext {
   consoles: ConsoleStore;
   secrets: SecretsPort;
   network?: NetworkPort;
+  /** Channels to guest agents; absent: no VM gets one. */
+  agents?: GuestAgentPort;
   faults: FaultController;
   events: EventLog;
   log: Logger;
@@ -44,6 +56,8 @@ const CONSOLE_TAIL_LINES = 5;
 
 export class ManagedVm {
   handle?: VmmHandle;
+  /** The channel to the guest agent, while the VM holds one. */
+  agent?: AgentConnection;
   /** Last sampled counters: listVms serves these so it never waits on a VMM. */
   counters: IoCounters = zeroCounters();
   egressDrops = 0n;
@@ -115,6 +129,9 @@ export class ManagedVm {
   /** The create is done, or the VMM was adopted: the VM owns what its status holds, watches its VMM and keeps its TTL. */
   own(handle: VmmHandle): void {
     this.handle = handle;
+    if (this.record.agentSocket && this.ctx.agents && holds(this.status, "agent")) {
+      this.agent = this.ctx.agents.connect(this.id, this.record.agentSocket);
+    }
     for (const what of HOLDINGS) if (holds(this.status, what)) this.held.add(what);
     this.watch(handle);
     this.armTtl();
@@ -191,6 +208,8 @@ export class ManagedVm {
       egressDrops: this.egressDrops,
       backend: record.backend,
       faults,
+      agentState: this.agent?.state ?? "none",
+      agentReadyMs: this.agent?.readyAtMs ? BigInt(Math.max(0, this.agent.readyAtMs - record.createdAtMs)) : 0n,
     };
   }
 
@@ -248,6 +267,10 @@ export class ManagedVm {
     switch (what) {
       case "ttl":
         return clearTimeout(this.ttlTimer);
+      case "agent":
+        this.agent?.close();
+        this.agent = undefined;
+        return;
       case "faults":
         // Before the network: tc and nft faults hang on the TAP the detach removes.
         return this.ctx.faults.clearAll(this.faultTarget(status));

@@ -1,12 +1,13 @@
 // Wraps a WorkerApi with metrics, request-scoped logs and the audit log, so the service
 // and the RPC layer stay free of both.
 import type { Logger } from "pino";
-import type { CallerInfo, WorkerApi } from "../core/api.js";
+import type { CallerInfo, ExecResult, WorkerApi } from "../core/api.js";
 import { asWorkerError } from "../core/errors.js";
 import type { AuditLog } from "./audit.js";
 import type { WorkerMetrics } from "./metrics.js";
 
-const MUTATING = new Set(["createVm", "deleteVm", "injectFault", "clearFault"]);
+/** Calls the audit log records: those that change a VM, and exec (which may change anything inside). */
+const MUTATING = new Set(["createVm", "deleteVm", "injectFault", "clearFault", "exec"]);
 
 export function instrument(api: WorkerApi, metrics: WorkerMetrics, audit: AuditLog | undefined, logger: Logger): WorkerApi {
   /** `details` go into the audit entry of a mutating call (what fault, which fault id). */
@@ -15,7 +16,8 @@ export function instrument(api: WorkerApi, metrics: WorkerMetrics, audit: AuditL
     caller: CallerInfo | undefined,
     vmId: string | undefined,
     run: () => Promise<T>,
-    details?: { fault?: string; faultSpec?: unknown; faultId?: string },
+    /** Never env values, stdin or output: exec is audited by its argv[0] and its exit. */
+    details?: { fault?: string; faultSpec?: unknown; faultId?: string; command?: string },
   ): Promise<T> {
     const started = performance.now();
     // Looked up while the caller is surely still connected; ready long before most calls end.
@@ -49,6 +51,10 @@ export function instrument(api: WorkerApi, metrics: WorkerMetrics, audit: AuditL
           durationMs: Math.round(seconds * 1000),
           ...(details?.fault ? { fault: details.fault, faultSpec: details.faultSpec } : {}),
           ...(faultId ? { faultId } : {}),
+          ...(details?.command !== undefined ? { command: details.command } : {}),
+          ...(method === "exec" && isExecResult(result)
+            ? { exitCode: result.exitCode, signal: result.signal, timedOut: result.timedOut }
+            : {}),
         };
         audit?.write(entry);
         logger.info({ ...entry, vmId: id }, "call");
@@ -66,5 +72,10 @@ export function instrument(api: WorkerApi, metrics: WorkerMetrics, audit: AuditL
       observe("injectFault", caller, id, () => api.injectFault(id, fault, caller), { fault: fault.kind, faultSpec: fault }),
     clearFault: (id, faultId, caller) => observe("clearFault", caller, id, () => api.clearFault(id, faultId, caller), { faultId }),
     listFaults: (id, caller) => observe("listFaults", caller, id, () => api.listFaults(id, caller)),
+    exec: (id, command, caller) => observe("exec", caller, id, () => api.exec(id, command, caller), { command: command.argv[0] ?? "" }),
   };
+}
+
+function isExecResult(value: unknown): value is ExecResult {
+  return typeof value === "object" && value !== null && "exitCode" in value && "signal" in value;
 }

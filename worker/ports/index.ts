@@ -1,5 +1,6 @@
 // The interfaces the core needs from the outside world, one file per port. The core imports only
-// these; each adapter folder (vmm/, net/, faults/, store/, secrets/, state/) implements one.
+// these; each adapter folder (vmm/, net/, faults/, store/, secrets/, state/, agent/) implements one.
+export type * from "./agent.js";
 export type * from "./faults.js";
 export type * from "./network.js";
 export type * from "./records.js";

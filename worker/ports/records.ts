@@ -18,6 +18,8 @@ export interface VmRecord {
   expiresAtMs?: number;
   vmm?: VmmProcessRecord;
   net?: VmNetwork;
+  /** The host end of the guest agent's channel, when the backend gave the VM one. */
+  agentSocket?: string;
   /** Names only; the values live on tmpfs and nowhere else. */
   secretNames: string[];
 }

@@ -115,6 +115,8 @@ export type DiskErrorRule = import("../core/fault-model.js").DiskErrorRule;
 export interface BackendCapabilities {
   /** A writable data disk (spec.dataDiskBytes). */
   dataDisk: boolean;
+  /** A channel to the guest agent (VmLaunchSpec.agentSocket). */
+  agent: boolean;
 }
 
 export interface VmmBackend {

@@ -1,5 +1,15 @@
 // A typed Worker client mirroring WorkerApi; RPC exceptions come back as WorkerError.
-import type { ActiveFault, ConsoleChunk, CreateVmOptions, FaultInput, VmEvent, VmSpecInput, VmView } from "../core/api.js";
+import type {
+  ActiveFault,
+  ConsoleChunk,
+  CreateVmOptions,
+  ExecRequest,
+  ExecResult,
+  FaultInput,
+  VmEvent,
+  VmSpecInput,
+  VmView,
+} from "../core/api.js";
 import { WorkerError } from "../core/errors.js";
 import { type RemoteCapability, type RpcConnection, RpcException, type ContentWriter } from "./connection.js";
 import { type ConnectOptions, connectRpc } from "./client.js";
@@ -8,9 +18,11 @@ import {
   WORKER_INTERFACE_ID,
   WorkerMethod,
   readActiveFaultList,
+  readExecResult,
   readRunningVm,
   readRunningVmList,
   readVmEventList,
+  writeExecCommand,
   writeFault,
   writeSecrets,
   writeVmSpec,
@@ -135,6 +147,19 @@ export class WorkerClient {
       WorkerMethod.listFaults,
       (r) => readActiveFaultList(r, 0),
       params(Size.IdParams, (b, s) => b.setText(s, id)),
+    );
+  }
+
+  exec(id: string, command: ExecRequest): Promise<ExecResult> {
+    const textBytes = [...command.argv, ...(command.env ?? []), command.cwd ?? ""].reduce((sum, text) => sum + text.length * 3 + 16, 0);
+    return this.call(
+      WorkerMethod.exec,
+      (r) => readExecResult(readStruct(r, 0)),
+      params(Size.ExecParams, (b, s) => {
+        b.setText(s, id);
+        writeExecCommand(b, s + 8, command);
+      }),
+      1024 + textBytes + (command.stdin?.length ?? 0),
     );
   }
 

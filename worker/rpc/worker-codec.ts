@@ -4,6 +4,8 @@
 import {
   type ActiveFault,
   DISK_OPS,
+  type ExecRequest,
+  type ExecResult,
   FAULT_KINDS,
   type FaultInput,
   type FaultName,
@@ -20,6 +22,7 @@ import {
   type MessageBuilder,
   type StructReader,
   listStruct,
+  readBool,
   readData,
   readStruct,
   readStructList,
@@ -42,11 +45,12 @@ export const WorkerMethod = {
   injectFault: 6,
   clearFault: 7,
   listFaults: 8,
+  exec: 9,
 } as const;
 
 /** Struct sizes: data words, pointer count. */
 export const Size = {
-  RunningVm: [5, 9],
+  RunningVm: [6, 10],
   IoCounters: [8, 0],
   VmEvent: [3, 2],
   VmSpec: [3, 6],
@@ -72,6 +76,10 @@ export const Size = {
   InjectFaultResults: [0, 1],
   ClearFaultParams: [0, 2],
   ListFaultsResults: [0, 1],
+  ExecCommand: [1, 4],
+  ExecResult: [3, 2],
+  ExecParams: [0, 2],
+  ExecResults: [0, 1],
 } as const satisfies Record<string, readonly [number, number]>;
 
 const statusFromWire = (value: number): VmStatus => VM_STATUSES[value] ?? "failed";
@@ -127,6 +135,8 @@ export function writeRunningVm(b: MessageBuilder, s: number, vm: VmView): void {
   b.setU64(s + 32, vm.egressDrops);
   b.setText(p + 56, vm.backend);
   writeActiveFaultList(b, p + 64, vm.faults ?? []);
+  b.setText(p + 72, vm.agentState ?? "none");
+  b.setU64(s + 40, vm.agentReadyMs ?? 0n);
 }
 
 export function readRunningVm(s: StructReader): VmView {
@@ -149,6 +159,9 @@ export function readRunningVm(s: StructReader): VmView {
     egressDrops: readU64(s, 32),
     backend: readText(s, 7),
     faults: readActiveFaultList(s, 8),
+    // A peer that predates the agent sends neither: its VMs have none.
+    agentState: readText(s, 9) || "none",
+    agentReadyMs: readU64(s, 40),
   };
 }
 
@@ -360,4 +373,57 @@ export function readActiveFaultList(s: StructReader, index: number): ActiveFault
     injectedAtMs: readU64(e, 0),
     expiresAtMs: readU64(e, 8),
   }));
+}
+
+// ---- ExecCommand / ExecResult ----
+
+/** Longest argv or env list decoded; the core refuses far shorter ones (core/exec.ts). */
+const MAX_EXEC_LIST = 4096;
+
+export function writeExecCommand(b: MessageBuilder, at: number, command: ExecRequest): void {
+  const s = b.initStruct(at, Size.ExecCommand[0], Size.ExecCommand[1]);
+  const p = s + Size.ExecCommand[0] * 8;
+  b.setTextList(p, command.argv);
+  b.setTextList(p + 8, command.env ?? []);
+  b.setText(p + 16, command.cwd ?? "");
+  b.setData(p + 24, command.stdin ?? new Uint8Array());
+  b.setU32(s, command.timeoutMs ?? 0);
+}
+
+export function readExecCommand(s: StructReader | null): ExecRequest {
+  if (s === null) throw invalidArgument("command is required");
+  return {
+    argv: readTextList(s, 0, MAX_EXEC_LIST),
+    env: readTextList(s, 1, MAX_EXEC_LIST),
+    cwd: readText(s, 2),
+    stdin: readData(s, 3),
+    timeoutMs: readU32(s, 0),
+  };
+}
+
+export function writeExecResult(b: MessageBuilder, at: number, result: ExecResult): void {
+  const s = b.initStruct(at, Size.ExecResult[0], Size.ExecResult[1]);
+  const p = s + Size.ExecResult[0] * 8;
+  b.setU32(s, result.exitCode >>> 0); // Int32 on the wire: two's complement
+  b.setU32(s + 4, result.signal);
+  b.setBool(s, 64, result.timedOut);
+  b.setData(p, result.stdout);
+  b.setData(p + 8, result.stderr);
+  b.setBool(s, 65, result.stdoutTruncated);
+  b.setBool(s, 66, result.stderrTruncated);
+  b.setU64(s + 16, BigInt(result.durationMs));
+}
+
+export function readExecResult(s: StructReader | null): ExecResult {
+  if (s === null) throw invalidArgument("exec result is missing");
+  return {
+    exitCode: readU32(s, 0) | 0,
+    signal: readU32(s, 4),
+    timedOut: readBool(s, 64),
+    stdout: readData(s, 0),
+    stderr: readData(s, 1),
+    stdoutTruncated: readBool(s, 65),
+    stderrTruncated: readBool(s, 66),
+    durationMs: Number(readU64(s, 16)),
+  };
 }

@@ -7,10 +7,12 @@ import {
   Size,
   WORKER_INTERFACE_ID,
   WorkerMethod,
+  readExecCommand,
   readFault,
   readSecrets,
   readVmSpec,
   writeActiveFaultList,
+  writeExecResult,
   writeRunningVm,
   writeRunningVmList,
   writeVmEventList,
@@ -111,6 +113,11 @@ export function workerDispatcher(api: WorkerApi): InterfaceDispatcher {
   define(WorkerMethod.listFaults, "listFaults", async (params, context) => {
     const faults = await api.listFaults(readText(params, 0), caller(context));
     return results(Size.ListFaultsResults, (b, s) => writeActiveFaultList(b, s, faults), 256 + faults.length * 128);
+  });
+
+  define(WorkerMethod.exec, "exec", async (params, context) => {
+    const result = await api.exec(readText(params, 0), readExecCommand(readStruct(params, 1)), caller(context));
+    return results(Size.ExecResults, (b, s) => writeExecResult(b, s, result), 256 + result.stdout.length + result.stderr.length);
   });
 
   return { interfaceId: WORKER_INTERFACE_ID, name: "Worker", methods };

@@ -102,6 +102,29 @@ int main(int argc, char** argv) {
     }
     auto next = worker.listVmsRequest().send().wait(ws);
     printf("next call ok, %u vms\n", next.getVms().size());
+  } else if (mode == "exec") {
+    auto req = worker.execRequest();
+    req.setId("vm-000001");
+    auto command = req.initCommand();
+    auto argv = command.initArgv(4);
+    argv.set(0, "/bin/sh");
+    argv.set(1, "-c");
+    argv.set(2, "echo \xc3\xa9");
+    argv.set(3, "--big");
+    auto env = command.initEnv(2);
+    env.set(0, "A=1");
+    env.set(1, "B=two words");
+    command.setCwd("/tmp");
+    const kj::byte input[] = {0, 1, 2, 255, 10};
+    command.setStdin(kj::arrayPtr(input, 5));
+    command.setTimeoutMs(1);
+    auto result = req.send().wait(ws).getResult();
+    kj::String out = kj::str("");
+    for (auto byte : result.getStdout()) out = kj::str(out, out.size() ? "," : "", byte);
+    auto err = result.getStderr();
+    printf("exit %d signal %u timedOut %d stdout %s stderr %.*s truncated %d,%d duration %llu\n", result.getExitCode(),
+           result.getSignal(), int(result.getTimedOut()), out.cStr(), int(err.size()), err.begin(),
+           int(result.getStdoutTruncated()), int(result.getStderrTruncated()), (unsigned long long)result.getDurationMs());
   } else if (mode == "inflight") {
     int n = atoi(argv[3]);
     kj::Vector<kj::Promise<void>> calls;

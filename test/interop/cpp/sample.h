@@ -40,6 +40,9 @@ inline void fillSampleVm(RunningVm::Builder vm, uint32_t i) {
     fault.setInjectedAtMs(1700000000000ull + i);
     fault.setExpiresAtMs(i);
   }
+  static const char* agentStates[] = {"none", "connecting", "ready", "broken"};
+  vm.setAgentState(agentStates[i % 4]);
+  vm.setAgentReadyMs(i % 4 == 2 ? 2000 + i : 0);
 }
 
 inline kj::String describeFaults(capnp::List<ActiveFault>::Reader faults) {
@@ -59,5 +62,5 @@ inline kj::String describeVm(RunningVm::Reader vm) {
                  c.getBlockReadBytes(), ",", c.getBlockWriteBytes(), ",", c.getBlockReadOps(), ",",
                  c.getBlockWriteOps(), ",", c.getNetRxBytes(), ",", c.getNetTxBytes(), ",",
                  c.getNetRxPackets(), ",", c.getNetTxPackets(), "|", vm.getEgressDrops(), "|", vm.getBackend(), "|",
-                 describeFaults(vm.getFaults()));
+                 describeFaults(vm.getFaults()), "|", vm.getAgentState(), "|", vm.getAgentReadyMs());
 }
