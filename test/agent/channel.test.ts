@@ -251,6 +251,20 @@ describe("agent channel against a hostile guest", () => {
     for (const request of silent) await rejectsWith(request, "UNAVAILABLE", /closed/);
   });
 
+  test("a request too large to frame is INVALID_ARGUMENT and holds no in-flight slot", async () => {
+    const { channel, done } = await hostile("oversize", () => undefined);
+    const limited = channel as unknown as { options: { maxInFlight?: number } };
+    limited.options.maxInFlight = 2;
+    // Control characters pass the core's byte bound but grow sixfold as JSON escapes.
+    const escapes = "\u0001".repeat(100 * 1024);
+    for (let attempt = 0; attempt < 5; attempt++) {
+      await rejectsWith(channel.exec({ argv: ["echo", escapes] }), "INVALID_ARGUMENT", /bytes encoded/);
+    }
+    assert.equal(channel.inFlight, 0);
+    assert.equal(channel.state, "ready");
+    done();
+  });
+
   test("a guest that never says hello: waiting for it ends at its timeout", async () => {
     const serial = new SerialStandIn(join(dir, "mute-host.sock"), join(dir, "mute-guest.sock"));
     await serial.listen();

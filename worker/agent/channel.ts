@@ -6,9 +6,9 @@
 import { type Socket, createConnection } from "node:net";
 import type { Logger } from "pino";
 import { z } from "zod";
-import { resourceExhausted, unavailable, WorkerError } from "../core/errors.js";
+import { invalidArgument, resourceExhausted, unavailable, WorkerError } from "../core/errors.js";
 import type { AgentConnection, AgentState, ExecRequest } from "../ports/index.js";
-import { type AgentFrame, AgentProtocolError, encodeFrame, FrameDecoder, FrameType } from "./frame.js";
+import { type AgentFrame, AgentProtocolError, encodeFrame, FrameDecoder, FrameType, MAX_PAYLOAD } from "./frame.js";
 
 const Hello = z.object({
   protocol: z.literal(1),
@@ -148,6 +148,10 @@ export class AgentChannel implements AgentConnection {
   private request<T extends z.ZodType>(schema: T, type: number, body: Buffer, timeoutMs = 0): Promise<z.infer<T>> {
     if (this.state !== "ready" || !this.socket) {
       return Promise.reject(unavailable(`the VM's agent is ${this.state}${this.brokenReason ? `: ${this.brokenReason}` : ""}`));
+    }
+    // Checked before anything is registered: a request that cannot be sent must hold no slot.
+    if (body.length > MAX_PAYLOAD) {
+      return Promise.reject(invalidArgument(`the request is ${body.length} bytes encoded (at most ${MAX_PAYLOAD}: escape-heavy text grows)`));
     }
     const max = this.options.maxInFlight ?? 128;
     if (this.pending.size >= max) return Promise.reject(resourceExhausted(`${max} requests to the VM's agent are in flight`));
