@@ -151,7 +151,9 @@ export class AgentChannel implements AgentConnection {
     }
     // Checked before anything is registered: a request that cannot be sent must hold no slot.
     if (body.length > MAX_PAYLOAD) {
-      return Promise.reject(invalidArgument(`the request is ${body.length} bytes encoded (at most ${MAX_PAYLOAD}: escape-heavy text grows)`));
+      return Promise.reject(
+        invalidArgument(`the request is ${body.length} bytes encoded (at most ${MAX_PAYLOAD}: escape-heavy text grows)`),
+      );
     }
     const max = this.options.maxInFlight ?? 128;
     if (this.pending.size >= max) return Promise.reject(resourceExhausted(`${max} requests to the VM's agent are in flight`));
