@@ -4,6 +4,7 @@ package main
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -23,8 +24,31 @@ const (
 	TypeHello        byte = 2 // agent -> host, stream 0, JSON
 	TypeExec         byte = 3 // host -> agent, JSON
 	TypeExit         byte = 4 // agent -> host, JSON
-	TypeError        byte = 5 // agent -> host, JSON {"message"}
-	TypeCancel       byte = 6 // host -> agent, no payload: kill that stream's process
+	TypeError        byte = 5 // agent -> host, JSON {"message", "code"}
+	TypeCancel       byte = 6 // host -> agent, no payload: kill that stream's process or end its wait
+
+	// Files (files.go). "Mixed" payloads carry raw bytes after their JSON (encodeMixed).
+	TypeFileWrite   byte = 7  // host -> agent, mixed {path, offset, mode, truncate} + bytes
+	TypeFileWritten byte = 8  // agent -> host, JSON {size}
+	TypeFileRead    byte = 9  // host -> agent, JSON {path, offset, length}
+	TypeFileData    byte = 10 // agent -> host, mixed {size, eof} + bytes
+	TypeStat        byte = 11 // host -> agent, JSON {path}
+	TypeStatResult  byte = 12 // agent -> host, JSON stat
+	TypeList        byte = 13 // host -> agent, JSON {path, offset}
+	TypeListResult  byte = 14 // agent -> host, JSON {entries, truncated}
+
+	// Long-running processes (process.go).
+	TypeProcessStart   byte = 15 // host -> agent, JSON {argv, env, cwd, tty}
+	TypeProcessStarted byte = 16 // agent -> host, JSON {pid}
+	TypeProcessRead    byte = 17 // host -> agent, JSON {pid, stream, offset, maxBytes, waitMs}
+	TypeProcessOutput  byte = 18 // agent -> host, mixed {offset, nextOffset, eof} + bytes
+	TypeProcessWrite   byte = 19 // host -> agent, mixed {pid, close} + bytes
+	TypeOK             byte = 20 // agent -> host, JSON {}
+	TypeProcessSignal  byte = 21 // host -> agent, JSON {pid, signal}
+	TypeProcessWait    byte = 22 // host -> agent, JSON {pid, waitMs}
+	TypeProcessStatus  byte = 23 // agent -> host, JSON {pid, running, exitCode, signal}
+	TypeProcessResize  byte = 24 // host -> agent, JSON {pid, rows, cols}
+	// 25 and 26 (in-guest faults) are faults.go's.
 )
 
 type Frame struct {
@@ -68,4 +92,30 @@ func encodeFrame(frame Frame) ([]byte, error) {
 	binary.BigEndian.PutUint32(out[12:16], uint32(len(frame.Payload)))
 	copy(out[headerSize:], frame.Payload)
 	return out, nil
+}
+
+// encodeMixed makes a payload of JSON and raw bytes: a u32 big-endian length of the JSON, the
+// JSON, then the bytes (file and process data, which base64 would grow by a third).
+func encodeMixed(header interface{}, data []byte) ([]byte, error) {
+	text, err := json.Marshal(header)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 4+len(text)+len(data))
+	binary.BigEndian.PutUint32(out[:4], uint32(len(text)))
+	copy(out[4:], text)
+	copy(out[4+len(text):], data)
+	return out, nil
+}
+
+// decodeMixed splits a mixed payload into its JSON and its bytes.
+func decodeMixed(payload []byte) (header, data []byte, err error) {
+	if len(payload) < 4 {
+		return nil, nil, invalid("a mixed payload shorter than its length field")
+	}
+	length := binary.BigEndian.Uint32(payload[:4])
+	if uint64(length) > uint64(len(payload)-4) {
+		return nil, nil, invalid("a mixed payload's JSON of %d bytes overruns it", length)
+	}
+	return payload[4 : 4+length], payload[4+length:], nil
 }

@@ -134,7 +134,10 @@ export const handlers: Record<string, Handler> = {
       ...(args["secrets-dir"] ? secretsFromDir(str(args["secrets-dir"])!) : []),
       ...(list(args.secret) ?? []).map((flag) => secretFromFlag(flag)),
     ]);
-    const id = await withClient(str(args.worker)!, (client) => client.createVm(spec, { secrets, ttlSeconds: num(args.ttl) ?? 0 }));
+    const waitReadyMs = args["wait-ready"] ? (num(args["wait-ready-ms"]) ?? 120_000) : 0;
+    const id = await withClient(str(args.worker)!, (client) =>
+      client.createVm(spec, { secrets, ttlSeconds: num(args.ttl) ?? 0, waitReadyMs }),
+    );
     console.log(id);
   },
   "delete-vm": async (args, { id }) => {
@@ -178,6 +181,12 @@ export const handlers: Record<string, Handler> = {
         op: str(args.op),
         errno: num(args.errno),
         afterOps: num(args["after-ops"]),
+        pid: num(args.pid),
+        name: str(args.name),
+        signal: str(args.signal),
+        deltaMs: num(args["delta-ms"]),
+        periodMs: num(args["period-ms"]),
+        dir: str(args.dir),
       }),
     );
     console.log(await withClient(str(args.worker)!, (client) => client.injectFault(id!, fault)));
@@ -186,15 +195,28 @@ export const handlers: Record<string, Handler> = {
     await withClient(str(args.worker)!, (client) => client.clearFault(id!, fault!));
   },
   exec: async (args, { id }, argv) => {
+    const env = list(args.env) ?? [];
+    const cwd = str(args.cwd) ?? "";
+    if (args.tty) {
+      const { attachTerminal } = await import("./attach.js");
+      return withClient(str(args.worker)!, (client) => attachTerminal(client, id!, { argv, env, cwd }));
+    }
     const stdin = args.interactive ? await readStdin(EXEC_STDIN_MAX) : undefined;
     const result = await withClient(str(args.worker)!, (client) =>
-      client.exec(id!, { argv, env: list(args.env) ?? [], cwd: str(args.cwd) ?? "", stdin, timeoutMs: num(args["timeout-ms"]) ?? 0 }),
+      client.exec(id!, { argv, env, cwd, stdin, timeoutMs: num(args["timeout-ms"]) ?? 0 }),
     );
     process.stdout.write(result.stdout);
     process.stderr.write(result.stderr);
     if (result.stdoutTruncated || result.stderrTruncated) console.error("pcr-worker-test: output cut at 64 KiB per stream");
     if (result.timedOut) console.error("pcr-worker-test: killed after --timeout-ms");
     return result.signal ? 128 + result.signal : result.exitCode;
+  },
+  cp: async (args, { src, dst }) => {
+    const { download, parseCopy, upload } = await import("./copy.js");
+    const copy = parseCopy(src!, dst!);
+    await withClient(str(args.worker)!, (client) =>
+      copy.upload ? upload(client, copy.local, copy.guest) : download(client, copy.guest, copy.local),
+    );
   },
   "list-faults": async (args, { id }) => {
     const faults = await withClient(str(args.worker)!, (client) => client.listFaults(id!));

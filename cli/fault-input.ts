@@ -17,6 +17,40 @@ export interface FaultFlags {
   op?: string;
   errno?: number;
   afterOps?: number;
+  pid?: number;
+  name?: string;
+  /** A number or a name (KILL, SIGTERM, ...). */
+  signal?: string;
+  deltaMs?: number;
+  periodMs?: number;
+  dir?: string;
+}
+
+/** Signal names the CLI takes besides numbers (Linux x86 and arm numbering). */
+const SIGNALS: Readonly<Record<string, number>> = {
+  HUP: 1,
+  INT: 2,
+  QUIT: 3,
+  ABRT: 6,
+  KILL: 9,
+  USR1: 10,
+  SEGV: 11,
+  USR2: 12,
+  PIPE: 13,
+  ALRM: 14,
+  TERM: 15,
+  CONT: 18,
+  STOP: 19,
+};
+
+/** 9 when absent; else a number or a name with or without SIG. */
+export function parseSignal(text: string | undefined): number {
+  if (text === undefined) return SIGNALS.KILL!;
+  if (/^\d+$/.test(text)) return Number(text);
+  const number = SIGNALS[text.toUpperCase().replace(/^SIG/, "")];
+  if (number === undefined)
+    throw invalidArgument(`unknown signal ${JSON.stringify(text)}; a number or one of ${Object.keys(SIGNALS).join(", ")}`);
+  return number;
 }
 
 export function faultFromFlags(flags: FaultFlags): FaultInput {
@@ -45,6 +79,21 @@ export function faultFromFlags(flags: FaultFlags): FaultInput {
       };
     case "cpuThrottle":
       return { kind: "cpuThrottle", percent: need(flags.percent, "percent"), durationMs };
+    case "killProcess":
+    case "freezeProcess": {
+      if ((flags.pid === undefined) === (flags.name === undefined)) throw invalidArgument(`--kind ${flags.kind} needs --pid or --name`);
+      const who = { pid: flags.pid ?? 0, name: flags.name ?? "" };
+      return flags.kind === "killProcess"
+        ? { kind: "killProcess", ...who, signal: parseSignal(flags.signal), durationMs }
+        : { kind: "freezeProcess", ...who, durationMs };
+    }
+    case "clockShift":
+      return { kind: "clockShift", deltaMs: need(flags.deltaMs, "delta-ms"), durationMs };
+    case "clockStrobe":
+      return { kind: "clockStrobe", deltaMs: need(flags.deltaMs, "delta-ms"), periodMs: need(flags.periodMs, "period-ms"), durationMs };
+    case "fillDisk":
+      if (flags.dir === undefined) throw invalidArgument("--kind fillDisk needs --dir");
+      return { kind: "fillDisk", dir: flags.dir, durationMs };
     case "pause":
     case "resume":
     case "killVmm":

@@ -8,18 +8,36 @@ using Common = import "common.capnp";
 interface Worker {
   listVms @0 () -> (vms :List(RunningVm));
   read @1 (id :Text, offset :UInt64, maxBytes :UInt32) -> (data :Data, nextOffset :UInt64);  # serial console
-  createVm @2 (spec :Common.VmSpec, secrets :List(Common.Secret), ttlSeconds :UInt32) -> (id :Text);
+  # waitReadyMs: 0 answers once the VMM runs; else the call waits that long for the guest agent's
+  # hello, and a VM whose agent is not ready by then is deleted (UNAVAILABLE).
+  createVm @2 (spec :Common.VmSpec, secrets :List(Common.Secret), ttlSeconds :UInt32, waitReadyMs :UInt32) -> (id :Text);
   deleteVm @3 (id :Text) -> ();
   getVm @4 (id :Text) -> (vm :RunningVm);
   events @5 (sinceSeq :UInt64, maxEvents :UInt32, waitMs :UInt32) -> (events :List(VmEvent), nextSeq :UInt64);
-  # Fault injection (docs/faults.md). Instant faults (resume, killVmm, powerOff, reboot) return an
-  # id but are never active; the others stay active until cleared or until durationMs passes.
+  # Fault injection (docs/faults.md). Instant faults (resume, killVmm, powerOff, reboot,
+  # killProcess) return an id but are never active; the others stay active until cleared or until durationMs passes.
   injectFault @6 (id :Text, fault :Fault) -> (faultId :Text);
   clearFault @7 (id :Text, faultId :Text) -> ();
   listFaults @8 (id :Text) -> (faults :List(ActiveFault));
   # Runs a command in the guest through its agent (docs/agent-protocol.md): UNAVAILABLE while the
   # agent has not said hello, or after its channel broke; FAILED_PRECONDITION without an agent.
   exec @9 (id :Text, command :ExecCommand) -> (result :ExecResult);
+  # Files in the guest, through its agent. A call moves at most 1 MiB: bigger files take several,
+  # by offset. Paths are absolute. writeFile creates missing parents; mode applies to a new file.
+  writeFile @10 (id :Text, path :Text, data :Data, offset :UInt64, mode :UInt32, truncate :Bool) -> (size :UInt64);
+  readFile @11 (id :Text, path :Text, offset :UInt64, maxBytes :UInt32) -> (data :Data, size :UInt64, eof :Bool);
+  statFile @12 (id :Text, path :Text) -> (stat :FileStat);
+  listDir @13 (id :Text, path :Text, offset :UInt32) -> (entries :List(FileStat), truncated :Bool);
+  # Long-running processes in the guest, named by the pid startProcess answers. Output is read by
+  # offset (the agent keeps the last 1 MiB of each stream); readProcess and waitProcess wait up to
+  # waitMs for something new.
+  startProcess @14 (id :Text, command :ProcessCommand) -> (pid :UInt32);
+  readProcess @15 (id :Text, pid :UInt32, stream :OutputStream, offset :UInt64, maxBytes :UInt32, waitMs :UInt32)
+      -> (data :Data, offset :UInt64, nextOffset :UInt64, eof :Bool);
+  writeProcess @16 (id :Text, pid :UInt32, data :Data, closeStdin :Bool) -> ();
+  signalProcess @17 (id :Text, pid :UInt32, signal :UInt32) -> ();
+  waitProcess @18 (id :Text, pid :UInt32, waitMs :UInt32) -> (status :ProcessStatus);
+  resizeProcess @19 (id :Text, pid :UInt32, rows :UInt16, cols :UInt16) -> ();
 }
 
 struct RunningVm {
@@ -61,6 +79,34 @@ struct ExecResult {
   durationMs @7 :UInt64;
 }
 
+struct FileStat {
+  name @0 :Text;
+  type @1 :FileType;
+  size @2 :UInt64;
+  mode @3 :UInt32;            # permission bits
+  mtimeMs @4 :Int64;
+}
+
+enum FileType { file @0; dir @1; symlink @2; other @3; }
+
+struct ProcessCommand {
+  argv @0 :List(Text);
+  env @1 :List(Text);         # NAME=value; empty: a minimal PATH and HOME
+  cwd @2 :Text;
+  tty @3 :Bool;               # a terminal: one pty for stdin, stdout and stderr (stderr stays empty)
+  rows @4 :UInt16;
+  cols @5 :UInt16;
+}
+
+enum OutputStream { stdout @0; stderr @1; }
+
+struct ProcessStatus {
+  pid @0 :UInt32;
+  running @1 :Bool;
+  exitCode @2 :Int32;         # -1 while running or when a signal ended it
+  signal @3 :UInt32;
+}
+
 struct Fault {
   durationMs @0 :UInt32;      # clears itself after this long; 0: until clearFault
   union {
@@ -75,6 +121,13 @@ struct Fault {
     reboot @9 :Void;          # instant: hard reset of the guest
     diskErrors @10 :DiskErrors;
     cpuThrottle @11 :CpuThrottle;
+    # In the guest, through its agent (FAILED_PRECONDITION without one, UNAVAILABLE before its
+    # hello or while the VM is paused).
+    killProcess @12 :GuestProcess;    # instant: the signal to the process(es)
+    freezeProcess @13 :GuestProcess;  # SIGSTOP; clearing it sends SIGCONT to the processes it stopped
+    clockShift @14 :ClockShift;       # steps the guest's realtime clock; clearing it steps back
+    clockStrobe @15 :ClockStrobe;     # +deltaMs and back every periodMs; clearing it ends where it began
+    fillDisk @16 :FillDisk;           # a file until the filesystem is full (ENOSPC); clearing it frees that
   }
 }
 
@@ -135,4 +188,25 @@ struct VmEvent {
   status @2 :VmStatus;
   atMs @3 :UInt64;
   reason @4 :Text;
+}
+
+# In-guest faults
+struct GuestProcess {
+  pid @0 :UInt32;             # 0: by name
+  name @1 :Text;              # /proc/<pid>/comm or argv[0]'s base name: every such process (never
+                              # init, the agent or kernel threads); empty: by pid
+  signal @2 :UInt32;          # killProcess: 1-64; unused by freezeProcess
+}
+
+struct ClockShift {
+  deltaMs @0 :Int64;          # non-zero, at most ten years either way
+}
+
+struct ClockStrobe {
+  deltaMs @0 :Int64;
+  periodMs @1 :UInt32;        # 50 to 3600000
+}
+
+struct FillDisk {
+  dir @0 :Text;               # an absolute directory in the guest; the file is <dir>/.pcr-fill-<faultId>
 }

@@ -18,6 +18,8 @@ export interface RawBootOptions {
   timeoutMs?: number;
   /** A virtio-net device on a TAP QEMU creates itself (run it inside a namespace: see `wrapper`). */
   net?: { tap: string; mac: string };
+  /** The guest agent's virtio-serial port on a unix socket QEMU serves (nobody need connect). */
+  agentSocket?: string;
   /** Command QEMU runs under, e.g. ["ip", "netns", "exec", "<ns>"]. */
   wrapper?: string[];
 }
@@ -35,6 +37,7 @@ export function bootRawQemu(options: RawBootOptions): Promise<{ msToReady: numbe
       cpu: options.cpu ?? 1,
       memoryBytes: options.memoryBytes ?? 256 * 1024 * 1024,
       net: options.net,
+      agentSocket: options.agentSocket,
     },
     { accel: options.accel, cpuModel: options.cpuModel },
   );

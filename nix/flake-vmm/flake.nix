@@ -34,6 +34,8 @@
 
       packages = forAllSystems (system: {
         minimal-vm-spec = self.checks.${system}.minimal-vm-spec;
+        # The guest agent the module runs; for images built some other way.
+        pcr-agent = nixpkgs.legacyPackages.${system}.callPackage ./agent.nix { };
       });
     };
 }

@@ -4,7 +4,8 @@
 # is a tmpfs and /dev/vda (read-only ext4, store paths at its top level) is mounted at /nix/store.
 # At boot, oneshot services read the pcr.* parameters the worker appends to the kernel command
 # line (docs/guest-contract.md): address, route, DNS and host name; the secrets share. Then the
-# console says "pcr-guest: ready" and the workload entrypoint starts.
+# console says "pcr-guest: ready" and the workload entrypoint starts. pcr-agent (agent.nix, the
+# worker's exec/files/processes door) starts earlier still, on the virtio-serial port pcr.agent.
 #
 # Outputs: config.system.build.procurator = { kernel, initrd, image, cmdline, vmSpec, vmSpecJson }.
 { config, lib, pkgs, modulesPath, ... }:
@@ -75,6 +76,8 @@ let
     image = "${storeImage}/nixos.img";
   };
 
+  agentPackage = pkgs.callPackage ./agent.nix { };
+
   entrypointCommand =
     if builtins.isList cfg.entrypoint then lib.escapeShellArgs cfg.entrypoint else cfg.entrypoint;
 in
@@ -132,6 +135,14 @@ in
       example = lib.literalExpression ''{ "/workspace" = { source = ./.; copy = true; }; "/etc/agent.toml" = ./agent.toml; }'';
       description = "Absolute guest path -> store path, symlinked (or copied) at boot.";
     };
+    agent.enable = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Run pcr-agent, the worker's door into the guest (exec, files, processes, in-guest faults),
+        on the virtio-serial port pcr.agent. It starts before sysinit finishes and restarts if it dies.
+      '';
+    };
     kernelFormat = mkOption {
       type = types.enum [ "vmlinux" "bzImage" ];
       default = "vmlinux";
@@ -170,7 +181,7 @@ in
       "9p" "9pnet_virtio" "virtiofs"
     ];
     boot.initrd.kernelModules = [ "virtio_pci" "virtio_mmio" "virtio_blk" "ext4" ];
-    boot.kernelModules = [ "9p" "9pnet_virtio" "virtiofs" ];
+    boot.kernelModules = [ "9p" "9pnet_virtio" "virtiofs" ] ++ lib.optional cfg.agent.enable "virtio_console";
     # console=ttyS0: the worker serves the serial console through `read` (and a getty runs there).
     boot.kernelParams = [ "console=ttyS0" "panic=-1" ];
     boot.consoleLogLevel = mkDefault 4;
@@ -292,6 +303,21 @@ in
         FailureAction = "poweroff";
       };
     };
+
+    # As early as the guest allows: right after the kernel modules load, before sysinit ends, so
+    # the worker's waitReady is not held up by the rest of the boot.
+    systemd.services.pcr-agent = mkIf cfg.agent.enable {
+      description = "Procurator: guest agent (virtio-serial port pcr.agent)";
+      wantedBy = [ "sysinit.target" ];
+      after = [ "systemd-modules-load.service" ];
+      unitConfig.DefaultDependencies = false;
+      serviceConfig = {
+        ExecStart = "${agentPackage}/bin/pcr-agent";
+        Restart = "always";
+        RestartSec = 1;
+      };
+    };
+    environment.systemPackages = mkIf cfg.agent.enable [ agentPackage ];
 
     system.stateVersion = mkDefault "24.05";
   };

@@ -1,90 +1,29 @@
 // The worker's agent channel against the real pcr-agent (agent/, built by scripts/setup), joined
-// by a stand-in for QEMU's virtio-serial chardev: the host side stays connected when the agent
-// goes, and bytes sent while no agent listens are dropped, as virtio-serial does.
+// by a stand-in for QEMU's virtio-serial chardev (test/helpers/agent.ts).
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
-import { connect, createServer, type Server, type Socket } from "node:net";
+import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import pino from "pino";
 import { AgentChannel } from "../../worker/agent/channel.js";
 import { encodeFrame, FrameType } from "../../worker/agent/frame.js";
+import { AgentOnHost, agentSkip, SerialStandIn } from "../helpers/agent.js";
 import { rejectsWith } from "../helpers/errors.js";
-import { REPO_ROOT } from "../helpers/repo.js";
 import { waitFor } from "../helpers/vm.js";
 
-const AGENT = join(REPO_ROOT, "agent", "build", "pcr-agent");
-const skip = existsSync(AGENT) ? false : "agent/build/pcr-agent is not built (scripts/setup builds it with golang-go)";
 const log = pino({ level: process.env.PCR_TEST_LOG ?? "silent" });
 
-/** QEMU's side of the port: one host connection, one guest connection, bytes passed between. */
-class SerialStandIn {
-  host?: Socket;
-  guest?: Socket;
-  private readonly servers: Server[] = [];
-
-  constructor(
-    readonly hostPath: string,
-    readonly guestPath: string,
-  ) {}
-
-  async listen(): Promise<void> {
-    const serve = (path: string, take: (socket: Socket) => void) =>
-      new Promise<void>((resolve) => {
-        const server = createServer(take);
-        this.servers.push(server);
-        server.listen(path, resolve);
-      });
-    await serve(this.hostPath, (socket) => {
-      this.host = socket;
-      socket.on("data", (chunk) => this.guest?.write(chunk));
-      socket.on("error", () => undefined);
-    });
-    await serve(this.guestPath, (socket) => {
-      this.guest = socket;
-      socket.on("data", (chunk) => this.host?.write(chunk));
-      socket.on("error", () => undefined);
-      socket.on("close", () => {
-        if (this.guest === socket) this.guest = undefined;
-      });
-    });
-  }
-
-  close(): void {
-    this.host?.destroy();
-    this.guest?.destroy();
-    for (const server of this.servers) server.close();
-  }
-}
-
-function startAgent(guestPath: string): ChildProcess {
-  return spawn(AGENT, ["-connect", guestPath], { stdio: ["ignore", "ignore", "pipe"] });
-}
-
-describe("agent channel with the real agent", { skip }, () => {
-  let dir: string;
-  let serial: SerialStandIn;
-  let agent: ChildProcess;
+describe("agent channel with the real agent", { skip: agentSkip }, () => {
+  let host: AgentOnHost;
   let channel: AgentChannel;
 
   before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "pcr-agent-"));
-    serial = new SerialStandIn(join(dir, "host.sock"), join(dir, "guest.sock"));
-    await serial.listen();
-    channel = new AgentChannel({ socketPath: serial.hostPath, log, helloIntervalMs: 100 });
-    channel.start();
-    agent = startAgent(serial.guestPath);
-    await channel.whenReady(10_000);
+    host = await AgentOnHost.start("pcr-agent-", log);
+    ({ channel } = host);
   });
-  after(async () => {
-    channel.close();
-    agent.kill("SIGKILL");
-    serial.close();
-    await rm(dir, { recursive: true, force: true });
-  });
+  after(() => host.stop());
 
   test("hello: the agent's version, and the channel is ready", () => {
     assert.equal(channel.state, "ready");
@@ -145,8 +84,7 @@ describe("agent channel with the real agent", { skip }, () => {
   test("the agent killed: its requests fail UNAVAILABLE; a new agent serves again", async () => {
     const long = channel.exec({ argv: ["/bin/sleep", "30"], timeoutMs: 60_000 });
     await new Promise((resolve) => setTimeout(resolve, 200));
-    agent.kill("SIGKILL");
-    agent = startAgent(serial.guestPath);
+    host.restartAgent();
     await rejectsWith(long, "UNAVAILABLE", /the VM's agent restarted/);
     const after = await channel.exec({ argv: ["/bin/echo", "back"] });
     assert.equal(after.stdout.toString(), "back\n");

@@ -1,13 +1,16 @@
 // The guest agent in a real guest: QEMU (TCG here) boots the test guest with the agent's
-// virtio-serial port, and the worker's channel runs commands in it, survives the agent's death,
-// and breaks (only itself) when the guest writes junk into the port.
+// virtio-serial port, and the worker's channel runs commands in it, moves files, runs processes
+// (with a terminal too), survives the agent's death, and breaks (only itself) when the guest
+// writes junk into the port.
 import assert from "node:assert/strict";
+import { createHash, randomBytes } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import pino from "pino";
 import { AgentChannel } from "../../worker/agent/channel.js";
+import { AGENT_CHUNK_BYTES } from "../../worker/ports/agent.js";
 import type { VmLaunchSpec, VmmHandle } from "../../worker/ports/index.js";
 import { detectAccelerator } from "../../worker/vmm/accel.js";
 import { createQemuBackend } from "../../worker/vmm/qemu/backend.js";
@@ -53,6 +56,65 @@ describe("the agent in a real guest", { skip, concurrency: false }, () => {
     const result = await channel.exec({ argv: ["/bin/sh", "-c", "wc -c; exit 7"], stdin: Buffer.alloc(1000, 0x61) });
     assert.equal(result.exitCode, 7);
     assert.equal(result.stdout.toString().trim(), "1000");
+  });
+
+  test("a file written in chunks reads back with its mode and its sha256", async () => {
+    const data = randomBytes(AGENT_CHUNK_BYTES + 50_000);
+    const path = "/tmp/pcr-files/deep/data.bin";
+    for (let offset = 0; offset < data.length; offset += AGENT_CHUNK_BYTES) {
+      const chunk = data.subarray(offset, offset + AGENT_CHUNK_BYTES);
+      await channel.writeFile({ path, offset, data: chunk, mode: 0o640, truncate: offset === 0 });
+    }
+    const stat = await channel.stat(path);
+    assert.deepEqual([stat.type, stat.size, stat.mode], ["file", data.length, 0o640]);
+    const sum = await channel.exec({ argv: ["/bin/sh", "-c", `sha256sum ${path}; stat -c %a ${path}`] });
+    assert.equal(sum.stdout.toString(), `${createHash("sha256").update(data).digest("hex")}  ${path}\n640\n`);
+    const parts: Buffer[] = [];
+    for (let offset = 0; ; ) {
+      const chunk = await channel.readFile(path, offset, AGENT_CHUNK_BYTES);
+      parts.push(Buffer.from(chunk.data));
+      offset += chunk.data.length;
+      if (chunk.eof) break;
+    }
+    assert.ok(Buffer.concat(parts).equals(data));
+  });
+
+  test("stat and list of /etc", async () => {
+    const etc = await channel.stat("/etc");
+    assert.deepEqual([etc.name, etc.type], ["etc", "dir"]);
+    const listing = await channel.list("/etc", 0);
+    assert.equal(listing.truncated, false);
+    const names = listing.entries.map((entry) => entry.name);
+    assert.deepEqual(names, [...names].sort());
+    for (const name of ["group", "hosts", "passwd"]) assert.ok(names.includes(name), `/etc/${name} listed`);
+    const passwd = listing.entries.find((entry) => entry.name === "passwd");
+    assert.equal(passwd?.type, "file");
+    assert.ok((passwd?.size ?? 0) > 0);
+  });
+
+  test("a terminal: stty size after a resize", async () => {
+    const { pid } = await channel.startProcess({ argv: ["/bin/sh", "-c", "read line; stty size"], tty: { rows: 24, cols: 80 } });
+    await channel.resizeProcess(pid, 50, 120);
+    await channel.writeProcess(pid, Buffer.from("go\n"), false);
+    let text = "";
+    for (let offset = 0; ; ) {
+      const out = await channel.readProcess(pid, "stdout", offset, AGENT_CHUNK_BYTES, 10_000);
+      text += Buffer.from(out.data).toString();
+      offset = out.nextOffset;
+      if (out.eof) break;
+    }
+    assert.match(text, /^50 120\r$/m);
+    assert.deepEqual(await channel.waitProcess(pid, 10_000), { pid, running: false, exitCode: 0, signal: 0 });
+  });
+
+  test("a process's output read by offset, and its exit status", async () => {
+    const { pid } = await channel.startProcess({ argv: ["/bin/sh", "-c", "echo line1; echo line2; echo line3 >&2; exit 5"] });
+    assert.deepEqual(await channel.waitProcess(pid, 10_000), { pid, running: false, exitCode: 5, signal: 0 });
+    const fromSix = await channel.readProcess(pid, "stdout", 6, 1024, 10_000);
+    assert.deepEqual([Buffer.from(fromSix.data).toString(), fromSix.offset, fromSix.nextOffset], ["line2\n", 6, 12]);
+    const end = await channel.readProcess(pid, "stdout", 12, 1024, 10_000);
+    assert.deepEqual([end.data.length, end.eof], [0, true]);
+    assert.equal(Buffer.from((await channel.readProcess(pid, "stderr", 0, 1024, 10_000)).data).toString(), "line3\n");
   });
 
   test("the agent killed inside the guest: its calls fail, then work again once init restarts it", async () => {

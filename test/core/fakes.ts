@@ -7,6 +7,16 @@ import { failedPrecondition, invalidArgument, WorkerError } from "../../worker/c
 import type { FaultPorts } from "../../worker/core/faults.js";
 import type {
   AgentConnection,
+  DirListing,
+  FileChunk,
+  FileStat,
+  FileWrite,
+  GuestFault,
+  GuestFaultResult,
+  OutputStream,
+  ProcessOutput,
+  ProcessStart,
+  ProcessStatus,
   AgentState,
   ConsoleStore,
   ExecRequest,
@@ -309,8 +319,12 @@ export class FakeAgents implements GuestAgentPort {
     durationMs: 1,
   });
 
+  /** How new connections start: "connecting" ones wait for sayHello(). */
+  startState: AgentState = "ready";
+
   connect(vmId: string, socketPath: string): AgentConnection {
     const connection = new FakeAgentConnection(vmId, socketPath, (request) => this.run(vmId, request));
+    connection.state = this.startState;
     this.connections.set(vmId, connection);
     return connection;
   }
@@ -327,10 +341,136 @@ export class FakeAgentConnection implements AgentConnection {
     private readonly run: (request: ExecRequest) => Promise<ExecResult>,
   ) {}
 
+  /** The guest's files, by path. */
+  readonly files = new Map<string, { data: Buffer; mode: number }>();
+  /** Processes started: each prints its argv joined by spaces and exits 0 once stdin is closed. */
+  readonly processes = new Map<number, { argv: string[]; stdout: Buffer; stdin: Buffer[]; running: boolean; signal: number }>();
+  readonly faults: GuestFault[] = [];
+  private nextPid = 100;
+
+  private readonly readyWaiters = new Set<() => void>();
+
+  async whenReady(timeoutMs: number): Promise<unknown> {
+    if (this.state !== "ready") {
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => {
+          this.readyWaiters.delete(wake);
+          reject(new WorkerError("UNAVAILABLE", `the VM's agent did not say hello within ${timeoutMs} ms`));
+        }, timeoutMs);
+        const wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+        this.readyWaiters.add(wake);
+      });
+    }
+    return {};
+  }
+
+  /** The agent's hello, for a connection FakeAgents started as "connecting". */
+  sayHello(): void {
+    this.state = "ready";
+    for (const wake of this.readyWaiters) wake();
+    this.readyWaiters.clear();
+  }
+
   async exec(request: ExecRequest): Promise<ExecResult> {
-    if (this.state !== "ready") throw new WorkerError("UNAVAILABLE", `the VM's agent is ${this.state}`);
+    this.ready();
     this.requests.push(request);
     return this.run(request);
+  }
+
+  async writeFile(request: FileWrite): Promise<{ size: number }> {
+    this.ready();
+    const old = request.truncate ? Buffer.alloc(0) : (this.files.get(request.path)?.data ?? Buffer.alloc(0));
+    const size = Math.max(old.length, request.offset + request.data.length);
+    const data = Buffer.alloc(size);
+    old.copy(data);
+    Buffer.from(request.data).copy(data, request.offset);
+    this.files.set(request.path, { data, mode: this.files.get(request.path)?.mode ?? request.mode ?? 0o644 });
+    return { size };
+  }
+
+  async readFile(path: string, offset: number, length: number): Promise<FileChunk> {
+    const file = this.file(path);
+    const data = file.data.subarray(offset, offset + length);
+    return { data, size: file.data.length, eof: offset + data.length >= file.data.length };
+  }
+
+  async stat(path: string): Promise<FileStat> {
+    const file = this.file(path);
+    return { name: path.split("/").pop() ?? "", type: "file", size: file.data.length, mode: file.mode, mtimeMs: 0 };
+  }
+
+  async list(path: string, offset: number): Promise<DirListing> {
+    this.ready();
+    const prefix = path.endsWith("/") ? path : `${path}/`;
+    const names = [...this.files.keys()].filter((name) => name.startsWith(prefix)).sort();
+    const entries = await Promise.all(names.slice(offset).map((name) => this.stat(name)));
+    return { entries, truncated: false };
+  }
+
+  async startProcess(request: ProcessStart): Promise<{ pid: number }> {
+    this.ready();
+    const pid = this.nextPid++;
+    this.processes.set(pid, { argv: request.argv, stdout: Buffer.from(request.argv.join(" ")), stdin: [], running: true, signal: 0 });
+    return { pid };
+  }
+
+  async readProcess(pid: number, stream: OutputStream, offset: number, maxBytes: number): Promise<ProcessOutput> {
+    const process = this.process(pid);
+    const all = stream === "stdout" ? process.stdout : Buffer.alloc(0);
+    const data = all.subarray(offset, offset + maxBytes);
+    return { data, offset, nextOffset: offset + data.length, eof: !process.running && offset + data.length >= all.length };
+  }
+
+  async writeProcess(pid: number, data: Uint8Array, close: boolean): Promise<void> {
+    const process = this.process(pid);
+    process.stdin.push(Buffer.from(data));
+    if (close) process.running = false;
+  }
+
+  async signalProcess(pid: number, signal: number): Promise<void> {
+    const process = this.process(pid);
+    process.running = false;
+    process.signal = signal;
+  }
+
+  async waitProcess(pid: number): Promise<ProcessStatus> {
+    const process = this.process(pid);
+    const exitCode = process.running || process.signal ? -1 : 0;
+    return { pid, running: process.running, exitCode, signal: process.signal };
+  }
+
+  async resizeProcess(pid: number): Promise<void> {
+    this.process(pid);
+  }
+
+  /** What fault() answers once it recorded the fault (default: nothing reached); a test may make it throw or wait. */
+  faultAnswer: (fault: GuestFault) => Promise<GuestFaultResult> = async () => ({ pids: [], bytes: 0 });
+
+  async fault(fault: GuestFault): Promise<GuestFaultResult> {
+    this.ready();
+    this.faults.push(fault);
+    return this.faultAnswer(fault);
+  }
+
+  private ready(): void {
+    if (this.state !== "ready") throw new WorkerError("UNAVAILABLE", `the VM's agent is ${this.state}`);
+  }
+
+  private file(path: string) {
+    this.ready();
+    const file = this.files.get(path);
+    if (!file) throw new WorkerError("NOT_FOUND", `agent: ${path}: no such file or directory`);
+    return file;
+  }
+
+  private process(pid: number) {
+    this.ready();
+    const process = this.processes.get(pid);
+    if (!process) throw new WorkerError("NOT_FOUND", `agent: no process ${pid}`);
+    return process;
   }
 
   close(): void {

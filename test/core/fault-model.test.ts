@@ -33,6 +33,11 @@ const FAULTS: FaultInput[] = [
   { kind: "reboot", durationMs: 0 },
   { kind: "diskErrors", op: "write", errno: 28, afterOps: 2 ** 40, probabilityPercent: 12.5, durationMs: 0 },
   { kind: "cpuThrottle", percent: 25, durationMs: 60_000 },
+  { kind: "killProcess", pid: 0, name: "sleep", signal: 15, durationMs: 0 },
+  { kind: "freezeProcess", pid: 4242, name: "", durationMs: 3000 },
+  { kind: "clockShift", deltaMs: -3_600_000, durationMs: 0 },
+  { kind: "clockStrobe", deltaMs: 500, periodMs: 100, durationMs: 0 },
+  { kind: "fillDisk", dir: "/mnt/data", durationMs: 0 },
 ];
 
 function throughWire(fault: FaultInput): FaultInput {
@@ -82,7 +87,7 @@ test("a bad fault is INVALID_ARGUMENT naming every problem, and unknown keys are
 });
 
 test("instant faults are the ones with nothing to undo; every kind has a description", () => {
-  assert.deepEqual(FAULT_KINDS.filter(isInstant), ["resume", "killVmm", "powerOff", "reboot"]);
+  assert.deepEqual(FAULT_KINDS.filter(isInstant), ["resume", "killVmm", "powerOff", "reboot", "killProcess"]);
   assert.deepEqual(
     FAULTS.map((fault) => describeFault(fault)),
     [
@@ -97,6 +102,11 @@ test("instant faults are the ones with nothing to undo; every kind has a descrip
       "reboot",
       "disk errors (errno 28) on writes after 1099511627776 more ops on 12.5% of 4 KiB blocks",
       "cpu throttled to 25% of one CPU",
+      'signal 15 to processes named "sleep"',
+      "frozen: pid 4242",
+      "guest clock -3600000 ms",
+      "guest clock strobed +500 ms and back every 100 ms",
+      "guest filesystem of /mnt/data filled",
     ],
   );
 });

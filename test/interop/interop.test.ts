@@ -142,6 +142,52 @@ describe("interop with the C++ reference implementation", { skip, timeout: 600_0
       assert.equal(out, "exit 4 signal 0 timedOut 1 stdout 0,1,2,255,10 stderr /tmp|A=1,B=two words truncated 1,0 duration 8589934592\n");
     });
 
+    test("files: each call arrives field by field, each answer comes back field by field", async () => {
+      const out = await cpp("files");
+      const calls = fake.guestCalls.slice(-4);
+      assert.deepEqual(calls[0], {
+        method: "writeFile",
+        args: ["vm-000001", { path: "/a/\u00e9", offset: 2 ** 40, data: new Uint8Array([0, 255, 1, 10]), mode: 0o750, truncate: true }],
+      });
+      assert.deepEqual(calls[1], { method: "readFile", args: ["vm-000001", "/etc/x", 12345, 7] });
+      assert.deepEqual(calls[2], { method: "statFile", args: ["vm-000001", "/s"] });
+      assert.deepEqual(calls[3], { method: "listDir", args: ["vm-000001", "/d", 3] });
+      assert.equal(
+        out,
+        "written 1099511627780\nread /etc/x size 12352 eof 1\nstat /s type 2 size 1099511627776 mode 4755 mtime -5\n" +
+          "list truncated 1 /d-0:0:0 /d-1:1:1 /d-2:0:2\n",
+      );
+    });
+
+    test("processes: each call arrives field by field, each answer comes back field by field", async () => {
+      const out = await cpp("processes");
+      const calls = fake.guestCalls.slice(-6);
+      assert.deepEqual(calls[0], {
+        method: "startProcess",
+        args: ["vm-000001", { argv: ["/bin/sh", "-i"], env: ["TERM=xterm"], cwd: "/root", tty: { rows: 40, cols: 132 } }],
+      });
+      assert.deepEqual(calls[1], { method: "readProcess", args: ["vm-000001", 77, "stderr", 2 ** 35, 4096, 0] });
+      assert.deepEqual(calls[2], { method: "writeProcess", args: ["vm-000001", 77, new Uint8Array([4, 3, 2]), true] });
+      assert.deepEqual(calls[3], { method: "signalProcess", args: ["vm-000001", 77, 15] });
+      assert.deepEqual(calls[4], { method: "waitProcess", args: ["vm-000001", 77, 1009] });
+      assert.deepEqual(calls[5], { method: "resizeProcess", args: ["vm-000001", 77, 50, 200] });
+      assert.equal(out, `pid 1002\noutput stderr ${2 ** 35 + 1}..${2 ** 35 + 7} eof 1\nstatus pid 77 running 1 exit -1 signal 49\ndone\n`);
+    });
+
+    test("in-guest faults: every new Fault member arrives field by field; inject, then clear", async () => {
+      const before = fake.injected.length;
+      const out = await cpp("guest-faults");
+      assert.deepEqual(fake.injected.slice(before), [
+        { id: "vm-000001", fault: { kind: "killProcess", durationMs: 0, pid: 0, name: "sl\u00e9ep", signal: 15 } },
+        { id: "vm-000001", fault: { kind: "freezeProcess", durationMs: 1000, pid: 4194304, name: "" } },
+        { id: "vm-000001", fault: { kind: "clockShift", durationMs: 2000, deltaMs: -3_600_000 } },
+        { id: "vm-000001", fault: { kind: "clockStrobe", durationMs: 3000, deltaMs: 2 ** 40, periodMs: 250 } },
+        { id: "vm-000001", fault: { kind: "fillDisk", durationMs: 4000, dir: "/var/lib/data" } },
+      ]);
+      const ids = Array.from({ length: 5 }, (_, i) => `fault-${before + i + 1}`);
+      assert.match(out, new RegExp(`^injected ${ids.join(" ")}\ncleared ${ids[3]}\nexception .*NOT_FOUND: no fault fault-none\n$`));
+    });
+
     test("200 calls in flight", async () => {
       fake.getVmDelayMs = 20; // keeps all 200 running on our side at once
       try {

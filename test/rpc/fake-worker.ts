@@ -4,9 +4,17 @@ import type {
   CallerInfo,
   ConsoleChunk,
   CreateVmOptions,
+  DirListing,
   ExecRequest,
   ExecResult,
   FaultInput,
+  FileChunk,
+  FileStat,
+  FileWriteInput,
+  OutputStream,
+  ProcessOutput,
+  ProcessStart,
+  ProcessStatus,
   VmEvent,
   VmSpecInput,
   VmView,
@@ -133,6 +141,77 @@ export class FakeWorker implements WorkerApi {
       stderrTruncated: false,
       durationMs: 2 ** 33,
     };
+  }
+
+  /** Files and processes: every call as it arrived, in order. */
+  guestCalls: { method: string; args: unknown[] }[] = [];
+
+  private guest(method: string, id: string, ...args: unknown[]): void {
+    if (id === "vm-missing") throw notFound(`no vm ${id}`);
+    this.guestCalls.push({ method, args: [id, ...args] });
+  }
+
+  // Answers are made from what was asked, so a misplaced field shows.
+  async writeFile(id: string, write: FileWriteInput): Promise<{ size: number }> {
+    this.guest("writeFile", id, write);
+    return { size: write.offset + write.data.length };
+  }
+
+  async readFile(id: string, path: string, offset: number, maxBytes: number): Promise<FileChunk> {
+    this.guest("readFile", id, path, offset, maxBytes);
+    return { data: new TextEncoder().encode(path), size: offset + maxBytes, eof: maxBytes === 7 };
+  }
+
+  async statFile(id: string, path: string): Promise<FileStat> {
+    this.guest("statFile", id, path);
+    return { name: path, type: "symlink", size: 2 ** 40, mode: 0o4755, mtimeMs: -5 };
+  }
+
+  async listDir(id: string, path: string, offset: number): Promise<DirListing> {
+    this.guest("listDir", id, path, offset);
+    const entries: FileStat[] = Array.from({ length: offset }, (_, i) => ({
+      name: `${path}-${i}`,
+      type: i % 2 ? "dir" : "file",
+      size: i,
+      mode: 0o600 + i,
+      mtimeMs: 1_700_000_000_000 + i,
+    }));
+    return { entries, truncated: offset > 2 };
+  }
+
+  async startProcess(id: string, request: ProcessStart): Promise<number> {
+    this.guest("startProcess", id, request);
+    return 1000 + request.argv.length;
+  }
+
+  async readProcess(
+    id: string,
+    pid: number,
+    stream: OutputStream,
+    offset: number,
+    maxBytes: number,
+    waitMs: number,
+  ): Promise<ProcessOutput> {
+    this.guest("readProcess", id, pid, stream, offset, maxBytes, waitMs);
+    const data = new TextEncoder().encode(stream);
+    return { data, offset: offset + 1, nextOffset: offset + 1 + data.length, eof: waitMs === 0 };
+  }
+
+  async writeProcess(id: string, pid: number, data: Uint8Array, closeStdin: boolean): Promise<void> {
+    this.guest("writeProcess", id, pid, data, closeStdin);
+  }
+
+  async signalProcess(id: string, pid: number, signal: number): Promise<void> {
+    this.guest("signalProcess", id, pid, signal);
+  }
+
+  async waitProcess(id: string, pid: number, waitMs: number): Promise<ProcessStatus> {
+    this.guest("waitProcess", id, pid, waitMs);
+    return { pid, running: waitMs > 100, exitCode: -1, signal: waitMs % 64 };
+  }
+
+  async resizeProcess(id: string, pid: number, rows: number, cols: number): Promise<void> {
+    this.guest("resizeProcess", id, pid, rows, cols);
   }
 
   async deleteVm(id: string): Promise<void> {

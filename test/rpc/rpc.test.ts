@@ -117,6 +117,61 @@ describe("rpc over unix socket and tcp", () => {
     }
   });
 
+  test("files: every field of each call and answer crosses intact", async () => {
+    const client = await connectWorker(socketPath);
+    try {
+      const data = new Uint8Array([0, 255, 1, 10]);
+      const written = await client.writeFile("vm-1", { path: "/a/é", offset: 2 ** 40, data, mode: 0o750, truncate: true });
+      assert.equal(written.size, 2 ** 40 + 4);
+      assert.deepEqual(fake.guestCalls.at(-1), {
+        method: "writeFile",
+        args: ["vm-1", { path: "/a/é", offset: 2 ** 40, data, mode: 0o750, truncate: true }],
+      });
+      const chunk = await client.readFile("vm-1", "/etc/x", 12345, 7);
+      assert.deepEqual(fake.guestCalls.at(-1), { method: "readFile", args: ["vm-1", "/etc/x", 12345, 7] });
+      assert.deepEqual(chunk, { data: new TextEncoder().encode("/etc/x"), size: 12352, eof: true });
+      assert.deepEqual(await client.statFile("vm-1", "/s"), { name: "/s", type: "symlink", size: 2 ** 40, mode: 0o4755, mtimeMs: -5 });
+      const listing = await client.listDir("vm-1", "/d", 3);
+      assert.deepEqual(fake.guestCalls.at(-1), { method: "listDir", args: ["vm-1", "/d", 3] });
+      assert.equal(listing.truncated, true);
+      assert.deepEqual(
+        listing.entries.map((e) => [e.name, e.type, e.size, e.mode, e.mtimeMs]),
+        [
+          ["/d-0", "file", 0, 0o600, 1_700_000_000_000],
+          ["/d-1", "dir", 1, 0o601, 1_700_000_000_001],
+          ["/d-2", "file", 2, 0o602, 1_700_000_000_002],
+        ],
+      );
+      await assert.rejects(client.statFile("vm-missing", "/"), (err: unknown) => err instanceof WorkerError && err.code === "NOT_FOUND");
+    } finally {
+      client.close();
+    }
+  });
+
+  test("processes: every field of each call and answer crosses intact", async () => {
+    const client = await connectWorker(socketPath);
+    try {
+      const command = { argv: ["/bin/sh", "-i"], env: ["TERM=xterm"], cwd: "/root", tty: { rows: 40, cols: 132 } };
+      assert.equal(await client.startProcess("vm-1", command), 1002);
+      assert.deepEqual(fake.guestCalls.at(-1), { method: "startProcess", args: ["vm-1", command] });
+      assert.equal(await client.startProcess("vm-1", { argv: ["true"], env: [], cwd: "" }), 1001);
+      assert.deepEqual(fake.guestCalls.at(-1)?.args[1], { argv: ["true"], env: [], cwd: "" }, "no tty stays no tty");
+      const output = await client.readProcess("vm-1", 77, "stderr", 2 ** 35, 4096, 0);
+      assert.deepEqual(fake.guestCalls.at(-1), { method: "readProcess", args: ["vm-1", 77, "stderr", 2 ** 35, 4096, 0] });
+      assert.deepEqual(output, { data: new TextEncoder().encode("stderr"), offset: 2 ** 35 + 1, nextOffset: 2 ** 35 + 7, eof: true });
+      const stdin = new Uint8Array([4, 3, 2]);
+      await client.writeProcess("vm-1", 77, stdin, true);
+      assert.deepEqual(fake.guestCalls.at(-1), { method: "writeProcess", args: ["vm-1", 77, stdin, true] });
+      await client.signalProcess("vm-1", 77, 15);
+      assert.deepEqual(fake.guestCalls.at(-1), { method: "signalProcess", args: ["vm-1", 77, 15] });
+      assert.deepEqual(await client.waitProcess("vm-1", 77, 1009), { pid: 77, running: true, exitCode: -1, signal: 49 });
+      await client.resizeProcess("vm-1", 77, 50, 200);
+      assert.deepEqual(fake.guestCalls.at(-1), { method: "resizeProcess", args: ["vm-1", 77, 50, 200] });
+    } finally {
+      client.close();
+    }
+  });
+
   test("tcp works the same", async () => {
     const client = await connectWorker(tcp);
     try {

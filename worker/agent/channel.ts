@@ -6,9 +6,33 @@
 import { type Socket, createConnection } from "node:net";
 import type { Logger } from "pino";
 import { z } from "zod";
-import { invalidArgument, resourceExhausted, unavailable, WorkerError } from "../core/errors.js";
-import type { AgentConnection, AgentState, ExecRequest } from "../ports/index.js";
-import { type AgentFrame, AgentProtocolError, encodeFrame, FrameDecoder, FrameType, MAX_PAYLOAD } from "./frame.js";
+import { type ErrorCode, invalidArgument, resourceExhausted, unavailable, WorkerError } from "../core/errors.js";
+import type {
+  AgentConnection,
+  AgentState,
+  DirListing,
+  ExecRequest,
+  ExecResult,
+  FileChunk,
+  FileStat,
+  FileWrite,
+  GuestFault,
+  GuestFaultResult,
+  OutputStream,
+  ProcessOutput,
+  ProcessStart,
+  ProcessStatus,
+} from "../ports/index.js";
+import {
+  type AgentFrame,
+  AgentProtocolError,
+  decodeMixed,
+  encodeFrame,
+  encodeMixed,
+  FrameDecoder,
+  FrameType,
+  MAX_PAYLOAD,
+} from "./frame.js";
 
 const Hello = z.object({
   protocol: z.literal(1),
@@ -32,10 +56,36 @@ const ExecAnswer = z.object({
   stderrTruncated: z.boolean(),
   durationMs: z.number().int().nonnegative(),
 });
-const ErrorAnswer = z.object({ message: z.string().max(4096) });
+/** Codes an agent may give its errors; anything else is FAILED_PRECONDITION. */
+const AGENT_ERROR_CODES = ["INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED"] as const;
+const ErrorAnswer = z.object({ message: z.string().max(4096), code: z.string().max(32).optional() });
+const Count = z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER);
+const Stat = z.object({
+  name: z.string().max(4096),
+  type: z.enum(["file", "dir", "symlink", "other"]),
+  size: Count,
+  mode: z.number().int().min(0).max(0o7777),
+  mtimeMs: z.number().int(),
+});
+const Written = z.object({ size: Count });
+const ReadHeader = z.object({ size: Count, eof: z.boolean() });
+const Listing = z.object({ entries: z.array(Stat).max(4096), truncated: z.boolean() });
+const Started = z.object({ pid: z.number().int().positive() });
+const OutputHeader = z.object({ offset: Count, nextOffset: Count, eof: z.boolean() });
+const Status = z.object({
+  pid: z.number().int().positive(),
+  running: z.boolean(),
+  exitCode: z.number().int().min(-1).max(255),
+  signal: z.number().int().min(0).max(64),
+});
+const Ok = z.object({});
+/** Deadlines (before the grace) of calls that should not take long: a hung guest must not hold a slot for a day. */
+const FILE_CALL_MS = 60_000;
+const CONTROL_CALL_MS = 10_000;
+const STDIN_WRITE_MS = 30_000;
+const FaultDone = z.object({ pids: z.array(z.number().int().positive()).max(65536), bytes: Count });
 
 export type AgentHello = z.infer<typeof Hello>;
-export type ExecResult = z.infer<typeof ExecAnswer>;
 
 export interface AgentChannelOptions {
   socketPath: string;
@@ -49,8 +99,10 @@ export interface AgentChannelOptions {
 }
 
 interface Pending {
-  /** What an answer must look like: checked before anyone sees it. */
-  schema: z.ZodType;
+  /** The frame type of a good answer. */
+  answerType: number;
+  /** Checks an answer's payload and makes it what the caller gets; throws AgentProtocolError. */
+  decode(payload: Buffer): unknown;
   resolve(answer: unknown): void;
   reject(err: Error): void;
   timer: NodeJS.Timeout;
@@ -113,20 +165,90 @@ export class AgentChannel implements AgentConnection {
   }
 
   exec(request: ExecRequest): Promise<ExecResult> {
-    return this.request(
-      ExecAnswer,
-      FrameType.exec,
-      Buffer.from(
-        JSON.stringify({
-          argv: request.argv,
-          env: request.env ?? [],
-          cwd: request.cwd ?? "",
-          stdin: Buffer.from(request.stdin ?? new Uint8Array()).toString("base64"),
-          timeoutMs: request.timeoutMs ?? 0,
-        }),
-      ),
-      request.timeoutMs,
+    const body = {
+      argv: request.argv,
+      env: request.env ?? [],
+      cwd: request.cwd ?? "",
+      stdin: Buffer.from(request.stdin ?? new Uint8Array()).toString("base64"),
+      timeoutMs: request.timeoutMs ?? 0,
+    };
+    return this.call(FrameType.exec, json(body), FrameType.exit, jsonAnswer(ExecAnswer, "exec answer"), request.timeoutMs);
+  }
+
+  async writeFile(request: FileWrite): Promise<{ size: number }> {
+    const header = { path: request.path, offset: request.offset, mode: request.mode ?? 0o644, truncate: request.truncate ?? false };
+    const body = encodeMixed(header, request.data);
+    return this.call(FrameType.fileWrite, body, FrameType.fileWritten, jsonAnswer(Written, "write answer"), FILE_CALL_MS);
+  }
+
+  readFile(path: string, offset: number, length: number): Promise<FileChunk> {
+    return this.call(
+      FrameType.fileRead,
+      json({ path, offset, length }),
+      FrameType.fileData,
+      (payload) => {
+        const { json: head, bytes } = decodeMixed(payload);
+        if (bytes.length > length) throw new AgentProtocolError(`the agent read ${bytes.length} bytes where ${length} were asked`);
+        return { ...parseJson(ReadHeader, head, "read answer"), data: Buffer.from(bytes) };
+      },
+      FILE_CALL_MS,
     );
+  }
+
+  stat(path: string): Promise<FileStat> {
+    return this.call(FrameType.stat, json({ path }), FrameType.statResult, jsonAnswer(Stat, "stat answer"), FILE_CALL_MS);
+  }
+
+  list(path: string, offset: number): Promise<DirListing> {
+    return this.call(FrameType.list, json({ path, offset }), FrameType.listResult, jsonAnswer(Listing, "listing"), FILE_CALL_MS);
+  }
+
+  startProcess(request: ProcessStart): Promise<{ pid: number }> {
+    const body = { argv: request.argv, env: request.env ?? [], cwd: request.cwd ?? "", tty: request.tty ?? null };
+    return this.call(FrameType.processStart, json(body), FrameType.processStarted, jsonAnswer(Started, "start answer"), CONTROL_CALL_MS);
+  }
+
+  readProcess(pid: number, stream: OutputStream, offset: number, maxBytes: number, waitMs: number): Promise<ProcessOutput> {
+    const body = { pid, stream, offset, maxBytes, waitMs };
+    return this.call(
+      FrameType.processRead,
+      json(body),
+      FrameType.processOutput,
+      (payload) => {
+        const { json: head, bytes } = decodeMixed(payload);
+        const answer = parseJson(OutputHeader, head, "output answer");
+        if (bytes.length > maxBytes || answer.nextOffset !== answer.offset + bytes.length || answer.offset < offset) {
+          throw new AgentProtocolError("the agent's output answer does not add up");
+        }
+        return { ...answer, data: Buffer.from(bytes) };
+      },
+      waitMs,
+    );
+  }
+
+  async writeProcess(pid: number, data: Uint8Array, close: boolean): Promise<void> {
+    // The agent answers once the bytes are written: a process that does not read its stdin would hold
+    // the slot until it exits. The cancel at the deadline drops a write that has not started.
+    const body = encodeMixed({ pid, close }, data);
+    await this.call(FrameType.processWrite, body, FrameType.ok, jsonAnswer(Ok, "write answer"), STDIN_WRITE_MS);
+  }
+
+  async signalProcess(pid: number, signal: number): Promise<void> {
+    await this.call(FrameType.processSignal, json({ pid, signal }), FrameType.ok, jsonAnswer(Ok, "signal answer"), CONTROL_CALL_MS);
+  }
+
+  waitProcess(pid: number, waitMs: number): Promise<ProcessStatus> {
+    const decode = jsonAnswer(Status, "wait answer");
+    return this.call(FrameType.processWait, json({ pid, waitMs }), FrameType.processStatus, decode, waitMs);
+  }
+
+  async resizeProcess(pid: number, rows: number, cols: number): Promise<void> {
+    const body = json({ pid, rows, cols });
+    await this.call(FrameType.processResize, body, FrameType.ok, jsonAnswer(Ok, "resize answer"), CONTROL_CALL_MS);
+  }
+
+  fault(fault: GuestFault): Promise<GuestFaultResult> {
+    return this.call(FrameType.fault, json(fault), FrameType.faultDone, jsonAnswer(FaultDone, "fault answer"));
   }
 
   close(): void {
@@ -145,7 +267,11 @@ export class AgentChannel implements AgentConnection {
 
   // --- internals -------------------------------------------------------------------------------
 
-  private request<T extends z.ZodType>(schema: T, type: number, body: Buffer, timeoutMs = 0): Promise<z.infer<T>> {
+  /**
+   * One request on a fresh stream. Answers of `answerType` go through `decode` before anyone sees
+   * them; an error frame rejects with the agent's code (when it is one we accept).
+   */
+  private call<T>(type: number, body: Buffer, answerType: number, decode: (payload: Buffer) => T, timeoutMs = 0): Promise<T> {
     if (this.state !== "ready" || !this.socket) {
       return Promise.reject(unavailable(`the VM's agent is ${this.state}${this.brokenReason ? `: ${this.brokenReason}` : ""}`));
     }
@@ -160,14 +286,14 @@ export class AgentChannel implements AgentConnection {
     const stream = this.nextStream;
     this.nextStream = this.nextStream >= 0xffff_ffff ? 1 : this.nextStream + 1;
     const socket = this.socket;
-    return new Promise<z.infer<T>>((resolve, reject) => {
+    return new Promise<T>((resolve, reject) => {
       const waitMs = (timeoutMs > 0 ? timeoutMs : 24 * 3600_000) + (this.options.answerGraceMs ?? 5000);
       const timer = setTimeout(() => {
         this.pending.delete(stream);
         this.send(socket, FrameType.cancel, stream, Buffer.alloc(0));
         reject(new WorkerError("DEADLINE_EXCEEDED", `the VM's agent did not answer within ${waitMs} ms`));
       }, waitMs);
-      this.pending.set(stream, { schema, resolve: resolve as (answer: unknown) => void, reject, timer });
+      this.pending.set(stream, { answerType, decode, resolve: resolve as (answer: unknown) => void, reject, timer });
       this.send(socket, type, stream, body);
     });
   }
@@ -209,7 +335,7 @@ export class AgentChannel implements AgentConnection {
 
   private dispatch(frame: AgentFrame): void {
     if (frame.type === FrameType.hello) {
-      const hello = this.parse(Hello, frame.payload, "hello");
+      const hello = parseJson(Hello, frame.payload, "hello");
       if (this.hello && this.hello.pid !== hello.pid) {
         // A new agent (the old one was killed): the old one's requests will never be answered.
         this.failPending(unavailable("the VM's agent restarted"));
@@ -226,30 +352,20 @@ export class AgentChannel implements AgentConnection {
       return;
     }
     if (!this.decoder.synced) return; // anything before the hello may be a previous connection's tail
-    if (frame.type !== FrameType.exit && frame.type !== FrameType.error)
-      throw new AgentProtocolError(`unexpected frame type ${frame.type}`);
+    if (!ANSWER_TYPES.has(frame.type)) throw new AgentProtocolError(`unexpected frame type ${frame.type}`);
     const pending = this.pending.get(frame.stream);
     // An answer after its deadline (the request was cancelled): nothing waits for it.
     if (!pending) return;
+    if (frame.type !== FrameType.error && frame.type !== pending.answerType) {
+      throw new AgentProtocolError(`frame type ${frame.type} answers a request that expects type ${pending.answerType}`);
+    }
     // A malformed answer throws here, with the request still pending: breaking the channel fails it.
-    const answer = frame.type === FrameType.exit ? this.parse(pending.schema, frame.payload, "answer") : undefined;
-    const error = frame.type === FrameType.error ? this.parse(ErrorAnswer, frame.payload, "error") : undefined;
+    const error = frame.type === FrameType.error ? parseJson(ErrorAnswer, frame.payload, "error") : undefined;
+    const answer = error ? undefined : pending.decode(frame.payload);
     this.pending.delete(frame.stream);
     clearTimeout(pending.timer);
-    if (error) pending.reject(new WorkerError("FAILED_PRECONDITION", `agent: ${error.message}`));
+    if (error) pending.reject(new WorkerError(agentErrorCode(error.code), `agent: ${error.message}`));
     else pending.resolve(answer);
-  }
-
-  private parse<T extends z.ZodType>(schema: T, payload: Buffer, what: string): z.infer<T> {
-    let json: unknown;
-    try {
-      json = JSON.parse(payload.toString("utf8"));
-    } catch {
-      throw new AgentProtocolError(`the agent's ${what} is not JSON`);
-    }
-    const parsed = schema.safeParse(json);
-    if (!parsed.success) throw new AgentProtocolError(`the agent's ${what} does not match its schema: ${parsed.error.issues[0]?.message}`);
-    return parsed.data;
   }
 
   private breakChannel(reason: string): void {
@@ -275,4 +391,42 @@ export class AgentChannel implements AgentConnection {
   private wakeReadyWaiters(): void {
     for (const wake of [...this.readyWaiters]) wake();
   }
+}
+
+const ANSWER_TYPES = new Set<number>([
+  FrameType.exit,
+  FrameType.error,
+  FrameType.fileWritten,
+  FrameType.fileData,
+  FrameType.statResult,
+  FrameType.listResult,
+  FrameType.processStarted,
+  FrameType.processOutput,
+  FrameType.ok,
+  FrameType.processStatus,
+  FrameType.faultDone,
+]);
+
+function json(body: unknown): Buffer {
+  return Buffer.from(JSON.stringify(body));
+}
+
+function parseJson<T extends z.ZodType>(schema: T, payload: Buffer, what: string): z.infer<T> {
+  let value: unknown;
+  try {
+    value = JSON.parse(payload.toString("utf8"));
+  } catch {
+    throw new AgentProtocolError(`the agent's ${what} is not JSON`);
+  }
+  const parsed = schema.safeParse(value);
+  if (!parsed.success) throw new AgentProtocolError(`the agent's ${what} does not match its schema: ${parsed.error.issues[0]?.message}`);
+  return parsed.data;
+}
+
+function jsonAnswer<T extends z.ZodType>(schema: T, what: string): (payload: Buffer) => z.infer<T> {
+  return (payload) => parseJson(schema, payload, what);
+}
+
+function agentErrorCode(code: string | undefined): ErrorCode {
+  return (AGENT_ERROR_CODES as readonly string[]).includes(code ?? "") ? (code as ErrorCode) : "FAILED_PRECONDITION";
 }

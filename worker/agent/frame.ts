@@ -13,6 +13,26 @@ export const FrameType = {
   exit: 4,
   error: 5,
   cancel: 6,
+  fileWrite: 7,
+  fileWritten: 8,
+  fileRead: 9,
+  fileData: 10,
+  stat: 11,
+  statResult: 12,
+  list: 13,
+  listResult: 14,
+  processStart: 15,
+  processStarted: 16,
+  processRead: 17,
+  processOutput: 18,
+  processWrite: 19,
+  ok: 20,
+  processSignal: 21,
+  processWait: 22,
+  processStatus: 23,
+  processResize: 24,
+  fault: 25,
+  faultDone: 26,
 } as const;
 
 export interface AgentFrame {
@@ -34,6 +54,24 @@ export function encodeFrame(frame: AgentFrame): Buffer {
   header.writeUInt32BE(frame.stream, 8);
   header.writeUInt32BE(frame.payload.length, 12);
   return Buffer.concat([header, frame.payload]);
+}
+
+/**
+ * A payload of JSON and raw bytes (file and process data, which base64 would grow by a third):
+ * a u32 big-endian length of the JSON, the JSON, then the bytes.
+ */
+export function encodeMixed(json: unknown, bytes: Uint8Array): Buffer {
+  const text = Buffer.from(JSON.stringify(json));
+  const length = Buffer.alloc(4);
+  length.writeUInt32BE(text.length, 0);
+  return Buffer.concat([length, text, bytes]);
+}
+
+export function decodeMixed(payload: Buffer): { json: Buffer; bytes: Buffer } {
+  if (payload.length < 4) throw new AgentProtocolError("a mixed payload shorter than its length field");
+  const length = payload.readUInt32BE(0);
+  if (length > payload.length - 4) throw new AgentProtocolError(`a mixed payload's JSON of ${length} bytes overruns it`);
+  return { json: payload.subarray(4, 4 + length), bytes: payload.subarray(4 + length) };
 }
 
 function headerProblem(header: Buffer): string | undefined {

@@ -1,8 +1,29 @@
 // What the worker offers, independent of transport. The RPC layer translates to and from this.
 import type { FaultInput } from "./fault-model.js";
-import type { ExecRequest, ExecResult } from "../ports/agent.js";
+import type {
+  DirListing,
+  ExecRequest,
+  ExecResult,
+  FileChunk,
+  FileStat,
+  OutputStream,
+  ProcessOutput,
+  ProcessStart,
+  ProcessStatus,
+} from "../ports/agent.js";
 
-export type { ExecRequest, ExecResult } from "../ports/agent.js";
+export type {
+  DirListing,
+  ExecRequest,
+  ExecResult,
+  FileChunk,
+  FileStat,
+  FileType,
+  OutputStream,
+  ProcessOutput,
+  ProcessStart,
+  ProcessStatus,
+} from "../ports/agent.js";
 
 export type VmStatus = "creating" | "running" | "paused" | "stopping" | "stopped" | "failed";
 export const VM_STATUSES: readonly VmStatus[] = ["creating", "running", "paused", "stopping", "stopped", "failed"];
@@ -30,6 +51,19 @@ export interface CreateVmOptions {
   secrets?: SecretInput[];
   /** 0 or absent: no time-to-live. */
   ttlSeconds?: number;
+  /** 0 or absent: answer once the VMM runs; else wait this long for the guest agent's hello. */
+  waitReadyMs?: number;
+}
+
+/** A write of one piece of a file: at most FILE_LIMITS.maxCallBytes (core/files.ts). */
+export interface FileWriteInput {
+  path: string;
+  offset: number;
+  data: Uint8Array;
+  /** Permission bits of a file this write creates; 0 or absent: 0644. */
+  mode?: number;
+  /** Cut the file at offset first: the first write of a whole file. */
+  truncate?: boolean;
 }
 
 export interface IoCounters {
@@ -91,6 +125,12 @@ export const FAULT_KINDS = [
   "reboot",
   "diskErrors",
   "cpuThrottle",
+  // In the guest, through its agent.
+  "killProcess",
+  "freezeProcess",
+  "clockShift",
+  "clockStrobe",
+  "fillDisk",
 ] as const;
 export type FaultName = (typeof FAULT_KINDS)[number];
 
@@ -141,6 +181,25 @@ export interface WorkerApi {
   listFaults(id: string, caller?: CallerInfo): Promise<ActiveFault[]>;
   /** Runs a command in the guest through its agent; the answer holds its exit and (bounded) output. */
   exec(id: string, request: ExecRequest, caller?: CallerInfo): Promise<ExecResult>;
+  /** Writes one piece of a file in the guest; answers the file's size after it. */
+  writeFile(id: string, write: FileWriteInput, caller?: CallerInfo): Promise<{ size: number }>;
+  readFile(id: string, path: string, offset: number, maxBytes: number, caller?: CallerInfo): Promise<FileChunk>;
+  statFile(id: string, path: string, caller?: CallerInfo): Promise<FileStat>;
+  listDir(id: string, path: string, offset: number, caller?: CallerInfo): Promise<DirListing>;
+  startProcess(id: string, request: ProcessStart, caller?: CallerInfo): Promise<number>;
+  readProcess(
+    id: string,
+    pid: number,
+    stream: OutputStream,
+    offset: number,
+    maxBytes: number,
+    waitMs: number,
+    caller?: CallerInfo,
+  ): Promise<ProcessOutput>;
+  writeProcess(id: string, pid: number, data: Uint8Array, closeStdin: boolean, caller?: CallerInfo): Promise<void>;
+  signalProcess(id: string, pid: number, signal: number, caller?: CallerInfo): Promise<void>;
+  waitProcess(id: string, pid: number, waitMs: number, caller?: CallerInfo): Promise<ProcessStatus>;
+  resizeProcess(id: string, pid: number, rows: number, cols: number, caller?: CallerInfo): Promise<void>;
 }
 
 export const zeroCounters = (): IoCounters => ({

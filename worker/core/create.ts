@@ -34,7 +34,11 @@ export interface CreateRequest {
   spec: ValidSpec;
   secrets: SecretInput[];
   ttlSeconds: number;
+  waitReadyMs: number;
 }
+
+/** The longest a create may wait for the guest agent's hello. */
+export const MAX_WAIT_READY_MS = 10 * 60_000;
 
 /** Refuses, before anything is done, a create that cannot succeed here. */
 export function checkCreate(
@@ -43,6 +47,7 @@ export function checkCreate(
   backend: VmmBackend,
   network: NetworkPort | undefined,
   limits: CreateLimits,
+  hasAgents = true,
 ): CreateRequest {
   const spec = validateSpec(input, limits);
   if (spec.dataDiskBytes && !backend.capabilities.dataDisk) {
@@ -58,7 +63,14 @@ export function checkCreate(
   if (ttlSeconds > limits.maxTtlSeconds) {
     throw invalidArgument(`ttlSeconds ${ttlSeconds} is above the maximum ${limits.maxTtlSeconds}`);
   }
-  return { spec, secrets, ttlSeconds };
+  const waitReadyMs = options.waitReadyMs ?? 0;
+  if (!Number.isInteger(waitReadyMs) || waitReadyMs < 0 || waitReadyMs > MAX_WAIT_READY_MS) {
+    throw invalidArgument(`waitReadyMs ${waitReadyMs} is outside 0..${MAX_WAIT_READY_MS}`);
+  }
+  if (waitReadyMs > 0 && (!backend.capabilities.agent || !hasAgents)) {
+    throw failedPrecondition(`waitReadyMs: the ${backend.name} backend on this worker has no guest agent channel to wait for`);
+  }
+  return { spec, secrets, ttlSeconds, waitReadyMs };
 }
 
 /**

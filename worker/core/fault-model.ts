@@ -10,6 +10,34 @@ const cidr = z.string().regex(/^(\d{1,3})(\.\d{1,3}){3}(\/(\d|[12]\d|3[0-2]))?$/
 const percent = z.number().min(0).max(100);
 const DAY_MS = 24 * 3600 * 1000;
 
+/** A guest's pid (Linux's largest pid_max is 2^22); 0: none, by name. Pid 1 is the guest's init. */
+const guestPid = z
+  .number()
+  .int()
+  .min(0)
+  .max(2 ** 22)
+  .refine((pid) => pid !== 1, "pid 1 (the guest's init) is never signalled");
+/** A process name as the agent matches it: /proc/<pid>/comm or argv[0]'s base name; "": none, by pid. */
+const processName = z
+  .string()
+  .max(255)
+  .regex(/^[^/\0]*$/, "must be a base name (no '/' or NUL)");
+const guestProcess = z.object({ pid: guestPid, name: processName });
+const onePidOrName = (value: { pid: number; name: string }, ctx: z.RefinementCtx) => {
+  if ((value.pid === 0) === (value.name === "")) ctx.addIssue({ code: "custom", message: "needs exactly one of pid and name" });
+};
+/** A clock step: non-zero, at most ten years either way. */
+const clockStep = z
+  .number()
+  .int()
+  .min(-3660 * DAY_MS)
+  .max(3660 * DAY_MS)
+  .refine((ms) => ms !== 0, "must not be 0");
+const guestPath = z
+  .string()
+  .max(4096)
+  .regex(/^\/[^\0]*$/, "must be an absolute path in the guest");
+
 /**
  * One fault. The members are in the order of schema/worker.capnp's Fault union, as FAULT_KINDS
  * (the wire's tags) lists them.
@@ -40,6 +68,17 @@ export const faultKindSchema = z.discriminatedUnion("kind", [
   }),
   // Limits the VMM process to this share of one CPU.
   z.object({ kind: z.literal("cpuThrottle"), percent: z.number().int().min(1).max(100_000) }),
+  // In the guest, through its agent (agent/faults.go). Signals the process `pid`, or every process
+  // named `name` (comm or argv[0]'s base name); never init, the agent or kernel threads.
+  guestProcess.extend({ kind: z.literal("killProcess"), signal: z.number().int().min(1).max(64) }).superRefine(onePidOrName),
+  // SIGSTOP to the same; clearing it sends SIGCONT to the processes it stopped.
+  guestProcess.extend({ kind: z.literal("freezeProcess") }).superRefine(onePidOrName),
+  // Steps the guest's realtime clock once; clearing it steps back.
+  z.object({ kind: z.literal("clockShift"), deltaMs: clockStep }),
+  // Steps the clock +deltaMs and back every periodMs; clearing it leaves the clock where it began.
+  z.object({ kind: z.literal("clockStrobe"), deltaMs: clockStep, periodMs: z.number().int().min(50).max(3600_000) }),
+  // Writes a file in the guest's directory `dir` until its filesystem is full; clearing it frees that.
+  z.object({ kind: z.literal("fillDisk"), dir: guestPath }),
 ]);
 
 /** A fault as the worker accepts it: one member of the union, and how long it lasts. */
@@ -77,7 +116,15 @@ export type TcFault = Extract<NetFault, { kind: "delay" | "bandwidth" }>;
 /** What a VMM is told to fail on its data disk. */
 export type DiskErrorRule = Omit<Extract<FaultKind, { kind: "diskErrors" }>, "kind">;
 
-const INSTANT_FAULTS: ReadonlySet<FaultName> = new Set<FaultName>(["resume", "killVmm", "powerOff", "reboot"]);
+/** Faults made inside the guest by its agent. */
+export type GuestFaultKind = Extract<FaultKind, { kind: "killProcess" | "freezeProcess" | "clockShift" | "clockStrobe" | "fillDisk" }>;
+const GUEST_FAULTS: ReadonlySet<FaultName> = new Set<FaultName>(["killProcess", "freezeProcess", "clockShift", "clockStrobe", "fillDisk"]);
+
+export function isGuestFault(fault: FaultKind): fault is GuestFaultKind {
+  return GUEST_FAULTS.has(fault.kind);
+}
+
+const INSTANT_FAULTS: ReadonlySet<FaultName> = new Set<FaultName>(["resume", "killVmm", "powerOff", "reboot", "killProcess"]);
 
 /** Done at once and never listed as active (there is nothing to undo). */
 export function isInstant(kind: FaultName): boolean {
@@ -101,7 +148,19 @@ export function describeFault(fault: FaultKind): string {
     }
     case "cpuThrottle":
       return `cpu throttled to ${fault.percent}% of one CPU`;
+    case "killProcess":
+      return `signal ${fault.signal} to ${fault.pid ? `pid ${fault.pid}` : `processes named ${JSON.stringify(fault.name)}`}`;
+    case "freezeProcess":
+      return `frozen: ${fault.pid ? `pid ${fault.pid}` : `processes named ${JSON.stringify(fault.name)}`}`;
+    case "clockShift":
+      return `guest clock ${signedMs(fault.deltaMs)}`;
+    case "clockStrobe":
+      return `guest clock strobed ${signedMs(fault.deltaMs)} and back every ${fault.periodMs} ms`;
+    case "fillDisk":
+      return `guest filesystem of ${fault.dir} filled`;
     default:
       return fault.kind;
   }
 }
+
+const signedMs = (ms: number): string => `${ms > 0 ? "+" : ""}${ms} ms`;

@@ -1,13 +1,22 @@
 // Fault injection over the ports, the use case: validates a fault (fault-model.ts), applies it to one
 // VM, remembers how to undo it, and undoes it on clear, on expiry (durationMs) or when the VM goes
-// away. The host adapters are in worker/faults/. docs/faults.md.
+// away. The host adapters are in worker/faults/; in-guest faults go through the VM's guest agent
+// (agent/faults.go). docs/faults.md.
 import { randomBytes } from "node:crypto";
 import type { Logger } from "pino";
-import type { ActiveFault, FaultInput, FaultKind, VmStatus } from "./api.js";
-import { asWorkerError, failedPrecondition, notFound } from "./errors.js";
-import { describeFault, isInstant, validateFault } from "./fault-model.js";
+import type { ActiveFault, FaultInput, FaultKind, FaultName, VmStatus } from "./api.js";
+import { asWorkerError, failedPrecondition, notFound, unavailable, WorkerError } from "./errors.js";
+import { describeFault, type GuestFaultKind, isGuestFault, isInstant, validateFault } from "./fault-model.js";
 import { acceptsFaults } from "./lifecycle.js";
-import type { BackendName, CpuThrottlePort, NetFaultPort, VmmHandle } from "../ports/index.js";
+import type {
+  AgentConnection,
+  BackendName,
+  CpuThrottlePort,
+  GuestFault,
+  GuestFaultResult,
+  NetFaultPort,
+  VmmHandle,
+} from "../ports/index.js";
 
 export interface FaultPorts {
   net?: NetFaultPort;
@@ -21,9 +30,20 @@ export interface FaultTarget {
   backend: BackendName;
   handle?: VmmHandle;
   tap?: string;
+  /** The channel to the guest agent, while the VM has one (in-guest faults go through it). */
+  agent?: AgentConnection;
   /** Pauses or resumes the guest and moves the VM through the lifecycle (its transition). */
   setPaused(paused: boolean): Promise<void>;
 }
+
+type Undo = (target: FaultTarget) => Promise<void>;
+
+/** How long an in-guest fault may take before the call gives up: the VM's other operations queue behind it. */
+export const GUEST_FAULT_DEADLINE_MS = { fillDisk: 15 * 60_000, other: 60_000 } as const;
+/** After a worker restart, how long the reset of a VM's in-guest faults waits for its agent's hello. */
+export const GUEST_RESET_WAIT_MS = 10 * 60_000;
+/** What a guest reboot ends: processes and the clock start afresh (a fill file on a disk stays). */
+const ENDED_BY_REBOOT: ReadonlySet<FaultName> = new Set<FaultName>(["freezeProcess", "clockShift", "clockStrobe"]);
 
 interface Entry {
   view: ActiveFault;
@@ -40,6 +60,8 @@ interface Entry {
 
 export class FaultController {
   private readonly byVm = new Map<string, Map<string, Entry>>();
+  /** Resets of in-guest faults a previous worker left, by VM, until they are done. */
+  private readonly guestResets = new Map<string, Promise<void>>();
 
   constructor(
     private readonly ports: FaultPorts,
@@ -70,6 +92,30 @@ export class FaultController {
     return removed;
   }
 
+  /**
+   * After a worker restart: once the VM's agent says hello, it undoes every in-guest fault it still
+   * holds (frozen processes, clock steps, strobes, fill files), which the new worker does not know.
+   * Runs in the background: recovery never waits for a guest. In-guest faults injected meanwhile
+   * wait for it, so the reset cannot undo them.
+   */
+  resetGuestAfterRestart(vmId: string, agent: AgentConnection, waitMs = GUEST_RESET_WAIT_MS): Promise<void> {
+    const log = this.log.child({ vmId });
+    const reset: Promise<void> = agent
+      .whenReady(waitMs)
+      .then(() => agent.fault({ kind: "reset" }))
+      .then(
+        ({ pids, bytes }) => {
+          if (pids.length || bytes) log.info({ thawed: pids, freedBytes: bytes }, "in-guest faults a previous worker left were undone");
+        },
+        (err) => log.warn({ err: asWorkerError(err).message }, "cannot reset the in-guest faults a previous worker left"),
+      )
+      .finally(() => {
+        if (this.guestResets.get(vmId) === reset) this.guestResets.delete(vmId);
+      });
+    this.guestResets.set(vmId, reset);
+    return reset;
+  }
+
   list(vmId: string): ActiveFault[] {
     return [...(this.byVm.get(vmId)?.values() ?? [])].filter((entry) => !entry.clearing).map((entry) => ({ ...entry.view }));
   }
@@ -84,9 +130,12 @@ export class FaultController {
     const faultId = `fault-${randomBytes(4).toString("hex")}`;
     const log = this.log.child({ vmId: target.id, faultId, fault: fault.kind });
 
-    const undo = await this.apply(target, handle, faultId, fault);
+    const { undo, detail } = isGuestFault(fault)
+      ? await this.applyInGuest(target, faultId, fault)
+      : { undo: await this.apply(target, handle, faultId, fault), detail: "" };
+    const description = `${describeFault(fault)}${detail ? ` (${detail})` : ""}`;
     if (isInstant(fault.kind)) {
-      log.info({ description: describeFault(fault) }, "instant fault injected");
+      log.info({ description }, "instant fault injected");
       return faultId;
     }
     const now = Date.now();
@@ -97,7 +146,7 @@ export class FaultController {
       view: {
         id: faultId,
         kind: fault.kind,
-        description: describeFault(fault),
+        description,
         injectedAtMs: BigInt(now),
         expiresAtMs: durationMs > 0 ? BigInt(now + durationMs) : 0n,
       },
@@ -152,8 +201,8 @@ export class FaultController {
     target: FaultTarget,
     handle: VmmHandle,
     faultId: string,
-    fault: FaultKind,
-  ): Promise<((t: FaultTarget) => Promise<void>) | undefined> {
+    fault: Exclude<FaultKind, GuestFaultKind>,
+  ): Promise<Undo | undefined> {
     const unsupported = (what: string) => failedPrecondition(`${fault.kind} is not supported on ${target.backend}: ${what}`);
     switch (fault.kind) {
       case "partition":
@@ -201,6 +250,8 @@ export class FaultController {
       case "reboot":
         if (!handle.reset) throw unsupported("no hard reset");
         await handle.reset();
+        // The guest starts afresh: nothing of these is left to undo (and stepping its new clock back would be wrong).
+        for (const [id, entry] of this.byVm.get(target.id) ?? []) if (ENDED_BY_REBOOT.has(entry.fault.kind)) this.forget(target.id, id);
         return undefined;
       case "diskErrors": {
         if (!handle.injectDiskErrors || !handle.clearDiskErrors) {
@@ -223,4 +274,80 @@ export class FaultController {
       }
     }
   }
+
+  /**
+   * Makes a fault inside the guest through its agent; returns its undo (none for a kill) and what
+   * the agent reached, for the description.
+   */
+  private async applyInGuest(target: FaultTarget, faultId: string, fault: GuestFaultKind): Promise<{ undo?: Undo; detail: string }> {
+    const agent = guestAgent(target);
+    const pending = this.guestResets.get(target.id);
+    if (pending && agent.state === "ready") await pending;
+    switch (fault.kind) {
+      case "killProcess": {
+        const { pids } = await guestCall(agent, { kind: "kill", ...processOf(fault), signal: fault.signal });
+        return { detail: `pids ${pids.join(", ")}` };
+      }
+      case "freezeProcess": {
+        const { pids } = await guestCall(agent, { kind: "freeze", ...processOf(fault) });
+        return { detail: `pids ${pids.join(", ")}`, undo: undoInGuest({ kind: "thaw", pids }) };
+      }
+      case "clockShift":
+        await guestCall(agent, { kind: "clockShift", deltaMs: fault.deltaMs });
+        return { detail: "", undo: undoInGuest({ kind: "clockShift", deltaMs: -fault.deltaMs }) };
+      case "clockStrobe": {
+        const active = [...(this.byVm.get(target.id)?.values() ?? [])].find((entry) => entry.fault.kind === "clockStrobe");
+        if (active)
+          throw failedPrecondition(`a clockStrobe fault (${active.view.id}) is already active on vm ${target.id}; clear it first`);
+        await guestCall(agent, { kind: "clockStrobe", id: faultId, deltaMs: fault.deltaMs, periodMs: fault.periodMs });
+        return { detail: "", undo: undoInGuest({ kind: "clockStrobeStop", id: faultId }) };
+      }
+      case "fillDisk": {
+        const unfill: GuestFault = { kind: "unfillDisk", id: faultId, dir: fault.dir };
+        const { bytes } = await guestCall(agent, { kind: "fillDisk", id: faultId, dir: fault.dir }).catch((err) => {
+          // Given up on (or failed): whatever the agent wrote must not stay behind.
+          if (asWorkerError(err).code === "DEADLINE_EXCEEDED") void agent.fault(unfill).catch(() => undefined);
+          throw err;
+        });
+        return { detail: `${bytes} bytes written`, undo: undoInGuest(unfill) };
+      }
+    }
+  }
+}
+
+/** Which guest processes: by pid, or (pid 0) by name. */
+const processOf = (fault: { pid: number; name: string }) => (fault.pid ? { pid: fault.pid } : { name: fault.name });
+
+/** The VM's agent, ready for an in-guest fault; FAILED_PRECONDITION without one, UNAVAILABLE while paused. */
+function guestAgent(target: FaultTarget): AgentConnection {
+  if (!target.agent) {
+    throw failedPrecondition(`vm ${target.id} has no guest agent channel (its backend has none, or it is ${target.status})`);
+  }
+  // A paused guest cannot answer: the call would hold the VM's queue until its deadline.
+  if (target.status === "paused") throw unavailable(`vm ${target.id} is paused: its guest agent cannot answer until it is resumed`);
+  return target.agent;
+}
+
+async function guestCall(agent: AgentConnection, fault: GuestFault): Promise<GuestFaultResult> {
+  const deadlineMs = fault.kind === "fillDisk" ? GUEST_FAULT_DEADLINE_MS.fillDisk : GUEST_FAULT_DEADLINE_MS.other;
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new WorkerError("DEADLINE_EXCEEDED", `the guest agent did not finish ${fault.kind} within ${deadlineMs} ms`)),
+      deadlineMs,
+    );
+  });
+  try {
+    return await Promise.race([agent.fault(fault), deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Undoes an in-guest fault; nothing to do when the guest is going away (the VM stops, fails or is deleted). */
+function undoInGuest(fault: GuestFault): Undo {
+  return async (target) => {
+    if (!acceptsFaults(target.status)) return;
+    await guestCall(guestAgent(target), fault);
+  };
 }

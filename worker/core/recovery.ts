@@ -82,6 +82,8 @@ export async function recover(deps: RecoveryDeps): Promise<RecoveryResult> {
       adopted.flatMap(({ vm }) => (vm.record.net ? [vm.record.net.tap] : [])),
     )),
   );
+  // What a previous worker did inside the guests, their agents undo once they answer (in the background).
+  for (const { vm } of adopted) if (vm.agent) void deps.faults.resetGuestAfterRestart(vm.id, vm.agent);
   result.orphans.push(...(await deps.secrets.removeOrphans(new Set(live.map((vm) => vm.id)))));
   log.info({ ...result, known: registry.all().length }, "recovered state");
   return result;

@@ -4,8 +4,19 @@
 // reservations (registry.ts); create.ts is the create plan; recovery.ts the restart.
 import { randomBytes } from "node:crypto";
 import type { Logger } from "pino";
-import type { ActiveFault, CallerInfo, ConsoleChunk, CreateVmOptions, FaultInput, VmEvent, VmSpecInput, VmView, WorkerApi } from "./api.js";
-import { asWorkerError, failedPrecondition, invalidArgument, notFound, WorkerError } from "./errors.js";
+import type {
+  ActiveFault,
+  CallerInfo,
+  ConsoleChunk,
+  CreateVmOptions,
+  FaultInput,
+  FileWriteInput,
+  VmEvent,
+  VmSpecInput,
+  VmView,
+  WorkerApi,
+} from "./api.js";
+import { asWorkerError, failedPrecondition, invalidArgument, notFound, unavailable, WorkerError } from "./errors.js";
 import { EventLog } from "./events.js";
 import { checkCreate, runCreate, type CreateDeps } from "./create.js";
 import { FaultController, type FaultPorts } from "./faults.js";
@@ -15,10 +26,18 @@ import { VmRegistry, type HostLimits } from "./registry.js";
 import type { SpecLimits } from "./spec.js";
 import type { ManagedVm, VmContext } from "./vm.js";
 import type {
+  AgentConnection,
   ConsoleStore,
+  DirListing,
   ExecRequest,
   ExecResult,
+  FileChunk,
+  FileStat,
   GuestAgentPort,
+  OutputStream,
+  ProcessOutput,
+  ProcessStart,
+  ProcessStatus,
   NetworkPort,
   RecordRepo,
   SecretsPort,
@@ -26,6 +45,8 @@ import type {
   VmmBackend,
 } from "../ports/index.js";
 import { validateExec } from "./exec.js";
+import { readInPieces, validateOffset, validatePath, validateWrite, writeInPieces } from "./files.js";
+import { PROCESS_LIMITS, validatePid, validateSide, validateSignal, validateStart, validateStream, validateWait } from "./processes.js";
 
 export interface ServiceLimits extends SpecLimits, HostLimits {
   maxTtlSeconds: number;
@@ -169,8 +190,70 @@ export class WorkerService implements WorkerApi {
 
   /** Runs a command in the guest. Not queued behind the VM's operations: many run at once. */
   async exec(id: string, request: ExecRequest): Promise<ExecResult> {
+    const agent = this.agentOf(id);
+    return agent.exec(validateExec(request));
+  }
+
+  async writeFile(id: string, write: FileWriteInput): Promise<{ size: number }> {
+    const agent = this.agentOf(id);
+    return writeInPieces(agent, validateWrite(write));
+  }
+
+  async readFile(id: string, path: string, offset: number, maxBytes: number): Promise<FileChunk> {
+    const agent = this.agentOf(id);
+    return readInPieces(agent, validatePath(path), validateOffset(offset), maxBytes);
+  }
+
+  async statFile(id: string, path: string): Promise<FileStat> {
+    return this.agentOf(id).stat(validatePath(path));
+  }
+
+  async listDir(id: string, path: string, offset: number): Promise<DirListing> {
+    const agent = this.agentOf(id);
+    return agent.list(validatePath(path), validateOffset(offset));
+  }
+
+  async startProcess(id: string, request: ProcessStart): Promise<number> {
+    const agent = this.agentOf(id);
+    return (await agent.startProcess(validateStart(request))).pid;
+  }
+
+  async readProcess(
+    id: string,
+    pid: number,
+    stream: OutputStream,
+    offset: number,
+    maxBytes: number,
+    waitMs: number,
+  ): Promise<ProcessOutput> {
+    const agent = this.agentOf(id);
+    const bytes = Math.min(Math.max(1, maxBytes), PROCESS_LIMITS.maxReadBytes);
+    return agent.readProcess(validatePid(pid), validateStream(stream), validateOffset(offset), bytes, validateWait(waitMs));
+  }
+
+  async writeProcess(id: string, pid: number, data: Uint8Array, closeStdin: boolean): Promise<void> {
+    const agent = this.agentOf(id);
+    if (data.length > PROCESS_LIMITS.maxWriteBytes) {
+      throw invalidArgument(`a write holds ${data.length} bytes (at most ${PROCESS_LIMITS.maxWriteBytes})`);
+    }
+    await agent.writeProcess(validatePid(pid), data, closeStdin);
+  }
+
+  async signalProcess(id: string, pid: number, signal: number): Promise<void> {
+    await this.agentOf(id).signalProcess(validatePid(pid), validateSignal(signal));
+  }
+
+  async waitProcess(id: string, pid: number, waitMs: number): Promise<ProcessStatus> {
+    return this.agentOf(id).waitProcess(validatePid(pid), validateWait(waitMs));
+  }
+
+  async resizeProcess(id: string, pid: number, rows: number, cols: number): Promise<void> {
+    await this.agentOf(id).resizeProcess(validatePid(pid), validateSide(rows, "rows"), validateSide(cols, "cols"));
+  }
+
+  /** The VM's agent channel; NOT_FOUND for an unknown VM, FAILED_PRECONDITION when it has none. */
+  private agentOf(id: string): AgentConnection {
     const vm = this.registry.lookup(id);
-    const valid = validateExec(request);
     if (!vm.agent) {
       throw failedPrecondition(
         !this.deps.backend.capabilities.agent || !this.deps.agents
@@ -178,13 +261,13 @@ export class WorkerService implements WorkerApi {
           : `VM ${id} is ${vm.status}: no guest agent channel`,
       );
     }
-    return vm.agent.exec(valid);
+    return vm.agent;
   }
 
   // --- create ----------------------------------------------------------------------------
 
   async createVm(input: VmSpecInput, options: CreateVmOptions, caller?: CallerInfo): Promise<string> {
-    const request = checkCreate(input, options, this.deps.backend, this.deps.network, this.deps.limits);
+    const request = checkCreate(input, options, this.deps.backend, this.deps.network, this.deps.limits, this.deps.agents !== undefined);
     const id = `vm-${randomBytes(5).toString("hex")}`;
     this.registry.reserve(id, request.spec);
     const log = this.log.child({ vmId: id, requestId: caller?.requestId });
@@ -197,6 +280,7 @@ export class WorkerService implements WorkerApi {
       ended();
       this.registry.unreserve(id);
     }
+    if (request.waitReadyMs > 0 && !caller?.signal?.aborted) await this.waitReady(id, request.waitReadyMs, log);
     if (caller?.signal?.aborted) {
       // The caller was told DEADLINE_EXCEEDED and will never learn this id: nothing may stay.
       log.warn("create finished after the call's deadline; deleting the VM");
@@ -206,6 +290,20 @@ export class WorkerService implements WorkerApi {
       throw new WorkerError("DEADLINE_EXCEEDED", "the call's deadline passed");
     }
     return id;
+  }
+
+  /** createVm's waitReady: a VM whose agent does not say hello in time is deleted, not handed out. */
+  private async waitReady(id: string, waitMs: number, log: Logger): Promise<void> {
+    try {
+      await this.agentOf(id).whenReady(waitMs);
+    } catch (err) {
+      const reason = asWorkerError(err).message;
+      log.warn({ reason }, "the guest agent was not ready in time; deleting the VM");
+      await this.deleteVm(id).catch((deleteErr) => {
+        log.error({ err: asWorkerError(deleteErr).message }, "cannot delete the VM whose agent never became ready");
+      });
+      throw unavailable(`VM ${id} was deleted: its guest agent was not ready within ${waitMs} ms (${reason})`);
+    }
   }
 
   // --- delete ----------------------------------------------------------------------------

@@ -156,6 +156,7 @@ export class ManagedVm {
       backend: record.backend,
       handle: this.handle,
       tap: record.net?.tap,
+      agent: this.agent,
       setPaused: async (paused) => {
         await (paused ? this.handle?.pause() : this.handle?.resume());
         await this.transition(paused ? "paused" : "running", paused ? "paused by a fault" : "resumed");

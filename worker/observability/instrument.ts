@@ -6,8 +6,22 @@ import { asWorkerError } from "../core/errors.js";
 import type { AuditLog } from "./audit.js";
 import type { WorkerMetrics } from "./metrics.js";
 
-/** Calls the audit log records: those that change a VM, and exec (which may change anything inside). */
-const MUTATING = new Set(["createVm", "deleteVm", "injectFault", "clearFault", "exec"]);
+// Calls the audit log records: those that change a VM, and those that reach into the guest (exec,
+// files, processes). Not a process's reads, waits, writes or resizes: a terminal makes many of
+// them, and the process's start is audited.
+const MUTATING = new Set([
+  "createVm",
+  "deleteVm",
+  "injectFault",
+  "clearFault",
+  "exec",
+  "writeFile",
+  "readFile",
+  "statFile",
+  "listDir",
+  "startProcess",
+  "signalProcess",
+]);
 
 export function instrument(api: WorkerApi, metrics: WorkerMetrics, audit: AuditLog | undefined, logger: Logger): WorkerApi {
   /** `details` go into the audit entry of a mutating call (what fault, which fault id). */
@@ -17,7 +31,7 @@ export function instrument(api: WorkerApi, metrics: WorkerMetrics, audit: AuditL
     vmId: string | undefined,
     run: () => Promise<T>,
     /** Never env values, stdin or output: exec is audited by its argv[0] and its exit. */
-    details?: { fault?: string; faultSpec?: unknown; faultId?: string; command?: string },
+    details?: { fault?: string; faultSpec?: unknown; faultId?: string; command?: string; path?: string; pid?: number; signal?: number },
   ): Promise<T> {
     const started = performance.now();
     // Looked up while the caller is surely still connected; ready long before most calls end.
@@ -52,6 +66,10 @@ export function instrument(api: WorkerApi, metrics: WorkerMetrics, audit: AuditL
           ...(details?.fault ? { fault: details.fault, faultSpec: details.faultSpec } : {}),
           ...(faultId ? { faultId } : {}),
           ...(details?.command !== undefined ? { command: details.command } : {}),
+          ...(details?.path !== undefined ? { path: details.path } : {}),
+          ...(details?.pid !== undefined ? { pid: details.pid } : {}),
+          ...(details?.signal !== undefined ? { signal: details.signal } : {}),
+          ...(method === "startProcess" && typeof result === "number" ? { pid: result } : {}),
           ...(method === "exec" && isExecResult(result)
             ? { exitCode: result.exitCode, signal: result.signal, timedOut: result.timedOut }
             : {}),
@@ -73,6 +91,22 @@ export function instrument(api: WorkerApi, metrics: WorkerMetrics, audit: AuditL
     clearFault: (id, faultId, caller) => observe("clearFault", caller, id, () => api.clearFault(id, faultId, caller), { faultId }),
     listFaults: (id, caller) => observe("listFaults", caller, id, () => api.listFaults(id, caller)),
     exec: (id, command, caller) => observe("exec", caller, id, () => api.exec(id, command, caller), { command: command.argv[0] ?? "" }),
+    writeFile: (id, write, caller) => observe("writeFile", caller, id, () => api.writeFile(id, write, caller), { path: write.path }),
+    readFile: (id, path, offset, maxBytes, caller) =>
+      observe("readFile", caller, id, () => api.readFile(id, path, offset, maxBytes, caller), { path }),
+    statFile: (id, path, caller) => observe("statFile", caller, id, () => api.statFile(id, path, caller), { path }),
+    listDir: (id, path, offset, caller) => observe("listDir", caller, id, () => api.listDir(id, path, offset, caller), { path }),
+    startProcess: (id, request, caller) =>
+      observe("startProcess", caller, id, () => api.startProcess(id, request, caller), { command: request.argv[0] ?? "" }),
+    readProcess: (id, pid, stream, offset, maxBytes, waitMs, caller) =>
+      observe("readProcess", caller, id, () => api.readProcess(id, pid, stream, offset, maxBytes, waitMs, caller)),
+    writeProcess: (id, pid, data, closeStdin, caller) =>
+      observe("writeProcess", caller, id, () => api.writeProcess(id, pid, data, closeStdin, caller)),
+    signalProcess: (id, pid, signal, caller) =>
+      observe("signalProcess", caller, id, () => api.signalProcess(id, pid, signal, caller), { pid, signal }),
+    waitProcess: (id, pid, waitMs, caller) => observe("waitProcess", caller, id, () => api.waitProcess(id, pid, waitMs, caller)),
+    resizeProcess: (id, pid, rows, cols, caller) =>
+      observe("resizeProcess", caller, id, () => api.resizeProcess(id, pid, rows, cols, caller)),
   };
 }
 

@@ -3,9 +3,17 @@ import type {
   ActiveFault,
   ConsoleChunk,
   CreateVmOptions,
+  DirListing,
   ExecRequest,
   ExecResult,
   FaultInput,
+  FileChunk,
+  FileStat,
+  FileWriteInput,
+  OutputStream,
+  ProcessOutput,
+  ProcessStart,
+  ProcessStatus,
   VmEvent,
   VmSpecInput,
   VmView,
@@ -18,16 +26,21 @@ import {
   WORKER_INTERFACE_ID,
   WorkerMethod,
   readActiveFaultList,
+  outputStreamToWire,
   readExecResult,
+  readFileStat,
+  readFileStatList,
+  readProcessStatus,
   readRunningVm,
   readRunningVmList,
   readVmEventList,
   writeExecCommand,
   writeFault,
+  writeProcessCommand,
   writeSecrets,
   writeVmSpec,
 } from "./worker-codec.js";
-import { type StructReader, readData, readStruct, readText, readU64 } from "./wire.js";
+import { type StructReader, readBool, readData, readStruct, readText, readU32, readU64 } from "./wire.js";
 
 const toWorkerError = (err: unknown): never => {
   if (err instanceof RpcException) throw WorkerError.fromReason(err.reason);
@@ -94,6 +107,7 @@ export class WorkerClient {
         writeVmSpec(b, s + 8, spec);
         writeSecrets(b, s + 16, secrets);
         b.setU32(s, options.ttlSeconds ?? 0);
+        b.setU32(s + 4, options.waitReadyMs ?? 0);
       }),
       hint,
     );
@@ -160,6 +174,137 @@ export class WorkerClient {
         writeExecCommand(b, s + 8, command);
       }),
       1024 + textBytes + (command.stdin?.length ?? 0),
+    );
+  }
+
+  writeFile(id: string, write: FileWriteInput): Promise<{ size: number }> {
+    return this.call(
+      WorkerMethod.writeFile,
+      (r) => ({ size: Number(readU64(r, 0)) }),
+      params(Size.WriteFileParams, (b, s) => {
+        b.setText(s + 16, id);
+        b.setText(s + 24, write.path);
+        b.setData(s + 32, write.data);
+        b.setU64(s, BigInt(write.offset));
+        b.setU32(s + 8, write.mode ?? 0);
+        b.setBool(s, 96, write.truncate ?? false);
+      }),
+      1024 + write.path.length * 3 + write.data.length,
+    );
+  }
+
+  readFile(id: string, path: string, offset: number, maxBytes: number): Promise<FileChunk> {
+    return this.call(
+      WorkerMethod.readFile,
+      (r) => ({ data: readData(r, 0), size: Number(readU64(r, 0)), eof: readBool(r, 64) }),
+      params(Size.ReadFileParams, (b, s) => {
+        b.setText(s + 16, id);
+        b.setText(s + 24, path);
+        b.setU64(s, BigInt(offset));
+        b.setU32(s + 8, maxBytes);
+      }),
+    );
+  }
+
+  statFile(id: string, path: string): Promise<FileStat> {
+    return this.call(
+      WorkerMethod.statFile,
+      (r) => readFileStat(readStruct(r, 0)),
+      params(Size.StatFileParams, (b, s) => {
+        b.setText(s, id);
+        b.setText(s + 8, path);
+      }),
+    );
+  }
+
+  listDir(id: string, path: string, offset: number): Promise<DirListing> {
+    return this.call(
+      WorkerMethod.listDir,
+      (r) => ({ entries: readFileStatList(r, 0), truncated: readBool(r, 0) }),
+      params(Size.ListDirParams, (b, s) => {
+        b.setText(s + 8, id);
+        b.setText(s + 16, path);
+        b.setU32(s, offset);
+      }),
+    );
+  }
+
+  startProcess(id: string, command: ProcessStart): Promise<number> {
+    const textBytes = [...command.argv, ...(command.env ?? []), command.cwd ?? ""].reduce((sum, text) => sum + text.length * 3 + 16, 0);
+    return this.call(
+      WorkerMethod.startProcess,
+      (r) => readU32(r, 0),
+      params(Size.StartProcessParams, (b, s) => {
+        b.setText(s, id);
+        writeProcessCommand(b, s + 8, command);
+      }),
+      1024 + textBytes,
+    );
+  }
+
+  readProcess(id: string, pid: number, stream: OutputStream, offset: number, maxBytes: number, waitMs: number): Promise<ProcessOutput> {
+    return this.call(
+      WorkerMethod.readProcess,
+      (r) => ({ data: readData(r, 0), offset: Number(readU64(r, 0)), nextOffset: Number(readU64(r, 8)), eof: readBool(r, 128) }),
+      params(Size.ReadProcessParams, (b, s) => {
+        b.setText(s + 24, id);
+        b.setU32(s, pid);
+        b.setU16(s + 4, outputStreamToWire(stream));
+        b.setU64(s + 8, BigInt(offset));
+        b.setU32(s + 16, maxBytes);
+        b.setU32(s + 20, waitMs);
+      }),
+    );
+  }
+
+  async writeProcess(id: string, pid: number, data: Uint8Array, closeStdin: boolean): Promise<void> {
+    await this.call(
+      WorkerMethod.writeProcess,
+      () => undefined,
+      params(Size.WriteProcessParams, (b, s) => {
+        b.setText(s + 8, id);
+        b.setU32(s, pid);
+        b.setData(s + 16, data);
+        b.setBool(s, 32, closeStdin);
+      }),
+      1024 + data.length,
+    );
+  }
+
+  async signalProcess(id: string, pid: number, signal: number): Promise<void> {
+    await this.call(
+      WorkerMethod.signalProcess,
+      () => undefined,
+      params(Size.SignalProcessParams, (b, s) => {
+        b.setText(s + 8, id);
+        b.setU32(s, pid);
+        b.setU32(s + 4, signal);
+      }),
+    );
+  }
+
+  waitProcess(id: string, pid: number, waitMs: number): Promise<ProcessStatus> {
+    return this.call(
+      WorkerMethod.waitProcess,
+      (r) => readProcessStatus(readStruct(r, 0)),
+      params(Size.WaitProcessParams, (b, s) => {
+        b.setText(s + 8, id);
+        b.setU32(s, pid);
+        b.setU32(s + 4, waitMs);
+      }),
+    );
+  }
+
+  async resizeProcess(id: string, pid: number, rows: number, cols: number): Promise<void> {
+    await this.call(
+      WorkerMethod.resizeProcess,
+      () => undefined,
+      params(Size.ResizeProcessParams, (b, s) => {
+        b.setText(s + 8, id);
+        b.setU32(s, pid);
+        b.setU16(s + 4, rows);
+        b.setU16(s + 6, cols);
+      }),
     );
   }
 

@@ -6,6 +6,11 @@ import {
   DISK_OPS,
   type ExecRequest,
   type ExecResult,
+  type FileStat,
+  type FileType,
+  type OutputStream,
+  type ProcessStart,
+  type ProcessStatus,
   FAULT_KINDS,
   type FaultInput,
   type FaultName,
@@ -46,6 +51,16 @@ export const WorkerMethod = {
   clearFault: 7,
   listFaults: 8,
   exec: 9,
+  writeFile: 10,
+  readFile: 11,
+  statFile: 12,
+  listDir: 13,
+  startProcess: 14,
+  readProcess: 15,
+  writeProcess: 16,
+  signalProcess: 17,
+  waitProcess: 18,
+  resizeProcess: 19,
 } as const;
 
 /** Struct sizes: data words, pointer count. */
@@ -71,6 +86,10 @@ export const Size = {
   Bandwidth: [1, 0],
   DiskErrors: [3, 0],
   CpuThrottle: [1, 0],
+  GuestProcess: [1, 1],
+  ClockShift: [1, 0],
+  ClockStrobe: [2, 0],
+  FillDisk: [0, 1],
   ActiveFault: [2, 3],
   InjectFaultParams: [0, 2],
   InjectFaultResults: [0, 1],
@@ -80,6 +99,26 @@ export const Size = {
   ExecResult: [3, 2],
   ExecParams: [0, 2],
   ExecResults: [0, 1],
+  WriteFileParams: [2, 3],
+  WriteFileResults: [1, 0],
+  ReadFileParams: [2, 2],
+  ReadFileResults: [2, 1],
+  StatFileParams: [0, 2],
+  StatFileResults: [0, 1],
+  ListDirParams: [1, 2],
+  ListDirResults: [1, 1],
+  FileStat: [3, 1],
+  ProcessCommand: [1, 3],
+  StartProcessParams: [0, 2],
+  StartProcessResults: [1, 0],
+  ReadProcessParams: [3, 1],
+  ReadProcessResults: [3, 1],
+  WriteProcessParams: [1, 2],
+  SignalProcessParams: [1, 1],
+  WaitProcessParams: [1, 1],
+  WaitProcessResults: [0, 1],
+  ProcessStatus: [2, 0],
+  ResizeProcessParams: [1, 1],
 } as const satisfies Record<string, readonly [number, number]>;
 
 const statusFromWire = (value: number): VmStatus => VM_STATUSES[value] ?? "failed";
@@ -314,6 +353,26 @@ export function writeFault(b: MessageBuilder, at: number, fault: FaultInput): vo
     case "cpuThrottle":
       b.setU32(b.initStruct(p, Size.CpuThrottle[0], Size.CpuThrottle[1]), fault.percent);
       break;
+    case "killProcess":
+    case "freezeProcess": {
+      const d = b.initStruct(p, Size.GuestProcess[0], Size.GuestProcess[1]);
+      b.setU32(d, fault.pid);
+      if (fault.kind === "killProcess") b.setU32(d + 4, fault.signal);
+      b.setText(d + Size.GuestProcess[0] * 8, fault.name);
+      break;
+    }
+    case "clockShift":
+      b.setU64(b.initStruct(p, Size.ClockShift[0], Size.ClockShift[1]), BigInt.asUintN(64, BigInt(fault.deltaMs)));
+      break;
+    case "clockStrobe": {
+      const d = b.initStruct(p, Size.ClockStrobe[0], Size.ClockStrobe[1]);
+      b.setU64(d, BigInt.asUintN(64, BigInt(fault.deltaMs)));
+      b.setU32(d + 8, fault.periodMs);
+      break;
+    }
+    case "fillDisk":
+      b.setText(b.initStruct(p, Size.FillDisk[0], Size.FillDisk[1]), fault.dir);
+      break;
     default:
       break; // Void members
   }
@@ -348,6 +407,17 @@ export function readFault(s: StructReader | null): FaultInput {
       };
     case "cpuThrottle":
       return { kind, durationMs, percent: u32(0) };
+    case "killProcess":
+      return { kind, durationMs, pid: u32(0), name: inner === null ? "" : readText(inner, 0), signal: u32(4) };
+    case "freezeProcess":
+      return { kind, durationMs, pid: u32(0), name: inner === null ? "" : readText(inner, 0) };
+    // Int64 fields: past 2^53 they lose precision, and the fault model refuses them anyway.
+    case "clockShift":
+      return { kind, durationMs, deltaMs: Number(BigInt.asIntN(64, u64(0))) };
+    case "clockStrobe":
+      return { kind, durationMs, deltaMs: Number(BigInt.asIntN(64, u64(0))), periodMs: u32(8) };
+    case "fillDisk":
+      return { kind, durationMs, dir: inner === null ? "" : readText(inner, 0) };
     case undefined:
       throw invalidArgument(`unknown fault kind (union tag ${tag})`);
     default:
@@ -426,4 +496,85 @@ export function readExecResult(s: StructReader | null): ExecResult {
     stderrTruncated: readBool(s, 66),
     durationMs: Number(readU64(s, 16)),
   };
+}
+
+// ---- files and processes ----
+
+const FILE_TYPES: readonly FileType[] = ["file", "dir", "symlink", "other"];
+const OUTPUT_STREAMS: readonly OutputStream[] = ["stdout", "stderr"];
+/** Most entries one listDir answer decodes (the agent sends at most 4096). */
+const MAX_DIR_ENTRIES = 65_536;
+
+export const outputStreamToWire = (stream: OutputStream): number => OUTPUT_STREAMS.indexOf(stream);
+export function outputStreamFromWire(value: number): OutputStream {
+  const stream = OUTPUT_STREAMS[value];
+  if (!stream) throw invalidArgument(`stream ${value} is neither stdout (0) nor stderr (1)`);
+  return stream;
+}
+
+function writeFileStatAt(b: MessageBuilder, s: number, p: number, stat: FileStat): void {
+  b.setText(p, stat.name);
+  b.setU16(s, Math.max(0, FILE_TYPES.indexOf(stat.type)));
+  b.setU32(s + 4, stat.mode);
+  b.setU64(s + 8, BigInt(stat.size));
+  b.setU64(s + 16, BigInt.asUintN(64, BigInt(stat.mtimeMs))); // Int64 on the wire
+}
+
+function readFileStatAt(s: StructReader): FileStat {
+  return {
+    name: readText(s, 0),
+    type: FILE_TYPES[readU16(s, 0)] ?? "other",
+    mode: readU32(s, 4),
+    size: Number(readU64(s, 8)),
+    mtimeMs: Number(BigInt.asIntN(64, readU64(s, 16))),
+  };
+}
+
+export function writeFileStat(b: MessageBuilder, at: number, stat: FileStat): void {
+  const s = b.initStruct(at, Size.FileStat[0], Size.FileStat[1]);
+  writeFileStatAt(b, s, s + Size.FileStat[0] * 8, stat);
+}
+
+export function readFileStat(s: StructReader | null): FileStat {
+  if (s === null) throw invalidArgument("stat is missing");
+  return readFileStatAt(s);
+}
+
+export function writeFileStatList(b: MessageBuilder, at: number, entries: readonly FileStat[]): void {
+  writeStructs(b, at, entries, Size.FileStat, (s, p, stat) => writeFileStatAt(b, s, p, stat));
+}
+
+export function readFileStatList(s: StructReader, index: number): FileStat[] {
+  return readStructs(s, index, MAX_DIR_ENTRIES, readFileStatAt);
+}
+
+export function writeProcessCommand(b: MessageBuilder, at: number, command: ProcessStart): void {
+  const s = b.initStruct(at, Size.ProcessCommand[0], Size.ProcessCommand[1]);
+  const p = s + Size.ProcessCommand[0] * 8;
+  b.setTextList(p, command.argv);
+  b.setTextList(p + 8, command.env ?? []);
+  b.setText(p + 16, command.cwd ?? "");
+  b.setBool(s, 0, command.tty !== undefined);
+  b.setU16(s + 2, command.tty?.rows ?? 0);
+  b.setU16(s + 4, command.tty?.cols ?? 0);
+}
+
+export function readProcessCommand(s: StructReader | null): ProcessStart {
+  if (s === null) throw invalidArgument("command is required");
+  const command: ProcessStart = { argv: readTextList(s, 0, MAX_EXEC_LIST), env: readTextList(s, 1, MAX_EXEC_LIST), cwd: readText(s, 2) };
+  if (readBool(s, 0)) command.tty = { rows: readU16(s, 2), cols: readU16(s, 4) };
+  return command;
+}
+
+export function writeProcessStatus(b: MessageBuilder, at: number, status: ProcessStatus): void {
+  const s = b.initStruct(at, Size.ProcessStatus[0], Size.ProcessStatus[1]);
+  b.setU32(s, status.pid);
+  b.setBool(s, 32, status.running);
+  b.setU32(s + 8, status.exitCode >>> 0); // Int32 on the wire
+  b.setU32(s + 12, status.signal);
+}
+
+export function readProcessStatus(s: StructReader | null): ProcessStatus {
+  if (s === null) throw invalidArgument("process status is missing");
+  return { pid: readU32(s, 0), running: readBool(s, 32), exitCode: readU32(s, 8) | 0, signal: readU32(s, 12) };
 }

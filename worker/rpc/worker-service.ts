@@ -7,17 +7,22 @@ import {
   Size,
   WORKER_INTERFACE_ID,
   WorkerMethod,
+  outputStreamFromWire,
   readExecCommand,
   readFault,
+  readProcessCommand,
   readSecrets,
   readVmSpec,
   writeActiveFaultList,
   writeExecResult,
+  writeFileStat,
+  writeFileStatList,
+  writeProcessStatus,
   writeRunningVm,
   writeRunningVmList,
   writeVmEventList,
 } from "./worker-codec.js";
-import { type MessageBuilder, type StructReader, readStruct, readText, readU32, readU64 } from "./wire.js";
+import { type MessageBuilder, type StructReader, readBool, readData, readStruct, readText, readU16, readU32, readU64 } from "./wire.js";
 
 const caller = (context: CallContext): CallerInfo => ({
   connection: context.connection,
@@ -66,7 +71,8 @@ export function workerDispatcher(api: WorkerApi): InterfaceDispatcher {
     const spec = readVmSpec(readStruct(params, 0));
     const secrets = readSecrets(params, 1);
     const ttlSeconds = readU32(params, 0);
-    const id = await api.createVm(spec, { secrets, ttlSeconds }, caller(context));
+    const waitReadyMs = readU32(params, 4);
+    const id = await api.createVm(spec, { secrets, ttlSeconds, waitReadyMs }, caller(context));
     return results(Size.CreateVmResults, (b, s) => b.setText(s, id));
   });
 
@@ -118,6 +124,99 @@ export function workerDispatcher(api: WorkerApi): InterfaceDispatcher {
   define(WorkerMethod.exec, "exec", async (params, context) => {
     const result = await api.exec(readText(params, 0), readExecCommand(readStruct(params, 1)), caller(context));
     return results(Size.ExecResults, (b, s) => writeExecResult(b, s, result), 256 + result.stdout.length + result.stderr.length);
+  });
+
+  // Offsets beyond 2^53 are refused by the core's checks: Number() keeps them unsafe, not wrapped.
+  define(WorkerMethod.writeFile, "writeFile", async (params, context) => {
+    const write = {
+      path: readText(params, 1),
+      data: readData(params, 2),
+      offset: Number(readU64(params, 0)),
+      mode: readU32(params, 8),
+      truncate: readBool(params, 96),
+    };
+    const { size } = await api.writeFile(readText(params, 0), write, caller(context));
+    return results(Size.WriteFileResults, (b, s) => b.setU64(s, BigInt(size)));
+  });
+
+  define(WorkerMethod.readFile, "readFile", async (params, context) => {
+    const offset = Number(readU64(params, 0));
+    const chunk = await api.readFile(readText(params, 0), readText(params, 1), offset, readU32(params, 8), caller(context));
+    return results(
+      Size.ReadFileResults,
+      (b, s) => {
+        b.setData(s + 16, chunk.data);
+        b.setU64(s, BigInt(chunk.size));
+        b.setBool(s, 64, chunk.eof);
+      },
+      256 + chunk.data.length,
+    );
+  });
+
+  define(WorkerMethod.statFile, "statFile", async (params, context) => {
+    const stat = await api.statFile(readText(params, 0), readText(params, 1), caller(context));
+    return results(Size.StatFileResults, (b, s) => writeFileStat(b, s, stat));
+  });
+
+  define(WorkerMethod.listDir, "listDir", async (params, context) => {
+    const listing = await api.listDir(readText(params, 0), readText(params, 1), readU32(params, 0), caller(context));
+    return results(
+      Size.ListDirResults,
+      (b, s) => {
+        writeFileStatList(b, s + 8, listing.entries);
+        b.setBool(s, 0, listing.truncated);
+      },
+      256 + listing.entries.length * 128,
+    );
+  });
+
+  define(WorkerMethod.startProcess, "startProcess", async (params, context) => {
+    const pid = await api.startProcess(readText(params, 0), readProcessCommand(readStruct(params, 1)), caller(context));
+    return results(Size.StartProcessResults, (b, s) => b.setU32(s, pid));
+  });
+
+  define(WorkerMethod.readProcess, "readProcess", async (params, context) => {
+    const stream = outputStreamFromWire(readU16(params, 4));
+    const offset = Number(readU64(params, 8));
+    const output = await api.readProcess(
+      readText(params, 0),
+      readU32(params, 0),
+      stream,
+      offset,
+      readU32(params, 16),
+      readU32(params, 20),
+      caller(context),
+    );
+    return results(
+      Size.ReadProcessResults,
+      (b, s) => {
+        b.setData(s + 24, output.data);
+        b.setU64(s, BigInt(output.offset));
+        b.setU64(s + 8, BigInt(output.nextOffset));
+        b.setBool(s, 128, output.eof);
+      },
+      256 + output.data.length,
+    );
+  });
+
+  define(WorkerMethod.writeProcess, "writeProcess", async (params, context) => {
+    await api.writeProcess(readText(params, 0), readU32(params, 0), readData(params, 1), readBool(params, 32), caller(context));
+    return results([0, 0]);
+  });
+
+  define(WorkerMethod.signalProcess, "signalProcess", async (params, context) => {
+    await api.signalProcess(readText(params, 0), readU32(params, 0), readU32(params, 4), caller(context));
+    return results([0, 0]);
+  });
+
+  define(WorkerMethod.waitProcess, "waitProcess", async (params, context) => {
+    const status = await api.waitProcess(readText(params, 0), readU32(params, 0), readU32(params, 4), caller(context));
+    return results(Size.WaitProcessResults, (b, s) => writeProcessStatus(b, s, status));
+  });
+
+  define(WorkerMethod.resizeProcess, "resizeProcess", async (params, context) => {
+    await api.resizeProcess(readText(params, 0), readU32(params, 0), readU16(params, 4), readU16(params, 6), caller(context));
+    return results([0, 0]);
   });
 
   return { interfaceId: WORKER_INTERFACE_ID, name: "Worker", methods };

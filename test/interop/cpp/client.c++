@@ -125,6 +125,136 @@ int main(int argc, char** argv) {
     printf("exit %d signal %u timedOut %d stdout %s stderr %.*s truncated %d,%d duration %llu\n", result.getExitCode(),
            result.getSignal(), int(result.getTimedOut()), out.cStr(), int(err.size()), err.begin(),
            int(result.getStdoutTruncated()), int(result.getStderrTruncated()), (unsigned long long)result.getDurationMs());
+  } else if (mode == "files") {
+    auto write = worker.writeFileRequest();
+    write.setId("vm-000001");
+    write.setPath("/a/\xc3\xa9");
+    const kj::byte bytes[] = {0, 255, 1, 10};
+    write.setData(kj::arrayPtr(bytes, 4));
+    write.setOffset(1ull << 40);
+    write.setMode(0750);
+    write.setTruncate(true);
+    printf("written %llu\n", (unsigned long long)write.send().wait(ws).getSize());
+    auto read = worker.readFileRequest();
+    read.setId("vm-000001");
+    read.setPath("/etc/x");
+    read.setOffset(12345);
+    read.setMaxBytes(7);
+    auto chunk = read.send().wait(ws);
+    auto data = chunk.getData();
+    printf("read %.*s size %llu eof %d\n", int(data.size()), data.begin(), (unsigned long long)chunk.getSize(), int(chunk.getEof()));
+    auto stat = worker.statFileRequest();
+    stat.setId("vm-000001");
+    stat.setPath("/s");
+    auto s = stat.send().wait(ws).getStat();
+    printf("stat %s type %d size %llu mode %o mtime %lld\n", s.getName().cStr(), int(s.getType()), (unsigned long long)s.getSize(),
+           s.getMode(), (long long)s.getMtimeMs());
+    auto list = worker.listDirRequest();
+    list.setId("vm-000001");
+    list.setPath("/d");
+    list.setOffset(3);
+    auto listing = list.send().wait(ws);
+    printf("list truncated %d", int(listing.getTruncated()));
+    for (auto entry : listing.getEntries()) printf(" %s:%d:%llu", entry.getName().cStr(), int(entry.getType()), (unsigned long long)entry.getSize());
+    printf("\n");
+  } else if (mode == "processes") {
+    auto start = worker.startProcessRequest();
+    start.setId("vm-000001");
+    auto command = start.initCommand();
+    auto args = command.initArgv(2);
+    args.set(0, "/bin/sh");
+    args.set(1, "-i");
+    command.initEnv(1).set(0, "TERM=xterm");
+    command.setCwd("/root");
+    command.setTty(true);
+    command.setRows(40);
+    command.setCols(132);
+    printf("pid %u\n", start.send().wait(ws).getPid());
+    auto read = worker.readProcessRequest();
+    read.setId("vm-000001");
+    read.setPid(77);
+    read.setStream(OutputStream::STDERR);
+    read.setOffset(1ull << 35);
+    read.setMaxBytes(4096);
+    read.setWaitMs(0);
+    auto output = read.send().wait(ws);
+    auto data = output.getData();
+    printf("output %.*s %llu..%llu eof %d\n", int(data.size()), data.begin(), (unsigned long long)output.getOffset(),
+           (unsigned long long)output.getNextOffset(), int(output.getEof()));
+    auto write = worker.writeProcessRequest();
+    write.setId("vm-000001");
+    write.setPid(77);
+    const kj::byte input[] = {4, 3, 2};
+    write.setData(kj::arrayPtr(input, 3));
+    write.setCloseStdin(true);
+    write.send().wait(ws);
+    auto signal = worker.signalProcessRequest();
+    signal.setId("vm-000001");
+    signal.setPid(77);
+    signal.setSignal(15);
+    signal.send().wait(ws);
+    auto wait = worker.waitProcessRequest();
+    wait.setId("vm-000001");
+    wait.setPid(77);
+    wait.setWaitMs(1009);
+    auto status = wait.send().wait(ws).getStatus();
+    printf("status pid %u running %d exit %d signal %u\n", status.getPid(), int(status.getRunning()), status.getExitCode(), status.getSignal());
+    auto resize = worker.resizeProcessRequest();
+    resize.setId("vm-000001");
+    resize.setPid(77);
+    resize.setRows(50);
+    resize.setCols(200);
+    resize.send().wait(ws);
+    printf("done\n");
+  } else if (mode == "guest-faults") {
+    // In-guest faults (Fault union tags 11-15): injected, then one cleared, then an unknown one.
+    kj::Vector<kj::String> ids;
+    for (int i = 0; i < 5; i++) {
+      auto req = worker.injectFaultRequest();
+      req.setId("vm-000001");
+      auto fault = req.initFault();
+      fault.setDurationMs(1000 * i);
+      switch (i) {
+        case 0: {
+          auto p = fault.initKillProcess();
+          p.setName("sl\xc3\xa9""ep");
+          p.setSignal(15);
+          break;
+        }
+        case 1:
+          fault.initFreezeProcess().setPid(4194304);
+          break;
+        case 2:
+          fault.initClockShift().setDeltaMs(-3600000);
+          break;
+        case 3: {
+          auto strobe = fault.initClockStrobe();
+          strobe.setDeltaMs(1ll << 40);
+          strobe.setPeriodMs(250);
+          break;
+        }
+        case 4:
+          fault.initFillDisk().setDir("/var/lib/data");
+          break;
+      }
+      ids.add(kj::str(req.send().wait(ws).getFaultId()));
+    }
+    printf("injected %s %s %s %s %s\n", ids[0].cStr(), ids[1].cStr(), ids[2].cStr(), ids[3].cStr(), ids[4].cStr());
+    auto clear = worker.clearFaultRequest();
+    clear.setId("vm-000001");
+    clear.setFaultId(ids[3]);
+    clear.send().wait(ws);
+    printf("cleared %s\n", ids[3].cStr());
+    auto unknown = worker.clearFaultRequest();
+    unknown.setId("vm-000001");
+    unknown.setFaultId("fault-none");
+    try {
+      unknown.send().wait(ws);
+      printf("unexpected success\n");
+      return 1;
+    } catch (const kj::Exception& e) {
+      printf("exception %s\n", e.getDescription().cStr());
+    }
   } else if (mode == "inflight") {
     int n = atoi(argv[3]);
     kj::Vector<kj::Promise<void>> calls;
