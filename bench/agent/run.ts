@@ -2,7 +2,7 @@
 //   exec round trip of `true` through the worker (RPC -> agent -> fork/exec -> answer), p50 and
 //     p99, beside getVm (the RPC round trip alone);
 //   file transfer through the agent (writeFile/readFile in 1 MiB calls, as `cp` does) both ways
-//     against the same bytes over the VM's own TAP (busybox nc in the guest reading or writing the
+//     against as many bytes over the VM's own TAP (busybox nc in the guest reading or writing the
 //     same file, a socket on the host);
 //   create -> agent ready through the worker (createVm with waitReady) against raw QEMU with the
 //     same kernel, initrd, image, NIC and agent port, spawn -> the agent's first console line.
@@ -53,12 +53,29 @@ async function tapPeer(netns: string, script: string, env: Record<string, string
 }
 const SEND = `import { connect } from "node:net";
 const socket = connect(7000, process.env.IP, () => {
-  const started = performance.now(); const chunk = Buffer.alloc(1 << 20, 7); let left = Number(process.env.BYTES);
-  const pump = () => { while (left > 0) { left -= chunk.length; if (!socket.write(chunk)) return socket.once("drain", pump); } socket.end(); };
-  socket.on("close", () => console.log((performance.now() - started) / 1000)); pump(); });`;
+  const started = performance.now();
+  const chunk = Buffer.alloc(1 << 20, 7);
+  let left = Number(process.env.BYTES);
+  const pump = () => {
+    while (left > 0) {
+      left -= chunk.length;
+      if (!socket.write(chunk)) return socket.once("drain", pump);
+    }
+    socket.end();
+  };
+  socket.on("close", () => console.log((performance.now() - started) / 1000));
+  pump();
+});`;
 const RECEIVE = `import { connect } from "node:net";
-let got = 0; const started = performance.now(); const socket = connect(7001, process.env.IP);
-socket.on("data", (d) => { got += d.length; if (got >= Number(process.env.BYTES)) { console.log((performance.now() - started) / 1000); process.exit(0); } });`;
+let got = 0;
+const started = performance.now();
+const socket = connect(7001, process.env.IP);
+socket.on("data", (d) => {
+  got += d.length;
+  if (got < Number(process.env.BYTES)) return;
+  console.log((performance.now() - started) / 1000);
+  process.exit(0);
+});`;
 
 async function measureTransfer(client: WorkerClient, id: string, ip: string, netns: string) {
   const data = randomBytes(bytes);
