@@ -29,10 +29,19 @@ const MaxConcurrent = 128
 
 func main() {
 	port := flag.String("port", "pcr.agent", "virtio-serial port name to open")
+	vsockPort := flag.Uint("vsock-port", 1024, "vsock port to listen on where there is no virtio-serial port")
 	connect := flag.String("connect", "", "unix socket to connect to instead of a port (tests)")
 	flag.Parse()
 	for {
 		channel, err := open(*port, *connect)
+		if err != nil && *connect == "" && hasVsockDevice() {
+			// No port by that name: a VMM that gives the guest a vsock instead (Cloud Hypervisor).
+			if listener, vsockErr := listenVsock(uint32(*vsockPort)); vsockErr == nil {
+				serveVsock(listener)
+				syscall.Close(listener)
+				continue
+			}
+		}
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "pcr-agent: %v\n", err)
 			time.Sleep(500 * time.Millisecond)

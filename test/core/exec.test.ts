@@ -12,6 +12,8 @@ test("a running VM gets an agent channel on its own socket; exec goes through it
   assert.equal(connection.socketPath, `${w.records.vmDir(id)}/agent.sock`);
   assert.equal(w.host.byId(id)!.spec.agentSocket, connection.socketPath, "the VMM serves that socket");
   assert.equal(w.records.record(id)!.agentSocket, connection.socketPath, "and the record keeps it for a restart");
+  assert.equal(connection.transport, "virtio-serial");
+  assert.equal(w.records.record(id)!.agentTransport, "virtio-serial");
 
   const result = await w.service.exec(id, { argv: ["echo", "hi"], env: ["A=b"], cwd: "/tmp", timeoutMs: 5 });
   assert.equal(Buffer.from(result.stdout).toString(), "echo hi");
@@ -79,4 +81,13 @@ test("a restarted worker re-attaches the channel of a VM it adopts", async () =>
   assert.notEqual(after, before);
   assert.equal(after.socketPath, before.socketPath);
   assert.equal((await w.service.exec(id, { argv: ["echo", "again"] })).exitCode, 0);
+});
+
+test("a backend whose agent channel is a vsock: the channel is told so, now and after a restart", async () => {
+  const w = new World({ agents: true, backend: { capabilities: { agent: "vsock" } } });
+  const id = await w.service.createVm(specInput(), {});
+  assert.equal(w.agents.connections.get(id)!.transport, "vsock");
+  assert.equal(w.records.record(id)!.agentTransport, "vsock");
+  await w.restart();
+  assert.equal(w.agents.connections.get(id)!.transport, "vsock", "re-attached the same way");
 });

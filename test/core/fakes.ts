@@ -7,6 +7,7 @@ import { failedPrecondition, invalidArgument, WorkerError } from "../../worker/c
 import type { FaultPorts } from "../../worker/core/faults.js";
 import type {
   AgentConnection,
+  AgentTransport,
   DirListing,
   FileChunk,
   FileStat,
@@ -322,8 +323,9 @@ export class FakeAgents implements GuestAgentPort {
   /** How new connections start: "connecting" ones wait for sayHello(). */
   startState: AgentState = "ready";
 
-  connect(vmId: string, socketPath: string): AgentConnection {
+  connect(vmId: string, socketPath: string, transport: AgentTransport): AgentConnection {
     const connection = new FakeAgentConnection(vmId, socketPath, (request) => this.run(vmId, request));
+    connection.transport = transport;
     connection.state = this.startState;
     this.connections.set(vmId, connection);
     return connection;
@@ -332,6 +334,7 @@ export class FakeAgents implements GuestAgentPort {
 
 export class FakeAgentConnection implements AgentConnection {
   state: AgentState = "ready";
+  transport?: AgentTransport;
   readyAtMs = Date.now();
   readonly requests: ExecRequest[] = [];
 

@@ -191,8 +191,8 @@ test("after a worker restart the agent is told to reset, in the background; gues
   let release!: () => void;
   const released = new Promise<void>((resolve) => (release = resolve));
   const connect = w.agents.connect.bind(w.agents);
-  w.agents.connect = (vmId, socketPath) => {
-    const connection = connect(vmId, socketPath) as FakeAgentConnection;
+  w.agents.connect = (vmId, socketPath, transport) => {
+    const connection = connect(vmId, socketPath, transport) as FakeAgentConnection;
     connection.faultAnswer = async (fault) => {
       if (fault.kind === "reset") await released;
       return { pids: [], bytes: 0 };

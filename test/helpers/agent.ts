@@ -33,12 +33,7 @@ export class SerialStandIn {
   ) {}
 
   async listen(): Promise<void> {
-    const serve = (path: string, take: (socket: Socket) => void) =>
-      new Promise<void>((resolve) => {
-        const server = createServer(take);
-        this.servers.push(server);
-        server.listen(path, resolve);
-      });
+    const serve = async (path: string, take: (socket: Socket) => void) => void this.servers.push(await listenUnix(path, take));
     await serve(this.hostPath, (socket) => {
       this.host = socket;
       socket.on("data", (chunk) => this.guest?.write(chunk));
@@ -59,6 +54,14 @@ export class SerialStandIn {
     this.guest?.destroy();
     for (const server of this.servers) server.close();
   }
+}
+
+/** A unix socket server on `path`, listening when it resolves. */
+export function listenUnix(path: string, take: (socket: Socket) => void): Promise<Server> {
+  return new Promise((resolve) => {
+    const server = createServer(take);
+    server.listen(path, () => resolve(server));
+  });
 }
 
 /** Starts the agent, connecting to `guestPath` (a SerialStandIn's guest side). */

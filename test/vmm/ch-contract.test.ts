@@ -38,12 +38,19 @@ const fullSpec: VmLaunchSpec = {
   memoryBytes: 8 * 1024 ** 3,
   net: { tap: "pcrt-0a1b2c", mac: "52:54:00:12:34:56" },
   share: { tag: "secrets", hostDir: "/run/procurator/secrets/vm-full" },
+  agentSocket: "/var/lib/procurator/vms/vm-full/agent.sock",
 };
 const VIRTIOFS_SOCKET = "/var/lib/procurator/vms/vm-full/virtiofs.sock";
 
 /** Every body shape the backend can send to vm.create: each combination of the optional parts. */
 function allVmConfigBodies(): Record<string, object> {
-  const optional = { initrd: fullSpec.initrd, image: fullSpec.image, net: fullSpec.net, share: fullSpec.share } as const;
+  const optional = {
+    initrd: fullSpec.initrd,
+    image: fullSpec.image,
+    net: fullSpec.net,
+    share: fullSpec.share,
+    agentSocket: fullSpec.agentSocket,
+  } as const;
   const names = Object.keys(optional) as (keyof typeof optional)[];
   const bodies: Record<string, object> = {};
   for (let mask = 0; mask < 1 << names.length; mask++) {
@@ -122,9 +129,9 @@ describe("requests: every path, method and body the backend sends", () => {
     assert.equal(api.requestSchemaName(CH_API_CALLS.createVm.path, "PUT"), "VmConfig");
   });
 
-  test("every vm.create body shape (all 16 combinations of initrd, image, net, share) validates strictly against VmConfig", () => {
+  test("every vm.create body shape (the 32 combinations of initrd, image, net, share, vsock) validates strictly against VmConfig", () => {
     const bodies = Object.entries(allVmConfigBodies());
-    assert.equal(bodies.length, 17);
+    assert.equal(bodies.length, 33);
     for (const [variant, body] of bodies) {
       assert.equal(api.validate("VmConfig", body), null, `${variant}: ${JSON.stringify(api.validate("VmConfig", body))}`);
     }
@@ -144,6 +151,8 @@ describe("requests: every path, method and body the backend sends", () => {
       assert.deepEqual(body.serial, { mode: "File", file: fullSpec.consolePath });
       assert.deepEqual(body.console, { mode: "Off" });
       assert.deepEqual(body.rng, { src: "/dev/urandom" });
+      assert.deepEqual(body.vsock, { cid: 3, socket: fullSpec.agentSocket }, "the guest agent's channel is a vsock");
+      assert.equal(buildVmConfig(minimalSpec).vsock, undefined);
       assert.equal(buildVmConfig(minimalSpec).memory.shared, false);
       assert.throws(() => buildVmConfig(fullSpec), /virtiofsd socket/);
     },
@@ -177,6 +186,8 @@ describe("requests: every path, method and body the backend sends", () => {
       "serial.mode",
       "console.mode",
       "rng.src",
+      "vsock.cid",
+      "vsock.socket",
     ];
     for (const path of required) {
       assert.notEqual(api.validate("VmConfig", without(body, path)), null, `removing ${path} should fail`);
@@ -185,6 +196,7 @@ describe("requests: every path, method and body the backend sends", () => {
     const schemas = api.doc.components.schemas as Record<string, { required?: string[] }>;
     assert.deepEqual(schemas.FsConfig!.required!.sort(), ["num_queues", "queue_size", "socket", "tag"]);
     assert.deepEqual(schemas.CpusConfig!.required!.sort(), ["boot_vcpus", "max_vcpus"]);
+    assert.deepEqual(schemas.VsockConfig!.required!.sort(), ["cid", "socket"]);
   });
 
   test(

@@ -96,7 +96,15 @@ export interface AgentChannelOptions {
   helloIntervalMs?: number;
   /** Added to a request's own timeout before the worker gives up on an answer. */
   answerGraceMs?: number;
+  /**
+   * The socket is a hybrid vsock proxy (Cloud Hypervisor, Firecracker): each connection asks
+   * `CONNECT <vsockPort>` first and frames follow its `OK`. Absent: the socket is the port itself.
+   */
+  vsockPort?: number;
 }
+
+/** The proxy's answer line is short; a longer one is not the proxy we know. */
+const MAX_CONNECT_ANSWER = 64;
 
 interface Pending {
   /** The frame type of a good answer. */
@@ -130,8 +138,32 @@ export class AgentChannel implements AgentConnection {
     const socket = createConnection(this.options.socketPath);
     this.socket = socket;
     this.decoder = new FrameDecoder();
-    socket.on("connect", () => this.askHello());
-    socket.on("data", (chunk: Buffer) => this.heard(chunk));
+    const { vsockPort } = this.options;
+    if (vsockPort === undefined) {
+      socket.on("connect", () => this.askHello());
+      socket.on("data", (chunk: Buffer) => this.heard(chunk));
+    } else {
+      socket.on("connect", () => socket.write(`CONNECT ${vsockPort}\n`));
+      let answer = Buffer.alloc(0);
+      const onAnswer = (chunk: Buffer) => {
+        answer = Buffer.concat([answer, chunk]);
+        const end = answer.indexOf(0x0a);
+        if (end < 0 && answer.length <= MAX_CONNECT_ANSWER) return;
+        const line = end < 0 ? "" : answer.subarray(0, end).toString("latin1");
+        if (!/^OK \d+$/.test(line)) {
+          // Nothing listens on the port yet (the proxy closes), or a proxy we do not know: try again later.
+          this.options.log.debug({ answer: line.slice(0, MAX_CONNECT_ANSWER) }, "vsock CONNECT refused");
+          socket.destroy();
+          return;
+        }
+        socket.off("data", onAnswer);
+        socket.on("data", (data: Buffer) => this.heard(data));
+        this.askHello();
+        const rest = answer.subarray(end + 1);
+        if (rest.length > 0) this.heard(rest);
+      };
+      socket.on("data", onAnswer);
+    }
     socket.on("error", () => undefined); // "close" follows and says what matters
     socket.on("close", () => {
       if (this.socket !== socket) return;

@@ -157,7 +157,10 @@ export async function runCreate(
   ]
     .filter(Boolean)
     .join(" ");
-  if (backend.capabilities.agent && deps.vmContext.agents) record.agentSocket = `${vmDir}/agent.sock`;
+  if (backend.capabilities.agent && deps.vmContext.agents) {
+    record.agentSocket = `${vmDir}/agent.sock`;
+    record.agentTransport = backend.capabilities.agent;
+  }
   const handle = await plan.step(
     "start vmm",
     () =>

@@ -130,7 +130,7 @@ export class ManagedVm {
   own(handle: VmmHandle): void {
     this.handle = handle;
     if (this.record.agentSocket && this.ctx.agents && holds(this.status, "agent")) {
-      this.agent = this.ctx.agents.connect(this.id, this.record.agentSocket);
+      this.agent = this.ctx.agents.connect(this.id, this.record.agentSocket, this.record.agentTransport ?? "virtio-serial");
     }
     for (const what of HOLDINGS) if (holds(this.status, what)) this.held.add(what);
     this.watch(handle);

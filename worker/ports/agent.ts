@@ -1,4 +1,7 @@
 // The guest agent port: a channel per VM to the agent inside it (worker/agent/, agent/).
+import type { AgentTransport } from "./vmm.js";
+
+export type { AgentTransport };
 
 export interface ExecRequest {
   argv: string[];
@@ -157,5 +160,8 @@ export interface AgentConnection {
 
 export interface GuestAgentPort {
   /** Starts connecting at once, and again whenever the channel drops, until closed. */
-  connect(vmId: string, socketPath: string): AgentConnection;
+  connect(vmId: string, socketPath: string, transport: AgentTransport): AgentConnection;
 }
+
+/** The vsock port pcr-agent listens on where the channel is a vsock (Cloud Hypervisor). */
+export const AGENT_VSOCK_PORT = 1024;

@@ -20,6 +20,8 @@ export interface VmRecord {
   net?: VmNetwork;
   /** The host end of the guest agent's channel, when the backend gave the VM one. */
   agentSocket?: string;
+  /** How that socket reaches the guest; absent in records of workers before vsock: virtio-serial. */
+  agentTransport?: import("./vmm.js").AgentTransport;
   /** Names only; the values live on tmpfs and nowhere else. */
   secretNames: string[];
 }

@@ -48,7 +48,8 @@ export interface VmLaunchSpec {
   bootFds?: { kernel: number; initrd?: number; image?: number };
   /**
    * Host end of the guest agent's channel (agent/, docs/agent-protocol.md): a unix socket the VMM
-   * serves, joined to the guest's virtio-serial port named pcr.agent. Backends with `agent` only.
+   * serves, joined to the guest's virtio-serial port named pcr.agent (QEMU) or to its vsock
+   * (Cloud Hypervisor). Backends with `agent` only.
    */
   agentSocket?: string;
 }
@@ -115,9 +116,16 @@ export type DiskErrorRule = import("../core/fault-model.js").DiskErrorRule;
 export interface BackendCapabilities {
   /** A writable data disk (spec.dataDiskBytes). */
   dataDisk: boolean;
-  /** A channel to the guest agent (VmLaunchSpec.agentSocket). */
-  agent: boolean;
+  /** A channel to the guest agent (VmLaunchSpec.agentSocket), and how it reaches the guest. */
+  agent: false | AgentTransport;
 }
+
+/**
+ * "virtio-serial": the socket is the port itself. "vsock": the socket is the VMM's vsock proxy
+ * (Firecracker's and Cloud Hypervisor's hybrid vsock): each connection first says
+ * `CONNECT <port>\n` and is answered `OK <host port>\n`.
+ */
+export type AgentTransport = "virtio-serial" | "vsock";
 
 export interface VmmBackend {
   readonly name: BackendName;

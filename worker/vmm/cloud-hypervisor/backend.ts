@@ -111,7 +111,14 @@ export interface ChVmConfig {
   serial: { mode: "File"; file: string };
   console: { mode: "Off" };
   rng: { src: string };
+  vsock?: { cid: number; socket: string };
 }
+
+/**
+ * The guest's vsock CID. CH's vsock is its own userspace device behind a unix socket (no host
+ * vhost-vsock), so CIDs need not differ between VMs; 3 is the first a guest may have.
+ */
+export const GUEST_CID = 3;
 
 export const ROOT_DISK_ID = "disk0";
 
@@ -130,6 +137,8 @@ export function buildVmConfig(spec: VmLaunchSpec, opts: { virtiofsSocket?: strin
     serial: { mode: "File", file: spec.consolePath },
     console: { mode: "Off" },
     rng: { src: opts.rngSource ?? "/dev/urandom" },
+    // The guest agent's channel: CH serves this socket and proxies each connection to a guest port.
+    ...(spec.agentSocket ? { vsock: { cid: GUEST_CID, socket: spec.agentSocket } } : {}),
   };
 }
 

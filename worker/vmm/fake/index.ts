@@ -501,7 +501,7 @@ export const backend = {
   binaries: [],
   install: "nothing (in memory; for tests and benches)",
   preference: 0,
-  capabilities: { dataDisk: true, agent: true },
+  capabilities: { dataDisk: true, agent: "virtio-serial" },
   shareKind: "9p",
   detect: () => ({ usable: true, accel: "kvm", why: "runs anywhere (in memory)" }),
   create: async () => createFakeBackend(),
