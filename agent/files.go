@@ -74,6 +74,14 @@ func checkOffset(offset int64) error {
 	return nil
 }
 
+// checkPlace checks a request's absolute path and its byte (or entry) offset.
+func checkPlace(path string, offset int64) error {
+	if err := checkPath(path); err != nil {
+		return err
+	}
+	return checkOffset(offset)
+}
+
 func writeFile(payload []byte, _ <-chan struct{}) (answer, error) {
 	header, data, err := decodeMixed(payload)
 	if err != nil {
@@ -83,10 +91,7 @@ func writeFile(payload []byte, _ <-chan struct{}) (answer, error) {
 	if err := decodeRequest(header, &req); err != nil {
 		return answer{}, err
 	}
-	if err := checkPath(req.Path); err != nil {
-		return answer{}, err
-	}
-	if err := checkOffset(req.Offset); err != nil {
+	if err := checkPlace(req.Path, req.Offset); err != nil {
 		return answer{}, err
 	}
 	if len(data) > MaxChunk {
@@ -190,10 +195,7 @@ func readFile(payload []byte, _ <-chan struct{}) (answer, error) {
 	if err := decodeRequest(payload, &req); err != nil {
 		return answer{}, err
 	}
-	if err := checkPath(req.Path); err != nil {
-		return answer{}, err
-	}
-	if err := checkOffset(req.Offset); err != nil {
+	if err := checkPlace(req.Path, req.Offset); err != nil {
 		return answer{}, err
 	}
 	if req.Length < 0 || req.Length > MaxChunk {
@@ -247,10 +249,7 @@ func listDir(payload []byte, _ <-chan struct{}) (answer, error) {
 	if err := decodeRequest(payload, &req); err != nil {
 		return answer{}, err
 	}
-	if err := checkPath(req.Path); err != nil {
-		return answer{}, err
-	}
-	if err := checkOffset(req.Offset); err != nil {
+	if err := checkPlace(req.Path, req.Offset); err != nil {
 		return answer{}, err
 	}
 	// O_DIRECTORY: anything else is ENOTDIR (INVALID_ARGUMENT), and a FIFO cannot block the open.

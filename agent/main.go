@@ -95,7 +95,7 @@ func serve(channel io.ReadWriter) error {
 			case TypeHelloRequest:
 				s.hello()
 			case TypeExec:
-				s.exec(frame)
+				s.async(frame, execCommand)
 			case TypeCancel:
 				s.cancel(frame.Stream)
 			case TypeFileWrite:
@@ -350,25 +350,17 @@ func (s *session) hello() {
 	s.send(TypeHello, 0, map[string]interface{}{"protocol": 1, "version": version, "uptimeMs": uptimeMs(), "pid": os.Getpid()})
 }
 
-func (s *session) exec(frame Frame) {
+// execCommand runs one command to its end (or its cancel) and answers its exit.
+func execCommand(payload []byte, cancel <-chan struct{}) (answer, error) {
 	var req ExecRequest
-	if err := decodeRequest(frame.Payload, &req); err != nil {
-		s.failWith(frame.Stream, err)
-		return
+	if err := decodeRequest(payload, &req); err != nil {
+		return answer{}, err
 	}
-	cancel, ok := s.begin(frame.Stream)
-	if !ok {
-		return
+	result, err := runExec(req, cancel)
+	if err != nil {
+		return answer{}, err
 	}
-	go func() {
-		result, err := runExec(req, cancel)
-		s.end(frame.Stream, cancel)
-		if err != nil {
-			s.failWith(frame.Stream, err)
-			return
-		}
-		s.send(TypeExit, frame.Stream, result)
-	}()
+	return jsonAnswer(TypeExit, result)
 }
 
 func uptimeMs() int64 {

@@ -279,8 +279,8 @@ export class AgentChannel implements AgentConnection {
     await this.call(FrameType.processResize, body, FrameType.ok, jsonAnswer(Ok, "resize answer"), CONTROL_CALL_MS);
   }
 
-  fault(fault: GuestFault): Promise<GuestFaultResult> {
-    return this.call(FrameType.fault, json(fault), FrameType.faultDone, jsonAnswer(FaultDone, "fault answer"));
+  fault(fault: GuestFault, timeoutMs: number): Promise<GuestFaultResult> {
+    return this.call(FrameType.fault, json(fault), FrameType.faultDone, jsonAnswer(FaultDone, "fault answer"), timeoutMs);
   }
 
   close(): void {

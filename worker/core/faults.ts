@@ -5,7 +5,7 @@
 import { randomBytes } from "node:crypto";
 import type { Logger } from "pino";
 import type { ActiveFault, FaultInput, FaultKind, FaultName, VmStatus } from "./api.js";
-import { asWorkerError, failedPrecondition, notFound, unavailable, WorkerError } from "./errors.js";
+import { asWorkerError, failedPrecondition, notFound, unavailable } from "./errors.js";
 import { describeFault, type GuestFaultKind, isGuestFault, isInstant, validateFault } from "./fault-model.js";
 import { acceptsFaults } from "./lifecycle.js";
 import type {
@@ -102,7 +102,7 @@ export class FaultController {
     const log = this.log.child({ vmId });
     const reset: Promise<void> = agent
       .whenReady(waitMs)
-      .then(() => agent.fault({ kind: "reset" }))
+      .then(() => agent.fault({ kind: "reset" }, GUEST_FAULT_DEADLINE_MS.other))
       .then(
         ({ pids, bytes }) => {
           if (pids.length || bytes) log.info({ thawed: pids, freedBytes: bytes }, "in-guest faults a previous worker left were undone");
@@ -306,7 +306,8 @@ export class FaultController {
         const unfill: GuestFault = { kind: "unfillDisk", id: faultId, dir: fault.dir };
         const { bytes } = await guestCall(agent, { kind: "fillDisk", id: faultId, dir: fault.dir }).catch((err) => {
           // Given up on (or failed): whatever the agent wrote must not stay behind.
-          if (asWorkerError(err).code === "DEADLINE_EXCEEDED") void agent.fault(unfill).catch(() => undefined);
+          if (asWorkerError(err).code === "DEADLINE_EXCEEDED")
+            void agent.fault(unfill, GUEST_FAULT_DEADLINE_MS.other).catch(() => undefined);
           throw err;
         });
         return { detail: `${bytes} bytes written`, undo: undoInGuest(unfill) };
@@ -328,20 +329,9 @@ function guestAgent(target: FaultTarget): AgentConnection {
   return target.agent;
 }
 
-async function guestCall(agent: AgentConnection, fault: GuestFault): Promise<GuestFaultResult> {
-  const deadlineMs = fault.kind === "fillDisk" ? GUEST_FAULT_DEADLINE_MS.fillDisk : GUEST_FAULT_DEADLINE_MS.other;
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new WorkerError("DEADLINE_EXCEEDED", `the guest agent did not finish ${fault.kind} within ${deadlineMs} ms`)),
-      deadlineMs,
-    );
-  });
-  try {
-    return await Promise.race([agent.fault(fault), deadline]);
-  } finally {
-    clearTimeout(timer);
-  }
+/** The channel's deadline cancels the agent's request too, so a fill given up on stops writing. */
+function guestCall(agent: AgentConnection, fault: GuestFault): Promise<GuestFaultResult> {
+  return agent.fault(fault, fault.kind === "fillDisk" ? GUEST_FAULT_DEADLINE_MS.fillDisk : GUEST_FAULT_DEADLINE_MS.other);
 }
 
 /** Undoes an in-guest fault; nothing to do when the guest is going away (the VM stops, fails or is deleted). */

@@ -154,7 +154,8 @@ export interface AgentConnection {
   waitProcess(pid: number, waitMs: number): Promise<ProcessStatus>;
   resizeProcess(pid: number, rows: number, cols: number): Promise<void>;
 
-  fault(fault: GuestFault): Promise<GuestFaultResult>;
+  /** Past timeoutMs (plus the channel's grace) the request is cancelled: DEADLINE_EXCEEDED. */
+  fault(fault: GuestFault, timeoutMs: number): Promise<GuestFaultResult>;
   close(): void;
 }
 
