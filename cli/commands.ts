@@ -128,6 +128,7 @@ export const handlers: Record<string, Handler> = {
         memory: str(args.memory),
         hostname: str(args.hostname),
         allow: list(args.allow),
+        group: str(args.group),
       }),
     );
     const secrets: SecretInput[] = local(() => [
@@ -174,6 +175,7 @@ export const handlers: Record<string, Handler> = {
         kind: str(args.kind)!,
         durationMs: num(args["duration-ms"]),
         cidrs: list(args.cidr),
+        direction: str(args.direction),
         percent: num(args.percent),
         ms: num(args.ms),
         jitterMs: num(args["jitter-ms"]),

@@ -1,5 +1,5 @@
 // Turning inject-fault flags into a FaultInput; the worker validates the values themselves.
-import { type ActiveFault, type DiskOp, FAULT_KINDS, type FaultInput } from "../worker/core/api.js";
+import { type ActiveFault, type Direction, type DiskOp, FAULT_KINDS, type FaultInput } from "../worker/core/api.js";
 import { textTable } from "./format.js";
 import { printable } from "./terminal.js";
 import { invalidArgument } from "../worker/core/errors.js";
@@ -10,6 +10,8 @@ export interface FaultFlags {
   kind: string;
   durationMs?: number;
   cidrs?: string[];
+  /** partition: both (default), outbound or inbound. */
+  direction?: string;
   percent?: number;
   ms?: number;
   jitterMs?: number;
@@ -59,13 +61,19 @@ export function faultFromFlags(flags: FaultFlags): FaultInput {
     return value;
   };
   const durationMs = flags.durationMs ?? 0;
+  const peers = flags.cidrs?.length ? { cidrs: flags.cidrs } : {};
   switch (flags.kind) {
     case "partition":
-      return { kind: "partition", cidrs: flags.cidrs ?? [], durationMs };
+      return {
+        kind: "partition",
+        cidrs: flags.cidrs ?? [],
+        ...(flags.direction ? { direction: flags.direction as Direction } : {}),
+        durationMs,
+      };
     case "loss":
-      return { kind: "loss", percent: need(flags.percent, "percent"), durationMs };
+      return { kind: "loss", percent: need(flags.percent, "percent"), ...peers, durationMs };
     case "delay":
-      return { kind: "delay", ms: need(flags.ms, "ms"), jitterMs: flags.jitterMs ?? 0, durationMs };
+      return { kind: "delay", ms: need(flags.ms, "ms"), jitterMs: flags.jitterMs ?? 0, ...peers, durationMs };
     case "bandwidth":
       return { kind: "bandwidth", kbitPerSecond: need(flags.kbit, "kbit"), durationMs };
     case "diskErrors":

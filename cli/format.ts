@@ -28,10 +28,11 @@ function duration(ms: bigint): string {
 }
 
 export function formatVmTable(vms: VmView[]): string {
-  const header = ["ID", "HOSTNAME", "STATUS", "IP", "CPU", "MEMORY", "UPTIME", "FAILURE"];
+  const header = ["ID", "HOSTNAME", "GROUP", "STATUS", "IP", "CPU", "MEMORY", "UPTIME", "FAILURE"];
   const rows = vms.map((vm) => [
     vm.id,
     vm.hostname,
+    vm.group ? printable(vm.group) : "-",
     vm.status,
     vm.ip || "-",
     String(vm.cpu),

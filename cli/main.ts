@@ -44,6 +44,7 @@ export const COMMANDS: CommandSpec[] = [
       memory: { type: "string", describe: "e.g. 512M, 2G or bytes" },
       hostname: { type: "string" },
       allow: { type: "string", array: true, describe: "Allowed egress domain, IP or CIDR (repeatable)" },
+      group: { type: "string", describe: "Group to join: members reach each other and resolve each other's names" },
       secret: { type: "string", array: true, describe: "NAME=@FILE or NAME=env:VAR (repeatable)" },
       "secrets-dir": { type: "string", describe: "Every file in DIR becomes a secret" },
       ttl: { type: "number", describe: "Destroy the VM after this many seconds" },
@@ -82,7 +83,15 @@ export const COMMANDS: CommandSpec[] = [
     options: {
       kind: { choices: FAULT_KINDS, required: true },
       "duration-ms": { type: "number", describe: "Clear the fault by itself after this long" },
-      cidr: { type: "string", array: true, describe: "partition: only traffic to/from this CIDR (repeatable; none: all)" },
+      cidr: {
+        type: "string",
+        array: true,
+        describe: "partition, loss: only traffic to/from this CIDR; delay: only from it (repeatable; none: all)",
+      },
+      direction: {
+        choices: ["both", "outbound", "inbound"],
+        describe: "partition: drop both ways (default), or only what it sends or receives",
+      },
       percent: { type: "number", describe: "loss: drop probability; cpuThrottle: % of one CPU; diskErrors: % of 4 KiB blocks" },
       ms: { type: "number", describe: "delay: milliseconds" },
       "jitter-ms": { type: "number", describe: "delay: jitter" },

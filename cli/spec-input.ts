@@ -16,6 +16,7 @@ export interface SpecFlags {
   memory?: string;
   hostname?: string;
   allow?: string[];
+  group?: string;
 }
 
 const SIZE = /^(\d+)\s*([KMGT]i?B?|B)?$/i;
@@ -45,6 +46,7 @@ export function specFromFlags(flags: SpecFlags): VmSpecInput {
       cpu: flags.cpu ?? 1,
       memoryBytes: flags.memory !== undefined ? parseSize(flags.memory) : 256n * BigInt(MIB),
       allowedDomains: flags.allow ?? [],
+      ...(flags.group !== undefined ? { group: flags.group } : {}),
     };
     return spec;
   }
@@ -54,6 +56,7 @@ export function specFromFlags(flags: SpecFlags): VmSpecInput {
   if (flags.cpu !== undefined) spec.cpu = flags.cpu;
   if (flags.memory !== undefined) spec.memoryBytes = parseSize(flags.memory);
   if (flags.allow !== undefined) spec.allowedDomains = flags.allow;
+  if (flags.group !== undefined) spec.group = flags.group;
   return spec;
 }
 

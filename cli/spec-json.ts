@@ -7,7 +7,7 @@ import { invalidArgument } from "../worker/core/errors.js";
 
 export const MIB = 1024 * 1024;
 const WHOLE_NUMBER = /^\d+$/;
-const KEYS = ["hostname", "kernel", "initrd", "image", "cmdline", "allowedDomains", "cpu", "memoryBytes", "dataDiskBytes"];
+const KEYS = ["hostname", "kernel", "initrd", "image", "cmdline", "allowedDomains", "cpu", "memoryBytes", "dataDiskBytes", "group"];
 
 /** zod's name for the type of a JSON value. */
 function typeName(value: unknown): string {
@@ -75,6 +75,7 @@ export function parseVmSpecJson(text: string): VmSpecInput {
   const cpu = wholeNumber("cpu", 1);
   const memoryBytes = wholeNumber("memoryBytes", 256 * MIB);
   const dataDiskBytes = wholeNumber("dataDiskBytes");
+  const group = field("group") === undefined ? undefined : stringField("group");
   const unknown = Object.keys(doc).filter((key) => !KEYS.includes(key));
   if (unknown.length > 0) problems.push(`unknown key(s) ${unknown.join(", ")}`);
   if (problems.length > 0) throw invalidArgument(`bad spec: ${problems.join("; ")}`);
@@ -89,5 +90,6 @@ export function parseVmSpecJson(text: string): VmSpecInput {
     cpu: Number(cpu),
     memoryBytes: BigInt(memoryBytes!),
     ...(dataDiskBytes !== undefined ? { dataDiskBytes: BigInt(dataDiskBytes) } : {}),
+    ...(group ? { group } : {}),
   };
 }

@@ -11,6 +11,8 @@ struct VmSpec {
   memoryBytes @6 :UInt64;
   allowedDomains @7 :List(Text);  # names, *.wildcards, IPs or CIDRs the guest may reach
   dataDiskBytes @8 :UInt64;       # 0: none; else a fresh sparse writable disk (/dev/vdb), gone with the VM
+  group @9 :Text;                 # "": none; else a host-name label: members reach each other and resolve
+                                  # each other's <hostname> and <hostname>.<group>
 }
 
 struct Secret {

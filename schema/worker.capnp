@@ -58,6 +58,7 @@ struct RunningVm {
   faults @14 :List(ActiveFault);  # faults active right now
   agentState @15 :Text;       # the guest agent's channel: none, connecting, ready, broken or closed
   agentReadyMs @16 :UInt64;   # from create to the agent's first hello; 0 until then
+  group @17 :Text;            # "": none
 }
 
 struct ExecCommand {
@@ -133,15 +134,21 @@ struct Fault {
 
 struct Partition {
   cidrs @0 :List(Text);       # drop traffic to and from these; empty: all traffic
+  direction @1 :Direction;    # both ways, or only one
 }
+
+# Which of a VM's traffic a fault drops: both ways, only what it sends, or only what it receives.
+enum Direction { both @0; outbound @1; inbound @2; }
 
 struct Loss {
   percent @0 :Float64;        # each packet, either direction, is dropped with this probability
+  cidrs @1 :List(Text);       # only traffic to and from these; empty: all traffic
 }
 
 struct Delay {
   ms @0 :UInt32;              # added to packets towards the guest
   jitterMs @1 :UInt32;
+  cidrs @2 :List(Text);       # only packets from these; empty: all traffic
 }
 
 struct Bandwidth {

@@ -13,6 +13,7 @@ import { detectAccelerator } from "../../worker/vmm/accel.js";
 import { testGuest } from "../../test/helpers/repo.js";
 import { destroyWorker, startWorker } from "../../test/helpers/worker-process.js";
 import { bootRawQemu } from "./raw-qemu.js";
+import { median } from "../stats.js";
 
 const { values } = parseArgs({ options: { runs: { type: "string", default: "9" } } });
 const runs = Number(values.runs);
@@ -25,11 +26,6 @@ if ("skip" in guest) {
 }
 const { spec, input } = guest;
 
-const median = (samples: number[]) => {
-  const sorted = [...samples].sort((a, b) => a - b);
-  const middle = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
-};
 const ms = (value: number) => `${value.toFixed(0)} ms`;
 
 const { accel } = await detectAccelerator({ probeTimeoutMs: 5_000 });

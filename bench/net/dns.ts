@@ -15,17 +15,12 @@ import { parseArgs } from "node:util";
 import dnsPacket from "dns-packet";
 import { dnsResolver } from "../../worker/net/allowlist.js";
 import { DnsProxy } from "../../worker/net/dns-proxy.js";
+import { median } from "../stats.js";
 
 const { values } = parseArgs({ options: { runs: { type: "string", default: "200" }, inside: { type: "string" } } });
 const runs = Number(values.runs);
 const RESOLVER = "127.0.0.53";
 const NAMES = 64;
-
-const median = (samples: number[]) => {
-  const sorted = [...samples].sort((a, b) => a - b);
-  const middle = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
-};
 
 /** One query from a fresh socket, as a stub resolver sends it; resolves with the round trip in ms. */
 async function ask(server: string, port: number, name: string): Promise<number> {

@@ -10,6 +10,7 @@ import { parseArgs } from "node:util";
 import pino from "pino";
 import { createNetwork } from "../../worker/net/network.js";
 import type { NetworkPort } from "../../worker/ports/index.js";
+import { attachDetachMedians } from "./measure.js";
 
 const { values } = parseArgs({ options: { runs: { type: "string", default: "25" }, background: { type: "string", default: "100" } } });
 const runs = Number(values.runs);
@@ -17,25 +18,8 @@ const background = Number(values.background);
 // A name (answered at once by a stub, so DNS latency does not blur the figure) and a CIDR.
 const ALLOWED = ["bench.test", "198.51.100.0/24"];
 
-const median = (samples: number[]) => {
-  const sorted = [...samples].sort((a, b) => a - b);
-  const middle = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
-};
-
 async function measure(network: NetworkPort, label: string) {
-  const attach: number[] = [];
-  const detach: number[] = [];
-  for (let run = 0; run < runs; run++) {
-    const id = `vm-x${String(run).padStart(9, "0")}`;
-    const start = performance.now();
-    await network.attach(id, ALLOWED);
-    const attached = performance.now();
-    await network.detach(id);
-    detach.push(performance.now() - attached);
-    attach.push(attached - start);
-  }
-  return { label, attach: median(attach), detach: median(detach), total: median(attach.map((value, index) => value + detach[index]!)) };
+  return { label, ...(await attachDetachMedians(network, runs, (id) => network.attach(id, ALLOWED))) };
 }
 
 const ns = `pcr-b-${randomBytes(3).toString("hex")}`;

@@ -1,11 +1,13 @@
 // A Jepsen-style nemesis over the Worker RPC: boots a worker and a test guest in throwaway network
 // namespaces, runs a workload in the guest (ping a peer across the bridge, read and write the data
 // disk, once per tick), applies a schedule of faults, and writes a report of what the guest saw in
-// each phase plus the VM's counters. Run as root: `npm run build && node dist/examples/nemesis/nemesis.js`.
+// each phase plus the VM's counters, and a latency timeline (SVG) of every tick with the faults as
+// bands. Run as root: `npm run build && node dist/examples/nemesis/nemesis.js`.
 import { writeFile } from "node:fs/promises";
 import type { FaultInput } from "../../worker/core/api.js";
 import { testGuest } from "../../test/helpers/repo.js";
 import { GuestWorld, TICK_SCRIPT, type Tick, parseTicks } from "../../test/faults/guest-world.js";
+import { renderTimeline, type TimelineOp, type TimelineWindow } from "../lib/timeline.js";
 
 /** The nemesis schedule: each phase holds a fault (or none) for about `seconds`. */
 const SCHEDULE: { name: string; fault?: FaultInput; seconds: number }[] = [
@@ -36,6 +38,27 @@ interface PhaseReport {
   tickRange?: [number, number];
 }
 
+/** The guest's ping waits this long for a reply (`ping -W 1`): a lost ping took that long. */
+const PING_TIMEOUT_MS = 1000;
+
+/**
+ * A tick as timeline operations, stamped when its line reached the console (the guest's clock is
+ * not the host's): its ping (the round trip; lost is a timeout), and the whole tick (the time
+ * since the previous one: disk read and write, ping and the 0.2 s sleep; failed on a disk error).
+ */
+function tickOps(tick: Tick, arrivedMs: number, previousMs: number): TimelineOp[] {
+  const rtt = tick.rttMs ?? PING_TIMEOUT_MS;
+  return [
+    { series: "ping", startMs: arrivedMs - rtt, endMs: arrivedMs, outcome: tick.lost ? "unknown" : "ok" },
+    {
+      series: "tick (disk r/w)",
+      startMs: previousMs,
+      endMs: arrivedMs,
+      outcome: tick.read === "err" || tick.write === "err" ? "fail" : "ok",
+    },
+  ];
+}
+
 function summarize(name: string, ticks: Tick[], faultId?: string, error?: string): PhaseReport {
   const rtts = ticks.filter((t) => t.rttMs !== undefined).map((t) => t.rttMs!);
   return {
@@ -62,6 +85,11 @@ async function main(): Promise<void> {
     console.log(`vm ${id} created; waiting for the workload`);
     await world.ticks(id, 0n, 1, 90_000);
     let at = (await world.console(id)).end;
+    const start = Date.now();
+    const ops: TimelineOp[] = [];
+    const windows: TimelineWindow[] = [];
+    let lastTickMs = start;
+    let pending = ""; // console text after the last complete line
     for (const phase of SCHEDULE) {
       let faultId: string | undefined;
       let error: string | undefined;
@@ -72,11 +100,33 @@ async function main(): Promise<void> {
           error = (err as Error).message;
         }
       }
-      await new Promise((resolve) => setTimeout(resolve, phase.seconds * 1000));
-      if (faultId) await world.client.clearFault(id, faultId);
-      const { text, end } = await world.console(id, at);
-      at = end;
-      const report = summarize(phase.name, parseTicks(text), faultId, error);
+      const faultStart = Date.now();
+      // Polls the console so that each tick is stamped when it arrived, to draw it on the timeline.
+      const ticks: Tick[] = [];
+      const phaseEnd = faultStart + phase.seconds * 1000;
+      for (let done = false; !done; ) {
+        done = Date.now() >= phaseEnd;
+        if (done && faultId) {
+          windows.push({ label: phase.name, startMs: faultStart, endMs: Date.now() });
+          await world.client.clearFault(id, faultId);
+        }
+        const { text, end } = await world.console(id, at);
+        at = end;
+        pending += text;
+        const cut = pending.lastIndexOf("\n") + 1;
+        // Ticks that arrived together (a paused guest catching up) share the time since the last.
+        const arrived = parseTicks(pending.slice(0, cut));
+        const now = Date.now();
+        const share = (now - lastTickMs) / Math.max(arrived.length, 1);
+        for (const tick of arrived) {
+          ticks.push(tick);
+          ops.push(...tickOps(tick, lastTickMs + share, lastTickMs));
+          lastTickMs += share;
+        }
+        pending = pending.slice(cut);
+        if (!done) await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      const report = summarize(phase.name, ticks, faultId, error);
       phases.push(report);
       console.log(
         `${phase.name.padEnd(36)} ticks=${report.ticks} lost=${report.pingsLost} rtt=${report.meanRttMs ?? "-"}ms ` +
@@ -92,9 +142,13 @@ async function main(): Promise<void> {
       counters: JSON.parse(JSON.stringify(vm.counters, (_k, v: unknown) => (typeof v === "bigint" ? Number(v) : v))) as unknown,
       consoleTail: console_.split("\n").slice(-20),
     };
-    const path = `nemesis-report-${Date.now()}.json`;
+    const stamp = Date.now();
+    const path = `nemesis-report-${stamp}.json`;
     await writeFile(path, JSON.stringify(report, null, 2));
-    console.log(`report: ${path}`);
+    const svgPath = `nemesis-timeline-${stamp}.svg`;
+    const title = "nemesis: the guest's pings and ticks (latency, log scale) under faults";
+    await writeFile(svgPath, renderTimeline(ops, windows, { title, originMs: start }));
+    console.log(`report: ${path}, timeline: ${svgPath}`);
     await world.client.deleteVm(id);
   } finally {
     await world.destroy();

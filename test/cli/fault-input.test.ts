@@ -19,6 +19,26 @@ test("flags become the fault the worker expects", () => {
     durationMs: 0,
   });
   assert.deepEqual(faultFromFlags({ kind: "reboot" }), { kind: "reboot", durationMs: 0 });
+  // Aimed at chosen peers: a one-way partition, loss and delay towards some addresses.
+  assert.deepEqual(faultFromFlags({ kind: "partition", cidrs: ["10.213.0.5/32"], direction: "inbound" }), {
+    kind: "partition",
+    cidrs: ["10.213.0.5/32"],
+    direction: "inbound",
+    durationMs: 0,
+  });
+  assert.deepEqual(faultFromFlags({ kind: "loss", percent: 5, cidrs: ["10.213.0.5/32"] }), {
+    kind: "loss",
+    percent: 5,
+    cidrs: ["10.213.0.5/32"],
+    durationMs: 0,
+  });
+  assert.deepEqual(faultFromFlags({ kind: "delay", ms: 40, cidrs: ["10.213.0.5/32"] }), {
+    kind: "delay",
+    ms: 40,
+    jitterMs: 0,
+    cidrs: ["10.213.0.5/32"],
+    durationMs: 0,
+  });
 });
 
 test("a missing value or an unknown kind is INVALID_ARGUMENT", () => {

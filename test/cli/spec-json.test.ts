@@ -45,6 +45,7 @@ const FIELDS: Record<string, string[]> = {
   cpu: WHOLE_NUMBERS,
   memoryBytes: WHOLE_NUMBERS,
   dataDiskBytes: WHOLE_NUMBERS,
+  group: [...ANY_TYPE, '"kv"', '""'],
 };
 
 function withField(base: Record<string, unknown>, key: string, valueJson: string): string {
@@ -70,6 +71,7 @@ function corpus(): string[] {
   // Several problems at once, unknown keys among them, in the order zod reports them.
   texts.push('{"zz":1,"hostname":3,"aa":2,"cpu":-1}');
   texts.push('{"hostname":null,"kernel":[],"initrd":1,"image":{},"cmdline":false,"memoryBytes":"1.5","dataDiskBytes":-3,"kernal":"k"}');
+  texts.push('{"hostname":"h","kernel":"k","group":7,"dataDiskBytes":-1,"x":1}');
   texts.push(`{"__proto__":{"hostname":"x"},"constructor":1,"hostname":"h","kernel":"k"}`);
   texts.push(`{"hostname":"h","kernel":"k","hostname":"i","1":true}`);
   return texts;

@@ -38,6 +38,7 @@ import type {
   SecretsPort,
   StorePort,
   VmNetwork,
+  GroupMembership,
 } from "../../worker/ports/index.js";
 import { createFakeBackend, type FakeBackend, FakeVmmHost, type FakeBackendOptions } from "../../worker/vmm/fake/index.js";
 
@@ -155,7 +156,7 @@ export class MemoryRecordRepo implements RecordRepo, ConsoleStore {
 
 export class FakeNetwork implements NetworkPort {
   readonly failures = new Failures();
-  readonly attached = new Map<string, { net: VmNetwork; allowedDomains: string[] }>();
+  readonly attached = new Map<string, { net: VmNetwork; allowedDomains: string[]; member?: GroupMembership }>();
   readonly counterValues = new Map<string, { net: NetCounters; egressDrops: bigint }>();
   inits = 0;
   private nextHost = 2;
@@ -171,7 +172,7 @@ export class FakeNetwork implements NetworkPort {
     if (bad) throw invalidArgument(`allowedDomains: ${JSON.stringify(bad)} is not a domain`);
   }
 
-  async attach(vmId: string, allowedDomains: string[]): Promise<VmNetwork> {
+  async attach(vmId: string, allowedDomains: string[], member?: GroupMembership): Promise<VmNetwork> {
     this.failures.check("attach");
     const host = this.nextHost++;
     const net: VmNetwork = {
@@ -182,7 +183,7 @@ export class FakeNetwork implements NetworkPort {
       gateway: "10.99.0.1",
       dns: "10.99.0.1",
     };
-    this.attached.set(vmId, { net, allowedDomains: [...allowedDomains] });
+    this.attached.set(vmId, { net, allowedDomains: [...allowedDomains], member });
     return net;
   }
 

@@ -40,6 +40,14 @@ const FAULTS: FaultInput[] = [
   { kind: "fillDisk", dir: "/mnt/data", durationMs: 0 },
 ];
 
+/** The forms aimed at chosen peers (groups): a one-way partition, loss and delay towards some addresses. */
+const PEER_FAULTS: FaultInput[] = [
+  { kind: "partition", cidrs: ["10.213.0.5/32"], direction: "outbound", durationMs: 0 },
+  { kind: "partition", cidrs: ["10.213.0.5/32", "10.213.0.6/32"], direction: "inbound", durationMs: 0 },
+  { kind: "loss", percent: 20, cidrs: ["10.213.0.7/32"], durationMs: 0 },
+  { kind: "delay", ms: 50, jitterMs: 0, cidrs: ["10.213.0.0/24"], durationMs: 0 },
+];
+
 function throughWire(fault: FaultInput): FaultInput {
   const b = new MessageBuilder();
   writeFault(b, b.root, fault);
@@ -61,7 +69,7 @@ test("every kind: the schema's members are FAULT_KINDS, in the wire's tag order"
 });
 
 test("a valid fault round-trips: schema, JSON and the RPC codec all give it back unchanged", () => {
-  for (const fault of FAULTS) {
+  for (const fault of [...FAULTS, ...PEER_FAULTS]) {
     assert.deepEqual(validateFault(fault), fault, `${fault.kind}: schema`);
     assert.deepEqual(validateFault(JSON.parse(JSON.stringify(fault)) as FaultInput), fault, `${fault.kind}: JSON`);
     assert.deepEqual(validateFault(throughWire(fault)), fault, `${fault.kind}: wire then schema`);
@@ -84,6 +92,17 @@ test("a bad fault is INVALID_ARGUMENT naming every problem, and unknown keys are
   await rejectsWith(invalid({ kind: "pause", durationMs: 25 * 3600 * 1000 }), "INVALID_ARGUMENT", /durationMs/);
   await rejectsWith(invalid({ kind: "meltdown" }), "INVALID_ARGUMENT", /^bad meltdown: /);
   assert.deepEqual(validateFault({ kind: "reboot", extra: 1 } as unknown as FaultInput), { kind: "reboot" });
+  await rejectsWith(invalid({ kind: "partition", cidrs: [], direction: "sideways" }), "INVALID_ARGUMENT", /direction/);
+  await rejectsWith(invalid({ kind: "loss", percent: 5, cidrs: ["peer-1"] }), "INVALID_ARGUMENT", /cidrs\.0/);
+});
+
+test("peer-aimed faults say whom they are aimed at", () => {
+  assert.deepEqual(PEER_FAULTS.map(describeFault), [
+    "partition: drops what it sends to 10.213.0.5/32",
+    "partition: drops what it receives from 10.213.0.5/32, 10.213.0.6/32",
+    "loss 20% each way, to and from 10.213.0.7/32",
+    "delay 50 ms towards the guest, from 10.213.0.0/24",
+  ]);
 });
 
 test("instant faults are the ones with nothing to undo; every kind has a description", () => {

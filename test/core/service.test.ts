@@ -162,6 +162,34 @@ test("bad input is refused before any port is touched", async () => {
   assert.equal(offline.host.byId(id)!.spec.net, undefined);
 });
 
+test("groups: the member's group and hostname reach the network; one hostname per group, even for creates in flight", async () => {
+  const w = new World();
+  await rejectsWith(
+    w.service.createVm(specInput({ group: "Bad Group" }), {}),
+    "INVALID_ARGUMENT",
+    /group "Bad Group" is not a host-name label/,
+  );
+  const [first, second] = await Promise.allSettled([
+    w.service.createVm(specInput({ hostname: "db", group: "Cluster" }), {}),
+    w.service.createVm(specInput({ hostname: "db", group: "cluster" }), {}),
+  ]);
+  assert.equal(first.status, "fulfilled");
+  assert.equal(second.status, "rejected");
+  const refused = (second as PromiseRejectedResult).reason as { code: string; message: string };
+  assert.equal(refused.code, "ALREADY_EXISTS");
+  assert.match(refused.message, /^group cluster already has a member named db/);
+  const id = (first as PromiseFulfilledResult<string>).value;
+  assert.deepEqual(w.network.attached.get(id)!.member, { group: "cluster", hostname: "db" });
+  assert.equal((await w.service.getVm(id)).group, "cluster");
+  assert.equal(w.backend.launches, 1, "the refused create touched no port");
+  // Another group, or no group, may have a "db" too; after the delete the name is free again.
+  await w.service.createVm(specInput({ hostname: "db", group: "other" }), {});
+  await w.service.createVm(specInput({ hostname: "db" }), {});
+  await w.service.deleteVm(id);
+  await w.service.createVm(specInput({ hostname: "db", group: "cluster" }), {});
+  await rejectsWith(new World({ network: false }).service.createVm(specInput({ group: "g" }), {}), "FAILED_PRECONDITION", /networking/);
+});
+
 test("a spec the backend cannot serve is refused before the first step, naming the backend and the capability", async () => {
   const w = new World({ backend: { capabilities: { dataDisk: false } } });
   await rejectsWith(

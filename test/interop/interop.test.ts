@@ -51,6 +51,7 @@ function describeVm(vm: VmView): string {
     (vm.faults ?? []).map((f) => `${f.id},${f.kind},${f.description},${f.injectedAtMs},${f.expiresAtMs};`).join(""),
     vm.agentState,
     vm.agentReadyMs,
+    vm.group,
   ].join("|");
 }
 
@@ -63,6 +64,7 @@ const expectedSpec = {
   cpu: 3,
   memoryBytes: 5n * 1024n ** 3n,
   allowedDomains: ["example.com", "*.nixos.org", "1.1.1.1", "10.0.0.0/8", "ünïcödé.example"],
+  group: "web",
 };
 
 describe("interop with the C++ reference implementation", { skip, timeout: 600_000 }, () => {
@@ -250,7 +252,7 @@ describe("interop with the C++ reference implementation", { skip, timeout: 600_0
       assert.equal(
         id,
         "web-1|/nix/store/aaa-kernel/bzImage|/nix/store/bbb-initrd/initrd|/nix/store/ccc-image/root.img|console=ttyS0 quiet|3|5368709120|" +
-          "example.com,*.nixos.org,1.1.1.1,10.0.0.0/8,ünïcödé.example,|token=0.1.2.255.;empty=;|3600",
+          "example.com,*.nixos.org,1.1.1.1,10.0.0.0/8,ünïcödé.example,|web|token=0.1.2.255.;empty=;|3600",
       );
     });
 

@@ -2,7 +2,7 @@
 // loses packets instead of growing the worker's memory for up to a minute.
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { HeldPackets, MAX_HELD_PACKETS, PacketReader } from "../../worker/vmm/qemu/net-delay.js";
+import { fromPeers, HeldPackets, MAX_HELD_PACKETS, PacketReader } from "../../worker/vmm/qemu/net-delay.js";
 
 test("the queue holds at most MAX_HELD_PACKETS and drops (and counts) the rest, in order", () => {
   const held = new HeldPackets();
@@ -27,4 +27,29 @@ test("a frame longer than any packet is refused by the reader (the caller drops 
   const header = Buffer.alloc(4);
   header.writeUInt32BE(1 << 30);
   assert.throws(() => new PacketReader().push(header), /redirector packet/);
+});
+
+test("a delay aimed at peers holds only IPv4 packets from their addresses; short or odd frames are not theirs", () => {
+  /** A framed packet from `source` as QEMU hands it over: length, a 12-byte virtio-net header, Ethernet, IPv4. */
+  const framed = (source: string, etherType = 0x0800, ipBytes = 20, vnetHeader = 12) => {
+    const frame = Buffer.alloc(vnetHeader + 14 + ipBytes);
+    frame.writeUInt16BE(etherType, vnetHeader + 12);
+    if (ipBytes >= 16) {
+      frame[vnetHeader + 14] = 0x45;
+      Buffer.from(source.split(".").map(Number)).copy(frame, vnetHeader + 14 + 12);
+    }
+    const length = Buffer.alloc(4);
+    length.writeUInt32BE(frame.length);
+    return Buffer.concat([length, frame]);
+  };
+  const peers = fromPeers(["10.213.0.5/32", "10.214.0.0/16"]);
+  assert.equal(peers(framed("10.213.0.5")), true);
+  assert.equal(peers(framed("10.214.9.9")), true);
+  assert.equal(peers(framed("10.214.9.9", 0x0800, 20, 10)), true, "a 10-byte virtio-net header");
+  assert.equal(peers(framed("10.214.9.9", 0x0800, 20, 0)), true, "none");
+  assert.equal(peers(framed("10.213.0.6")), false);
+  assert.equal(peers(framed("10.213.0.5", 0x0806)), false, "ARP");
+  assert.equal(peers(framed("10.213.0.5", 0x0800, 10)), false, "a runt");
+  assert.equal(fromPeers([])(framed("1.2.3.4", 0x86dd)), true, "no peers named: everything is held");
+  assert.equal(fromPeers(["0.0.0.0/0"])(framed("1.2.3.4")), true);
 });

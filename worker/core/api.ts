@@ -40,6 +40,8 @@ export interface VmSpecInput {
   allowedDomains: string[];
   /** A fresh sparse writable disk of this size (/dev/vdb); 0 or absent: none. */
   dataDiskBytes?: bigint;
+  /** The group the VM joins: members reach each other and resolve each other's names. ""/absent: none. */
+  group?: string;
 }
 
 export interface SecretInput {
@@ -98,6 +100,8 @@ export interface VmView {
   agentState?: string;
   /** From create to the agent's first hello; 0 until then. */
   agentReadyMs?: bigint;
+  /** The VM's group; "" (or absent from peers that predate groups): none. */
+  group?: string;
 }
 
 // --- fault injection (docs/faults.md) --------------------------------------------------------
@@ -107,6 +111,9 @@ export interface VmView {
 export type { FaultInput, FaultKind } from "./fault-model.js";
 
 export const DISK_OPS = ["readWrite", "read", "write"] as const;
+/** Which of a VM's traffic a network fault drops: both ways, only what it sends, or only what it receives. */
+export const DIRECTIONS = ["both", "outbound", "inbound"] as const;
+export type Direction = (typeof DIRECTIONS)[number];
 export type DiskOp = (typeof DISK_OPS)[number];
 
 /**

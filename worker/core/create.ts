@@ -56,6 +56,7 @@ export function checkCreate(
   if (spec.allowedDomains.length > 0 && !network) {
     throw invalidArgument("allowedDomains given, but networking is disabled on this worker");
   }
+  if (spec.group && !network) throw failedPrecondition("group given, but networking is disabled on this worker");
   network?.validateAllowedDomains(spec.allowedDomains);
   const secrets = options.secrets ?? [];
   validateSecrets(secrets);
@@ -144,7 +145,7 @@ export async function runCreate(
   if (network) {
     record.net = await plan.step(
       "attach network",
-      () => network.attach(id, spec.allowedDomains),
+      () => network.attach(id, spec.allowedDomains, spec.group ? { group: spec.group, hostname: spec.hostname } : undefined),
       () => network.detach(id),
     );
   }

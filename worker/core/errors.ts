@@ -38,6 +38,7 @@ export class WorkerError extends Error {
 
 export const invalidArgument = (message: string) => new WorkerError("INVALID_ARGUMENT", message);
 export const notFound = (message: string) => new WorkerError("NOT_FOUND", message);
+export const alreadyExists = (message: string) => new WorkerError("ALREADY_EXISTS", message);
 export const failedPrecondition = (message: string) => new WorkerError("FAILED_PRECONDITION", message);
 export const resourceExhausted = (message: string) => new WorkerError("RESOURCE_EXHAUSTED", message);
 export const unavailable = (message: string) => new WorkerError("UNAVAILABLE", message);

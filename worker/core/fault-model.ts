@@ -3,7 +3,7 @@
 // of it. The core validates with it; the adapters, the RPC codec and the CLI use its types. The
 // zod-free names (FAULT_KINDS, DISK_OPS) are in api.ts. docs/faults.md.
 import { z } from "zod";
-import { DISK_OPS, type FaultName } from "./api.js";
+import { DIRECTIONS, DISK_OPS, type FaultName } from "./api.js";
 import { invalidArgument } from "./errors.js";
 
 const cidr = z.string().regex(/^(\d{1,3})(\.\d{1,3}){3}(\/(\d|[12]\d|3[0-2]))?$/, "must be an IPv4 address or CIDR");
@@ -43,12 +43,17 @@ const guestPath = z
  * (the wire's tags) lists them.
  */
 export const faultKindSchema = z.discriminatedUnion("kind", [
-  // Drops traffic to and from these addresses (all traffic when empty).
-  z.object({ kind: z.literal("partition"), cidrs: z.array(cidr).max(256) }),
-  // Drops this share of packets, each way.
-  z.object({ kind: z.literal("loss"), percent: percent.refine((p) => p > 0, "must be above 0") }),
-  // Delays packets towards the guest.
-  z.object({ kind: z.literal("delay"), ms: z.number().int().min(1).max(60_000), jitterMs: z.number().int().min(0).max(60_000) }),
+  // Drops traffic to and from these addresses (all traffic when empty); absent direction: both ways.
+  z.object({ kind: z.literal("partition"), cidrs: z.array(cidr).max(256), direction: z.enum(DIRECTIONS).optional() }),
+  // Drops this share of packets, each way; only those to and from `cidrs` when given.
+  z.object({ kind: z.literal("loss"), percent: percent.refine((p) => p > 0, "must be above 0"), cidrs: z.array(cidr).max(256).optional() }),
+  // Delays packets towards the guest; only those from `cidrs` when given.
+  z.object({
+    kind: z.literal("delay"),
+    ms: z.number().int().min(1).max(60_000),
+    jitterMs: z.number().int().min(0).max(60_000),
+    cidrs: z.array(cidr).max(256).optional(),
+  }),
   // Limits the rate towards the guest.
   z.object({ kind: z.literal("bandwidth"), kbitPerSecond: z.number().int().min(8).max(100_000_000) }),
   z.object({ kind: z.literal("pause") }),
@@ -133,12 +138,16 @@ export function isInstant(kind: FaultName): boolean {
 
 export function describeFault(fault: FaultKind): string {
   switch (fault.kind) {
-    case "partition":
-      return fault.cidrs.length ? `partition from ${fault.cidrs.join(", ")}` : "partition from everything";
+    case "partition": {
+      const far = fault.cidrs.length ? fault.cidrs.join(", ") : "everything";
+      if (fault.direction === "outbound") return `partition: drops what it sends to ${far}`;
+      if (fault.direction === "inbound") return `partition: drops what it receives from ${far}`;
+      return `partition from ${far}`;
+    }
     case "loss":
-      return `loss ${fault.percent}% each way`;
+      return `loss ${fault.percent}% each way${peers(fault.cidrs, "to and from")}`;
     case "delay":
-      return `delay ${fault.ms} ms${fault.jitterMs ? ` ± ${fault.jitterMs} ms` : ""} towards the guest`;
+      return `delay ${fault.ms} ms${fault.jitterMs ? ` ± ${fault.jitterMs} ms` : ""} towards the guest${peers(fault.cidrs, "from")}`;
     case "bandwidth":
       return `bandwidth ${fault.kbitPerSecond} kbit/s towards the guest`;
     case "diskErrors": {
@@ -163,4 +172,5 @@ export function describeFault(fault: FaultKind): string {
   }
 }
 
+const peers = (cidrs: string[] | undefined, relation: string): string => (cidrs?.length ? `, ${relation} ${cidrs.join(", ")}` : "");
 const signedMs = (ms: number): string => `${ms > 0 ? "+" : ""}${ms} ms`;

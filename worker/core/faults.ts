@@ -224,7 +224,7 @@ export class FaultController {
             !handle.clearNetworkDelay
           )
             throw err;
-          await handle.delayNetwork(faultId, { ms: fault.ms, jitterMs: fault.jitterMs });
+          await handle.delayNetwork(faultId, { ms: fault.ms, jitterMs: fault.jitterMs, ...(fault.cidrs ? { cidrs: fault.cidrs } : {}) });
           return () => handle.clearNetworkDelay!(faultId);
         }
         return () => net.clear(faultId, tap, fault);

@@ -68,9 +68,22 @@ export async function recover(deps: RecoveryDeps): Promise<RecoveryResult> {
   const adopted = registry.all().flatMap((vm) => (vm.handle ? [{ vm, handle: vm.handle }] : []));
   const keepPids = new Set(adopted.flatMap(({ handle }) => [handle.record.pid, ...handle.record.helpers.map((helper) => helper.pid)]));
   result.orphans.push(...((await backend.killStrays?.(deps.strayRoots, keepPids)) ?? []));
-  const live = registry.all().filter((vm) => isLive(vm.status));
+  // Oldest first: the network rebuilds its rules in the order the VMs' creates made them.
+  const live = registry
+    .all()
+    .filter((vm) => isLive(vm.status))
+    .sort((a, b) => a.record.createdAtMs - b.record.createdAtMs);
   const keep = live.flatMap(({ id, record }) =>
-    record.net ? [{ vmId: id, net: record.net, allowedDomains: record.spec.allowedDomains }] : [],
+    record.net
+      ? [
+          {
+            vmId: id,
+            net: record.net,
+            allowedDomains: record.spec.allowedDomains,
+            member: record.spec.group ? { group: record.spec.group, hostname: record.spec.hostname } : undefined,
+          },
+        ]
+      : [],
   );
   if (network) {
     await network.init(keep);

@@ -1,6 +1,6 @@
 // The VMs this worker knows, and the host resources promised to creates still in flight: a create
 // reserves its share against the limits before its first step and keeps it until it ends.
-import { notFound, resourceExhausted } from "./errors.js";
+import { alreadyExists, notFound, resourceExhausted } from "./errors.js";
 import { isLive } from "./lifecycle.js";
 import type { ValidSpec } from "./spec.js";
 import type { ManagedVm } from "./vm.js";
@@ -67,6 +67,13 @@ export class VmRegistry {
       throw resourceExhausted(
         `host data-disk limit ${limits.maxTotalDiskBytes} bytes would be exceeded (${disk} held or requested in all)`,
       );
+    }
+    if (spec.group) {
+      // Members find each other by hostname, so one group has each at most once.
+      const taken = [...settled.map((vm) => vm.record.spec), ...this.reservations.values()].some(
+        (other) => other.group === spec.group && other.hostname === spec.hostname,
+      );
+      if (taken) throw alreadyExists(`group ${spec.group} already has a member named ${spec.hostname}`);
     }
     this.reservations.set(id, spec);
   }

@@ -18,6 +18,8 @@ export interface ValidSpec {
   allowedDomains: string[];
   /** Present only when a data disk was asked for, so hashes of specs without one do not change. */
   dataDiskBytes?: number;
+  /** Present only in a group, so hashes of specs without one do not change. */
+  group?: string;
 }
 
 /** Sparse, so this bounds what a guest could fill, not what creating it costs. */
@@ -48,6 +50,11 @@ export function storePathRoot(path: string): string {
 
 export function isValidHostname(hostname: string): boolean {
   return hostname.length <= 253 && hostname.split(".").every((label) => HOSTNAME_LABEL.test(label));
+}
+
+/** A group name: one host-name label, so `<hostname>.<group>` is a name too. */
+export function isValidGroup(group: string): boolean {
+  return HOSTNAME_LABEL.test(group);
 }
 
 export function validateSpec(input: VmSpecInput, limits: SpecLimits): ValidSpec {
@@ -85,6 +92,8 @@ export function validateSpec(input: VmSpecInput, limits: SpecLimits): ValidSpec 
   } else if (dataDisk % BigInt(MIB) !== 0n) {
     problems.push(`dataDiskBytes ${dataDisk} is not a multiple of 1 MiB`);
   }
+  const group = input.group ?? "";
+  if (group !== "" && !isValidGroup(group)) problems.push(`group ${JSON.stringify(group)} is not a host-name label`);
   if (problems.length > 0) throw invalidArgument(problems.join("; "));
   return {
     hostname: input.hostname.toLowerCase(),
@@ -96,6 +105,7 @@ export function validateSpec(input: VmSpecInput, limits: SpecLimits): ValidSpec 
     memoryBytes: Number(memory),
     allowedDomains: [...input.allowedDomains],
     ...(dataDisk > 0n ? { dataDiskBytes: Number(dataDisk) } : {}),
+    ...(group ? { group: group.toLowerCase() } : {}),
   };
 }
 
@@ -119,6 +129,8 @@ export const vmSpecJsonSchema = z.strictObject({
   memoryBytes: wholeNumber.default(256 * MIB),
   /** Not from nix: added by hand (or --data-disk) for a writable scratch disk. */
   dataDiskBytes: wholeNumber.optional(),
+  /** Not from nix either: the group the VM joins (or --group). */
+  group: z.string().optional(),
 });
 
 /** Parses a spec JSON document into a VmSpecInput; INVALID_ARGUMENT with every problem on bad input. */
@@ -152,5 +164,6 @@ export function vmSpecFromObject(raw: unknown): VmSpecInput {
     cpu: Number(spec.cpu),
     memoryBytes: BigInt(spec.memoryBytes),
     ...(spec.dataDiskBytes !== undefined ? { dataDiskBytes: BigInt(spec.dataDiskBytes) } : {}),
+    ...(spec.group ? { group: spec.group } : {}),
   };
 }

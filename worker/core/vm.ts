@@ -211,6 +211,7 @@ export class ManagedVm {
       faults,
       agentState: this.agent?.state ?? "none",
       agentReadyMs: this.agent?.readyAtMs ? BigInt(Math.max(0, this.agent.readyAtMs - record.createdAtMs)) : 0n,
+      group: record.spec.group ?? "",
     };
   }
 

@@ -6,7 +6,7 @@ import { TcShaper } from "./tc.js";
 
 export function createNetFaults(options: { netns?: string; run?: Runner } = {}): NetFaultPort & { nft: NftFaults; tc: TcShaper } {
   const run = options.run ?? createRunner({ netns: options.netns });
-  const nft = new NftFaults(run);
+  const nft = new NftFaults(run, options.netns);
   const tc = new TcShaper(run);
   return {
     nft,
@@ -22,7 +22,7 @@ export function createNetFaults(options: { netns?: string; run?: Runner } = {}):
     async reset(taps: string[]) {
       const removed = [...(await nft.reset())];
       for (const tap of taps) {
-        const shaped = (await tc.show(tap)).filter((qdisc) => qdisc.kind === "tbf" || qdisc.kind === "netem");
+        const shaped = (await tc.show(tap)).filter((qdisc) => ["tbf", "netem", "prio"].includes(qdisc.kind));
         if (shaped.length === 0) continue;
         await tc.clear(tap);
         removed.push(`qdisc:${tap}:${shaped.map((qdisc) => qdisc.kind).join(",")}`);

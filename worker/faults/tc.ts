@@ -1,9 +1,41 @@
 // Delay and bandwidth with tc on the VM's TAP: netem (delay, jitter) or tbf (rate) as the root qdisc,
 // so it shapes traffic towards the guest. Clearing deletes the root qdisc, which gives the device its
-// default back. One shaping fault per TAP at a time (a device has one root qdisc).
+// default back. One shaping fault per TAP at a time (a device has one root qdisc). A delay towards
+// chosen peers is a prio root whose second band holds the netem, and u32 filters sending packets
+// from those peers there; everything else takes the first band, undelayed.
 import { failedPrecondition, internal } from "../core/errors.js";
 import type { TcFault } from "../core/fault-model.js";
 import type { Runner } from "../net/run.js";
+
+/** The tc commands that make a fault, in order. */
+export function tcCommands(tap: string, fault: TcFault): string[][] {
+  const cidrs = fault.kind === "delay" ? (fault.cidrs ?? []) : [];
+  if (cidrs.length === 0) return [tcArgs(tap, fault)];
+  const netem = tcArgs(tap, fault).slice(5); // "netem delay …" without "qdisc add dev TAP root"
+  return [
+    ["qdisc", "add", "dev", tap, "root", "handle", "1:", "prio", "bands", "2", "priomap", ...Array(16).fill("0")],
+    ["qdisc", "add", "dev", tap, "parent", "1:2", "handle", "20:", ...netem],
+    ...cidrs.map((cidr) => [
+      "filter",
+      "add",
+      "dev",
+      tap,
+      "parent",
+      "1:",
+      "protocol",
+      "ip",
+      "prio",
+      "1",
+      "u32",
+      "match",
+      "ip",
+      "src",
+      cidr,
+      "flowid",
+      "1:2",
+    ]),
+  ];
+}
 
 export function tcArgs(tap: string, fault: TcFault): string[] {
   if (fault.kind === "delay") {
@@ -31,17 +63,25 @@ export class TcShaper {
   constructor(private readonly run: Runner) {}
 
   async apply(tap: string, fault: TcFault): Promise<void> {
-    const result = await this.run("tc", tcArgs(tap, fault));
-    if (result.exitCode === 0) return;
-    const stderr = result.stderr.trim();
+    const commands = tcCommands(tap, fault);
+    for (const [index, args] of commands.entries()) {
+      const result = await this.run("tc", args);
+      if (result.exitCode === 0) continue;
+      // A half-made shaping must not stay: the root qdisc goes, and everything under it.
+      if (index > 0) await this.clear(tap);
+      throw this.failure(fault, args, result.stderr.trim());
+    }
+  }
+
+  private failure(fault: TcFault, args: string[], stderr: string): Error {
     const qdisc = fault.kind === "delay" ? "netem" : "tbf";
     if (/qdisc kind is unknown/i.test(stderr)) {
-      throw failedPrecondition(`${fault.kind} needs the sch_${qdisc} qdisc, which this host's kernel does not have (tc: ${stderr})`);
+      return failedPrecondition(`${fault.kind} needs the sch_${qdisc} qdisc, which this host's kernel does not have (tc: ${stderr})`);
     }
     if (/exclusivity flag on|file exists/i.test(stderr)) {
-      throw failedPrecondition(`another delay or bandwidth fault already shapes this VM's traffic; clear it first (tc: ${stderr})`);
+      return failedPrecondition(`another delay or bandwidth fault already shapes this VM's traffic; clear it first (tc: ${stderr})`);
     }
-    throw internal(`tc ${tcArgs(tap, fault).join(" ")} failed: ${stderr}`);
+    return internal(`tc ${args.join(" ")} failed: ${stderr}`);
   }
 
   /** Back to the device's default qdisc. A device or qdisc already gone is fine. */

@@ -1,4 +1,4 @@
-// The DNS proxy's process: `node dns-proxy-main.js --listen <gateway> --port 53 --upstream <resolver>`,
+// The DNS proxy's process: `node dns-proxy-main.js --listen <gateway> --port 53 [--upstream <resolver>]`,
 // started by the worker (inside the worker's network namespace). It speaks JSON lines with the worker:
 // allowlists come in on stdin, publish requests and log events go out on stdout. It exits when
 // stdin closes, so it never outlives its worker.
@@ -12,6 +12,11 @@ import { type FromProxy, readLine } from "./dns-proxy-process.js";
 const ToProxy = z.discriminatedUnion("op", [
   z.object({ op: z.literal("allow"), ip: z.string(), domains: z.array(z.string()) }),
   z.object({ op: z.literal("forget"), ip: z.string() }),
+  z.object({
+    op: z.literal("names"),
+    ip: z.string(),
+    records: z.array(z.object({ name: z.string().max(253), address: z.string() })).max(10_000),
+  }),
   z.object({ op: z.literal("published"), seq: z.number(), addresses: z.array(z.string()) }),
   z.object({ op: z.literal("stats") }),
 ]);
@@ -32,7 +37,8 @@ let seq = 0;
 const PUBLISH_TIMEOUT_MS = 5_000;
 
 const proxy = new DnsProxy({
-  resolve: dnsResolver(values.upstream!),
+  // Without an upstream only local names (group peers) are answered: no VM may have allowed names then.
+  resolve: values.upstream ? dnsResolver(values.upstream) : () => Promise.reject(new Error("no upstream resolver")),
   limits: { maxTtlSeconds: Number(values["max-ttl"] ?? 3600) },
   log: (level, msg, fields) => send({ op: "log", level, msg, fields }),
   publish: (ip, name, answers) =>
@@ -58,6 +64,7 @@ lines.on("line", (line) => {
   const message = parsed.data;
   if (message.op === "allow") proxy.allow(message.ip, message.domains);
   else if (message.op === "forget") proxy.forget(message.ip);
+  else if (message.op === "names") proxy.names(message.ip, message.records);
   else if (message.op === "stats") send({ op: "stats", ...proxy.stats });
   else {
     const resolve = waiting.get(message.seq);

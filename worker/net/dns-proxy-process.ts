@@ -42,7 +42,8 @@ export interface DnsProxyProcessOptions {
   /** The gateway address guests send queries to. */
   listen: string;
   port?: number;
-  upstream: string;
+  /** Without one, only local names (group peers) are answered. */
+  upstream?: string;
   /** TTLs told to guests are capped here: the allow set keeps an address at least that long. */
   maxTtlSeconds: number;
   netns?: string;
@@ -71,6 +72,7 @@ const MAX_RESTART_DELAY_MS = 30_000;
 export class DnsProxyProcess {
   private child?: ChildProcess;
   private readonly allowlists = new Map<string, string[]>();
+  private readonly localNames = new Map<string, { name: string; address: string }[]>();
   private closed = false;
   private restartDelayMs = 1_000;
   private restartTimer?: NodeJS.Timeout;
@@ -93,8 +95,7 @@ export class DnsProxyProcess {
       listen,
       "--port",
       String(port),
-      "--upstream",
-      upstream,
+      ...(upstream ? ["--upstream", upstream] : []),
       "--max-ttl",
       String(this.options.maxTtlSeconds),
       "--bind-wait-ms",
@@ -111,6 +112,7 @@ export class DnsProxyProcess {
     let lastWords = "";
     child.stderr!.on("data", (chunk: Buffer) => (lastWords = (lastWords + chunk.toString()).slice(-2000)));
     for (const [ip, domains] of this.allowlists) this.write({ op: "allow", ip, domains });
+    for (const [ip, records] of this.localNames) this.write({ op: "names", ip, records });
 
     return new Promise<void>((resolve, reject) => {
       const timer = setTimeout(
@@ -172,8 +174,16 @@ export class DnsProxyProcess {
     this.write({ op: "allow", ip, domains });
   }
 
+  /** The group peers' names the VM at `ip` may resolve (answered by the proxy itself). */
+  names(ip: string, records: { name: string; address: string }[]): void {
+    if (records.length) this.localNames.set(ip, records);
+    else this.localNames.delete(ip);
+    this.write({ op: "names", ip, records });
+  }
+
   forget(ip: string): void {
     this.allowlists.delete(ip);
+    this.localNames.delete(ip);
     this.write({ op: "forget", ip });
   }
 

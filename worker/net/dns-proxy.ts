@@ -3,7 +3,8 @@
 // a guest's data out. Allowed A queries are resolved by the proxy itself (a fresh query, never the
 // guest's bytes), handed to `publish` — which opens exactly those addresses for that VM before the
 // answer leaves — and answered with what publish accepted. Runs in its own process (see
-// dns-proxy-process.ts), so hostile bytes are parsed away from the worker's event loop.
+// dns-proxy-process.ts), so hostile bytes are parsed away from the worker's event loop. Members of
+// a group also get their peers' names (`<hostname>`, `<hostname>.<group>`), answered from here.
 import { createSocket, type RemoteInfo, type Socket } from "node:dgram";
 import type { Answer, ResolveFn } from "./allowlist.js";
 import { type Query, RCODE, readQuery, refusal, reply } from "./dns-message.js";
@@ -43,8 +44,13 @@ export interface DnsProxyStats {
   upstreamQueries: number;
 }
 
+/** How long a guest may keep a peer's address: members come and go, so not long. */
+export const LOCAL_NAME_TTL_SECONDS = 5;
+
 interface PerVm {
   domains: Set<string>;
+  /** Names answered here, without asking upstream: the VM's group peers. */
+  local: Map<string, string>;
   tokens: number;
   refilledAt: number;
   inFlight: number;
@@ -85,9 +91,21 @@ export class DnsProxy {
 
   /** The names the VM at `vmIp` may resolve; replaces what it had. */
   allow(vmIp: string, domains: string[]): void {
-    const known = this.vms.get(vmIp);
-    if (known) known.domains = new Set(domains);
-    else this.vms.set(vmIp, { domains: new Set(domains), tokens: this.limits.burst, refilledAt: Date.now(), inFlight: 0 });
+    this.vm(vmIp).domains = new Set(domains);
+  }
+
+  /** The names answered for the VM at `vmIp` from here (its group's members); replaces what it had. */
+  names(vmIp: string, records: { name: string; address: string }[]): void {
+    this.vm(vmIp).local = new Map(records.map(({ name, address }) => [name.toLowerCase(), address]));
+  }
+
+  private vm(vmIp: string): PerVm {
+    let known = this.vms.get(vmIp);
+    if (!known) {
+      known = { domains: new Set(), local: new Map(), tokens: this.limits.burst, refilledAt: Date.now(), inFlight: 0 };
+      this.vms.set(vmIp, known);
+    }
+    return known;
   }
 
   forget(vmIp: string): void {
@@ -121,6 +139,11 @@ export class DnsProxy {
   }
 
   private async answer(query: Query, vmIp: string, vm: PerVm): Promise<Buffer> {
+    const peer = vm.local.get(query.name);
+    if (peer !== undefined) {
+      this.stats.answered++;
+      return reply(query, RCODE.NOERROR, query.type === "A" ? [{ address: peer, ttl: LOCAL_NAME_TTL_SECONDS }] : []);
+    }
     if (!vm.domains.has(query.name)) {
       this.stats.refused++;
       this.options.log("debug", "dns query for a name off the allowlist refused", { vmIp, name: query.name.slice(0, 253) });

@@ -43,6 +43,8 @@ export interface VmRules {
   mac: string;
   /** Literal addresses and CIDRs from allowedDomains, non-overlapping. */
   cidrs: string[];
+  /** The VM's group: its members reach each other, routed by the host. */
+  group?: string;
 }
 
 /** Per-VM object names; the vmId is recoverable from each (see vmIdOf). */
@@ -58,6 +60,9 @@ export const names = (vmId: string) => ({
 const PER_VM = /^(?:egress|deny|allow|nets|drops|guard)_(.+)$/;
 export const vmIdOf = (objectName: string): string | undefined => PER_VM.exec(objectName)?.[1];
 
+/** Per-group object names: a chain that accepts traffic to the group's members, and their set. */
+export const groupNames = (group: string) => ({ chain: `group_${group}`, members: `members_${group}` });
+
 const rule = (table: TableRef, chain: string, ...expr: Statement[]): Command => ({ add: { rule: { ...table, chain, expr } as RuleSpec } });
 const fromBridge = (config: LayoutConfig) => eq(meta("iifname"), config.bridge);
 const ctEstablished: Statement = { match: { op: "in", left: { ct: { key: "state" } }, right: ["established", "related"] } };
@@ -71,7 +76,14 @@ export function rebuildCommands(config: LayoutConfig, vms: VmRules[]): Command[]
     commands.push({ add: { table: { family, name: TABLE } } });
   }
   commands.push(...baseCommands(config));
-  for (const vm of vms) commands.push(...vmAddCommands(config, vm));
+  // In the order attach makes them (a group just before its first member), so that a rebuild
+  // from the VMs in the order they came lists exactly as before.
+  const made = new Set<string>();
+  for (const vm of vms) {
+    if (vm.group && !made.has(vm.group)) commands.push(...groupAddCommands(vm.group));
+    if (vm.group) made.add(vm.group);
+    commands.push(...vmAddCommands(config, vm));
+  }
   return commands;
 }
 
@@ -80,11 +92,16 @@ function baseCommands(config: LayoutConfig): Command[] {
   const commands: Command[] = [
     { add: { map: { ...inet, name: "egress", type: "ipv4_addr", map: "verdict" } } },
     { add: { map: { ...inet, name: "deny", type: "ipv4_addr", map: "verdict" } } },
+    // Group members' source address -> their group's chain (only traffic between VMs goes there).
+    { add: { map: { ...inet, name: "peers", type: "ipv4_addr", map: "verdict" } } },
     { add: { chain: { ...inet, name: "forward", type: "filter", hook: "forward", prio: 0, policy: "accept" } } },
     { add: { chain: { ...inet, name: "input", type: "filter", hook: "input", prio: 0, policy: "accept" } } },
     { add: { chain: { ...inet, name: "postrouting", type: "nat", hook: "postrouting", prio: 100, policy: "accept" } } },
+    { add: { chain: { ...inet, name: "output", type: "filter", hook: "output", prio: 0, policy: "accept" } } },
 
-    // forward: nothing between VMs, nothing unsolicited towards them, egress per source address.
+    // forward: between VMs only within a group (the bridge answers every ARP on the subnet for them,
+    // so members' traffic is routed here), nothing unsolicited towards VMs, egress per source address.
+    rule(inet, "forward", br, eq(meta("oifname"), config.bridge), { vmap: { key: field("ip", "saddr"), data: "@peers" } }),
     rule(inet, "forward", br, eq(meta("oifname"), config.bridge), { counter: { packets: 0, bytes: 0 } }, drop),
     rule(inet, "forward", eq(meta("oifname"), config.bridge), ctEstablished, accept),
     rule(inet, "forward", eq(meta("oifname"), config.bridge), drop),
@@ -111,6 +128,10 @@ function baseCommands(config: LayoutConfig): Command[] {
       : []),
     rule(inet, "input", br, { vmap: { key: field("ip", "saddr"), data: "@deny" } }),
     rule(inet, "input", br, { counter: { packets: 0, bytes: 0 } }, drop),
+
+    // Routing members' traffic back out of the bridge makes the host offer ICMP redirects; a guest
+    // that took one would send to its peer directly, which the isolated ports drop.
+    rule(inet, "output", eq(meta("oifname"), config.bridge), eq(field("icmp", "type"), "redirect"), drop),
 
     rule(
       inet,
@@ -150,6 +171,7 @@ export function vmAddCommands(config: LayoutConfig, vm: VmRules): Command[] {
     rule(inet, n.deny, { counter: n.drops }, drop),
     { add: { element: { ...inet, name: "egress", elem: [[vm.ip, jump(n.egress)]] } } },
     { add: { element: { ...inet, name: "deny", elem: [[vm.ip, goTo(n.deny)]] } } },
+    ...memberAddCommands(vm),
 
     // Anti-spoofing: only the VM's own MAC, and its own IP in ARP and IPv4. IPv6 is dropped
     // without counting (guest kernels send router solicitations on their own).
@@ -178,12 +200,50 @@ export function vmAddCommands(config: LayoutConfig, vm: VmRules): Command[] {
   ];
 }
 
+/** A group's chain and member set; made with its first member. */
+export function groupAddCommands(group: string): Command[] {
+  const n = groupNames(group);
+  return [
+    { add: { set: { ...inet, name: n.members, type: "ipv4_addr" } } },
+    { add: { chain: { ...inet, name: n.chain } } },
+    rule(inet, n.chain, eq(field("ip", "daddr"), `@${n.members}`), accept),
+  ];
+}
+
+/** Removes a group's objects; its last member has left (memberRemoveCommands) in the same transaction. */
+export function groupRemoveCommands(group: string): Command[] {
+  const n = groupNames(group);
+  return [
+    { flush: { chain: { ...inet, name: n.chain } } },
+    { delete: { chain: { ...inet, name: n.chain } } },
+    { delete: { set: { ...inet, name: n.members, type: "ipv4_addr" } } },
+  ];
+}
+
+function memberAddCommands(vm: VmRules): Command[] {
+  if (!vm.group) return [];
+  const n = groupNames(vm.group);
+  return [
+    { add: { element: { ...inet, name: n.members, elem: [vm.ip] } } },
+    { add: { element: { ...inet, name: "peers", elem: [[vm.ip, jump(n.chain)]] } } },
+  ];
+}
+
+export function memberRemoveCommands(vm: { ip: string; group: string }): Command[] {
+  return [
+    { delete: { element: { ...inet, name: "peers", elem: [vm.ip] } } },
+    { delete: { element: { ...inet, name: groupNames(vm.group).members, elem: [vm.ip] } } },
+  ];
+}
+
 /** Removes one VM's objects. Each command fails if its object is missing, so callers retry one by one. */
 export function vmRemoveCommands(vm: { vmId: string; tap?: string; ip?: string }): Command[] {
   const n = names(vm.vmId);
   return [
     ...(vm.ip
       ? ([
+          // A member's entry, if it is one (its group's set is the caller's: see memberRemoveCommands).
+          { delete: { element: { ...inet, name: "peers", elem: [vm.ip] } } },
           { delete: { element: { ...inet, name: "egress", elem: [vm.ip] } } },
           { delete: { element: { ...inet, name: "deny", elem: [vm.ip] } } },
         ] as Command[])

@@ -2,8 +2,8 @@
 // and nftables egress allowlists that follow DNS. See docs/networking.md.
 import { readFile } from "node:fs/promises";
 import type { Logger } from "pino";
-import { failedPrecondition, internal, invalidArgument, notFound } from "../core/errors.js";
-import type { NetCounters, NetworkPort, VmNetwork } from "../ports/index.js";
+import { alreadyExists, failedPrecondition, internal, invalidArgument, notFound } from "../core/errors.js";
+import type { AttachedVm, GroupMembership, NetCounters, NetworkPort, VmNetwork } from "../ports/index.js";
 import {
   type Answer,
   DEFAULT_DENY_CIDRS,
@@ -20,7 +20,10 @@ import { DnsProxyProcess } from "./dns-proxy-process.js";
 import { IpLinks, TAP_PREFIX, tapName } from "./ip.js";
 import { formatCidr, gatewayOf, Ipam, macForIp, parseCidr, type Subnet } from "./ipam.js";
 import {
+  groupAddCommands,
+  groupRemoveCommands,
   type LayoutConfig,
+  memberRemoveCommands,
   names,
   rebuildCommands,
   refreshAllowCommands,
@@ -73,6 +76,13 @@ interface Attached {
   domains: Set<string>;
   /** Allowed address -> when its set element expires (ms), so one domain never shortens another's. */
   expiries: Map<string, number>;
+  member?: GroupMembership;
+}
+
+/** A group's members (vmId -> hostname, claimed before their rules exist) and its objects being made. */
+interface Group {
+  members: Map<string, string>;
+  made?: Promise<void>;
 }
 
 const VM_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
@@ -93,9 +103,10 @@ class Network implements NetworkPort {
   private readonly layout: LayoutConfig;
   private readonly follower: DomainFollower;
   private readonly attached = new Map<string, Attached>();
+  private readonly groups = new Map<string, Group>();
   private readonly log: Logger;
   private readonly deny: DenyList;
-  private readonly dnsProxy?: DnsProxyProcess;
+  private readonly dnsProxy: DnsProxyProcess;
   private readonly policy: RefreshPolicy;
   /** Why the DNS proxy is not serving, when it is not. */
   private dnsProxyDown?: string;
@@ -129,7 +140,8 @@ class Network implements NetworkPort {
     this.layout = {
       bridge: options.bridge,
       subnet: formatCidr(subnet),
-      dnsProxy: options.resolver !== undefined,
+      // Always: group members resolve each other's names there, with or without an upstream.
+      dnsProxy: true,
       uplink: options.uplink,
       hostAllowedPorts: options.hostAllowedPorts ?? [],
       gateway: this.gateway,
@@ -142,17 +154,15 @@ class Network implements NetworkPort {
       this.policy,
       this.log,
     );
-    if (options.resolver) {
-      this.dnsProxy = new DnsProxyProcess({
-        listen: this.gateway,
-        port: options.dnsProxyPort,
-        upstream: options.resolver,
-        maxTtlSeconds: this.policy.maxSeconds,
-        netns: options.netns,
-        log: this.log,
-        publish: (vmIp, name, answers) => this.publishAnswer(vmIp, name, answers),
-      });
-    }
+    this.dnsProxy = new DnsProxyProcess({
+      listen: this.gateway,
+      port: options.dnsProxyPort,
+      upstream: options.resolver,
+      maxTtlSeconds: this.policy.maxSeconds,
+      netns: options.netns,
+      log: this.log,
+      publish: (vmIp, name, answers) => this.publishAnswer(vmIp, name, answers),
+    });
   }
 
   private ipam(): Promise<Ipam> {
@@ -165,19 +175,19 @@ class Network implements NetworkPort {
     if (parsed.domains.length > 0 && !this.options.resolver) {
       throw invalidArgument(`allowedDomains has names (${parsed.domains[0]}), but this worker has no DNS resolver configured`);
     }
-    if (parsed.domains.length > 0 && this.dnsProxyDown) {
+    if (parsed.domains.length > 0 && this.dnsProxyDown !== undefined) {
       throw failedPrecondition(
         `allowedDomains has names (${parsed.domains[0]}), but the worker's DNS proxy is not serving: ${this.dnsProxyDown}`,
       );
     }
   }
 
-  init(existing: { vmId: string; net: VmNetwork; allowedDomains: string[] }[]): Promise<void> {
+  init(existing: AttachedVm[]): Promise<void> {
     this.ready = this.rebuild(existing);
     return this.ready;
   }
 
-  private async rebuild(existing: { vmId: string; net: VmNetwork; allowedDomains: string[] }[]): Promise<void> {
+  private async rebuild(existing: AttachedVm[]): Promise<void> {
     const stale = await removeStaleTransactionFiles();
     if (stale.length) this.log.info({ files: stale.length }, "removed nft transaction files of killed workers");
     const ipam = await this.ipam();
@@ -187,8 +197,9 @@ class Network implements NetworkPort {
     this.deny.add((await this.links.ownAddresses()).filter((address) => !this.deny.blocking(address)));
     this.follower.stopAll();
     this.attached.clear();
+    this.groups.clear();
     const keep: { vmId: string; domains: string[] }[] = [];
-    for (const { vmId, net, allowedDomains } of existing) {
+    for (const { vmId, net, allowedDomains, member } of existing) {
       let parsed = { domains: [] as string[], cidrs: [] as string[] };
       try {
         parsed = parseAllowlist(allowedDomains);
@@ -197,9 +208,10 @@ class Network implements NetworkPort {
       }
       await ipam.adopt(vmId, net.ip);
       await this.links.ensureTap(net.tap, this.options.bridge, false);
-      const rules: VmRules = { vmId, tap: net.tap, ip: net.ip, mac: net.mac, cidrs: parsed.cidrs };
-      this.attached.set(vmId, { net, rules, domains: new Set(parsed.domains), expiries: new Map() });
-      this.dnsProxy?.allow(net.ip, parsed.domains);
+      const rules: VmRules = { vmId, tap: net.tap, ip: net.ip, mac: net.mac, cidrs: parsed.cidrs, group: member?.group };
+      this.attached.set(vmId, { net, rules, domains: new Set(parsed.domains), expiries: new Map(), member });
+      if (member) this.claim(vmId, member).made = Promise.resolve(); // made by the rebuild below
+      this.dnsProxy.allow(net.ip, parsed.domains);
       keep.push({ vmId, domains: parsed.domains });
     }
     // One transaction: both tables deleted and rebuilt, so nothing is duplicated or briefly open.
@@ -209,13 +221,13 @@ class Network implements NetworkPort {
         [...this.attached.values()].map((entry) => entry.rules),
       ),
     );
+    for (const group of this.groups.keys()) this.publishNames(group);
     await Promise.all(keep.map(({ vmId, domains }) => this.follower.start(vmId, domains)));
     this.log.info({ bridge: this.options.bridge, subnet: this.layout.subnet, vms: existing.length }, "network ready");
   }
 
   /** A proxy that cannot listen leaves names unusable (creates say why), not the whole worker down. */
   private async startDnsProxy(): Promise<void> {
-    if (!this.dnsProxy) return;
     try {
       await this.dnsProxy.start();
       this.dnsProxyDown = undefined;
@@ -243,6 +255,10 @@ class Network implements NetworkPort {
     }
     await this.links.sysctl(`net.ipv4.conf.${bridge}.arp_ignore`, "1");
     await this.links.sysctl(`net.ipv4.conf.${bridge}.arp_announce`, "2");
+    // Ports are isolated, so a guest's ARP for a peer reaches no peer: the bridge answers it
+    // (private-VLAN proxy ARP), at once, and the forward chain decides what may pass.
+    await this.links.sysctl(`net.ipv4.conf.${bridge}.proxy_arp_pvlan`, "1");
+    await this.links.sysctl(`net.ipv4.neigh.${bridge}.proxy_delay`, "0");
   }
 
   /** The uplink may appear after the worker starts (a VPN, a test's veth): checked again at every attach until it is set. */
@@ -259,15 +275,34 @@ class Network implements NetworkPort {
     this.uplinkForwarding = true;
   }
 
-  async attach(vmId: string, allowedDomains: string[]): Promise<VmNetwork> {
+  async attach(vmId: string, allowedDomains: string[], member?: GroupMembership): Promise<VmNetwork> {
     if (!VM_ID.test(vmId)) throw invalidArgument(`bad vm id "${vmId}"`);
     this.ready ??= this.rebuild([]);
     await this.ready;
     this.validateAllowedDomains(allowedDomains);
     const allowlist = parseAllowlist(allowedDomains, this.deny);
-    await this.ensureUplinkForwarding();
     const known = this.attached.get(vmId);
     if (known) return known.net;
+    // Claimed before the first wait, so two creates cannot both take a hostname.
+    const group = member ? this.claim(vmId, member) : undefined;
+    try {
+      return await this.attachClaimed(vmId, allowlist, member, group);
+    } catch (err) {
+      // The first member's failure leaves no group behind.
+      if (member && !this.attached.has(vmId) && this.unclaim(vmId, member.group)) {
+        await this.removeRules(vmId, groupRemoveCommands(member.group), false);
+      }
+      throw err;
+    }
+  }
+
+  private async attachClaimed(
+    vmId: string,
+    allowlist: { domains: string[]; cidrs: string[] },
+    member: GroupMembership | undefined,
+    group: Group | undefined,
+  ): Promise<VmNetwork> {
+    await this.ensureUplinkForwarding();
     const ipam = await this.ipam();
     const ip = await ipam.allocate(vmId);
     const net: VmNetwork = {
@@ -278,17 +313,19 @@ class Network implements NetworkPort {
       gateway: this.gateway,
       dns: this.gateway,
     };
-    const rules: VmRules = { vmId, tap: net.tap, ip, mac: net.mac, cidrs: allowlist.cidrs };
-    const entry: Attached = { net, rules, domains: new Set(allowlist.domains), expiries: new Map() };
+    const rules: VmRules = { vmId, tap: net.tap, ip, mac: net.mac, cidrs: allowlist.cidrs, group: member?.group };
+    const entry: Attached = { net, rules, domains: new Set(allowlist.domains), expiries: new Map(), member };
     // Two requests, side by side, to the long-lived nft and ip: one nft transaction (the VM's
     // objects and its names' first addresses) and one ip batch (the TAP). The TAP may come up
     // before its rules: the bridge drops every frame of a port its map does not know.
     const rulesReady = async () => {
       const first: { address: string; timeoutSeconds: number }[] = [];
       await this.follower.start(vmId, allowlist.domains, async (_vmId, addresses) => void first.push(...addresses));
+      if (group && member) await this.makeGroup(member.group, group);
       await this.nft.apply([...vmAddCommands(this.layout, rules), ...this.allowCommands(entry, first)]);
       this.attached.set(vmId, entry);
-      this.dnsProxy?.allow(ip, allowlist.domains);
+      this.dnsProxy.allow(ip, allowlist.domains);
+      if (member) this.publishNames(member.group);
     };
     const outcomes = await Promise.allSettled([rulesReady(), this.links.ensureTap(net.tap, this.options.bridge)]);
     const failed = outcomes.find((outcome) => outcome.status === "rejected");
@@ -300,8 +337,56 @@ class Network implements NetworkPort {
       const err = failed.reason as Error;
       throw internal(`attaching the network of ${vmId} failed: ${err.message}`, err);
     }
-    this.log.info({ vmId, ip, tap: net.tap, domains: allowlist.domains.length, cidrs: allowlist.cidrs.length }, "network attached");
+    this.log.info(
+      { vmId, ip, tap: net.tap, domains: allowlist.domains.length, cidrs: allowlist.cidrs.length, group: member?.group },
+      "network attached",
+    );
     return net;
+  }
+
+  /** Records `vmId` as a member of its group (made on first use); ALREADY_EXISTS for a taken hostname. */
+  private claim(vmId: string, member: GroupMembership): Group {
+    let group = this.groups.get(member.group);
+    if (!group) {
+      group = { members: new Map() };
+      this.groups.set(member.group, group);
+    }
+    for (const [other, hostname] of group.members) {
+      if (other !== vmId && hostname === member.hostname) {
+        throw alreadyExists(`group ${member.group} already has a member named ${member.hostname} (${other})`);
+      }
+    }
+    group.members.set(vmId, member.hostname);
+    return group;
+  }
+
+  /** Drops a claim; returns whether the group has no members left (it is forgotten then). */
+  private unclaim(vmId: string, name: string): boolean {
+    const group = this.groups.get(name);
+    if (!group) return false;
+    group.members.delete(vmId);
+    if (group.members.size > 0) return false;
+    this.groups.delete(name);
+    return true;
+  }
+
+  /** The group's chain and set, made once; a failure lets the next member try again. */
+  private makeGroup(name: string, group: Group): Promise<void> {
+    group.made ??= this.nft.apply(groupAddCommands(name)).catch((err: unknown) => {
+      group.made = undefined;
+      throw err;
+    });
+    return group.made;
+  }
+
+  /** Tells each member of the group every member's names (`<hostname>` and `<hostname>.<group>`). */
+  private publishNames(name: string): void {
+    const members = [...this.attached.values()].filter((entry) => entry.member?.group === name);
+    const records = members.flatMap(({ member, net }) => [
+      { name: member!.hostname, address: net.ip },
+      { name: `${member!.hostname}.${name}`, address: net.ip },
+    ]);
+    for (const { net } of members) this.dnsProxy.names(net.ip, records);
   }
 
   async detach(vmId: string): Promise<void> {
@@ -310,13 +395,21 @@ class Network implements NetworkPort {
     const entry = this.attached.get(vmId);
     const tap = entry?.net.tap ?? tapName(vmId);
     const ip = entry?.net.ip ?? ipam.get(vmId);
-    await this.removeRules({ vmId, tap, ip }, entry !== undefined);
+    const member = entry?.member;
+    // The membership goes in the same transaction as the VM's rules, and the group's objects with
+    // its last member; decided and sent at once, so a member joining next cannot slip between.
+    const leaving = member && ip ? memberRemoveCommands({ ip, group: member.group }) : [];
+    if (member && this.unclaim(vmId, member.group)) leaving.push(...groupRemoveCommands(member.group));
+    // Without an entry the VM is known only from the tables: it may have been a member.
+    const peer: Command[] = !entry && ip ? [{ delete: { element: { family: "inet", table: TABLE, name: "peers", elem: [ip] } } }] : [];
+    await this.removeRules(vmId, [...leaving, ...peer, ...vmRemoveCommands({ vmId, tap, ip })], entry !== undefined);
     // With its rules gone, the bridge drops whatever the port still sends: no flow starts after
     // the flush, so the TAP and the flows go side by side.
     await Promise.all([this.links.remove(tap), ip ? this.forgetFlows(vmId, ip) : undefined]);
-    if (ip) this.dnsProxy?.forget(ip);
+    if (ip) this.dnsProxy.forget(ip);
     await ipam.release(vmId);
     this.attached.delete(vmId);
+    if (member) this.publishNames(member.group);
   }
 
   /** Deletes the connection-tracking entries of an address, so no flow of this VM reaches the next one to get it. */
@@ -362,7 +455,9 @@ class Network implements NetworkPort {
     }
     for (const vmId of await this.ruleOwners()) {
       if (known.has(vmId)) continue;
-      await this.removeRules({ vmId, ...(await this.mapKeysOf(vmId)) }, false);
+      const { ip, tap } = await this.mapKeysOf(vmId);
+      const peer: Command[] = ip ? [{ delete: { element: { family: "inet", table: TABLE, name: "peers", elem: [ip] } } }] : [];
+      await this.removeRules(vmId, [...peer, ...vmRemoveCommands({ vmId, ip, tap })], false);
       removed.push(`nft:${vmId}`);
     }
     for (const [vmId] of ipam.entries()) {
@@ -379,7 +474,7 @@ class Network implements NetworkPort {
     this.follower.stopAll();
     this.nftSession.close();
     this.ipSession.close();
-    await this.dnsProxy?.close();
+    await this.dnsProxy.close();
   }
 
   // --- internals -------------------------------------------------------------------------------
@@ -437,20 +532,19 @@ class Network implements NetworkPort {
     return usable.map((answer) => answer.address);
   }
 
-  /** Removes a VM's nft objects in one transaction; when some are missing, one by one. */
-  private async removeRules(vm: { vmId: string; tap?: string; ip?: string }, expectComplete: boolean): Promise<void> {
-    const commands = vmRemoveCommands(vm);
+  /** Removes nft objects (a VM's, a group's) in one transaction; when some are missing, one by one. */
+  private async removeRules(owner: string, commands: Command[], expectComplete: boolean): Promise<void> {
     if (expectComplete) {
       try {
         await this.nft.apply(commands);
         return;
       } catch (err) {
-        this.log.debug({ vmId: vm.vmId, err: (err as Error).message }, "removing rules at once failed; removing piecewise");
+        this.log.debug({ owner, err: (err as Error).message }, "removing rules at once failed; removing piecewise");
       }
     }
     for (const command of commands) {
       await this.nft.apply([command]).catch((err: unknown) => {
-        if (!isMissing(err)) this.log.warn({ vmId: vm.vmId, err: (err as Error).message }, "removing a rule object failed");
+        if (!isMissing(err)) this.log.warn({ owner, err: (err as Error).message }, "removing a rule object failed");
       });
     }
   }

@@ -18,7 +18,8 @@ export type PayloadField =
   | { protocol: "ip"; field: "saddr" | "daddr" }
   | { protocol: "ether"; field: "saddr" | "daddr" | "type" }
   | { protocol: "arp"; field: "saddr ip" | "saddr ether" }
-  | { protocol: "th" | "tcp" | "udp"; field: "dport" | "sport" };
+  | { protocol: "th" | "tcp" | "udp"; field: "dport" | "sport" }
+  | { protocol: "icmp"; field: "type" };
 
 export type Expression =
   | string

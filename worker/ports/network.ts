@@ -17,13 +17,30 @@ export interface NetCounters {
   txPackets: bigint;
 }
 
+/** A VM's place in a group: members reach each other on every port and resolve each other's names. */
+export interface GroupMembership {
+  group: string;
+  hostname: string;
+}
+
+/** A VM the network keeps across a restart. */
+export interface AttachedVm {
+  vmId: string;
+  net: VmNetwork;
+  allowedDomains: string[];
+  member?: GroupMembership;
+}
+
 export interface NetworkPort {
   /** Bridge, table, NAT: idempotent, run at start. `existing` are the VMs to keep (rebuilt without duplicates). */
-  init(existing: { vmId: string; net: VmNetwork; allowedDomains: string[] }[]): Promise<void>;
+  init(existing: AttachedVm[]): Promise<void>;
   /** Throws INVALID_ARGUMENT for a bad allowedDomains entry, before anything is made. */
   validateAllowedDomains(allowedDomains: string[]): void;
-  /** Allocates address and MAC, creates the TAP, the chain and the set. */
-  attach(vmId: string, allowedDomains: string[]): Promise<VmNetwork>;
+  /**
+   * Allocates address and MAC, creates the TAP, the chain and the set; with `member`, joins the
+   * group (ALREADY_EXISTS when a member of it has that hostname).
+   */
+  attach(vmId: string, allowedDomains: string[], member?: GroupMembership): Promise<VmNetwork>;
   /** Removes TAP, chain, set and lease. Idempotent: missing pieces are fine. */
   detach(vmId: string): Promise<void>;
   /** Guest kernel parameters that tell the test guest its address. */

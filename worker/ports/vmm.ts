@@ -103,8 +103,8 @@ export interface VmmHandle {
   /** Makes I/O on the data disk fail until clearDiskErrors(faultId); throws FAILED_PRECONDITION where unsupported. */
   injectDiskErrors?(faultId: string, rule: DiskErrorRule): Promise<void>;
   clearDiskErrors?(faultId: string): Promise<void>;
-  /** Delays packets towards the guest inside the VMM (for hosts without sch_netem). */
-  delayNetwork?(faultId: string, delay: { ms: number; jitterMs: number }): Promise<void>;
+  /** Delays packets towards the guest inside the VMM (for hosts without sch_netem); with cidrs, only theirs. */
+  delayNetwork?(faultId: string, delay: NetworkDelay): Promise<void>;
   clearNetworkDelay?(faultId: string): Promise<void>;
   /** After a restart: removes fault machinery a previous worker left inside the VMM. */
   resetFaults?(): Promise<string[]>;
@@ -142,4 +142,11 @@ export interface VmmBackend {
    * `keep`: what a killed worker started and never recorded. Returns a description of each.
    */
   killStrays?(roots: string[], keep: Set<number>): Promise<string[]>;
+}
+
+/** A delay of what reaches the guest: all of it, or only what comes from `cidrs`. */
+export interface NetworkDelay {
+  ms: number;
+  jitterMs: number;
+  cidrs?: string[];
 }

@@ -3,6 +3,8 @@
 // them against the compiler and test/interop against the C++ implementation.
 import {
   type ActiveFault,
+  DIRECTIONS,
+  type Direction,
   DISK_OPS,
   type ExecRequest,
   type ExecResult,
@@ -65,10 +67,10 @@ export const WorkerMethod = {
 
 /** Struct sizes: data words, pointer count. */
 export const Size = {
-  RunningVm: [6, 10],
+  RunningVm: [6, 11],
   IoCounters: [8, 0],
   VmEvent: [3, 2],
-  VmSpec: [3, 6],
+  VmSpec: [3, 7],
   Secret: [0, 2],
   ListVmsResults: [0, 1],
   ReadParams: [2, 1],
@@ -80,9 +82,9 @@ export const Size = {
   EventsParams: [2, 0],
   EventsResults: [1, 1],
   Fault: [1, 1],
-  Partition: [0, 1],
-  Loss: [1, 0],
-  Delay: [1, 0],
+  Partition: [1, 1],
+  Loss: [1, 1],
+  Delay: [1, 1],
   Bandwidth: [1, 0],
   DiskErrors: [3, 0],
   CpuThrottle: [1, 0],
@@ -176,6 +178,7 @@ export function writeRunningVm(b: MessageBuilder, s: number, vm: VmView): void {
   writeActiveFaultList(b, p + 64, vm.faults ?? []);
   b.setText(p + 72, vm.agentState ?? "none");
   b.setU64(s + 40, vm.agentReadyMs ?? 0n);
+  b.setText(p + 80, vm.group ?? "");
 }
 
 export function readRunningVm(s: StructReader): VmView {
@@ -201,6 +204,7 @@ export function readRunningVm(s: StructReader): VmView {
     // A peer that predates the agent sends neither: its VMs have none.
     agentState: readText(s, 9) || "none",
     agentReadyMs: readU64(s, 40),
+    group: readText(s, 10),
   };
 }
 
@@ -272,6 +276,7 @@ export function writeVmSpec(b: MessageBuilder, at: number, spec: VmSpecInput): v
   b.setU64(s + 8, spec.memoryBytes);
   b.setTextList(p + 40, spec.allowedDomains);
   b.setU64(s + 16, spec.dataDiskBytes ?? 0n);
+  b.setText(p + 48, spec.group ?? "");
 }
 
 export function readVmSpec(s: StructReader | null): VmSpecInput {
@@ -289,6 +294,7 @@ export function readVmSpec(s: StructReader | null): VmSpecInput {
     allowedDomains: readTextList(s, 5, MAX_LIST_LENGTH.allowedDomains),
     // Absent rather than 0n when unset, like a spec from a peer that predates the field.
     ...(readU64(s, 16) > 0n ? { dataDiskBytes: readU64(s, 16) } : {}),
+    ...(readText(s, 6) ? { group: readText(s, 6) } : {}),
   };
 }
 
@@ -327,16 +333,23 @@ export function writeFault(b: MessageBuilder, at: number, fault: FaultInput): vo
   b.setU32(s, fault.durationMs ?? 0);
   b.setU16(s + 4, FAULT_TAGS.get(fault.kind)!);
   switch (fault.kind) {
-    case "partition":
-      b.setTextList(b.initStruct(p, Size.Partition[0], Size.Partition[1]), fault.cidrs);
+    case "partition": {
+      const d = b.initStruct(p, Size.Partition[0], Size.Partition[1]);
+      b.setTextList(d + 8, fault.cidrs);
+      b.setU16(d, DIRECTIONS.indexOf(fault.direction ?? "both"));
       break;
-    case "loss":
-      setF64(b, b.initStruct(p, Size.Loss[0], Size.Loss[1]), fault.percent);
+    }
+    case "loss": {
+      const d = b.initStruct(p, Size.Loss[0], Size.Loss[1]);
+      setF64(b, d, fault.percent);
+      b.setTextList(d + 8, fault.cidrs ?? []);
       break;
+    }
     case "delay": {
       const d = b.initStruct(p, Size.Delay[0], Size.Delay[1]);
       b.setU32(d, fault.ms);
       b.setU32(d + 4, fault.jitterMs);
+      b.setTextList(d + 8, fault.cidrs ?? []);
       break;
     }
     case "bandwidth":
@@ -387,13 +400,20 @@ export function readFault(s: StructReader | null): FaultInput {
   const inner = readStruct(s, 0);
   const u64 = (offset: number) => (inner === null ? 0n : readU64(inner, offset));
   const u32 = (offset: number) => (inner === null ? 0 : readU32(inner, offset));
+  const cidrs = () => (inner === null ? [] : readTextList(inner, 0, MAX_LIST_LENGTH.cidrs));
+  const peerCidrs = () => (cidrs().length ? { cidrs: cidrs() } : {});
   switch (kind) {
-    case "partition":
-      return { kind, durationMs, cidrs: inner === null ? [] : readTextList(inner, 0, MAX_LIST_LENGTH.cidrs) };
+    // Defaults (both ways, every peer) are left absent, as a client that predates them sends them.
+    case "partition": {
+      const wire = inner === null ? 0 : readU16(inner, 0);
+      // An unknown value (a newer peer's) is refused by the fault model, not taken for "both".
+      const direction = wire === 0 ? undefined : (DIRECTIONS[wire] ?? ("unknown" as Direction));
+      return { kind, durationMs, cidrs: cidrs(), ...(direction ? { direction } : {}) };
+    }
     case "loss":
-      return { kind, durationMs, percent: inner === null ? 0 : readF64(inner, 0) };
+      return { kind, durationMs, percent: inner === null ? 0 : readF64(inner, 0), ...peerCidrs() };
     case "delay":
-      return { kind, durationMs, ms: u32(0), jitterMs: u32(4) };
+      return { kind, durationMs, ms: u32(0), jitterMs: u32(4), ...peerCidrs() };
     case "bandwidth":
       return { kind, durationMs, kbitPerSecond: Number(u64(0)) };
     case "diskErrors":

@@ -56,6 +56,7 @@ int main(int argc, char** argv) {
     spec.setCmdline("console=ttyS0 quiet");
     spec.setCpu(3);
     spec.setMemoryBytes(5ull << 30);
+    spec.setGroup("web");
     auto domains = spec.initAllowedDomains(5);
     domains.set(0, "example.com");
     domains.set(1, "*.nixos.org");

@@ -43,6 +43,7 @@ inline void fillSampleVm(RunningVm::Builder vm, uint32_t i) {
   static const char* agentStates[] = {"none", "connecting", "ready", "broken"};
   vm.setAgentState(agentStates[i % 4]);
   vm.setAgentReadyMs(i % 4 == 2 ? 2000 + i : 0);
+  if (i % 2 == 1) vm.setGroup(kj::str("grp-", i % 3));
 }
 
 inline kj::String describeFaults(capnp::List<ActiveFault>::Reader faults) {
@@ -62,5 +63,6 @@ inline kj::String describeVm(RunningVm::Reader vm) {
                  c.getBlockReadBytes(), ",", c.getBlockWriteBytes(), ",", c.getBlockReadOps(), ",",
                  c.getBlockWriteOps(), ",", c.getNetRxBytes(), ",", c.getNetTxBytes(), ",",
                  c.getNetRxPackets(), ",", c.getNetTxPackets(), "|", vm.getEgressDrops(), "|", vm.getBackend(), "|",
-                 describeFaults(vm.getFaults()), "|", vm.getAgentState(), "|", vm.getAgentReadyMs());
+                 describeFaults(vm.getFaults()), "|", vm.getAgentState(), "|", vm.getAgentReadyMs(), "|",
+                 vm.getGroup());
 }

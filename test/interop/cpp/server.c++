@@ -37,7 +37,7 @@ class WorkerImpl final : public Worker::Server {
     auto id = kj::str(spec.getHostname(), "|", spec.getKernel(), "|", spec.getInitrd(), "|", spec.getImage(), "|",
                       spec.getCmdline(), "|", spec.getCpu(), "|", spec.getMemoryBytes(), "|");
     for (auto d : spec.getAllowedDomains()) id = kj::str(id, d, ",");
-    id = kj::str(id, "|");
+    id = kj::str(id, "|", spec.getGroup(), "|");
     for (auto s : params.getSecrets()) {
       id = kj::str(id, s.getName(), "=");
       for (auto b : s.getValue()) id = kj::str(id, uint32_t(b), ".");

@@ -14,6 +14,7 @@ import type {
   BlockCounters,
   DiskErrorRule,
   GuestRunState,
+  NetworkDelay,
   VmLaunchSpec,
   VmmBackend,
   VmmExit,
@@ -125,7 +126,7 @@ export class FakeVm {
   readonly exited: Promise<VmmExit>;
   readonly counters: BlockCounters = { readBytes: 0n, writeBytes: 0n, readOps: 0n, writeOps: 0n };
   readonly diskErrors = new Map<string, DiskErrorRule>();
-  readonly netDelays = new Map<string, { ms: number; jitterMs: number }>();
+  readonly netDelays = new Map<string, NetworkDelay>();
   /** Hard resets (the reboot fault) so far. */
   resets = 0;
   /** Times the power button was pressed. */
@@ -276,7 +277,7 @@ class FakeHandle implements VmmHandle {
   powerOff?: () => Promise<void>;
   injectDiskErrors?: (faultId: string, rule: DiskErrorRule) => Promise<void>;
   clearDiskErrors?: (faultId: string) => Promise<void>;
-  delayNetwork?: (faultId: string, delay: { ms: number; jitterMs: number }) => Promise<void>;
+  delayNetwork?: (faultId: string, delay: NetworkDelay) => Promise<void>;
   clearNetworkDelay?: (faultId: string) => Promise<void>;
   resetFaults?: () => Promise<string[]>;
 

@@ -9,6 +9,7 @@ import type {
   BlockCounters,
   DiskErrorRule,
   GuestRunState,
+  NetworkDelay,
   VmLaunchSpec,
   VmmBackend,
   VmmExit,
@@ -483,9 +484,9 @@ class QemuHandle implements VmmHandle {
 
   private netDelay: QemuNetDelay | undefined;
 
-  async delayNetwork(faultId: string, delay: { ms: number; jitterMs: number }): Promise<void> {
+  async delayNetwork(faultId: string, delay: NetworkDelay): Promise<void> {
     this.netDelay ??= new QemuNetDelay((command, args) => this.execute(command, args), dirname(this.logPath), this.log);
-    await this.netDelay.start(faultId, delay.ms, delay.jitterMs);
+    await this.netDelay.start(faultId, delay.ms, delay.jitterMs, delay.cidrs);
   }
 
   async clearNetworkDelay(faultId: string): Promise<void> {

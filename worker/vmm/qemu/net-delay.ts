@@ -3,7 +3,9 @@
 // the worker listens on; the worker holds each packet for the delay (± jitter, order kept) and
 // writes it to a second chardev socket, where the second redirector injects it back on the path
 // to the guest, after the first. Clearing removes the stealing filter first, flushes what is held,
-// then removes the rest. Wire format on both sockets (vnet_hdr off): 4-byte big-endian length, packet.
+// then removes the rest. Wire format on both sockets: 4-byte big-endian length, packet (the TAP's
+// virtio-net header, then the frame).
+// A delay aimed at chosen peers holds only IPv4 packets from their addresses; the rest pass at once.
 import { rm } from "node:fs/promises";
 import { createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
@@ -92,6 +94,35 @@ export class PacketReader {
   }
 }
 
+/** The virtio-net header QEMU leaves before the frame: 12 bytes (VERSION_1, mergeable buffers), 10, or none. */
+const VNET_HEADER_LENGTHS = [12, 10, 0];
+const ETHER_IPV4 = 0x0800;
+
+/**
+ * Whether a framed packet (4-byte length, the TAP's virtio-net header, then the Ethernet frame) is
+ * IPv4 from one of `cidrs`; every packet when `cidrs` is empty. Its bytes are the guest's peers':
+ * a short or odd frame is simply not theirs (the worst a lie can do is be delayed or not).
+ */
+export function fromPeers(cidrs: string[]): (packet: Buffer) => boolean {
+  if (cidrs.length === 0) return () => true;
+  const ranges = cidrs.map((cidr) => {
+    const [address, length = "32"] = cidr.split("/");
+    const bits = Number(length);
+    const mask = bits === 0 ? 0 : (~0 << (32 - bits)) >>> 0;
+    const base = address!.split(".").reduce((value, octet) => ((value << 8) | Number(octet)) >>> 0, 0);
+    return { mask, network: (base & mask) >>> 0 };
+  });
+  return (packet) => {
+    // Ethernet (14 bytes), then an IPv4 header (version 4) at least up to its source address.
+    const ip = VNET_HEADER_LENGTHS.map((header) => 4 + header + 14).find(
+      (at) => packet.length >= at + 20 && packet.readUInt16BE(at - 2) === ETHER_IPV4 && packet[at]! >> 4 === 4,
+    );
+    if (ip === undefined) return false;
+    const source = packet.readUInt32BE(ip + 12);
+    return ranges.some(({ mask, network }) => (source & mask) >>> 0 === network);
+  };
+}
+
 export class QemuNetDelay {
   private active: Active | undefined;
 
@@ -101,7 +132,7 @@ export class QemuNetDelay {
     private readonly log: Logger,
   ) {}
 
-  async start(faultId: string, ms: number, jitterMs: number): Promise<void> {
+  async start(faultId: string, ms: number, jitterMs: number, cidrs: string[] = []): Promise<void> {
     if (this.active) throw failedPrecondition(`a delay (${this.active.faultId}) is already active on this VM; clear it first`);
     const active: Active = { faultId, servers: [], timers: new Set(), lastDueMs: 0, held: new HeldPackets() };
     this.active = active;
@@ -140,6 +171,7 @@ export class QemuNetDelay {
         insert: "before",
       });
       const reader = new PacketReader();
+      const held = fromPeers(cidrs);
       active.out!.on("data", (chunk: Buffer) => {
         let packets: Buffer[];
         try {
@@ -150,7 +182,10 @@ export class QemuNetDelay {
           active.out?.destroy();
           return;
         }
-        for (const packet of packets) this.hold(active, packet, ms, jitterMs);
+        for (const packet of packets) {
+          if (held(packet)) this.hold(active, packet, ms, jitterMs);
+          else active.into?.write(packet);
+        }
       });
       this.log.info({ faultId, ms, jitterMs }, "network delay inside QEMU");
     } catch (err) {
