@@ -28,16 +28,17 @@ function duration(ms: bigint): string {
 }
 
 export function formatVmTable(vms: VmView[]): string {
-  const header = ["ID", "HOSTNAME", "GROUP", "STATUS", "IP", "CPU", "MEMORY", "UPTIME", "FAILURE"];
+  const header = ["ID", "HOSTNAME", "STATUS", "IP", "CPU", "MEMORY", "UPTIME", "GROUP", "FAILURE"];
   const rows = vms.map((vm) => [
     vm.id,
     vm.hostname,
-    vm.group ? printable(vm.group) : "-",
     vm.status,
     vm.ip || "-",
     String(vm.cpu),
     human(vm.memoryBytes),
     vm.uptimeMs > 0n ? duration(vm.uptimeMs) : "-",
+    // Before FAILURE (free text, last), after the columns scripts already read by position.
+    vm.group ? printable(vm.group) : "-",
     vm.failure ? printable(vm.failure).slice(0, 80) : "",
   ]);
   return textTable(header, rows);

@@ -39,7 +39,7 @@ describe("concurrent clients", { skip }, () => {
     const lanes = Promise.all(
       [0, 1].map(async (lane) => {
         for (let i = lane; i < VMS; i += 2) {
-          const id = await creator.createVm(guestSpec({ hostname: `conc-${i}` }));
+          const id = await creator.createVm(guestSpec({ hostname: `conc-${i}`, ...(i % 3 ? { group: "conc" } : {}) }));
           created.push(id);
           await creator.deleteVm(id);
         }

@@ -83,7 +83,7 @@ describe("create/delete cycles", { skip }, () => {
       for (let i = index; i < CYCLES; i += LANES) {
         const withSecret = i % 2 === 0;
         let t = performance.now();
-        const id = await c.createVm(guestSpec({ hostname: `cycle-${i}` }), {
+        const id = await c.createVm(guestSpec({ hostname: `cycle-${i}`, ...(i % 2 ? { group: "cycles" } : {}) }), {
           secrets: withSecret ? [{ name: "token", value: new TextEncoder().encode(`secret-${i}`) }] : [],
         });
         createMs.push(performance.now() - t);

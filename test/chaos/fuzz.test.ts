@@ -17,7 +17,8 @@ const SPECS = 10_000;
 const FRAMES = 10_000;
 const PARALLEL = 16;
 /** Codes a bad request may get; INTERNAL would be a bug (an input the worker did not validate). */
-const EXPECTED_CODES = new Set(["INVALID_ARGUMENT", "NOT_FOUND", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION"]);
+// ALREADY_EXISTS: two valid specs of one group may draw the same hostname.
+const EXPECTED_CODES = new Set(["INVALID_ARGUMENT", "NOT_FOUND", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ALREADY_EXISTS"]);
 
 const random = prng(SEED);
 const mutate = frameMutator(random);
@@ -60,6 +61,7 @@ function fuzzedCall(): { spec: VmSpecInput; secrets: SecretInput[]; ttlSeconds: 
   const mutations: (() => void)[] = [
     () =>
       (spec.hostname = pick(["", "-", "a_b", "x".repeat(64), `${"a".repeat(63)}.`.repeat(5), "bad host", "ünï", randomText(300), ".."])),
+    () => (spec.group = pick(["fz", "fz", "Bad_Group", "x".repeat(64), "a.b", "-", randomText(20), "ünï"])),
     () => (spec.kernel = badPath()),
     () => (spec.initrd = badPath() || "/etc/hosts"),
     () => (spec.image = badPath() || "/dev/sda"),

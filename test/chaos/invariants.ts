@@ -37,7 +37,9 @@ export interface NftCounts {
   /** vmId -> objects named after it (chains, sets, counters) in both tables. */
   perVm: Map<string, { chains: number; sets: number; counters: number }>;
   /** Elements of the dispatch maps (inet egress/deny, bridge ports). */
-  mapElements: { egress: number; deny: number; ports: number };
+  mapElements: { egress: number; deny: number; ports: number; peers: number };
+  /** Groups that have objects. */
+  groups: Set<string>;
   /** Objects not named after a VM: the fixed layout. */
   baseChains: number;
   tablesPresent: boolean;
@@ -45,8 +47,10 @@ export interface NftCounts {
 
 /** Per live VM: inet egress+deny chains, allow+nets sets, a drops counter; bridge guard chain and drops counter. */
 const PER_VM_EXPECTED = { chains: 3, sets: 2, counters: 2 };
-/** inet forward/input/postrouting + bridge prerouting/forward. */
-const BASE_CHAINS = 5;
+/** inet forward/input/postrouting/output + bridge prerouting/forward. */
+const BASE_CHAINS = 6;
+/** A group's objects: chain group_<name>, set members_<name>. */
+const GROUP_OBJECT = /^(?:group|members)_(.+)$/;
 
 function readCmdline(pid: number): string | undefined {
   try {
@@ -97,7 +101,13 @@ async function taps(netns: string): Promise<string[]> {
 }
 
 async function nftCounts(netns: string): Promise<NftCounts> {
-  const counts: NftCounts = { perVm: new Map(), mapElements: { egress: 0, deny: 0, ports: 0 }, baseChains: 0, tablesPresent: true };
+  const counts: NftCounts = {
+    perVm: new Map(),
+    mapElements: { egress: 0, deny: 0, ports: 0, peers: 0 },
+    groups: new Set(),
+    baseChains: 0,
+    tablesPresent: true,
+  };
   for (const family of ["inet", "bridge"]) {
     const result = await execa("ip", ["netns", "exec", netns, "nft", "-j", "list", "table", family, "procurator"], { reject: false });
     if (result.exitCode !== 0) {
@@ -113,6 +123,11 @@ async function nftCounts(netns: string): Promise<NftCounts> {
         continue;
       }
       if (kind !== "chain" && kind !== "set" && kind !== "counter") continue;
+      const group = body.name ? GROUP_OBJECT.exec(body.name)?.[1] : undefined;
+      if (group) {
+        counts.groups.add(group);
+        continue;
+      }
       const vmId = body.name ? vmIdOf(body.name) : undefined;
       if (!vmId) {
         if (kind === "chain") counts.baseChains++;
@@ -158,7 +173,13 @@ export async function snapshot(worker: WorkerProcess, options: InvariantOptions 
     taps: network ? await taps(worker.netns) : [],
     nft: network
       ? await nftCounts(worker.netns)
-      : { perVm: new Map(), mapElements: { egress: 0, deny: 0, ports: 0 }, baseChains: BASE_CHAINS, tablesPresent: true },
+      : {
+          perVm: new Map(),
+          mapElements: { egress: 0, deny: 0, ports: 0, peers: 0 },
+          groups: new Set<string>(),
+          baseChains: BASE_CHAINS,
+          tablesPresent: true,
+        },
     vmDirs: list(join(worker.stateDir, "vms")),
     secretsDirs: list(join(worker.runtimeDir, "secrets")),
     leases: leases(worker.stateDir),
@@ -225,7 +246,10 @@ export function violations(snap: Snapshot, worker: WorkerProcess, options: Invar
     }
     const running = live.filter((vm) => vm.status === "running");
     for (const vm of running) if (!snap.nft.perVm.has(vm.id)) problems.push(`VM ${vm.id} is running without its nft objects`);
-    const { egress, deny, ports } = snap.nft.mapElements;
+    const liveGroups = new Set(live.flatMap((vm) => (vm.group ? [vm.group] : [])));
+    for (const group of snap.nft.groups) if (!liveGroups.has(group)) problems.push(`leaked nft objects of group ${group}`);
+    const { egress, deny, ports, peers } = snap.nft.mapElements;
+    if (peers > live.filter((vm) => vm.group).length) problems.push(`nft peers map has ${peers} elements for fewer live members`);
     if (egress > live.length || deny > live.length || ports > live.length || egress < running.length || ports < running.length) {
       problems.push(`nft map elements egress=${egress} deny=${deny} ports=${ports} for ${live.length} live VMs`);
     }

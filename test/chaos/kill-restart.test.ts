@@ -77,7 +77,9 @@ describe("worker SIGKILL at random points", { skip }, () => {
       const offset = Math.floor(random() * createMs * 1.5);
       let outcome: string | undefined;
       const options = random() < 0.5 ? { secrets: [{ name: "token", value: new TextEncoder().encode(`round-${round}`) }] } : {};
-      const call = (victim ? c.deleteVm(victim).then(() => victim) : c.createVm(guestSpec(), options)).then(
+      // Half the creates join a group, so its objects are made and removed under the kills too.
+      const spec = guestSpec({ hostname: `kr-${round}`, ...(round % 2 ? { group: "kr" } : {}) });
+      const call = (victim ? c.deleteVm(victim).then(() => victim) : c.createVm(spec, options)).then(
         (id) => (outcome = id),
         (err: Error) => (outcome = `error: ${err.message}`),
       );

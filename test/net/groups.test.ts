@@ -49,6 +49,11 @@ describe("groups on real guests", { skip }, () => {
     return (await udpNoPorts(to)) - before;
   };
   const inWorkerNs = (command: string, args: string[]) => execa("ip", ["netns", "exec", worker.netns, command, ...args], { reject: false });
+  /** The worker's two tables, without what a rebuild renumbers or restarts (handles, counter values). */
+  const workerRules = async () => {
+    const tables = await Promise.all(["inet", "bridge"].map((family) => inWorkerNs("nft", ["-j", "list", "table", family, "procurator"])));
+    return tables.map((table) => table.stdout.replace(/"(handle|packets|bytes)": \d+/g, "")).join("\n");
+  };
   const faultTable = async () => (await inWorkerNs("nft", ["list", "table", "netdev", FAULT_TABLE])).exitCode === 0;
 
   /** A TCP listener in every VM, answering "hello from <hostname>". */
@@ -198,6 +203,7 @@ describe("groups on real guests", { skip }, () => {
 
   test("a worker SIGKILL with a partition active leaves no rule behind after the restart, and the group still works", async () => {
     const { a1, a2 } = vms;
+    const rulesBefore = await workerRules();
     await client.injectFault(a2.id, { kind: "partition", cidrs: [`${a1.ip}/32`] });
     assert.equal(await tcp(a1, a2.ip), "");
     client.close();
@@ -208,8 +214,22 @@ describe("groups on real guests", { skip }, () => {
     await waitFor("the restarted worker to recover", 30_000, async () => ((await client.listVms()).length === 4 ? true : undefined));
     assert.equal(await faultTable(), false, "the fault table is gone");
     assert.deepEqual(await client.listFaults(a2.id), []);
+    assert.equal(await workerRules(), rulesBefore, "the worker's tables are rebuilt as they were");
     await waitFor("the agent to answer again", 30_000, async () => ((await sh(a1, "true")).code === 0 ? true : undefined));
     assert.equal(await tcp(a1, "a2.alpha"), "hello from a2");
     assert.equal(await tcp(vms.lone, a2.ip), "");
+  });
+
+  test("a deleted member's names stop resolving; the group's rules go with its last member", async () => {
+    const { a1, a2 } = vms;
+    await client.deleteVm(a2.id);
+    await waitFor("a2's names to go", 15_000, async () =>
+      /Address:? *(1: )?10\./.test((await sh(a1, "nslookup a2.alpha")).out) ? undefined : true,
+    );
+    assert.match((await sh(a1, "nslookup a1.alpha")).out, new RegExp(a1.ip.replace(/\./g, "\\.")), "a1 still has its own");
+    await client.deleteVm(a1.id);
+    const left = (await inWorkerNs("nft", ["list", "table", "inet", "procurator"])).stdout;
+    assert.doesNotMatch(left, /alpha/);
+    assert.match(left, /beta/, "the other group stays");
   });
 });
