@@ -99,6 +99,23 @@ describe("group rules in a namespace", { skip }, () => {
     await network.detach("vm-h000000004");
   });
 
+  test("members churning through one group at once (joins racing the last member's leave, double detaches) all succeed", async () => {
+    const before = await ruleset();
+    // Four lanes; each joins, leaves (sometimes twice at once) and joins again, so the group keeps
+    // being emptied by one lane while another makes it again.
+    await Promise.all(
+      [0, 1, 2, 3].map(async (lane) => {
+        for (let round = 0; round < 20; round++) {
+          const id = `vm-c${String(lane * 100 + round).padStart(9, "0")}`;
+          await network.attach(id, [], { group: "churn", hostname: `l${lane}` });
+          await new Promise((resolve) => setTimeout(resolve, (lane * 7 + round * 3) % 5));
+          await Promise.all(round % 3 === 0 ? [network.detach(id), network.detach(id)] : [network.detach(id)]);
+        }
+      }),
+    );
+    assert.equal(await ruleset(), before);
+  });
+
   test("50 groups made and removed leave the ruleset byte-identical", async () => {
     const before = await ruleset();
     const linksBefore = await world.linkNames();

@@ -210,8 +210,8 @@ export function groupAddCommands(group: string): Command[] {
   ];
 }
 
-/** Removes a group's objects; its last member has left (memberRemoveCommands) in the same transaction. */
-export function groupRemoveCommands(group: string): Command[] {
+/** Removes a group's objects; its last member has left in the same transaction (leaveCommands). */
+function groupRemoveCommands(group: string): Command[] {
   const n = groupNames(group);
   return [
     { flush: { chain: { ...inet, name: n.chain } } },
@@ -229,10 +229,27 @@ function memberAddCommands(vm: VmRules): Command[] {
   ];
 }
 
-export function memberRemoveCommands(vm: { ip: string; group: string }): Command[] {
+/**
+ * A member leaves its group, and with the last member the group's objects go: one transaction that
+ * cannot fail on a missing piece (an attach cut short, a second detach), since nft 1.0.6 has no
+ * `destroy`: each object is added (a no-op if present) before it is deleted. Being whole, it also
+ * cannot interleave with the next first member making the group again.
+ */
+export function leaveCommands(member: { ip?: string; group: string }, lastMember: boolean): Command[] {
+  const n = groupNames(member.group);
+  const ip = member.ip;
   return [
-    { delete: { element: { ...inet, name: "peers", elem: [vm.ip] } } },
-    { delete: { element: { ...inet, name: groupNames(vm.group).members, elem: [vm.ip] } } },
+    { add: { set: { ...inet, name: n.members, type: "ipv4_addr" } } },
+    { add: { chain: { ...inet, name: n.chain } } },
+    ...(ip
+      ? ([
+          { add: { element: { ...inet, name: "peers", elem: [[ip, jump(n.chain)]] } } },
+          { delete: { element: { ...inet, name: "peers", elem: [ip] } } },
+          { add: { element: { ...inet, name: n.members, elem: [ip] } } },
+          { delete: { element: { ...inet, name: n.members, elem: [ip] } } },
+        ] as Command[])
+      : []),
+    ...(lastMember ? groupRemoveCommands(member.group) : []),
   ];
 }
 

@@ -21,9 +21,8 @@ import { IpLinks, TAP_PREFIX, tapName } from "./ip.js";
 import { formatCidr, gatewayOf, Ipam, macForIp, parseCidr, type Subnet } from "./ipam.js";
 import {
   groupAddCommands,
-  groupRemoveCommands,
   type LayoutConfig,
-  memberRemoveCommands,
+  leaveCommands,
   names,
   rebuildCommands,
   refreshAllowCommands,
@@ -288,9 +287,13 @@ class Network implements NetworkPort {
     try {
       return await this.attachClaimed(vmId, allowlist, member, group);
     } catch (err) {
-      // The first member's failure leaves no group behind.
+      // The first member's failure leaves no group behind (its own rules went with the undo).
       if (member && !this.attached.has(vmId) && this.unclaim(vmId, member.group)) {
-        await this.removeRules(vmId, groupRemoveCommands(member.group), false);
+        await this.nft
+          .apply(leaveCommands({ group: member.group }, true))
+          .catch((leaveErr: unknown) =>
+            this.log.error({ vmId, group: member.group, err: (leaveErr as Error).message }, "removing the group's rules failed"),
+          );
       }
       throw err;
     }
@@ -396,13 +399,16 @@ class Network implements NetworkPort {
     const tap = entry?.net.tap ?? tapName(vmId);
     const ip = entry?.net.ip ?? ipam.get(vmId);
     const member = entry?.member;
-    // The membership goes in the same transaction as the VM's rules, and the group's objects with
-    // its last member; decided and sent at once, so a member joining next cannot slip between.
-    const leaving = member && ip ? memberRemoveCommands({ ip, group: member.group }) : [];
-    if (member && this.unclaim(vmId, member.group)) leaving.push(...groupRemoveCommands(member.group));
+    // The membership (and the group's objects, with its last member) goes in a transaction of its
+    // own, decided and sent at once: a member joining next queues its group's remaking after it.
+    const left = member
+      ? this.nft
+          .apply(leaveCommands({ ip, group: member.group }, this.unclaim(vmId, member.group)))
+          .catch((err: unknown) => this.log.error({ vmId, group: member.group, err: (err as Error).message }, "leaving the group failed"))
+      : undefined;
     // Without an entry the VM is known only from the tables: it may have been a member.
     const peer: Command[] = !entry && ip ? [{ delete: { element: { family: "inet", table: TABLE, name: "peers", elem: [ip] } } }] : [];
-    await this.removeRules(vmId, [...leaving, ...peer, ...vmRemoveCommands({ vmId, tap, ip })], entry !== undefined);
+    await Promise.all([left, this.removeRules(vmId, [...peer, ...vmRemoveCommands({ vmId, tap, ip })], entry !== undefined)]);
     // With its rules gone, the bridge drops whatever the port still sends: no flow starts after
     // the flush, so the TAP and the flows go side by side.
     await Promise.all([this.links.remove(tap), ip ? this.forgetFlows(vmId, ip) : undefined]);
