@@ -51,9 +51,14 @@ export class IpLinks {
   }
 
   /** Bridge with the gateway address, up. Idempotent. */
-  async ensureBridge(bridge: string, gatewayCidr: string): Promise<void> {
-    if (!(await this.exists(bridge))) await this.ip(["link", "add", "name", bridge, "type", "bridge"]);
-    const lines = [`addr replace ${gatewayCidr} dev ${bridge}`, `link set dev ${bridge} up`];
+  /**
+   * The bridge, its address and a MAC of its own, up. Without a MAC set, a bridge takes the lowest of
+   * its ports', so deleting one VM's TAP could change the gateway's MAC under every other guest,
+   * which then sends to a MAC no port has until its ARP entry goes stale.
+   */
+  async ensureBridge(bridge: string, gatewayCidr: string, mac: string): Promise<void> {
+    if (!(await this.exists(bridge))) await this.ip(["link", "add", "name", bridge, "address", mac, "type", "bridge"]);
+    const lines = [`link set dev ${bridge} address ${mac}`, `addr replace ${gatewayCidr} dev ${bridge}`, `link set dev ${bridge} up`];
     const result = await this.batch(lines);
     if (result.exitCode !== 0) throw new Error(`ip -batch (${lines.join("; ")}) failed: ${result.stderr.trim()}`);
   }

@@ -190,7 +190,7 @@ class Network implements NetworkPort {
     const stale = await removeStaleTransactionFiles();
     if (stale.length) this.log.info({ files: stale.length }, "removed nft transaction files of killed workers");
     const ipam = await this.ipam();
-    await this.links.ensureBridge(this.options.bridge, `${this.gateway}/${this.subnet.prefixLength}`);
+    await this.links.ensureBridge(this.options.bridge, `${this.gateway}/${this.subnet.prefixLength}`, macForIp(this.gateway));
     await this.hardenHost();
     await this.startDnsProxy();
     this.deny.add((await this.links.ownAddresses()).filter((address) => !this.deny.blocking(address)));
