@@ -120,6 +120,8 @@ func serve(channel io.ReadWriter) error {
 				s.inline(frame, resizeProcess)
 			case TypeFault:
 				s.async(frame, guestFault)
+			case TypePersonalize:
+				s.async(frame, personalize)
 			default:
 				s.fail(frame.Stream, codeInvalidArgument, fmt.Sprintf("unknown frame type %d", frame.Type))
 			}

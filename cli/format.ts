@@ -28,7 +28,7 @@ function duration(ms: bigint): string {
 }
 
 export function formatVmTable(vms: VmView[]): string {
-  const header = ["ID", "HOSTNAME", "STATUS", "IP", "CPU", "MEMORY", "UPTIME", "GROUP", "FAILURE"];
+  const header = ["ID", "HOSTNAME", "STATUS", "IP", "CPU", "MEMORY", "UPTIME", "GROUP", "ORIGIN", "FAILURE"];
   const rows = vms.map((vm) => [
     vm.id,
     vm.hostname,
@@ -39,6 +39,7 @@ export function formatVmTable(vms: VmView[]): string {
     vm.uptimeMs > 0n ? duration(vm.uptimeMs) : "-",
     // Before FAILURE (free text, last), after the columns scripts already read by position.
     vm.group ? printable(vm.group) : "-",
+    vm.origin ?? "boot",
     vm.failure ? printable(vm.failure).slice(0, 80) : "",
   ]);
   return textTable(header, rows);

@@ -59,6 +59,13 @@ struct RunningVm {
   agentState @15 :Text;       # the guest agent's channel: none, connecting, ready, broken or closed
   agentReadyMs @16 :UInt64;   # from create to the agent's first hello; 0 until then
   group @17 :Text;            # "": none
+  origin @18 :VmOrigin;       # how it started: booted for its create, or claimed from a warm pool
+}
+
+enum VmOrigin {
+  boot @0;      # booted for its create
+  pool @1;      # kept booted and paused in a warm pool, claimed by its create
+  snapshot @2;  # restored from its pool's snapshot on disk at its create
 }
 
 struct ExecCommand {

@@ -51,6 +51,7 @@ const samples: Record<ConfigKey, { words: string[]; with?: string[] }> = {
   virtiofsdBinary: { words: ["/opt/virtiofsd"] },
   cacheUrl: { words: ["https://cache.example.org"] },
   trustedKeys: { words: ["a:AAAA", "b:BBBB"] },
+  pools: { words: ["guest.json:2", "/a:b/other.json:0+disk"] },
   network: { words: ["false"] },
   bridge: { words: ["br9"] },
   subnet: { words: ["10.9.0.0/24"] },

@@ -53,6 +53,8 @@ const nums = <S extends z.ZodType<number[] | undefined>>(schema: S, help: string
 const oneOf = <const T extends readonly [string, ...string[]]>(values: T, fallback: T[number], help: string) =>
   described(z.enum(values).default(fallback), { kind: "string", help: `${help} (${values.join(", ")})` });
 
+/** `<spec.json>:<hot>[+disk]`; the path may itself hold colons (the last one separates). */
+export const POOL_ENTRY = /^(.+):(\d{1,3})(\+disk)?$/;
 const HOST_PORT = /^(\[[0-9a-fA-F:.]+\]|[^:[\]]+):\d+$/;
 const isIpv4Cidr = (text: string) => parseCidr(text.includes("/") ? text : `${text}/32`) !== undefined;
 /** The bridge takes the first address and guests need at least one more. */
@@ -83,6 +85,11 @@ export const configSchema = z.strictObject({
   trustedKeys: texts(z.array(z.string()).default([]), "Public key trusted for the cache (repeatable; env: space or comma separated)", {
     flag: "trusted-key",
   }),
+  pools: texts(
+    z.array(z.string().regex(POOL_ENTRY, "must be <spec.json>:<hot VMs>, optionally +disk (e.g. guest.json:2+disk)")).max(16).default([]),
+    "A warm pool: <spec.json>:<N>[+disk] keeps N VMs of that machine booted and paused, +disk also saves it to disk (repeatable)",
+    { flag: "pool" },
+  ),
   network: bool(z.boolean().default(true), "Per-VM networking (--no-network to disable)"),
   bridge: text(
     z

@@ -6,6 +6,9 @@ import { join } from "node:path";
 import { pino } from "pino";
 import { loadConfig, type WorkerConfig } from "./config.js";
 import { WorkerService } from "./core/service.js";
+import type { SpecLimits } from "./core/spec.js";
+import { checkPoolsSupported, describePools, parsePools } from "./pool-config.js";
+import { FileSnapshots } from "./state/snapshots.js";
 import { createGuestAgents } from "./agent/index.js";
 import { createCgroupCpuThrottle } from "./faults/cgroup.js";
 import { createNetFaults } from "./faults/net-faults.js";
@@ -26,6 +29,8 @@ async function run(config: WorkerConfig): Promise<void> {
   await mkdir(config.runtimeDir, { recursive: true, mode: 0o755 });
 
   const backend = await selectBackend(config, logger);
+  const pools = parsePools(config.pools, specLimits(config));
+  checkPoolsSupported(pools, backend);
   // Every adapter is built by its create<Adapter>(options); those that prepare the host are async.
   const records = await createFileRecords({ stateDir: config.stateDir });
   const secrets = await createTmpfsSecrets({ root: join(config.runtimeDir, "secrets"), logger, sizeBytes: config.secretsTmpfsBytes });
@@ -54,10 +59,7 @@ async function run(config: WorkerConfig): Promise<void> {
     consoles: records,
     logger,
     limits: {
-      maxCpu: config.maxCpuPerVm,
-      minMemoryBytes: config.minMemoryPerVmBytes,
-      maxMemoryBytes: config.maxMemoryPerVmBytes,
-      maxAllowedDomains: config.maxAllowedDomains,
+      ...specLimits(config),
       maxVms: config.maxVms,
       maxTotalCpu: config.maxTotalCpu,
       maxTotalMemoryBytes: config.maxTotalMemoryBytes,
@@ -73,6 +75,7 @@ async function run(config: WorkerConfig): Promise<void> {
       cpu: createCgroupCpuThrottle({ mountDir: join(config.runtimeDir, "cgroup-cpu") }),
     },
     strayRoots: [records.vmsDir, join(config.runtimeDir, "secrets")],
+    pools: { configs: pools, snapshots: new FileSnapshots(join(config.stateDir, "snapshots")) },
     observer: {
       storeFetched: ({ bytes, seconds }) => {
         metrics?.nixCopyBytes.inc(bytes);
@@ -80,8 +83,13 @@ async function run(config: WorkerConfig): Promise<void> {
       },
     },
   });
-  metrics = new WorkerMetrics(() => service.listVms());
+  metrics = new WorkerMetrics(
+    () => service.listVms(),
+    () => service.poolStats(),
+  );
   await service.recover();
+  const removedSnapshots = await service.startPools();
+  if (removedSnapshots.length) logger.info({ removed: removedSnapshots }, "removed snapshots no pool uses");
 
   const sampler = setInterval(() => {
     void service.sampleAllCounters().catch((err: unknown) => logger.warn({ err: (err as Error).message }, "sampling counters failed"));
@@ -132,6 +140,7 @@ async function run(config: WorkerConfig): Promise<void> {
     logger.info({ signal, stopVms: config.stopVmsOnExit }, "shutting down");
     clearInterval(sampler);
     await server.close(); // stops accepting, lets calls in flight finish
+    await service.closePools();
     if (config.stopVmsOnExit) await service.stopAll();
     else service.detachAll();
     http?.close();
@@ -142,6 +151,15 @@ async function run(config: WorkerConfig): Promise<void> {
   };
   process.on("SIGTERM", () => void shutdown("SIGTERM"));
   process.on("SIGINT", () => void shutdown("SIGINT"));
+}
+
+function specLimits(config: WorkerConfig): SpecLimits {
+  return {
+    maxCpu: config.maxCpuPerVm,
+    minMemoryBytes: config.minMemoryPerVmBytes,
+    maxMemoryBytes: config.maxMemoryPerVmBytes,
+    maxAllowedDomains: config.maxAllowedDomains,
+  };
 }
 
 /** Bytes an unprivileged writer could still put on the filesystem holding `dir`. */
@@ -161,6 +179,13 @@ async function main(): Promise<void> {
   if (parsed.check) {
     const { text, ok } = await checkBackends(parsed.config);
     console.log(text);
+    try {
+      const pools = parsePools(parsed.config.pools, specLimits(parsed.config));
+      console.log(await describePools(pools, new FileSnapshots(join(parsed.config.stateDir, "snapshots"))));
+    } catch (err) {
+      console.log(`pools: ${(err as Error).message}`);
+      process.exit(1);
+    }
     process.exit(ok ? 0 : 1);
   }
   await run(parsed.config);

@@ -32,7 +32,12 @@ let
   // lib.optionalAttrs (cfg.cacheUrl != null) { PCR_CACHE_URL = cfg.cacheUrl; }
   // lib.optionalAttrs (cfg.trustedPublicKeys != [ ]) { PCR_TRUSTED_KEYS = lib.concatStringsSep " " cfg.trustedPublicKeys; }
   // lib.optionalAttrs (cfg.uplink != null) { PCR_UPLINK = cfg.uplink; }
-  // lib.optionalAttrs (cfg.resolver != null) { PCR_RESOLVER = cfg.resolver; };
+  // lib.optionalAttrs (cfg.resolver != null) { PCR_RESOLVER = cfg.resolver; }
+  // lib.optionalAttrs (cfg.pools != [ ]) { PCR_POOLS = lib.concatMapStringsSep " " poolEntry cfg.pools; };
+
+  # --pool <spec.json>:<hot>[+disk]; the spec is written to the store as the JSON `nix eval --json .#vmSpec` prints.
+  poolEntry = pool:
+    "${pkgs.writeText "pcr-pool-${pool.name}.json" (builtins.toJSON pool.spec)}:${toString pool.hot}${lib.optionalString pool.disk "+disk"}";
 in
 {
   options.services.procurator-worker = {
@@ -100,6 +105,19 @@ in
     logLevel = mkOption {
       type = types.enum [ "trace" "debug" "info" "warn" "error" "fatal" "silent" ];
       default = "info";
+    };
+    pools = mkOption {
+      description = "Warm pools: VMs of a machine spec kept booted and paused (hot), and optionally saved to disk.";
+      default = [ ];
+      example = lib.literalExpression ''[ { name = "agent"; spec = self.vmSpec; hot = 4; disk = true; } ]'';
+      type = types.listOf (types.submodule {
+        options = {
+          name = mkOption { type = types.strMatching "[A-Za-z0-9_.-]+"; description = "Names the pool's spec file (and the pool)."; };
+          spec = mkOption { type = types.attrs; description = "A vmSpec, as the flake's vmSpec output gives it."; };
+          hot = mkOption { type = types.ints.between 0 64; default = 2; description = "VMs kept booted and paused in memory."; };
+          disk = mkOption { type = types.bool; default = false; description = "Also keep the machine saved on disk: claims past the hot VMs restore it."; };
+        };
+      });
     };
     extraEnvironment = mkOption {
       type = types.attrsOf types.str;

@@ -126,6 +126,43 @@ describe("the agent in a real guest", { skip, concurrency: false }, () => {
     assert.equal((await channel.exec({ argv: ["/bin/echo", "back"] })).stdout.toString(), "back\n");
   });
 
+  const sh = async (script: string) =>
+    Buffer.from((await channel.exec({ argv: ["/bin/sh", "-c", script] })).stdout)
+      .toString()
+      .trim();
+
+  test("personalize: a request with any bad field changes nothing; a good one sets name, machine id, clock and seed", async () => {
+    const good = {
+      hostname: "tenant-1",
+      seed: randomBytes(64),
+      machineId: "0123456789abcdef0123456789abcdef",
+      nowMs: Date.now() + 3_600_000,
+    };
+    const before = await sh("hostname; cat /etc/machine-id 2>/dev/null; date +%s");
+    for (const bad of [
+      { ...good, hostname: "Not_A_Label" },
+      { ...good, hostname: "a".repeat(64) },
+      { ...good, seed: randomBytes(8) },
+      { ...good, machineId: "../../etc/passwd" },
+      { ...good, nowMs: -1 },
+      { ...good, address: "10.0.0.5/24" },
+      { ...good, address: "10.0.0.5/24", gateway: "10.0.0.1", dns: "10.0.0.1", mac: "not-a-mac" },
+      { ...good, address: "fe80::1/64", gateway: "10.0.0.1", dns: "10.0.0.1", mac: "52:54:00:00:00:01" },
+      { ...good, linkUp: true, address: "10.0.0.5/24", gateway: "10.0.0.1", dns: "10.0.0.1", mac: "52:54:00:00:00:01" },
+    ]) {
+      await rejectsWith(channel.personalize(bad, 10_000), "INVALID_ARGUMENT", /./);
+    }
+    assert.equal(await sh("hostname; cat /etc/machine-id 2>/dev/null; date +%s"), before, "a refused request changed nothing");
+    const random = await sh("head -c 32 /dev/urandom | od -An -tx1");
+    await channel.personalize(good, 10_000);
+    const [hostname, machineId, now] = (await sh("hostname; cat /etc/machine-id; date +%s")).split("\n");
+    assert.equal(hostname, "tenant-1");
+    assert.equal(machineId, good.machineId);
+    assert.ok(Math.abs(Number(now) - good.nowMs / 1000) < 30, `the clock was set: ${now}`);
+    assert.notEqual(await sh("head -c 32 /dev/urandom | od -An -tx1"), random);
+    await channel.personalize({ ...good, nowMs: Date.now() }, 10_000); // the clock back for the tests after
+  });
+
   test("junk the guest writes into the port breaks that channel only; the VM runs on", async () => {
     const port = (await channel.exec({ argv: ["/bin/sh", "-c", "grep -l pcr.agent /sys/class/virtio-ports/*/name"] })).stdout
       .toString()

@@ -15,6 +15,7 @@ import type {
   GuestFault,
   GuestFaultResult,
   OutputStream,
+  Personalization,
   ProcessOutput,
   ProcessStart,
   ProcessStatus,
@@ -26,7 +27,12 @@ import type {
   RecordRepo,
   VmRecord,
 } from "../../worker/ports/index.js";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { PoolConfig } from "../../worker/core/pools.js";
 import { WorkerService, type ServiceLimits, type ServiceTimeouts } from "../../worker/core/service.js";
+import { FileSnapshots } from "../../worker/state/snapshots.js";
 import { MIB } from "../../worker/core/spec.js";
 import type {
   BootFile,
@@ -174,6 +180,7 @@ export class FakeNetwork implements NetworkPort {
 
   async attach(vmId: string, allowedDomains: string[], member?: GroupMembership): Promise<VmNetwork> {
     this.failures.check("attach");
+    this.parked.delete(vmId);
     const host = this.nextHost++;
     const net: VmNetwork = {
       tap: `pcr-t${host}`,
@@ -190,6 +197,21 @@ export class FakeNetwork implements NetworkPort {
   async detach(vmId: string): Promise<void> {
     this.failures.check("detach");
     this.attached.delete(vmId);
+    this.parked.delete(vmId);
+  }
+
+  /** Pooled VMs' TAPs, not attached yet. */
+  readonly parked = new Set<string>();
+
+  async park(vmId: string): Promise<{ tap: string; mac: string }> {
+    this.failures.check("park");
+    this.parked.add(vmId);
+    return { tap: `pcr-p${vmId.slice(-6)}`, mac: "02:70:63:72:00:00" };
+  }
+
+  async unpark(vmId: string): Promise<void> {
+    this.parked.delete(vmId);
+    this.attached.delete(vmId);
   }
 
   guestCmdline(net: VmNetwork): string[] {
@@ -202,8 +224,11 @@ export class FakeNetwork implements NetworkPort {
   }
 
   async removeOrphans(known: Set<string>): Promise<string[]> {
-    const removed = [...this.attached.keys()].filter((id) => !known.has(id));
-    for (const id of removed) this.attached.delete(id);
+    const removed = [...this.attached.keys(), ...this.parked].filter((id) => !known.has(id));
+    for (const id of removed) {
+      this.attached.delete(id);
+      this.parked.delete(id);
+    }
     return removed.map((id) => `tap:${id}`);
   }
 
@@ -350,6 +375,7 @@ export class FakeAgentConnection implements AgentConnection {
   /** Processes started: each prints its argv joined by spaces and exits 0 once stdin is closed. */
   readonly processes = new Map<number, { argv: string[]; stdout: Buffer; stdin: Buffer[]; running: boolean; signal: number }>();
   readonly faults: GuestFault[] = [];
+  readonly personalized: Personalization[] = [];
   private nextPid = 100;
 
   private readonly readyWaiters = new Set<() => void>();
@@ -376,6 +402,12 @@ export class FakeAgentConnection implements AgentConnection {
     this.state = "ready";
     for (const wake of this.readyWaiters) wake();
     this.readyWaiters.clear();
+  }
+
+  async personalize(request: Personalization): Promise<{ interface: string }> {
+    this.ready();
+    this.personalized.push(request);
+    return { interface: request.address ? "eth0" : "" };
   }
 
   async exec(request: ExecRequest): Promise<ExecResult> {
@@ -529,6 +561,8 @@ export interface WorldOptions {
   agents?: boolean;
   /** Where the service logs (default: silent, or PCR_TEST_LOG's level). */
   logger?: Logger;
+  /** Warm pools; their snapshots go to a temporary directory the World keeps across restarts. */
+  pools?: PoolConfig[];
 }
 
 /** A logger that keeps every line, parsed, for assertions. */
@@ -550,8 +584,13 @@ export class World {
   readonly agents = new FakeAgents();
   backend: FakeBackend;
   service: WorkerService;
+  /** Where pool snapshots are saved: a fresh temporary directory per World with pools. */
+  readonly snapshotsDir: string;
+  readonly snapshots: FileSnapshots;
 
   constructor(private readonly options: WorldOptions = {}) {
+    this.snapshotsDir = options.pools ? mkdtempSync(join(tmpdir(), "pcr-snapshots-")) : "/nonexistent";
+    this.snapshots = new FileSnapshots(this.snapshotsDir);
     this.host = options.backend?.host ?? new FakeVmmHost();
     this.backend = this.newBackend();
     this.service = this.newService();
@@ -575,7 +614,8 @@ export class World {
       timeouts: { ...TIMEOUTS, ...this.options.timeouts },
       strayRoots: ["/fake/vms", "/fake/secrets"],
       faults,
-      agents: this.options.agents ? this.agents : undefined,
+      agents: this.options.agents || this.options.pools ? this.agents : undefined,
+      pools: this.options.pools ? { configs: this.options.pools, snapshots: this.snapshots } : undefined,
     });
   }
 

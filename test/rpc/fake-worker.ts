@@ -55,6 +55,7 @@ export function sampleVm(i: number): VmView {
     agentState: (["none", "connecting", "ready", "broken"] as const)[i % 4],
     agentReadyMs: i % 4 === 2 ? BigInt(2000 + i) : 0n,
     group: i % 2 === 1 ? `grp-${i % 3}` : "",
+    origin: (["boot", "pool", "snapshot"] as const)[i % 3],
   };
 }
 

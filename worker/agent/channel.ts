@@ -19,6 +19,7 @@ import type {
   GuestFault,
   GuestFaultResult,
   OutputStream,
+  Personalization,
   ProcessOutput,
   ProcessStart,
   ProcessStatus,
@@ -83,6 +84,7 @@ const Ok = z.object({});
 const FILE_CALL_MS = 60_000;
 const CONTROL_CALL_MS = 10_000;
 const STDIN_WRITE_MS = 30_000;
+const Personalized = z.object({ interface: z.string().max(64) });
 const FaultDone = z.object({ pids: z.array(z.number().int().positive()).max(65536), bytes: Count });
 
 export type AgentHello = z.infer<typeof Hello>;
@@ -283,6 +285,11 @@ export class AgentChannel implements AgentConnection {
     return this.call(FrameType.fault, json(fault), FrameType.faultDone, jsonAnswer(FaultDone, "fault answer"), timeoutMs);
   }
 
+  personalize(request: Personalization, timeoutMs: number): Promise<{ interface: string }> {
+    const body = json({ ...request, seed: Buffer.from(request.seed).toString("base64") });
+    return this.call(FrameType.personalize, body, FrameType.personalized, jsonAnswer(Personalized, "personalize answer"), timeoutMs);
+  }
+
   close(): void {
     this.state = "closed";
     clearInterval(this.helloTimer);
@@ -437,6 +444,7 @@ const ANSWER_TYPES = new Set<number>([
   FrameType.ok,
   FrameType.processStatus,
   FrameType.faultDone,
+  FrameType.personalized,
 ]);
 
 function json(body: unknown): Buffer {

@@ -33,6 +33,8 @@ export const FrameType = {
   processResize: 24,
   fault: 25,
   faultDone: 26,
+  personalize: 27,
+  personalized: 28,
 } as const;
 
 export interface AgentFrame {

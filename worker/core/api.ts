@@ -102,7 +102,12 @@ export interface VmView {
   agentReadyMs?: bigint;
   /** The VM's group; "" (or absent from peers that predate groups): none. */
   group?: string;
+  /** "boot": booted for its create; "pool": a pooled VM, claimed; "snapshot": restored from its pool's snapshot. */
+  origin?: VmOrigin;
 }
+
+export const VM_ORIGINS = ["boot", "pool", "snapshot"] as const;
+export type VmOrigin = (typeof VM_ORIGINS)[number];
 
 // --- fault injection (docs/faults.md) --------------------------------------------------------
 

@@ -8,7 +8,7 @@ import type { VmRegistry } from "./registry.js";
 import { validateSecrets } from "./secrets.js";
 import { specHash, storePathRoot, validateSpec, type SpecLimits, type ValidSpec } from "./spec.js";
 import { ManagedVm, type VmContext } from "./vm.js";
-import type { BootFile, NetworkPort, RecordRepo, SecretsPort, StorePort, VmmBackend, VmRecord } from "../ports/index.js";
+import type { BootFile, NetworkPort, RecordRepo, SecretsPort, StorePort, VmLaunchSpec, VmmBackend, VmRecord } from "../ports/index.js";
 
 export interface CreateLimits extends SpecLimits {
   maxTtlSeconds: number;
@@ -86,54 +86,16 @@ export async function runCreate(
   log: Logger,
   signal?: AbortSignal,
 ): Promise<ManagedVm> {
-  const { backend, network, records, store, registry } = deps;
+  const { backend, network, records } = deps;
   const plan = new Plan((step, err) => log.error({ step, err: asWorkerError(err).message }, "undo failed"), signal);
   const started = Date.now();
 
-  const fetched = await plan.step("fetch store paths", () =>
-    store.ensurePaths(unique([spec.kernel, spec.initrd, spec.image].filter(Boolean).map(storePathRoot))),
-  );
-  if (fetched.fetched.length > 0) {
-    log.info({ paths: fetched.fetched, bytes: fetched.bytes, seconds: fetched.seconds }, "fetched store paths");
-    deps.storeFetched?.({ bytes: fetched.bytes, seconds: fetched.seconds, paths: fetched.fetched.length });
-  }
-
-  // Opened now and handed to the VMM as descriptors: what was checked is what it boots.
-  const bootFiles = await plan.step(
-    "check boot files",
-    () => openBootFiles(store, spec),
-    (files) => closeBootFiles(files),
-  );
-  const vmDir = await plan.step(
-    "create vm directory",
-    () => records.createDir(id),
-    () => records.remove(id),
-  );
-  const record: VmRecord = {
-    id,
-    spec,
-    specHash: specHash(spec),
-    backend: backend.name,
-    status: "creating",
-    failure: "",
-    createdAtMs: started,
+  const { bootFiles, vmDir } = await prepareBoot(plan, deps, id, spec, log);
+  const record = creatingRecord(backend, id, spec, started, {
     expiresAtMs: ttlSeconds > 0 ? started + ttlSeconds * 1000 : undefined,
     secretNames: secrets.map((secret) => secret.name),
-  };
-  const vm = ManagedVm.creating(record, deps.vmContext, createEnded);
-  await plan.step("save state", () => records.save(record));
-  await plan.step(
-    "register",
-    async () => {
-      registry.add(vm);
-      await vm.transition("creating", "", { save: "none" }); // saved by the step before
-    },
-    async () => {
-      registry.remove(id);
-      // Its record and directory go with the undo of the directory step, next.
-      await vm.transition("failed", "create rolled back", { save: "none" });
-    },
-  );
+  });
+  const vm = await register(plan, deps, record, createEnded);
 
   const secretsDir = secrets.length
     ? await plan.step(
@@ -166,20 +128,12 @@ export async function runCreate(
     "start vmm",
     () =>
       backend.launch({
-        id,
-        vmDir,
-        kernel: spec.kernel,
-        initrd: spec.initrd || undefined,
-        image: spec.image || undefined,
+        ...launchSpec(deps, id, vmDir, spec, bootFiles),
         cmdline,
-        cpu: spec.cpu,
-        memoryBytes: spec.memoryBytes,
-        consolePath: deps.consolePath(id),
         net: record.net ? { tap: record.net.tap, mac: record.net.mac } : undefined,
         share: secretsDir ? { tag: "secrets", hostDir: secretsDir } : undefined,
         dataDisk: spec.dataDiskBytes ? { path: `${vmDir}/data.img`, bytes: spec.dataDiskBytes } : undefined,
         agentSocket: record.agentSocket,
-        bootFds: { kernel: bootFiles.kernel.fd, initrd: bootFiles.initrd?.fd, image: bootFiles.image?.fd },
       }),
     async (started) => {
       await started.kill();
@@ -202,13 +156,101 @@ export async function runCreate(
   return vm;
 }
 
+/**
+ * The first steps of every VM's making (a create's, a pooled VM's): its store paths fetched, its
+ * boot files opened (handed to the VMM as descriptors: what was checked is what it boots), its
+ * directory made.
+ */
+export async function prepareBoot(
+  plan: Plan,
+  deps: CreateDeps,
+  id: string,
+  spec: ValidSpec,
+  log: Logger,
+): Promise<{ bootFiles: BootFiles; vmDir: string }> {
+  const { store, records } = deps;
+  const fetched = await plan.step("fetch store paths", () =>
+    store.ensurePaths(unique([spec.kernel, spec.initrd, spec.image].filter(Boolean).map(storePathRoot))),
+  );
+  if (fetched.fetched.length > 0) {
+    log.info({ paths: fetched.fetched, bytes: fetched.bytes, seconds: fetched.seconds }, "fetched store paths");
+    deps.storeFetched?.({ bytes: fetched.bytes, seconds: fetched.seconds, paths: fetched.fetched.length });
+  }
+  const bootFiles = await plan.step(
+    "check boot files",
+    () => openBootFiles(store, spec),
+    (files) => closeBootFiles(files),
+  );
+  const vmDir = await plan.step(
+    "create vm directory",
+    () => records.createDir(id),
+    () => records.remove(id),
+  );
+  return { bootFiles, vmDir };
+}
+
+/** A new VM's record, `creating`. */
+export function creatingRecord(backend: VmmBackend, id: string, spec: ValidSpec, createdAtMs: number, more: Partial<VmRecord>): VmRecord {
+  return {
+    id,
+    spec,
+    specHash: specHash(spec),
+    backend: backend.name,
+    status: "creating",
+    failure: "",
+    createdAtMs,
+    secretNames: [],
+    ...more,
+  };
+}
+
+/** What every launch of `spec` shares; the caller adds its cmdline and devices. */
+export function launchSpec(
+  deps: CreateDeps,
+  id: string,
+  vmDir: string,
+  spec: ValidSpec,
+  bootFiles: BootFiles,
+): Omit<VmLaunchSpec, "cmdline"> {
+  return {
+    id,
+    vmDir,
+    kernel: spec.kernel,
+    initrd: spec.initrd || undefined,
+    image: spec.image || undefined,
+    cpu: spec.cpu,
+    memoryBytes: spec.memoryBytes,
+    consolePath: deps.consolePath(id),
+    bootFds: { kernel: bootFiles.kernel.fd, initrd: bootFiles.initrd?.fd, image: bootFiles.image?.fd },
+  };
+}
+
+/** Saves the record and makes the VM known: its `creating` event. Undone: forgotten, `failed`. */
+export async function register(plan: Plan, deps: CreateDeps, record: VmRecord, createEnded: Promise<unknown>): Promise<ManagedVm> {
+  const vm = ManagedVm.creating(record, deps.vmContext, createEnded);
+  await plan.step("save state", () => deps.records.save(record));
+  await plan.step(
+    "register",
+    async () => {
+      deps.registry.add(vm);
+      await vm.transition("creating", "", { save: "none" }); // saved by the step before
+    },
+    async () => {
+      deps.registry.remove(record.id);
+      // Its record and directory go with the undos of the steps before.
+      await vm.transition("failed", "create rolled back", { save: "none" });
+    },
+  );
+  return vm;
+}
+
 interface BootFiles {
   kernel: BootFile;
   initrd?: BootFile;
   image?: BootFile;
 }
 
-async function openBootFiles(store: StorePort, spec: ValidSpec): Promise<BootFiles> {
+export async function openBootFiles(store: StorePort, spec: ValidSpec): Promise<BootFiles> {
   const files: BootFiles = { kernel: await store.openBootFile("kernel", spec.kernel) };
   try {
     if (spec.initrd) files.initrd = await store.openBootFile("initrd", spec.initrd);
@@ -220,7 +262,7 @@ async function openBootFiles(store: StorePort, spec: ValidSpec): Promise<BootFil
   return files;
 }
 
-async function closeBootFiles(files: BootFiles): Promise<void> {
+export async function closeBootFiles(files: BootFiles): Promise<void> {
   await Promise.all([files.kernel.close(), files.initrd?.close(), files.image?.close()]);
 }
 

@@ -19,6 +19,8 @@ export class VmRegistry {
   private readonly vms = new Map<string, ManagedVm>();
   /** Creates in flight by VM id, with the share of the host each was promised. */
   private readonly reservations = new Map<string, ValidSpec>();
+  /** Pooled VMs (core/pools.ts): nobody's yet, but they use the host as much as any VM. */
+  private readonly held = new Map<string, ValidSpec>();
 
   constructor(private readonly limits: HostLimits) {}
 
@@ -47,10 +49,27 @@ export class VmRegistry {
 
   /** Promises `spec`'s share of the host to the create of VM `id`, or RESOURCE_EXHAUSTED naming the limit. */
   reserve(id: string, spec: ValidSpec): void {
+    this.admit(spec);
+    this.reservations.set(id, spec);
+  }
+
+  /** Counts a pooled VM against the host's limits (RESOURCE_EXHAUSTED when it does not fit). */
+  hold(id: string, spec: ValidSpec): void {
+    this.admit(spec);
+    this.held.set(id, spec);
+  }
+
+  /** The pooled VM is gone, or claimed (its claim reserves instead). */
+  release(id: string): void {
+    this.held.delete(id);
+  }
+
+  private admit(spec: ValidSpec): void {
     const { limits } = this;
     // A VM being created counts once, by its reservation, whether or not it is registered yet.
     const settled = this.all().filter((vm) => !this.reservations.has(vm.id));
-    const specs = [...settled.filter((vm) => isLive(vm.status)).map((vm) => vm.record.spec), ...this.reservations.values(), spec];
+    const promised = [...this.reservations.values(), ...this.held.values()];
+    const specs = [...settled.filter((vm) => isLive(vm.status)).map((vm) => vm.record.spec), ...promised, spec];
     const cpu = sum(specs.map((each) => each.cpu));
     const memory = sum(specs.map((each) => each.memoryBytes));
     if (specs.length > limits.maxVms) throw resourceExhausted(`host limit of ${limits.maxVms} VMs reached`);
@@ -61,7 +80,7 @@ export class VmRegistry {
     }
     // A data disk holds its blocks until its VM is deleted, whatever the VM's status.
     const diskBytes = spec.dataDiskBytes ?? 0;
-    const disks = [...settled.map((vm) => vm.record.spec), ...this.reservations.values(), spec];
+    const disks = [...settled.map((vm) => vm.record.spec), ...promised, spec];
     const disk = sum(disks.map((each) => each.dataDiskBytes ?? 0));
     if (diskBytes > 0 && disk > limits.maxTotalDiskBytes) {
       throw resourceExhausted(
@@ -75,7 +94,6 @@ export class VmRegistry {
       );
       if (taken) throw alreadyExists(`group ${spec.group} already has a member named ${spec.hostname}`);
     }
-    this.reservations.set(id, spec);
   }
 
   /** The create has ended: its VM, if it lives on, counts for itself now. */

@@ -18,7 +18,9 @@ import type {
 } from "./api.js";
 import { asWorkerError, failedPrecondition, invalidArgument, notFound, unavailable, WorkerError } from "./errors.js";
 import { EventLog } from "./events.js";
-import { checkCreate, runCreate, type CreateDeps } from "./create.js";
+import { RESTORE_STEP, runClaim, type ClaimSource } from "./claim.js";
+import { checkCreate, runCreate, type CreateDeps, type CreateRequest } from "./create.js";
+import { PoolSet, type PoolConfig, type PoolStats } from "./pools.js";
 import { FaultController, type FaultPorts } from "./faults.js";
 import { hearsPowerButton, isLive } from "./lifecycle.js";
 import { recover, type RecoveryResult } from "./recovery.js";
@@ -41,6 +43,7 @@ import type {
   NetworkPort,
   RecordRepo,
   SecretsPort,
+  SnapshotStore,
   StorePort,
   VmmBackend,
 } from "../ports/index.js";
@@ -81,12 +84,17 @@ export interface ServiceDeps {
   faults?: FaultPorts;
   /** Channels to guest agents; without it, exec is refused. */
   agents?: GuestAgentPort;
+  /** Warm pools (pools.ts), and where their snapshots live. */
+  pools?: { configs: PoolConfig[]; snapshots: SnapshotStore };
 }
 
 /** Hooks for metrics; every method optional. */
 export interface ServiceObserver {
   storeFetched?(result: { bytes: number; seconds: number; paths: number }): void;
 }
+
+/** Errors of the request itself: booting instead of claiming would fail the same way. */
+const REQUEST_ERRORS = new Set(["INVALID_ARGUMENT", "ALREADY_EXISTS", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"]);
 
 export class WorkerService implements WorkerApi {
   readonly eventLog = new EventLog();
@@ -95,6 +103,7 @@ export class WorkerService implements WorkerApi {
   private readonly faults: FaultController;
   private readonly vmContext: VmContext;
   private readonly createDeps: CreateDeps;
+  private readonly pools?: PoolSet;
 
   constructor(private readonly deps: ServiceDeps) {
     this.log = deps.logger;
@@ -128,6 +137,26 @@ export class WorkerService implements WorkerApi {
       bootTimeoutMs: deps.timeouts.bootMs,
       storeFetched: (result) => deps.observer?.storeFetched?.(result),
     };
+    if (deps.pools && deps.pools.configs.length > 0) {
+      this.pools = new PoolSet(
+        {
+          create: this.createDeps,
+          snapshots: deps.pools.snapshots,
+          readyTimeoutMs: deps.timeouts.bootMs,
+          log: deps.logger.child({ part: "pools" }),
+        },
+        deps.pools.configs,
+      );
+    }
+  }
+
+  /** Starts filling the pools (after recover(): what a previous worker pooled is gone by then). */
+  async startPools(): Promise<string[]> {
+    return (await this.pools?.start()) ?? [];
+  }
+
+  poolStats(): PoolStats[] {
+    return this.pools?.stats() ?? [];
   }
 
   // --- queries -------------------------------------------------------------------------
@@ -268,14 +297,20 @@ export class WorkerService implements WorkerApi {
 
   async createVm(input: VmSpecInput, options: CreateVmOptions, caller?: CallerInfo): Promise<string> {
     const request = checkCreate(input, options, this.deps.backend, this.deps.network, this.deps.limits, this.deps.agents !== undefined);
-    const id = `vm-${randomBytes(5).toString("hex")}`;
-    this.registry.reserve(id, request.spec);
+    const source = this.pools?.take(request.spec);
+    const id = source?.kind === "pool" ? source.vm.id : `vm-${randomBytes(5).toString("hex")}`;
+    try {
+      this.reserveRoom(id, request);
+    } catch (err) {
+      if (source) this.pools?.giveBack(source);
+      throw err;
+    }
     const log = this.log.child({ vmId: id, requestId: caller?.requestId });
     // Anything else done to this VM meanwhile (a delete, a fault) waits until the create has ended.
     let ended!: () => void;
     const createEnded = new Promise<void>((resolve) => (ended = resolve));
     try {
-      await runCreate(this.createDeps, id, request, createEnded, log, caller?.signal);
+      await this.make(id, request, source, createEnded, log, caller?.signal);
     } finally {
       ended();
       this.registry.unreserve(id);
@@ -290,6 +325,50 @@ export class WorkerService implements WorkerApi {
       throw new WorkerError("DEADLINE_EXCEEDED", "the call's deadline passed");
     }
     return id;
+  }
+
+  /** Reserves the create's share of the host; a full host first gives up pooled VMs, which wait their turn. */
+  private reserveRoom(id: string, request: CreateRequest): void {
+    for (;;) {
+      try {
+        this.registry.reserve(id, request.spec);
+        return;
+      } catch (err) {
+        if (asWorkerError(err).code !== "RESOURCE_EXHAUSTED" || !this.pools?.evictOne()) throw err;
+      }
+    }
+  }
+
+  /**
+   * A claim from a pool when one serves the spec, else a boot. A claim that fails for a reason of
+   * the pool's (not the request's) is undone and the VM booted instead: an empty or broken pool
+   * costs time, never an error.
+   */
+  private async make(
+    id: string,
+    request: CreateRequest,
+    source: ClaimSource | undefined,
+    createEnded: Promise<unknown>,
+    log: Logger,
+    signal?: AbortSignal,
+  ): Promise<void> {
+    const pools = this.pools;
+    if (source && pools) {
+      const pool = source.kind === "pool" ? source.pool : source.pool.name;
+      try {
+        await runClaim(this.createDeps, id, request, source, createEnded, log, this.deps.timeouts.bootMs, signal);
+        pools.claimed(pool, source.kind);
+        return;
+      } catch (err) {
+        const error = asWorkerError(err);
+        if (signal?.aborted || REQUEST_ERRORS.has(error.code)) throw err;
+        if (source.kind === "snapshot" && error.message.startsWith(RESTORE_STEP)) pools.snapshotFailed(pool, error.message);
+        log.warn({ pool, origin: source.kind, err: error.message }, "claim from the pool failed; booting the vm instead");
+      }
+    }
+    await runCreate(this.createDeps, id, request, createEnded, log, signal);
+    const pool = pools?.poolOf(request.spec);
+    if (pool && !request.spec.dataDiskBytes) pools?.claimed(pool, "boot");
   }
 
   /** createVm's waitReady: a VM whose agent does not say hello in time is deleted, not handed out. */
@@ -363,6 +442,11 @@ export class WorkerService implements WorkerApi {
         }),
       ),
     );
+  }
+
+  /** Ends the pooled VMs (nobody's: a restarted worker would remove them anyway). */
+  async closePools(): Promise<void> {
+    await this.pools?.close();
   }
 
   /** Detaches from running VMMs without stopping them (worker shutdown). */

@@ -127,14 +127,23 @@ export class ManagedVm {
   }
 
   /** The create is done, or the VMM was adopted: the VM owns what its status holds, watches its VMM and keeps its TTL. */
-  own(handle: VmmHandle): void {
+  own(handle: VmmHandle, agent?: AgentConnection): void {
     this.handle = handle;
-    if (this.record.agentSocket && this.ctx.agents && holds(this.status, "agent")) {
+    // A claimed pooled VM brings the channel it was made ready on: a new one would wait for a new hello.
+    if (agent) this.agent = agent;
+    else if (this.record.agentSocket && this.ctx.agents && holds(this.status, "agent")) {
       this.agent = this.ctx.agents.connect(this.id, this.record.agentSocket, this.record.agentTransport ?? "virtio-serial");
     }
     for (const what of HOLDINGS) if (holds(this.status, what)) this.held.add(what);
     this.watch(handle);
     this.armTtl();
+  }
+
+  /** From create to the agent's first hello; a claimed VM's agent said hello in its pool, so its claim's end. */
+  private agentReadyMs(): bigint {
+    const { record } = this;
+    const readyAt = record.origin ? record.runningSinceMs : this.agent?.readyAtMs;
+    return readyAt ? BigInt(Math.max(0, readyAt - record.createdAtMs)) : 0n;
   }
 
   /** Frees whatever the VM still holds (a release that failed earlier); the delete of an ended VM calls it. */
@@ -210,8 +219,9 @@ export class ManagedVm {
       backend: record.backend,
       faults,
       agentState: this.agent?.state ?? "none",
-      agentReadyMs: this.agent?.readyAtMs ? BigInt(Math.max(0, this.agent.readyAtMs - record.createdAtMs)) : 0n,
+      agentReadyMs: this.agentReadyMs(),
       group: record.spec.group ?? "",
+      origin: record.origin ?? "boot",
     };
   }
 

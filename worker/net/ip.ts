@@ -83,6 +83,12 @@ export class IpLinks {
     if (result.exitCode !== 0) throw new Error(`ip -batch (${lines.join("; ")}) failed: ${result.stderr.trim()}`);
   }
 
+  /** A TAP on no bridge, down: a pooled VM's, until its claim attaches it (ensureTap). */
+  async parkTap(tap: string): Promise<void> {
+    const result = await this.batch([`tuntap add dev ${tap} mode tap`]);
+    if (result.exitCode !== 0) throw new Error(`ip tuntap add ${tap} failed: ${result.stderr.trim()}`);
+  }
+
   /** Deletes the link; a missing one is fine. */
   async remove(name: string): Promise<void> {
     const result = await this.batch([`link delete dev ${name}`]);

@@ -253,14 +253,16 @@ export function leaveCommands(member: { ip?: string; group: string }, lastMember
   ];
 }
 
-/** Removes one VM's objects. Each command fails if its object is missing, so callers retry one by one. */
+/**
+ * Removes one VM's objects. Each command fails if its object is missing, so callers retry one by
+ * one. A member's `peers` entry is not here: its leave transaction removes it (leaveCommands), and
+ * a VM known only from the tables gets its own delete of it, which may fail alone.
+ */
 export function vmRemoveCommands(vm: { vmId: string; tap?: string; ip?: string }): Command[] {
   const n = names(vm.vmId);
   return [
     ...(vm.ip
       ? ([
-          // A member's entry, if it is one (its group's set is the caller's: see memberRemoveCommands).
-          { delete: { element: { ...inet, name: "peers", elem: [vm.ip] } } },
           { delete: { element: { ...inet, name: "egress", elem: [vm.ip] } } },
           { delete: { element: { ...inet, name: "deny", elem: [vm.ip] } } },
         ] as Command[])

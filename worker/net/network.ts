@@ -4,6 +4,7 @@ import { readFile } from "node:fs/promises";
 import type { Logger } from "pino";
 import { alreadyExists, failedPrecondition, internal, invalidArgument, notFound } from "../core/errors.js";
 import type { AttachedVm, GroupMembership, NetCounters, NetworkPort, VmNetwork } from "../ports/index.js";
+import { PARKED_MAC } from "../ports/network.js";
 import {
   type Answer,
   DEFAULT_DENY_CIDRS,
@@ -274,7 +275,21 @@ class Network implements NetworkPort {
     this.uplinkForwarding = true;
   }
 
-  async attach(vmId: string, allowedDomains: string[], member?: GroupMembership): Promise<VmNetwork> {
+  async park(vmId: string): Promise<{ tap: string; mac: string }> {
+    if (!VM_ID.test(vmId)) throw invalidArgument(`bad vm id "${vmId}"`);
+    this.ready ??= this.rebuild([]);
+    await this.ready;
+    const tap = tapName(vmId);
+    await this.links.parkTap(tap);
+    return { tap, mac: PARKED_MAC };
+  }
+
+  async unpark(vmId: string): Promise<void> {
+    if (this.attached.has(vmId)) return this.detach(vmId);
+    await this.links.remove(tapName(vmId));
+  }
+
+  async attach(vmId: string, allowedDomains: string[], member?: GroupMembership, options?: { parked?: boolean }): Promise<VmNetwork> {
     if (!VM_ID.test(vmId)) throw invalidArgument(`bad vm id "${vmId}"`);
     this.ready ??= this.rebuild([]);
     await this.ready;
@@ -285,7 +300,7 @@ class Network implements NetworkPort {
     // Claimed before the first wait, so two creates cannot both take a hostname.
     const group = member ? this.claim(vmId, member) : undefined;
     try {
-      return await this.attachClaimed(vmId, allowlist, member, group);
+      return await this.attachClaimed(vmId, allowlist, member, group, options?.parked === true);
     } catch (err) {
       // The first member's failure leaves no group behind (its own rules went with the undo).
       if (member && !this.attached.has(vmId) && this.unclaim(vmId, member.group)) {
@@ -304,6 +319,7 @@ class Network implements NetworkPort {
     allowlist: { domains: string[]; cidrs: string[] },
     member: GroupMembership | undefined,
     group: Group | undefined,
+    parked: boolean,
   ): Promise<VmNetwork> {
     await this.ensureUplinkForwarding();
     const ipam = await this.ipam();
@@ -330,7 +346,7 @@ class Network implements NetworkPort {
       this.dnsProxy.allow(ip, allowlist.domains);
       if (member) this.publishNames(member.group);
     };
-    const outcomes = await Promise.allSettled([rulesReady(), this.links.ensureTap(net.tap, this.options.bridge)]);
+    const outcomes = await Promise.allSettled([rulesReady(), this.links.ensureTap(net.tap, this.options.bridge, !parked)]);
     const failed = outcomes.find((outcome) => outcome.status === "rejected");
     if (failed) {
       // Both have ended, so the undo races neither.

@@ -1,6 +1,7 @@
 // Prometheus metrics of the worker (prom-client), in a registry of its own.
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import { VM_STATUSES, type VmView } from "../core/api.js";
+import type { PoolStats } from "../core/pools.js";
 
 export class WorkerMetrics {
   readonly registry = new Registry();
@@ -47,7 +48,7 @@ export class WorkerMetrics {
   });
 
   /** Gauges computed at scrape time from the current VMs. */
-  constructor(listVms: () => Promise<VmView[]>) {
+  constructor(listVms: () => Promise<VmView[]>, poolStats: () => PoolStats[] = () => []) {
     const registers = [this.registry];
     // prom-client collects all metrics of a scrape concurrently: every gauge below awaits the same
     // listVms snapshot, taken once per scrape.
@@ -87,5 +88,35 @@ export class WorkerMetrics {
     perVm("pcr_vm_net_rx_packets", "Packets the guest received", (vm) => vm.counters.netRxPackets);
     perVm("pcr_vm_net_tx_packets", "Packets the guest sent", (vm) => vm.counters.netTxPackets);
     perVm("pcr_vm_egress_drops", "Packets the VM's egress allowlist dropped", (vm) => vm.egressDrops);
+
+    const perPool = (name: string, help: string, value: (pool: PoolStats) => number) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ["pool"],
+        registers,
+        collect() {
+          this.reset();
+          for (const pool of poolStats()) this.set({ pool: pool.name }, value(pool));
+        },
+      });
+    perPool("pcr_pool_ready_vms", "Pooled VMs booted, paused and ready to claim", (pool) => pool.ready);
+    perPool("pcr_pool_target_vms", "Pooled VMs the pool keeps ready", (pool) => pool.target);
+    perPool("pcr_pool_memory_bytes", "Guest memory the pool's ready VMs hold", (pool) => pool.memoryBytes);
+    perPool("pcr_pool_snapshot_bytes", "Size of the pool's snapshot on disk (0: none)", (pool) => pool.snapshotBytes);
+    perPool("pcr_pool_snapshot_ready", "1 when the pool's snapshot on disk can be restored", (pool) => (pool.snapshot === "ready" ? 1 : 0));
+    perPool("pcr_pool_snapshot_rebuilds", "Snapshots found missing, changed or unloadable and saved again", (pool) => pool.rebuilds);
+    new Gauge({
+      name: "pcr_pool_claims",
+      help: "Creates of a pooled machine, by where the VM came from (pool, snapshot, boot)",
+      labelNames: ["pool", "origin"],
+      registers,
+      collect() {
+        this.reset();
+        for (const pool of poolStats()) {
+          for (const [origin, count] of Object.entries(pool.claims)) this.set({ pool: pool.name, origin }, count);
+        }
+      },
+    });
   }
 }

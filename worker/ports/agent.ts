@@ -123,6 +123,24 @@ export interface GuestFaultResult {
   bytes: number;
 }
 
+/** What makes a pooled VM one tenant's (agent/personalize.go): identity, randomness, clock, network. */
+export interface Personalization {
+  hostname: string;
+  /** Credited to the guest kernel's input pool, which then reseeds: clones of one snapshot diverge. */
+  seed: Uint8Array;
+  /** 32 lower-case hex digits, written to /etc/machine-id. */
+  machineId: string;
+  /** The host's clock: a restored guest wakes with its snapshot's. */
+  nowMs: number;
+  /** The network, all or none: "10.0.0.5/24", gateway, DNS server, MAC. */
+  address?: string;
+  gateway?: string;
+  dns?: string;
+  mac?: string;
+  /** Without an address: only bring the NIC up (a pool warms a guest so, before pausing it). */
+  linkUp?: boolean;
+}
+
 export type AgentState = "connecting" | "ready" | "broken" | "closed";
 
 export interface AgentConnection {
@@ -156,6 +174,8 @@ export interface AgentConnection {
 
   /** Past timeoutMs (plus the channel's grace) the request is cancelled: DEADLINE_EXCEEDED. */
   fault(fault: GuestFault, timeoutMs: number): Promise<GuestFaultResult>;
+  /** Makes a pooled VM its tenant's; answers the network interface it configured ("" without a network). */
+  personalize(request: Personalization, timeoutMs: number): Promise<{ interface: string }>;
   close(): void;
 }
 

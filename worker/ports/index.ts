@@ -7,3 +7,4 @@ export type * from "./records.js";
 export type * from "./secrets.js";
 export type * from "./store.js";
 export type * from "./vmm.js";
+export type * from "./snapshots.js";

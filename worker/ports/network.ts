@@ -10,6 +10,9 @@ export interface VmNetwork {
   dns: string;
 }
 
+/** The MAC a pooled guest's NIC is launched with; the claim gives the guest its own (macForIp). */
+export const PARKED_MAC = "02:70:63:72:00:00";
+
 export interface NetCounters {
   rxBytes: bigint;
   txBytes: bigint;
@@ -40,7 +43,14 @@ export interface NetworkPort {
    * Allocates address and MAC, creates the TAP, the chain and the set; with `member`, joins the
    * group (ALREADY_EXISTS when a member of it has that hostname).
    */
-  attach(vmId: string, allowedDomains: string[], member?: GroupMembership): Promise<VmNetwork>;
+  attach(vmId: string, allowedDomains: string[], member?: GroupMembership, options?: { parked?: boolean }): Promise<VmNetwork>;
+  /**
+   * A TAP for a pooled VM, on no bridge and with no address: the VMM opens it at launch, and the
+   * claim's attach (with `parked`) puts it on the bridge. The guest's NIC has PARKED_MAC until then.
+   */
+  park(vmId: string): Promise<{ tap: string; mac: string }>;
+  /** Removes a parked TAP that was never attached. Idempotent. */
+  unpark(vmId: string): Promise<void>;
   /** Removes TAP, chain, set and lease. Idempotent: missing pieces are fine. */
   detach(vmId: string): Promise<void>;
   /** Guest kernel parameters that tell the test guest its address. */

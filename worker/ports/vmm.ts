@@ -52,6 +52,11 @@ export interface VmLaunchSpec {
    * (Cloud Hypervisor). Backends with `agent` only.
    */
   agentSocket?: string;
+  /**
+   * Resume the guest saved in this file (VmmHandle.saveSnapshot of a VM launched from the same
+   * spec) instead of booting the kernel. Backends with `snapshot` only.
+   */
+  restoreFrom?: string;
 }
 
 /** Persisted by the core so that a restarted worker can re-adopt the VMM. */
@@ -108,6 +113,11 @@ export interface VmmHandle {
   clearNetworkDelay?(faultId: string): Promise<void>;
   /** After a restart: removes fault machinery a previous worker left inside the VMM. */
   resetFaults?(): Promise<string[]>;
+  /**
+   * Pauses the guest and writes its whole state (memory, devices) to `path`, which a launch with
+   * `restoreFrom` resumes. The guest stays paused. Backends with `snapshot` only.
+   */
+  saveSnapshot?(path: string): Promise<{ bytes: number }>;
 }
 
 export type DiskErrorRule = import("../core/fault-model.js").DiskErrorRule;
@@ -118,6 +128,8 @@ export interface BackendCapabilities {
   dataDisk: boolean;
   /** A channel to the guest agent (VmLaunchSpec.agentSocket), and how it reaches the guest. */
   agent: false | AgentTransport;
+  /** saveSnapshot and launch's restoreFrom: pools keep machines on disk with it. */
+  snapshot: boolean;
 }
 
 /**
@@ -135,6 +147,8 @@ export interface VmmBackend {
   /** How the guest should mount a share: "9p" (QEMU) or "virtiofs" (Cloud Hypervisor). */
   readonly shareKind: "9p" | "virtiofs";
   launch(spec: VmLaunchSpec): Promise<VmmHandle>;
+  /** The VMM's own version ("QEMU emulator version 7.2.0 …"): a snapshot is restored only by the version that saved it. */
+  version?(): Promise<string>;
   /** Re-adopts a VMM that survived a worker restart; undefined when it is gone (or the pid was reused). */
   adopt(record: VmmProcessRecord, vmDir: string): Promise<VmmHandle | undefined>;
   /**

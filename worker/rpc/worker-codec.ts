@@ -23,6 +23,7 @@ import {
   type VmStatus,
   type VmView,
   VM_STATUSES,
+  VM_ORIGINS,
 } from "../core/api.js";
 import { invalidArgument } from "../core/errors.js";
 import {
@@ -179,6 +180,7 @@ export function writeRunningVm(b: MessageBuilder, s: number, vm: VmView): void {
   b.setText(p + 72, vm.agentState ?? "none");
   b.setU64(s + 40, vm.agentReadyMs ?? 0n);
   b.setText(p + 80, vm.group ?? "");
+  b.setU16(s + 2, VM_ORIGINS.indexOf(vm.origin ?? "boot"));
 }
 
 export function readRunningVm(s: StructReader): VmView {
@@ -205,6 +207,8 @@ export function readRunningVm(s: StructReader): VmView {
     agentState: readText(s, 9) || "none",
     agentReadyMs: readU64(s, 40),
     group: readText(s, 10),
+    // An origin this reader does not know yet (a newer worker's) is shown as a boot.
+    origin: VM_ORIGINS[readU16(s, 2)] ?? "boot",
   };
 }
 

@@ -7,6 +7,7 @@
 // that fails, a VMM that exits during boot, a guest that ignores the power button, a crash, a
 // guest power-off, the fault operations each switched off.
 import { randomUUID } from "node:crypto";
+import { readFile, writeFile } from "node:fs/promises";
 import { failedPrecondition, unavailable, WorkerError } from "../../core/errors.js";
 import type {
   BackendCapabilities,
@@ -25,6 +26,8 @@ import type { BackendModule } from "../module.js";
 
 /** Not in registry.ts's list: tests and benches pass `backend` (below) or build a FakeBackend. */
 export const FAKE_BACKEND: BackendName = "fake";
+/** What a fake snapshot file starts with; anything else does not load. */
+export const FAKE_SNAPSHOT_MAGIC = "FAKESNAP1\n";
 
 /** What the next launch does; every field optional. */
 export interface LaunchBehaviour {
@@ -52,6 +55,8 @@ export interface FakeBackendOptions {
   extraCmdline?: string[];
   /** What it declares it can serve; everything by default. */
   capabilities?: Partial<BackendCapabilities>;
+  /** What version() answers (default "fake 1"). */
+  version?: string;
   /** Fault operations the handles offer; all of them unless switched off here. */
   faults?: { reset?: boolean; powerOff?: boolean; diskErrors?: boolean; netDelay?: boolean; resetFaults?: boolean };
   /** Receives what the guest prints, by console path (nothing is written anywhere otherwise). */
@@ -371,6 +376,14 @@ class FakeHandle implements VmmHandle {
     this.vm.pause();
   }
 
+  async saveSnapshot(path: string): Promise<{ bytes: number }> {
+    this.alive();
+    this.vm.pause();
+    const text = `${FAKE_SNAPSHOT_MAGIC}${JSON.stringify({ memoryBytes: this.vm.spec.memoryBytes })}\n`;
+    await writeFile(path, text);
+    return { bytes: Buffer.byteLength(text) };
+  }
+
   async resume(): Promise<void> {
     this.alive();
     this.vm.resume();
@@ -421,6 +434,8 @@ export class FakeBackend implements VmmBackend {
   disconnected = false;
   /** Launch calls so far, failed ones included. */
   launches = 0;
+  /** Launches that restored a snapshot. */
+  restores = 0;
   private readonly queued: LaunchBehaviour[] = [];
 
   constructor(private readonly options: FakeBackendOptions = {}) {
@@ -450,11 +465,21 @@ export class FakeBackend implements VmmBackend {
     this.disconnected = true;
   }
 
+  async version(): Promise<string> {
+    return this.options.version ?? "fake 1";
+  }
+
   async launch(spec: VmLaunchSpec): Promise<VmmHandle> {
     this.launches++;
     const behaviour = this.queued.shift() ?? {};
     if (this.disconnected) throw unavailable("fake backend disconnected");
     if (behaviour.fail) throw behaviour.fail;
+    if (spec.restoreFrom) {
+      // As QEMU does with a stream it cannot load: the VMM exits at start.
+      const text = await readFile(spec.restoreFrom, "utf8").catch(() => "");
+      if (!text.startsWith(FAKE_SNAPSHOT_MAGIC)) throw failedPrecondition(`fake VMM cannot load the snapshot ${spec.restoreFrom}`);
+      this.restores++;
+    }
     const vm = this.host.spawn(this.name, spec, behaviour, {
       bootDelayMs: this.options.bootDelayMs ?? 0,
       acpiDelayMs: this.options.acpiDelayMs ?? 0,
@@ -502,7 +527,7 @@ export const backend = {
   binaries: [],
   install: "nothing (in memory; for tests and benches)",
   preference: 0,
-  capabilities: { dataDisk: true, agent: "virtio-serial" },
+  capabilities: { dataDisk: true, agent: "virtio-serial", snapshot: true },
   shareKind: "9p",
   detect: () => ({ usable: true, accel: "kvm", why: "runs anywhere (in memory)" }),
   create: async () => createFakeBackend(),

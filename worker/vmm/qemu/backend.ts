@@ -1,6 +1,8 @@
 // The QEMU backend: one detached qemu-system-x86_64 per VM (microvm machine), driven over QMP.
 // Its process is spawned, adopted, watched and killed by the shared supervisor (worker/process/).
-import { open, unlink } from "node:fs/promises";
+import { execFile } from "node:child_process";
+import { open, stat, unlink } from "node:fs/promises";
+import { promisify } from "node:util";
 import { basename, dirname, join } from "node:path";
 import type { Logger } from "pino";
 import { WorkerError, failedPrecondition, internal, resourceExhausted, unavailable } from "../../core/errors.js";
@@ -47,6 +49,10 @@ export interface QemuBackendOptions {
 }
 
 export const QMP_SOCKET = "qmp.sock";
+const SNAPSHOT_TIMEOUT_MS = 120_000;
+/** The first descriptor a child inherits after stdin, stdout and stderr (boot-files.ts passes from here too). */
+const FIRST_PASSED_FD = 3;
+const execFileAsync = promisify(execFile);
 export const VMM_LOG = "vmm.log";
 /** sun_path holds 108 bytes including the terminating NUL. */
 const MAX_UNIX_SOCKET_PATH = 107;
@@ -74,8 +80,8 @@ function optionValue(value: string): string {
 
 /** QEMU's argument vector for one VM. No secret is ever on it: only paths. */
 export function qemuArgv(
-  spec: Omit<VmLaunchSpec, "vmDir" | "consolePath"> & { consolePath?: string },
-  options: { accel: Accelerator; qmpSocket?: string; cpuModel?: string },
+  spec: Omit<VmLaunchSpec, "vmDir" | "consolePath" | "restoreFrom"> & { consolePath?: string },
+  options: { accel: Accelerator; qmpSocket?: string; cpuModel?: string; incomingFd?: number },
 ): string[] {
   const argv = [
     // The process name shows in /proc/<pid>/comm and cmdline: how an operator spots whose VMM it is.
@@ -159,6 +165,8 @@ export function qemuArgv(
     );
   }
   if (options.qmpSocket) argv.push("-qmp", `unix:${optionValue(options.qmpSocket)},server=on,wait=off`);
+  // The saved state streams in from an inherited descriptor; the guest runs once it is loaded.
+  if (options.incomingFd !== undefined) argv.push("-incoming", `fd:${options.incomingFd}`);
   return argv;
 }
 
@@ -176,6 +184,7 @@ export function createQemuBackend(options: QemuBackendOptions): VmmBackend {
   const log = options.logger.child({ backend: "qemu" });
   const tscKhz = options.tscKhz ?? hostTscKhz();
   let resolved: Promise<string | undefined> | undefined;
+  let versionText: Promise<string> | undefined;
 
   return {
     name: qemu.name,
@@ -205,10 +214,13 @@ export function createQemuBackend(options: QemuBackendOptions): VmmBackend {
       });
       if (spec.dataDisk) await createDataDisk(spec.dataDisk.path, spec.dataDisk.bytes, vmLog);
       const passed = handOverBootFiles(spec);
-      const argv = qemuArgv(passed.spec, { accel: options.accel, qmpSocket, cpuModel: options.cpuModel });
+      const snapshot = spec.restoreFrom ? await openSnapshot(spec.restoreFrom) : undefined;
+      const incomingFd = snapshot ? FIRST_PASSED_FD + passed.fds.length : undefined;
+      const argv = qemuArgv(passed.spec, { accel: options.accel, qmpSocket, cpuModel: options.cpuModel, incomingFd });
       const logPath = join(spec.vmDir, VMM_LOG);
       const spawnedAt = performance.now();
-      const vmm = await spawnSupervised(binary, argv, { logPath, passFds: passed.fds, install: INSTALL_HINT });
+      const passFds = snapshot ? [...passed.fds, snapshot.fd] : passed.fds;
+      const vmm = await spawnSupervised(binary, argv, { logPath, passFds, install: INSTALL_HINT }).finally(() => snapshot?.close());
       const record: VmmProcessRecord = {
         backend: qemu.name,
         pid: vmm.pid,
@@ -224,7 +236,17 @@ export function createQemuBackend(options: QemuBackendOptions): VmmBackend {
       });
       record.exe = (await processExe(vmm.pid)) || undefined; // QEMU itself answers now
       vmLog.debug({ pid: vmm.pid, qmpReadyMs: Math.round(performance.now() - spawnedAt), format }, "qemu started");
-      return new QemuHandle(record, vmm, qmp, logPath, vmLog);
+      return new QemuHandle(record, vmm, qmp, logPath, vmLog, snapshot !== undefined);
+    },
+
+    version() {
+      versionText ??= (async () => {
+        const binary = (await findExecutable(qemuBinary)) ?? qemuBinary;
+        const { stdout } = await execFileAsync(binary, ["--version"], { timeout: 10_000 });
+        return stdout.split("\n")[0]!.trim();
+      })();
+      versionText.catch(() => (versionText = undefined));
+      return versionText;
     },
 
     async adopt(record, vmDir) {
@@ -250,6 +272,20 @@ export function createQemuBackend(options: QemuBackendOptions): VmmBackend {
       return killed.map(({ pid }) => `vmm:${pid}`);
     },
   };
+}
+
+/** The snapshot to restore, opened by the worker; NOT_FOUND-like failures say which file. */
+async function openSnapshot(path: string) {
+  try {
+    return await open(path, "r");
+  } catch (err) {
+    throw failedPrecondition(`cannot open the snapshot ${path}: ${(err as Error).message}`);
+  }
+}
+
+/** A shell word: QEMU's exec: migration runs its command through /bin/sh. */
+function shellWord(text: string): string {
+  return `'${text.replaceAll("'", "'\\''")}'`;
 }
 
 /** What to install when the binary is missing. */
@@ -353,6 +389,8 @@ class QemuHandle implements VmmHandle {
     private readonly qmp: QmpClient | undefined,
     private readonly logPath: string,
     private readonly log: Logger,
+    /** Started from a snapshot saved paused: it loads paused, and waitRunning continues it. */
+    private restored = false,
   ) {
     qmp?.on("event", (event) => {
       if (event.event === "SHUTDOWN" && event.data.guest === true) this.guestShutdown = String(event.data.reason);
@@ -405,6 +443,11 @@ class QemuHandle implements VmmHandle {
           throw err;
         });
         if (status?.running) return;
+        if (this.restored && status?.status === "paused") {
+          this.restored = false;
+          await this.execute("cont");
+          continue;
+        }
         await new Promise((resolve) => setTimeout(resolve, attempt < 20 ? 10 : 50));
       }
     })();
@@ -500,6 +543,25 @@ class QemuHandle implements VmmHandle {
 
   async resume(): Promise<void> {
     await this.execute("cont");
+  }
+
+  async saveSnapshot(path: string): Promise<{ bytes: number }> {
+    await this.execute("stop");
+    await this.execute("migrate", { uri: `exec:cat > ${shellWord(path)}` });
+    const deadline = performance.now() + SNAPSHOT_TIMEOUT_MS;
+    for (;;) {
+      const info = await this.execute<{ status?: string; "error-desc"?: string }>("query-migrate");
+      if (info.status === "completed") break;
+      if (info.status === "failed" || info.status === "cancelled") {
+        throw internal(`saving the snapshot failed: ${info["error-desc"] ?? info.status}`);
+      }
+      if (performance.now() > deadline) {
+        await this.execute("migrate_cancel").catch(() => undefined);
+        throw new WorkerError("DEADLINE_EXCEEDED", `saving the snapshot took longer than ${SNAPSHOT_TIMEOUT_MS} ms`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    return { bytes: (await stat(path)).size };
   }
 
   stop(graceMs: number): Promise<VmmExit> {

@@ -9,7 +9,7 @@ export const backend = {
   install: "apt-get install qemu-system-x86 (runs everywhere, KVM or TCG)",
   // Slower to boot than Cloud Hypervisor, but the one that runs without KVM.
   preference: 1,
-  capabilities: { dataDisk: true, agent: "virtio-serial" },
+  capabilities: { dataDisk: true, agent: "virtio-serial", snapshot: true },
   shareKind: "9p",
   kvmProbe: {
     reportKey: "kvm",
