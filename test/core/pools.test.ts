@@ -2,7 +2,7 @@
 // host's limits, snapshots on disk and their breakage, failed claims and restarts. The real thing
 // (QEMU, nft, the agent in a guest): test/e2e/pools.test.ts.
 import assert from "node:assert/strict";
-import { existsSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import type { PoolConfig } from "../../worker/core/pools.js";
@@ -155,23 +155,29 @@ test("a disk pool saves the machine once; hot VMs and claims past them restore i
   await w.service.closePools();
 });
 
-test("a snapshot that does not load is dropped and saved again; the claim boots meanwhile", async () => {
-  const w = new World({ pools: [pool(0, true)] });
-  await w.service.startPools();
-  await until(() => w.service.poolStats()[0]!.snapshot === "ready", "snapshot saved");
-  const state = readdirSync(w.snapshotsDir).find((file) => file.endsWith(".state"))!;
-  rmSync(join(w.snapshotsDir, state), { force: true });
-  writeFileSync(join(w.snapshotsDir, state), "garbage");
-  const id = await w.service.createVm(specInput(), {});
-  assert.equal((await w.service.getVm(id)).origin, "boot");
-  await until(() => w.service.poolStats()[0]!.snapshot === "ready", "snapshot saved again");
-  const stats = w.service.poolStats()[0]!;
-  assert.equal(stats.rebuilds, 1);
-  assert.match(stats.lastRebuild, /^restoring it failed: .*cannot load the snapshot/);
-  const restored = await w.service.createVm(specInput({ hostname: "again" }), {});
-  assert.equal((await w.service.getVm(restored)).origin, "snapshot");
-  await w.service.closePools();
-});
+for (const [breakage, reason] of [
+  ["rewritten since it was saved", /^restoring it failed: .*changed since it was saved/],
+  ["the same size and mtime, but not loadable", /^restoring it failed: .*cannot load the snapshot/],
+] as const) {
+  test(`a snapshot ${breakage} is dropped and saved again; the claim boots meanwhile`, async () => {
+    const w = new World({ pools: [pool(0, true)] });
+    await w.service.startPools();
+    await until(() => w.service.poolStats()[0]!.snapshot === "ready", "snapshot saved");
+    const path = join(w.snapshotsDir, readdirSync(w.snapshotsDir).find((file) => file.endsWith(".state"))!);
+    const { size, atime, mtimeMs } = statSync(path);
+    writeFileSync(path, "X".repeat(size + (breakage.startsWith("rewritten") ? 1 : 0)), { flag: "r+" });
+    if (!breakage.startsWith("rewritten")) utimesSync(path, atime, mtimeMs / 1000);
+    const id = await w.service.createVm(specInput(), {});
+    assert.equal((await w.service.getVm(id)).origin, "boot");
+    await until(() => w.service.poolStats()[0]!.snapshot === "ready", "snapshot saved again");
+    const stats = w.service.poolStats()[0]!;
+    assert.equal(stats.rebuilds, 1);
+    assert.match(stats.lastRebuild, reason);
+    const restored = await w.service.createVm(specInput({ hostname: "again" }), {});
+    assert.equal((await w.service.getVm(restored)).origin, "snapshot");
+    await w.service.closePools();
+  });
+}
 
 test("at start, a snapshot changed or deleted since it was saved is rebuilt, and strays are removed", async () => {
   const w = new World({ pools: [pool(0, true)] });

@@ -89,7 +89,13 @@ export async function discardUnclaimed(deps: CreateDeps, vm: UnclaimedVm): Promi
 /** Where a claim's VM comes from: a pooled VM ready now, or its pool's snapshot to restore. */
 export type ClaimSource =
   | { kind: "pool"; pool: string; vm: UnclaimedVm; paused: boolean }
-  | { kind: "snapshot"; pool: { name: string; spec: ValidSpec }; path: string };
+  | {
+      kind: "snapshot";
+      pool: { name: string; spec: ValidSpec };
+      path: string;
+      /** Throws when the file is no longer the one saved (replaced, rewritten, removed). */
+      check(): Promise<void>;
+    };
 
 /**
  * Makes VM `id` from `source` for `request`: the create's record, then network, identity and
@@ -117,7 +123,10 @@ export async function runClaim(
         )
       : await plan.step(
           RESTORE_STEP,
-          () => launchUnclaimed(deps, id, source.pool, log, source.path),
+          async () => {
+            await source.check();
+            return launchUnclaimed(deps, id, source.pool, log, source.path);
+          },
           (vm) => discardUnclaimed(deps, vm),
         );
   const { record, handle, agent } = unclaimed;

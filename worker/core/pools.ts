@@ -6,7 +6,7 @@ import { createHash, randomBytes } from "node:crypto";
 import type { Logger } from "pino";
 import { discardUnclaimed, launchUnclaimed, type ClaimSource, type UnclaimedVm } from "./claim.js";
 import type { CreateDeps } from "./create.js";
-import { asWorkerError } from "./errors.js";
+import { asWorkerError, failedPrecondition } from "./errors.js";
 import type { ValidSpec } from "./spec.js";
 import type { SnapshotFile, SnapshotId, SnapshotStore } from "../ports/index.js";
 
@@ -142,7 +142,8 @@ export class PoolSet {
       return { kind: "pool", pool: pool.config.name, vm, paused: true };
     }
     if (pool.snapshot && pool.snapshotState === "ready") {
-      return { kind: "snapshot", pool: { name: pool.config.name, spec: pool.config.spec }, path: pool.snapshot.path };
+      const { path } = pool.snapshot;
+      return { kind: "snapshot", pool: { name: pool.config.name, spec: pool.config.spec }, path, check: () => this.checkSnapshot(pool) };
     }
     return undefined;
   }
@@ -249,12 +250,15 @@ export class PoolSet {
         pool.problem = "";
       } catch (err) {
         const error = asWorkerError(err);
-        pool.problem = error.message;
         // A full host waits for room; anything else for the retry, so a broken spec does not spin.
-        this.deps.log[error.code === "RESOURCE_EXHAUSTED" ? "info" : "warn"](
-          { pool: pool.config.name, err: error.message },
-          "cannot fill the pool now; trying again later",
-        );
+        // Said once per problem, not at every retry.
+        if (pool.problem !== error.message) {
+          this.deps.log[error.code === "RESOURCE_EXHAUSTED" ? "info" : "warn"](
+            { pool: pool.config.name, err: error.message },
+            "cannot fill the pool now; trying again later",
+          );
+        }
+        pool.problem = error.message;
         this.retryTimer = setTimeout(() => this.kick(), this.deps.retryMs ?? 2000);
         this.retryTimer.unref();
         return;
@@ -271,6 +275,7 @@ export class PoolSet {
     const restoreFrom = pool.snapshotState === "ready" ? pool.snapshot?.path : undefined;
     let vm: UnclaimedVm;
     try {
+      if (restoreFrom) await this.checkSnapshot(pool);
       vm = await this.launch(pool, restoreFrom);
     } catch (err) {
       if (restoreFrom) this.rebuild(pool, `restoring it failed: ${asWorkerError(err).message}`);
@@ -371,6 +376,12 @@ export class PoolSet {
     await discardUnclaimed(this.deps.create, vm).catch((err) =>
       this.deps.log.error({ vmId: vm.id, err: asWorkerError(err).message }, "cannot remove a pooled vm"),
     );
+  }
+
+  /** Before a restore: the file must be the one saved (same size, inode and mtime). */
+  private async checkSnapshot(pool: Pool): Promise<void> {
+    const found = await this.deps.snapshots.find(this.snapshotId(pool));
+    if (!("found" in found)) throw failedPrecondition(`the snapshot ${"broken" in found ? found.broken : "is missing"}`);
   }
 
   private rebuild(pool: Pool, reason: string): void {

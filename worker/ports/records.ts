@@ -26,7 +26,10 @@ export interface VmRecord {
   secretNames: string[];
   /** The pool the VM was made for (core/pools.ts); while it is still `creating`, it is nobody's yet. */
   pool?: string;
-  /** How a claimed VM started: kept booted in its pool, or restored from the pool's snapshot at its claim. Absent: booted for its create. */
+  /**
+   * How a claimed VM started: kept booted in its pool, or restored from the pool's snapshot at its
+   * claim. Absent: booted for its create.
+   */
   origin?: "pool" | "snapshot";
 }
 
