@@ -82,6 +82,8 @@ func personalize(payload []byte, _ <-chan struct{}) (answer, error) {
 	if err := os.WriteFile(hostsFile, []byte("127.0.0.1 localhost "+req.Hostname+"\n"), 0o644); err != nil {
 		return answer{}, precondition("cannot write %s: %v", hostsFile, err)
 	}
+	// On the console (the agent's stderr): where a claimed VM's own story starts.
+	fmt.Fprintf(os.Stderr, "pcr-agent: personalized as %s\n", req.Hostname)
 	result := personalizeAnswer{}
 	if req.LinkUp {
 		name, err := linkUp()

@@ -18,6 +18,11 @@ export interface InvariantOptions {
   fdSlack?: number;
   /** The worker runs without --no-network: TAPs and nft objects are expected per live VM. */
   network?: boolean;
+  /**
+   * Pooled VMs expected (a full pool): each a directory whose record is `creating` for a pool, a
+   * VMM and a parked TAP, and nothing else (no lease, no nft objects); checked only when given.
+   */
+  pooled?: number;
 }
 
 export interface Snapshot {
@@ -187,6 +192,16 @@ export async function snapshot(worker: WorkerProcess, options: InvariantOptions 
   };
 }
 
+/** A VM directory whose record is a pooled VM's (core/claim.ts launchUnclaimed): `creating`, for a pool. */
+function isPooled(worker: WorkerProcess, id: string): boolean {
+  try {
+    const record = JSON.parse(readFileSync(join(worker.stateDir, "vms", id, "vm.json"), "utf8")) as { status: string; pool?: string };
+    return record.status === "creating" && typeof record.pool === "string";
+  } catch {
+    return false;
+  }
+}
+
 /** Every invariant violated by the snapshot, as sentences; empty when all hold. */
 export function violations(snap: Snapshot, worker: WorkerProcess, options: InvariantOptions = {}): string[] {
   const problems: string[] = [];
@@ -196,8 +211,15 @@ export function violations(snap: Snapshot, worker: WorkerProcess, options: Invar
   const liveIds = new Set(live.map((vm) => vm.id));
 
   // Records: one directory per VM the worker knows, each with a readable record, no temp files.
+  // A pooled VM's is nobody's yet: its record says `creating` for its pool.
+  const pooled = new Set(snap.vmDirs.filter((id) => !known.has(id) && options.pooled !== undefined && isPooled(worker, id)));
+  if (options.pooled !== undefined && pooled.size !== options.pooled) {
+    problems.push(`${pooled.size} pooled VMs, expected ${options.pooled}`);
+  }
   const dirs = new Set(snap.vmDirs);
-  for (const dir of dirs) if (!known.has(dir)) problems.push(`VM directory ${dir} has no VM in listVms (stale record)`);
+  for (const dir of dirs) {
+    if (!known.has(dir) && !pooled.has(dir)) problems.push(`VM directory ${dir} has no VM in listVms (stale record)`);
+  }
   for (const id of known) if (!dirs.has(id)) problems.push(`VM ${id} is listed but has no directory`);
   const recordPids = new Map<number, string>();
   for (const id of snap.vmDirs) {
@@ -211,7 +233,7 @@ export function violations(snap: Snapshot, worker: WorkerProcess, options: Invar
       if (view && view.status !== record.status && !(isLive(view.status) && isLive(record.status as VmView["status"]))) {
         problems.push(`VM ${id} is ${view.status} in listVms but ${record.status} on disk`);
       }
-      if (record.vmm && liveIds.has(id)) recordPids.set(record.vmm.pid, id);
+      if (record.vmm && (liveIds.has(id) || pooled.has(id))) recordPids.set(record.vmm.pid, id);
     } catch (err) {
       problems.push(`VM ${id}: record unreadable: ${(err as Error).message}`);
     }
@@ -228,7 +250,7 @@ export function violations(snap: Snapshot, worker: WorkerProcess, options: Invar
   }
 
   if (network) {
-    const expectedTaps = new Set(live.map((vm) => tapName(vm.id)));
+    const expectedTaps = new Set([...live.map((vm) => tapName(vm.id)), ...[...pooled].map(tapName)]);
     for (const tap of snap.taps) if (!expectedTaps.has(tap)) problems.push(`leaked TAP ${tap}`);
     for (const vm of live)
       if (vm.status === "running" && !snap.taps.includes(tapName(vm.id))) problems.push(`VM ${vm.id} is running without its TAP`);

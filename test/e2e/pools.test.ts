@@ -5,7 +5,7 @@
 // changed on disk is rebuilt, and the worker says so.
 import assert from "node:assert/strict";
 import { execa } from "execa";
-import { existsSync, readdirSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import type { VmSpecInput } from "../../worker/core/api.js";
@@ -64,7 +64,7 @@ describe("warm pools on real guests", { skip }, () => {
     await topology?.destroy();
   });
 
-  test("a claim is agent-ready at once, with its own name, address, secrets, seed and machine id", async () => {
+  test("a claim is agent-ready at once, with its own name, address, secrets, seed and machine id", async (t) => {
     const claim = async (hostname: string, token: string) => {
       const started = performance.now();
       const id = await client.createVm(
@@ -78,6 +78,10 @@ describe("warm pools on real guests", { skip }, () => {
     };
     const a = await claim("tenant-a", "secret-of-a");
     const b = await claim("tenant-b", "secret-of-b");
+    // Whatever fails below, the tests after this one start without these two.
+    t.after(async () => {
+      for (const { id } of [a, b]) await client.deleteVm(id).catch(() => undefined);
+    });
     for (const [{ id, vm }, hostname, token] of [
       [a, "tenant-a", "secret-of-a"],
       [b, "tenant-b", "secret-of-b"],
@@ -99,6 +103,16 @@ describe("warm pools on real guests", { skip }, () => {
     assert.match(await http("allowed.test"), new RegExp(`hello-${ALLOWED_IP}:${LISTEN_PORT}`));
     assert.equal(await http(DENIED_IP), "", "an address off the allowlist is dropped");
     assert.match(await sh(a.id, "nslookup denied.test 2>&1; true"), /REFUSED|can't resolve|NXDOMAIN/i);
+    // Faults and counters as for a booted VM: a partition cuts the allowed host off, its clear restores it.
+    const fault = await client.injectFault(a.id, { kind: "partition", cidrs: [`${ALLOWED_IP}/32`] });
+    assert.equal(await http("allowed.test"), "", "partitioned");
+    await client.clearFault(a.id, fault);
+    assert.match(await http("allowed.test"), /hello-/);
+    const counted = await client.getVm(a.id);
+    assert.ok(counted.counters.netTxPackets > 0n && counted.counters.netRxBytes > 0n, "the claimed VM's traffic is counted");
+    // Its console says where its own story starts (restored from the snapshot, it starts there).
+    const consoleText = Buffer.from((await client.read(a.id, 0n, 1 << 20)).data).toString();
+    assert.match(consoleText, /pcr-agent: personalized as tenant-a/);
     for (const { id } of [a, b]) await client.deleteVm(id);
     for (const { id } of [a, b]) assert.equal(existsSync(join(base.stateDir, "vms", id)), false, "a deleted claim leaves nothing");
   });
@@ -106,10 +120,14 @@ describe("warm pools on real guests", { skip }, () => {
   test("20 claims in a row from a pool of 2: each one succeeds, from the pool, its snapshot, or a boot", async () => {
     const origins: Record<string, number> = {};
     for (let i = 0; i < 20; i++) {
-      const id = await client.createVm({ ...input, hostname: `row-${i}` }, { waitReadyMs: 60_000 });
+      const id = await client.createVm(
+        { ...input, hostname: `row-${i}` },
+        { waitReadyMs: 60_000, secrets: [{ name: `token-${i}`, value: Buffer.from(`secret-${i}`) }] },
+      );
       const vm = await client.getVm(id);
       origins[vm.origin!] = (origins[vm.origin!] ?? 0) + 1;
-      assert.equal(await sh(id, "hostname"), `row-${i}`);
+      // Its own name and secret, and no earlier tenant's.
+      assert.equal(await sh(id, "hostname; ls /run/secrets; cat /run/secrets/*"), `row-${i}\ntoken-${i}\nsecret-${i}`);
       await client.deleteVm(id);
     }
     console.log(`# 20 claims: ${JSON.stringify(origins)}`);
@@ -175,5 +193,41 @@ describe("warm pools on real guests", { skip }, () => {
     const links = (await topology.linkNames()).filter((name) => name.startsWith("pcr-"));
     assert.equal(links.length, 2 + listed.length, `TAPs: ${links.join(" ")}`);
     for (const vm of listed) await client.deleteVm(vm.id);
+  });
+
+  test("a worker SIGKILLed while the pool refills after a claim: the claimed VM is adopted, the refill's VM removed", async () => {
+    await poolFull();
+    const claimed = await client.createVm({ ...input, hostname: "kept" }, { waitReadyMs: 60_000 });
+    // The claim kicked a refill, whose restore (about 0.4 s) is under way when the kill lands.
+    await worker.stop("SIGKILL");
+    client.close();
+    await start();
+    const listed = await client.listVms();
+    assert.deepEqual(
+      listed.map((vm) => [vm.id, vm.status, vm.origin]),
+      [[claimed, "running", "pool"]],
+    );
+    assert.equal(await sh(claimed, "hostname"), "kept", "adopted with its agent channel");
+    await poolFull();
+    assert.equal((await qemus()).length, 3, "the pool's two and the claimed VM");
+    await client.deleteVm(claimed);
+  });
+
+  test("a snapshot deleted while the worker runs: the next restore finds it gone, and the pool saves it again and says so", async () => {
+    const before = gauge(await poolFull(), "pcr_pool_snapshot_rebuilds");
+    const state = readdirSync(join(base.stateDir, "snapshots")).find((file) => file.endsWith(".state"))!;
+    rmSync(join(base.stateDir, "snapshots", state));
+    const logged = worker.logs().length;
+    // The claim takes a hot VM; its refill would restore from the missing file.
+    const id = await client.createVm({ ...input, hostname: "after-rm" }, { waitReadyMs: 60_000 });
+    assert.equal((await client.getVm(id)).origin, "pool");
+    const text = await poolFull();
+    assert.equal(gauge(text, "pcr_pool_snapshot_rebuilds"), before + 1);
+    assert.match(
+      worker.logs().slice(logged),
+      /pool snapshot unusable; removing it and saving a new one.*is missing|is missing.*pool snapshot unusable/,
+    );
+    assert.ok(existsSync(join(base.stateDir, "snapshots", state)), "saved again under the same name");
+    await client.deleteVm(id);
   });
 });

@@ -8,7 +8,7 @@ import { after, before, describe, test } from "node:test";
 import { promisify } from "node:util";
 import pino from "pino";
 import type { VmView } from "../../worker/core/api.js";
-import { VM_STATUSES } from "../../worker/core/api.js";
+import { VM_ORIGINS, VM_STATUSES } from "../../worker/core/api.js";
 import { WorkerError } from "../../worker/core/errors.js";
 import { RpcServer } from "../../worker/rpc/server.js";
 import { type WorkerClient, connectWorker } from "../../worker/rpc/worker-client.js";
@@ -52,6 +52,7 @@ function describeVm(vm: VmView): string {
     vm.agentState,
     vm.agentReadyMs,
     vm.group,
+    VM_ORIGINS.indexOf(vm.origin ?? "boot"),
   ].join("|");
 }
 

@@ -136,7 +136,8 @@ export class PoolSet {
     const pool = this.pools.find((each) => each.key === key);
     if (!pool) return undefined;
     const vm = pool.ready.shift();
-    this.kick();
+    // After the create's reservation, which follows at once: the refill must not take its room.
+    setImmediate(() => this.kick());
     if (vm) {
       this.deps.create.registry.release(vm.id);
       return { kind: "pool", pool: pool.config.name, vm, paused: true };

@@ -64,11 +64,21 @@ export class VmRegistry {
     this.held.delete(id);
   }
 
-  private admit(spec: ValidSpec): void {
+  /** Whether `spec` would fit with no pooled VM on the host: ending pooled VMs for it is worth it. */
+  fitsWithoutPools(spec: ValidSpec): boolean {
+    try {
+      this.admit(spec, false);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  private admit(spec: ValidSpec, countHeld = true): void {
     const { limits } = this;
     // A VM being created counts once, by its reservation, whether or not it is registered yet.
     const settled = this.all().filter((vm) => !this.reservations.has(vm.id));
-    const promised = [...this.reservations.values(), ...this.held.values()];
+    const promised = [...this.reservations.values(), ...(countHeld ? this.held.values() : [])];
     const specs = [...settled.filter((vm) => isLive(vm.status)).map((vm) => vm.record.spec), ...promised, spec];
     const cpu = sum(specs.map((each) => each.cpu));
     const memory = sum(specs.map((each) => each.memoryBytes));

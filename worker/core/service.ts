@@ -334,7 +334,9 @@ export class WorkerService implements WorkerApi {
         this.registry.reserve(id, request.spec);
         return;
       } catch (err) {
-        if (asWorkerError(err).code !== "RESOURCE_EXHAUSTED" || !this.pools?.evictOne()) throw err;
+        // Pooled VMs are ended for a create only when that makes room; never all of them in vain.
+        if (asWorkerError(err).code !== "RESOURCE_EXHAUSTED" || !this.registry.fitsWithoutPools(request.spec)) throw err;
+        if (!this.pools?.evictOne()) throw err;
       }
     }
   }

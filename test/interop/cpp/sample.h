@@ -44,6 +44,8 @@ inline void fillSampleVm(RunningVm::Builder vm, uint32_t i) {
   vm.setAgentState(agentStates[i % 4]);
   vm.setAgentReadyMs(i % 4 == 2 ? 2000 + i : 0);
   if (i % 2 == 1) vm.setGroup(kj::str("grp-", i % 3));
+  static const VmOrigin origins[] = {VmOrigin::BOOT, VmOrigin::POOL, VmOrigin::SNAPSHOT};
+  vm.setOrigin(origins[i % 3]);
 }
 
 inline kj::String describeFaults(capnp::List<ActiveFault>::Reader faults) {
@@ -64,5 +66,5 @@ inline kj::String describeVm(RunningVm::Reader vm) {
                  c.getBlockWriteOps(), ",", c.getNetRxBytes(), ",", c.getNetTxBytes(), ",",
                  c.getNetRxPackets(), ",", c.getNetTxPackets(), "|", vm.getEgressDrops(), "|", vm.getBackend(), "|",
                  describeFaults(vm.getFaults()), "|", vm.getAgentState(), "|", vm.getAgentReadyMs(), "|",
-                 vm.getGroup());
+                 vm.getGroup(), "|", uint16_t(vm.getOrigin()));
 }
