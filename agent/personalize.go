@@ -31,7 +31,8 @@ const (
 )
 
 var (
-	hostnamePattern  = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	// A host name as the worker takes it (RFC 1123, lower case): dot-separated labels, 253 at most.
+	hostnamePattern  = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$`)
 	machineIDPattern = regexp.MustCompile(`^[0-9a-f]{32}$`)
 )
 
@@ -103,8 +104,8 @@ func personalize(payload []byte, _ <-chan struct{}) (answer, error) {
 }
 
 func checkPersonalize(req personalizeRequest) error {
-	if !hostnamePattern.MatchString(req.Hostname) {
-		return invalid("hostname must be one lower-case label")
+	if len(req.Hostname) > 253 || !hostnamePattern.MatchString(req.Hostname) {
+		return invalid("hostname must be a lower-case RFC 1123 host name")
 	}
 	if len(req.Seed) < minSeedBytes || len(req.Seed) > maxSeedBytes {
 		return invalid("seed must hold %d..%d bytes", minSeedBytes, maxSeedBytes)

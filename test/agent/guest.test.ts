@@ -133,7 +133,7 @@ describe("the agent in a real guest", { skip, concurrency: false }, () => {
 
   test("personalize: a request with any bad field changes nothing; a good one sets name, machine id, clock and seed", async () => {
     const good = {
-      hostname: "tenant-1",
+      hostname: "tenant-1.example",
       seed: randomBytes(64),
       machineId: "0123456789abcdef0123456789abcdef",
       nowMs: Date.now() + 3_600_000,
@@ -142,6 +142,8 @@ describe("the agent in a real guest", { skip, concurrency: false }, () => {
     for (const bad of [
       { ...good, hostname: "Not_A_Label" },
       { ...good, hostname: "a".repeat(64) },
+      { ...good, hostname: "trailing.dot." },
+      { ...good, hostname: `${"a".repeat(63)}.${"b".repeat(63)}.${"c".repeat(63)}.${"d".repeat(63)}` },
       { ...good, seed: randomBytes(8) },
       { ...good, machineId: "../../etc/passwd" },
       { ...good, nowMs: -1 },
@@ -156,7 +158,7 @@ describe("the agent in a real guest", { skip, concurrency: false }, () => {
     const random = await sh("head -c 32 /dev/urandom | od -An -tx1");
     await channel.personalize(good, 10_000);
     const [hostname, machineId, now] = (await sh("hostname; cat /etc/machine-id; date +%s")).split("\n");
-    assert.equal(hostname, "tenant-1");
+    assert.equal(hostname, "tenant-1.example");
     assert.equal(machineId, good.machineId);
     assert.ok(Math.abs(Number(now) - good.nowMs / 1000) < 30, `the clock was set: ${now}`);
     assert.notEqual(await sh("head -c 32 /dev/urandom | od -An -tx1"), random);

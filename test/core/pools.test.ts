@@ -124,21 +124,34 @@ test("20 claims in a row from a pool of 2: every create succeeds, from the pool 
   w.assertEmpty();
 });
 
-test("a claim the guest refuses is undone, and the create boots instead", async () => {
-  const w = new World({ pools: [pool(1)] });
+for (const code of ["FAILED_PRECONDITION", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"] as const) {
+  test(`a claim the guest's agent refuses (${code}) is undone, and the create boots instead`, async () => {
+    const w = new World({ pools: [pool(1)] });
+    await w.service.startPools();
+    await ready(w, 1);
+    const [pooled] = w.host.live();
+    const agent = w.agents.connections.get(pooled!.spec.id)!;
+    agent.personalize = async () => {
+      throw new WorkerError(code, "agent: eth0: cannot set its MAC");
+    };
+    const id = await w.service.createVm(specInput({ hostname: "web-1.example" }), {});
+    assert.equal((await w.service.getVm(id)).origin, "boot");
+    assert.notEqual(pooled!.exit, undefined, "the refused pooled VM was ended");
+    await w.service.deleteVm(id);
+    await w.service.closePools();
+    w.assertEmpty();
+  });
+}
+
+test("a claim refused for the request's own reason (a taken group hostname) is not retried by a boot", async () => {
+  const w = new World({ pools: [pool(2)] });
   await w.service.startPools();
-  await ready(w, 1);
-  const [pooled] = w.host.live();
-  const agent = w.agents.connections.get(pooled!.spec.id)!;
-  agent.personalize = async () => {
-    throw new WorkerError("FAILED_PRECONDITION", "ip link set eth0 address: no such device");
-  };
-  const id = await w.service.createVm(specInput(), {});
-  assert.equal((await w.service.getVm(id)).origin, "boot");
-  assert.notEqual(pooled!.exit, undefined, "the refused pooled VM was ended");
-  await w.service.deleteVm(id);
+  await ready(w, 2);
+  await w.service.createVm(specInput({ hostname: "n1", group: "g" }), {});
+  const launches = w.backend.launches;
+  await rejectsWith(w.service.createVm(specInput({ hostname: "n1", group: "g" }), {}), "ALREADY_EXISTS", /n1/);
+  assert.equal(w.backend.launches, launches, "no boot tried");
   await w.service.closePools();
-  w.assertEmpty();
 });
 
 test("a disk pool saves the machine once; hot VMs and claims past them restore it", async () => {

@@ -77,14 +77,14 @@ describe("warm pools on real guests", { skip }, () => {
       return { id, vm };
     };
     const a = await claim("tenant-a", "secret-of-a");
-    const b = await claim("tenant-b", "secret-of-b");
+    const b = await claim("tenant-b.example", "secret-of-b");
     // Whatever fails below, the tests after this one start without these two.
     t.after(async () => {
       for (const { id } of [a, b]) await client.deleteVm(id).catch(() => undefined);
     });
     for (const [{ id, vm }, hostname, token] of [
       [a, "tenant-a", "secret-of-a"],
-      [b, "tenant-b", "secret-of-b"],
+      [b, "tenant-b.example", "secret-of-b"],
     ] as const) {
       assert.equal(vm.origin, "pool");
       assert.equal(vm.agentState, "ready");

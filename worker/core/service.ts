@@ -93,8 +93,12 @@ export interface ServiceObserver {
   storeFetched?(result: { bytes: number; seconds: number; paths: number }): void;
 }
 
-/** Errors of the request itself: booting instead of claiming would fail the same way. */
-const REQUEST_ERRORS = new Set(["INVALID_ARGUMENT", "ALREADY_EXISTS", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"]);
+/**
+ * The one claim error that is the request's own (its group already has that hostname): booting
+ * would fail the same way. Every other error of a claim (the guest's agent refusing, timing out,
+ * answering nonsense; a snapshot that does not load) is the pool's, and the VM is booted instead.
+ */
+const REQUEST_ERRORS = new Set(["ALREADY_EXISTS"]);
 
 export class WorkerService implements WorkerApi {
   readonly eventLog = new EventLog();
