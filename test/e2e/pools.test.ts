@@ -184,7 +184,9 @@ describe("warm pools on real guests", { skip }, () => {
         [[outcome.id, "running"]],
       );
     } else {
-      assert.deepEqual(listed, [], "the half-done claim is gone");
+      // Unanswered: undone, or finished with its answer lost with the worker, and then whole.
+      assert.ok(listed.length <= 1, `one claim, ${listed.length} VMs`);
+      for (const vm of listed) assert.deepEqual([vm.hostname, vm.status, vm.origin], ["interrupted", "running", "pool"]);
     }
     const text = await poolFull();
     assert.equal(gauge(text, "pcr_pool_snapshot_rebuilds"), 1);
