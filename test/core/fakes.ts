@@ -563,6 +563,8 @@ export interface WorldOptions {
   logger?: Logger;
   /** Warm pools; their snapshots go to a temporary directory the World keeps across restarts. */
   pools?: PoolConfig[];
+  /** How soon a pool that could not fill tries again (the service's default otherwise). */
+  poolRetryMs?: number;
 }
 
 /** A logger that keeps every line, parsed, for assertions. */
@@ -615,7 +617,7 @@ export class World {
       strayRoots: ["/fake/vms", "/fake/secrets"],
       faults,
       agents: this.options.agents || this.options.pools ? this.agents : undefined,
-      pools: this.options.pools ? { configs: this.options.pools, snapshots: this.snapshots } : undefined,
+      pools: this.options.pools ? { configs: this.options.pools, snapshots: this.snapshots, retryMs: this.options.poolRetryMs } : undefined,
     });
   }
 

@@ -23,7 +23,7 @@ async function ready(w: World, count: number): Promise<void> {
 }
 
 test("a pool fills with paused VMs that nobody sees, parked off the bridge, counted against the host", async () => {
-  const w = new World({ pools: [pool(2)], limits: { maxVms: 3, maxTotalCpu: 6 } });
+  const w = new World({ pools: [pool(2)], limits: { maxVms: 3, maxTotalCpu: 6 }, poolRetryMs: 10 });
   await w.service.startPools();
   await ready(w, 2);
   const pooled = w.host.live();
@@ -42,12 +42,15 @@ test("a pool fills with paused VMs that nobody sees, parked off the bridge, coun
   const stats = w.service.poolStats()[0]!;
   assert.equal(stats.ready, 2);
   assert.equal(stats.memoryBytes, 2 * machine.memoryBytes);
-  await w.service.createVm(specInput({ hostname: "other2", cpu: 2 }), {});
+  const other2 = await w.service.createVm(specInput({ hostname: "other2", cpu: 2 }), {});
   assert.equal(w.service.poolStats()[0]!.ready, 1, "the pool gave way to the create");
   // A create that would not fit even with the pools empty ends no pooled VM.
   // (2 + 2 + 3 vCPUs is over 6 even with the pool empty.)
   await rejectsWith(w.service.createVm(specInput({ hostname: "big", cpu: 3 }), {}), "RESOURCE_EXHAUSTED", /VMs/);
   assert.equal(w.service.poolStats()[0]!.ready, 1, "nothing evicted in vain");
+  // Room again: the pool refills (at its next retry).
+  await w.service.deleteVm(other2);
+  await ready(w, 2);
   await w.service.closePools();
 });
 

@@ -192,6 +192,8 @@ export class PoolSet {
     this.deps.create.registry.release(vm.id);
     this.deps.log.info({ pool: pool.config.name, vmId: vm.id }, "pooled vm evicted to make room for a create");
     void this.discard(vm);
+    // Refilling waits for room (retrying while the host is full): once the create's VM goes, the pool is whole again.
+    setImmediate(() => this.kick());
     return true;
   }
 

@@ -84,8 +84,8 @@ export interface ServiceDeps {
   faults?: FaultPorts;
   /** Channels to guest agents; without it, exec is refused. */
   agents?: GuestAgentPort;
-  /** Warm pools (pools.ts), and where their snapshots live. */
-  pools?: { configs: PoolConfig[]; snapshots: SnapshotStore };
+  /** Warm pools (pools.ts), where their snapshots live, and how soon a pool that could not fill tries again. */
+  pools?: { configs: PoolConfig[]; snapshots: SnapshotStore; retryMs?: number };
 }
 
 /** Hooks for metrics; every method optional. */
@@ -148,6 +148,7 @@ export class WorkerService implements WorkerApi {
           snapshots: deps.pools.snapshots,
           readyTimeoutMs: deps.timeouts.bootMs,
           log: deps.logger.child({ part: "pools" }),
+          retryMs: deps.pools.retryMs,
         },
         deps.pools.configs,
       );
