@@ -88,7 +88,8 @@ export async function discardUnclaimed(deps: CreateDeps, vm: UnclaimedVm): Promi
 
 /** Where a claim's VM comes from: a pooled VM ready now, or its pool's snapshot to restore. */
 export type ClaimSource =
-  | { kind: "pool"; pool: string; vm: UnclaimedVm; paused: boolean }
+  /** A hot VM: always paused while pooled. */
+  | { kind: "pool"; pool: string; vm: UnclaimedVm }
   | {
       kind: "snapshot";
       pool: { name: string; spec: ValidSpec };
@@ -140,7 +141,7 @@ export async function runClaim(
     origin: source.kind,
   } satisfies Partial<VmRecord>);
   const vm = await register(plan, deps, record, createEnded);
-  if (source.kind === "pool" && source.paused) await plan.step("resume", () => handle.resume());
+  if (source.kind === "pool") await plan.step("resume", () => handle.resume());
   if (network) {
     record.net = await plan.step(
       "attach network",

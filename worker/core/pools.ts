@@ -97,10 +97,6 @@ export class PoolSet {
     }));
   }
 
-  get size(): number {
-    return this.pools.length;
-  }
-
   /**
    * Keeps the snapshots of configured disk pools that are intact and of this backend's version;
    * removes every other file (a removed pool's, a killed save's), then starts filling.
@@ -140,7 +136,7 @@ export class PoolSet {
     setImmediate(() => this.kick());
     if (vm) {
       this.deps.create.registry.release(vm.id);
-      return { kind: "pool", pool: pool.config.name, vm, paused: true };
+      return { kind: "pool", pool: pool.config.name, vm };
     }
     if (pool.snapshot && pool.snapshotState === "ready") {
       const { path } = pool.snapshot;
