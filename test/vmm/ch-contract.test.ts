@@ -17,6 +17,7 @@ import {
   vmmPingResponseSchema,
 } from "../../worker/vmm/cloud-hypervisor/api.js";
 import { buildVmConfig, guestRunState, vmmArgv } from "../../worker/vmm/cloud-hypervisor/backend.js";
+import { restoredConfig } from "../../worker/vmm/cloud-hypervisor/snapshot.js";
 import { CH_OPENAPI_YAML, REFERENCE_OPENAPI_YAML, loadChOpenApi, type ChOpenApi } from "../fixtures/ch/fixtures.js";
 
 const minimalSpec: VmLaunchSpec = {
@@ -227,6 +228,55 @@ describe("requests: every path, method and body the backend sends", () => {
       }
     },
   );
+});
+
+describe("snapshots: vm.snapshot, vm.restore and the config.json a restore rewrites", () => {
+  const template: VmLaunchSpec = { ...fullSpec, share: undefined, net: { tap: "pcrt-template", mac: "02:70:63:72:00:00" } };
+  const clone: VmLaunchSpec = {
+    ...template,
+    id: "vm-clone",
+    vmDir: "/var/lib/procurator/vms/vm-clone",
+    consolePath: "/var/lib/procurator/vms/vm-clone/console.log",
+    net: { tap: "pcrt-clone", mac: "02:70:63:72:00:00" },
+    agentSocket: "/var/lib/procurator/vms/vm-clone/agent.sock",
+    kernel: "/proc/self/fd/4",
+  };
+
+  test("the snapshot and restore bodies validate strictly against VmSnapshotConfig and RestoreConfig", () => {
+    assert.equal(api.requestSchemaName(CH_API_CALLS.snapshot.path, "PUT"), "VmSnapshotConfig");
+    assert.equal(api.requestSchemaName(CH_API_CALLS.restore.path, "PUT"), "RestoreConfig");
+    assert.equal(api.validate("VmSnapshotConfig", { destination_url: "file:///var/lib/procurator/snapshots/x.draft" }), null);
+    assert.equal(api.validate("RestoreConfig", { source_url: "file:///var/lib/procurator/vms/vm-clone/restore", resume: true }), null);
+    assert.notEqual(api.validate("RestoreConfig", { resume: true }), null, "source_url is required");
+  });
+
+  test("the restored config is the saved one with the clone's TAP, console, vsock and boot files, and is a valid VmConfig", () => {
+    // Cloud Hypervisor writes every field of its config, defaults included: they pass through.
+    const saved = buildVmConfig(template) as unknown as Record<string, Record<string, unknown>>;
+    saved.net = [{ ...(saved.net as unknown as object[])[0], num_queues: 2, queue_size: 256, offload_tso: true }] as never;
+    saved.cpus = { ...saved.cpus, kvm_hyperv: false };
+    const restored = restoredConfig(saved, buildVmConfig(clone));
+    assert.equal(api.validate("VmConfig", restored), null, JSON.stringify(api.validate("VmConfig", restored)));
+    assert.deepEqual(restored.net, [
+      { tap: "pcrt-clone", mac: "02:70:63:72:00:00", id: "net0", num_queues: 2, queue_size: 256, offload_tso: true },
+    ]);
+    assert.deepEqual(restored.serial, { mode: "File", file: clone.consolePath });
+    assert.deepEqual(restored.vsock, { cid: 3, socket: clone.agentSocket });
+    assert.deepEqual(restored.payload, buildVmConfig(clone).payload);
+    assert.deepEqual(restored.cpus, { boot_vcpus: 4, max_vcpus: 4, kvm_hyperv: false });
+    assert.deepEqual(buildVmConfig(template).net![0]!.tap, "pcrt-template", "the saved config is not changed in place");
+  });
+
+  test("a restore into another machine is refused: vCPUs, memory, devices or vsock differ", () => {
+    const saved = buildVmConfig(template);
+    const refuse = (other: VmLaunchSpec, pattern: RegExp) => assert.throws(() => restoredConfig(saved, buildVmConfig(other)), pattern);
+    refuse({ ...clone, cpu: 2 }, /another machine: its vCPU count is \[4,4\], this VM's \[2,2\]/);
+    refuse({ ...clone, memoryBytes: 1024 ** 3 }, /its memory size is 8589934592, this VM's 1073741824/);
+    refuse({ ...clone, image: undefined }, /its disks are \[disk0\], this VM's \[\]/);
+    refuse({ ...clone, net: undefined }, /its net are \[net0\], this VM's \[\]/);
+    refuse({ ...clone, agentSocket: undefined }, /its vsock is 3, this VM's null/);
+    assert.throws(() => restoredConfig({ payload: {} }, buildVmConfig(clone)), /not a Cloud Hypervisor VmConfig/);
+  });
 });
 
 describe("responses: every response the backend parses", () => {

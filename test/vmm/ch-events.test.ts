@@ -69,6 +69,8 @@ test("event names map to guest run states", () => {
   assert.equal(state("vm", "booted"), "running");
   assert.equal(state("vm", "resumed"), "running");
   assert.equal(state("vm", "paused"), "paused");
+  assert.equal(state("vm", "restored"), "paused", "a restored VM stands paused until resumed");
+  assert.equal(state("vm", "snapshotted"), undefined);
   assert.equal(state("vm", "shutdown"), "shutdown");
   assert.equal(state("vmm", "shutdown"), "shutdown");
   assert.equal(state("vm", "booting"), undefined);

@@ -8,7 +8,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
-import { basename, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { after, afterEach, before, describe, test } from "node:test";
 import { pino } from "pino";
 import type { VmLaunchSpec, VmmHandle } from "../../worker/ports/index.js";
@@ -16,6 +16,8 @@ import { ChApiClient, ChApiError } from "../../worker/vmm/cloud-hypervisor/api.j
 import { buildVmConfig, chPaths, createCloudHypervisorBackend } from "../../worker/vmm/cloud-hypervisor/backend.js";
 import { isSameLiveProcess } from "../../worker/process/proc.js";
 import { FAKE_CH_BINARY } from "../fixtures/ch/fixtures.js";
+import { PARKED_MAC } from "../../worker/ports/network.js";
+import { FileSnapshots } from "../../worker/state/snapshots.js";
 import { testGuest } from "../helpers/repo.js";
 import { rejectsWith } from "../helpers/errors.js";
 
@@ -458,6 +460,108 @@ describe("Cloud Hypervisor backend against the contract fake (not real Cloud Hyp
       const spec = await makeSpec();
       await rejectsWith(backend({ apiReadyTimeoutMs: 300 }).launch(spec), "DEADLINE_EXCEEDED", /did not answer within 300 ms/);
       assert.deepEqual(await processesMentioning(spec.vmDir), [], "the VMM was killed");
+    });
+  });
+
+  describe("snapshots for pools: vm.snapshot, then vm.restore into another VM's TAP, console and vsock", () => {
+    /** A pooled VM's spec: parked TAP, its agent's vsock socket, a read-only root image. */
+    async function pooledSpec(tap: string, extra: Partial<VmLaunchSpec> = {}): Promise<VmLaunchSpec> {
+      const spec = await makeSpec({ net: { tap, mac: PARKED_MAC }, ...extra });
+      const image = join(spec.vmDir, "root.img");
+      await writeFile(image, "");
+      return { ...spec, image: extra.image ?? image, agentSocket: join(spec.vmDir, "agent.sock") };
+    }
+
+    /** A template saved into a committed snapshot of the store, as a +disk pool does; the template is gone after. */
+    async function savedSnapshot() {
+      const template = await pooledSpec("pcrt-template");
+      const handle = await launch(template);
+      await handle.waitRunning(2000);
+      const store = new FileSnapshots(await mkdtemp(join(tmpdir(), "pcr-ch-snapshots-")));
+      const id = { key: "0123456789abcdef", backend: "cloud-hypervisor", version: await backend().version!() };
+      const saved = await handle.saveSnapshot!(await store.draft(id));
+      const file = await store.commit(id);
+      cleanups.push(() => rm(dirname(file.path), { recursive: true, force: true }));
+      assert.equal(await handle.runState(), "paused", "saved paused, and left so");
+      await handle.kill();
+      return { template, saved, file, store, id };
+    }
+
+    test("the template is paused and saved; a VM restored from it has its own TAP, console, vsock and disks, and runs", async () => {
+      const { template, saved, file } = await savedSnapshot();
+      assert.match(file.version, /^cloud-hypervisor v\d+/, "snapshots are keyed by `cloud-hypervisor --version`");
+      assert.deepEqual((await readdir(file.path)).sort(), ["config.json", "memory-ranges", "state.json"]);
+      assert.equal(saved.bytes, file.bytes);
+      const templateLog = await requests(template.vmDir);
+      assertAllValid(templateLog);
+      assert.deepEqual(
+        callSequence(templateLog)
+          .filter((call) => call !== "/vm.info")
+          .slice(-2),
+        ["/vm.pause", "/vm.snapshot"],
+      );
+      assert.deepEqual(templateLog.find((r) => r.path === "/vm.snapshot")!.body, {
+        destination_url: `file://${dirname(file.path)}/${basename(file.path, ".state")}.draft`,
+      });
+
+      const clone = await pooledSpec("pcrt-clone", { restoreFrom: file.path });
+      const handle = await launch(clone);
+      await handle.waitRunning(2000);
+      assert.equal(await handle.runState(), "running");
+      const log = await requests(clone.vmDir);
+      assertAllValid(log);
+      assert.deepEqual(callSequence(log).slice(0, 2), ["/vmm.ping", "/vm.restore"], "restored, neither created nor booted");
+      assert.ok(!log.some((r) => r.path === "/vm.create" || r.path === "/vm.boot"));
+      const restoreDir = chPaths(clone.vmDir).restoreDir;
+      assert.deepEqual(log.find((r) => r.path === "/vm.restore")!.body, { source_url: `file://${restoreDir}`, resume: true });
+
+      // What the restored VM runs with: the clone's own parts, the template's nowhere.
+      const client = new ChApiClient(handle.record.controlSocket);
+      const config = (await client.info().finally(() => client.close())).config as unknown as ReturnType<typeof buildVmConfig>;
+      assert.deepEqual(config, buildVmConfig(clone));
+      assert.ok(!JSON.stringify(config).includes(template.vmDir), JSON.stringify(config));
+      assert.match(await readFile(clone.consolePath, "utf8"), /restored/, "the clone's console is its own file");
+      assert.ok(existsSync(clone.agentSocket!), "the clone's vsock socket is bound in its own directory");
+      // The snapshot itself is untouched: read-only, still the template's.
+      assert.ok(
+        "found" in
+          (await new FileSnapshots(dirname(file.path)).find(
+            { key: file.key, backend: file.backend, version: file.version },
+            { verify: true },
+          )),
+      );
+      assert.equal(JSON.parse(await readFile(join(file.path, "config.json"), "utf8")).net[0].tap, "pcrt-template");
+      await handle.stop(2000);
+    });
+
+    test("a snapshot of another machine, or not Cloud Hypervisor's, is refused before vm.restore; nothing is left", async () => {
+      const { file } = await savedSnapshot();
+      const bigger = await pooledSpec("pcrt-big", { restoreFrom: file.path, cpu: 2 });
+      await rejectsWith(backend().launch(bigger), "FAILED_PRECONDITION", /another machine: its vCPU count is \[1,1\], this VM's \[2,2\]/);
+      const noNet = await makeSpec({ restoreFrom: file.path, image: join(tmpdir(), "none.img"), agentSocket: "/tmp/x.sock" });
+      await rejectsWith(backend().launch(noNet), "FAILED_PRECONDITION", /another machine: its net are \[net0\], this VM's \[\]/);
+      const empty = await mkdtemp(join(tmpdir(), "pcr-ch-empty-"));
+      cleanups.push(() => rm(empty, { recursive: true, force: true }));
+      const fromEmpty = await pooledSpec("pcrt-empty", { restoreFrom: empty });
+      await rejectsWith(backend().launch(fromEmpty), "FAILED_PRECONDITION", /has no config.json/);
+      await writeFile(join(empty, "config.json"), JSON.stringify({ payload: { kernel: "/k" } }));
+      await rejectsWith(backend().launch(fromEmpty), "FAILED_PRECONDITION", /is not a Cloud Hypervisor VmConfig/);
+      for (const spec of [bigger, noNet, fromEmpty]) {
+        assert.deepEqual(await processesMentioning(spec.vmDir), [], "no VMM left");
+        assert.ok(!(await requests(spec.vmDir)).some((r) => r.path === "/vm.restore"), "vm.restore never sent");
+      }
+    });
+
+    test("a restore Cloud Hypervisor refuses (a disk gone) is an error, and the VMM is killed", async () => {
+      const { file } = await savedSnapshot();
+      const clone = await pooledSpec("pcrt-clone", { restoreFrom: file.path });
+      await rm(clone.image!);
+      await rejectsWith(
+        backend().launch(clone),
+        "INTERNAL",
+        /vm\.restore: cloud-hypervisor answered HTTP 500: .*could not be restored: Error opening disk file/,
+      );
+      assert.deepEqual(await processesMentioning(clone.vmDir), []);
     });
   });
 

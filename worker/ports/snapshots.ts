@@ -10,7 +10,7 @@ export interface SnapshotId {
 }
 
 export interface SnapshotFile extends SnapshotId {
-  /** The file a backend restores from. */
+  /** What a backend restores from: one file (QEMU) or a directory of files (Cloud Hypervisor). */
   path: string;
   bytes: number;
   sha256: string;
@@ -20,7 +20,10 @@ export interface SnapshotFile extends SnapshotId {
 export type SnapshotLookup = { found: SnapshotFile } | { missing: true } | { broken: string };
 
 export interface SnapshotStore {
-  /** Where a new snapshot of `id` is written (a draft until commit; a later draft replaces it); its directory exists. */
+  /**
+   * Where a new snapshot of `id` is written, as one file or as a directory of files (a draft until
+   * commit; a later draft replaces it); its parent directory exists.
+   */
   draft(id: SnapshotId): Promise<string>;
   /** Hashes the draft and publishes it as `id`'s snapshot, read-only. */
   commit(id: SnapshotId): Promise<SnapshotFile>;

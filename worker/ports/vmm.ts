@@ -53,8 +53,9 @@ export interface VmLaunchSpec {
    */
   agentSocket?: string;
   /**
-   * Resume the guest saved in this file (VmmHandle.saveSnapshot of a VM launched from the same
-   * spec) instead of booting the kernel. Backends with `snapshot` only.
+   * Resume the guest saved at this path (VmmHandle.saveSnapshot of a VM launched from the same
+   * machine spec) instead of booting the kernel; this spec's own TAP, console, agent socket and
+   * boot files replace the saved VM's. Backends with `snapshot` only.
    */
   restoreFrom?: string;
 }
@@ -114,8 +115,9 @@ export interface VmmHandle {
   /** After a restart: removes fault machinery a previous worker left inside the VMM. */
   resetFaults?(): Promise<string[]>;
   /**
-   * Pauses the guest and writes its whole state (memory, devices) to `path`, which a launch with
-   * `restoreFrom` resumes. The guest stays paused. Backends with `snapshot` only.
+   * Pauses the guest and writes its whole state (memory, devices) to `path`, as one file or a
+   * directory the backend creates, which a launch with `restoreFrom` resumes. The guest stays
+   * paused. Backends with `snapshot` only.
    */
   saveSnapshot?(path: string): Promise<{ bytes: number }>;
 }

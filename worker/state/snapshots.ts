@@ -1,9 +1,10 @@
 // Pool snapshots on disk, under <state>/snapshots: <key>-<backend>-<version tag>.state (what the
-// VMM saved, read-only once committed) beside its .json (id, size, sha256, and the inode and
-// mtime it was committed with, so a file replaced or rewritten since is never restored).
-import { createHash } from "node:crypto";
+// VMM saved, read-only once committed: one file from QEMU, a directory of files from Cloud
+// Hypervisor) beside its .json (id, size, sha256, and each file's size, inode and mtime as
+// committed, so a file replaced or rewritten since is never restored).
+import { createHash, type Hash } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { chmod, mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, lstat, mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
 import type { SnapshotFile, SnapshotId, SnapshotLookup, SnapshotStore } from "../ports/index.js";
@@ -19,9 +20,10 @@ const Meta = z.object({
   bytes: z.number().int().nonnegative(),
   sha256: z.string().regex(/^[0-9a-f]{64}$/),
   createdAtMs: z.number().int(),
-  ino: z.number().int(),
-  mtimeMs: z.number(),
+  /** Each file as committed: "" is the snapshot itself when it is one file. */
+  parts: z.array(z.object({ name: z.string(), bytes: z.number().int().nonnegative(), ino: z.number().int(), mtimeMs: z.number() })).min(1),
 });
+type Part = z.infer<typeof Meta>["parts"][number];
 
 /** The file name of a snapshot: readable key and backend, the version as a short hash. */
 export function snapshotName(id: SnapshotId): string {
@@ -35,7 +37,7 @@ export class FileSnapshots implements SnapshotStore {
   async draft(id: SnapshotId): Promise<string> {
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
     const path = this.draftPath(id);
-    await rm(path, { force: true });
+    await rm(path, { force: true, recursive: true });
     return path;
   }
 
@@ -46,13 +48,16 @@ export class FileSnapshots implements SnapshotStore {
   async commit(id: SnapshotId): Promise<SnapshotFile> {
     const name = snapshotName(id);
     const draft = this.draftPath(id);
-    await chmod(draft, 0o400);
-    const sha256 = await hashFile(draft);
+    const names = await partNames(draft);
+    for (const part of names) await chmod(join(draft, part), 0o400);
+    if (names[0] !== "") await chmod(draft, 0o500);
+    const sha256 = await hashParts(draft, names);
     const path = join(this.dir, name + STATE);
     await rename(draft, path);
-    const info = await stat(path);
-    const file: SnapshotFile = { ...id, path, bytes: info.size, sha256, createdAtMs: Date.now() };
-    const meta = { ...file, path: undefined, ino: info.ino, mtimeMs: info.mtimeMs };
+    const parts = await Promise.all(names.map((part) => stat(join(path, part)).then((info) => partOf(part, info))));
+    const bytes = parts.reduce((sum, part) => sum + part.bytes, 0);
+    const file: SnapshotFile = { ...id, path, bytes, sha256, createdAtMs: Date.now() };
+    const meta = { ...file, path: undefined, parts };
     await writeFile(join(this.dir, `${name}${META}.tmp`), JSON.stringify(meta), { mode: 0o600 });
     await rename(join(this.dir, `${name}${META}.tmp`), join(this.dir, name + META));
     return file;
@@ -82,7 +87,9 @@ export class FileSnapshots implements SnapshotStore {
 
   async remove(id: SnapshotId): Promise<void> {
     const name = snapshotName(id);
-    await Promise.all([STATE, META, DRAFT, `${META}.tmp`].map((suffix) => rm(join(this.dir, name + suffix), { force: true })));
+    await Promise.all(
+      [STATE, META, DRAFT, `${META}.tmp`].map((suffix) => rm(join(this.dir, name + suffix), { force: true, recursive: true })),
+    );
   }
 
   async removeOthers(keep: SnapshotId[]): Promise<string[]> {
@@ -122,22 +129,53 @@ export class FileSnapshots implements SnapshotStore {
       sha256: meta.sha256,
       createdAtMs: meta.createdAtMs,
     };
-    const info = await stat(path).catch(() => undefined);
-    if (!info) return { file, problem: `${name}${STATE} is missing` };
-    if (info.size !== meta.bytes || info.ino !== meta.ino || Math.trunc(info.mtimeMs) !== Math.trunc(meta.mtimeMs)) {
+    if (!(await stat(path).catch(() => undefined))) return { file, problem: `${name}${STATE} is missing` };
+    const names = await partNames(path).catch(() => []);
+    if (names.join("/") !== meta.parts.map((part) => part.name).join("/"))
       return { file, problem: `${name}${STATE} changed since it was saved` };
+    for (const part of meta.parts) {
+      const info = await lstat(join(path, part.name)).catch(() => undefined);
+      const now = info && partOf(part.name, info);
+      if (!now || now.bytes !== part.bytes || now.ino !== part.ino || now.mtimeMs !== part.mtimeMs) {
+        return { file, problem: `${name}${STATE}${part.name ? `/${part.name}` : ""} changed since it was saved` };
+      }
     }
-    if (verify && (await hashFile(path)) !== meta.sha256) return { file, problem: `${name}${STATE} does not match its checksum` };
+    if (verify && (await hashParts(path, names)) !== meta.sha256) return { file, problem: `${name}${STATE} does not match its checksum` };
     return { file };
   }
 }
 
-function hashFile(path: string): Promise<string> {
+/** The snapshot's files: [""] when it is one file, else the regular files of its directory, sorted. */
+async function partNames(path: string): Promise<string[]> {
+  const info = await lstat(path);
+  if (info.isFile()) return [""];
+  if (!info.isDirectory()) throw new Error(`${path} is neither a file nor a directory`);
+  const entries = await readdir(path, { withFileTypes: true });
+  const odd = entries.find((entry) => !entry.isFile());
+  if (odd) throw new Error(`${join(path, odd.name)} is not a regular file`);
+  return entries.map((entry) => entry.name).sort();
+}
+
+/** mtime to the millisecond: the fraction JSON keeps is not always the one stat gives back. */
+function partOf(name: string, info: { size: number; ino: number; mtimeMs: number }): Part {
+  return { name, bytes: info.size, ino: info.ino, mtimeMs: Math.trunc(info.mtimeMs) };
+}
+
+/** One file: the sha256 of its bytes (what sha256sum prints). A directory: of each file's name, size and bytes in turn. */
+async function hashParts(path: string, names: string[]): Promise<string> {
+  const hash = createHash("sha256");
+  for (const name of names) {
+    if (name) hash.update(`${name}\0${(await stat(join(path, name))).size}\0`);
+    await hashInto(hash, join(path, name));
+  }
+  return hash.digest("hex");
+}
+
+function hashInto(hash: Hash, path: string): Promise<void> {
   return new Promise((resolve, reject) => {
-    const hash = createHash("sha256");
     createReadStream(path, { highWaterMark: 1024 * 1024 })
       .on("data", (chunk) => hash.update(chunk))
       .on("error", reject)
-      .on("end", () => resolve(hash.digest("hex")));
+      .on("end", () => resolve());
   });
 }

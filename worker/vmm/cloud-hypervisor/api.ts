@@ -18,6 +18,8 @@ export const CH_API_CALLS = {
   reboot: { method: "PUT", path: "/vm.reboot", body: false },
   shutdownVm: { method: "PUT", path: "/vm.shutdown", body: false },
   deleteVm: { method: "PUT", path: "/vm.delete", body: false },
+  snapshot: { method: "PUT", path: "/vm.snapshot", body: true },
+  restore: { method: "PUT", path: "/vm.restore", body: true },
 } as const;
 export type ChApiCall = keyof typeof CH_API_CALLS;
 
@@ -160,6 +162,14 @@ export class ChApiClient {
   }
   async deleteVm(timeoutMs?: number): Promise<void> {
     await this.call("deleteVm", undefined, timeoutMs);
+  }
+  /** PUT /vm.snapshot (VmSnapshotConfig): the paused VM's config.json, state.json and memory into an existing directory. */
+  async snapshot(body: { destination_url: string }, timeoutMs?: number): Promise<void> {
+    await this.call("snapshot", body, timeoutMs);
+  }
+  /** PUT /vm.restore (RestoreConfig): a VMM with no VM takes the one saved in source_url's directory. */
+  async restore(body: { source_url: string; prefault?: boolean; resume?: boolean }, timeoutMs?: number): Promise<void> {
+    await this.call("restore", body, timeoutMs);
   }
   async shutdownVmm(timeoutMs?: number): Promise<void> {
     await this.call("shutdownVmm", undefined, timeoutMs);

@@ -3,8 +3,10 @@
 // The request bodies are built by pure functions so the contract test can check them against
 // Cloud Hypervisor's OpenAPI file.
 // Its processes (the VMM, virtiofsd) are supervised by worker/process/supervisor.ts.
+import { execFile } from "node:child_process";
 import { connect } from "node:net";
-import { rm, stat } from "node:fs/promises";
+import { mkdir, readdir, rm, stat } from "node:fs/promises";
+import { promisify } from "node:util";
 import { existsSync } from "node:fs";
 import { basename, join } from "node:path";
 import type { Logger } from "pino";
@@ -16,6 +18,7 @@ import { handOverBootFiles } from "../boot-files.js";
 import { ChApiClient, ChApiError, ChConnectionError, type ChVmState } from "./api.js";
 import { tailEventFile, type ChEvent, type EventTail } from "./events.js";
 import { backend as cloudHypervisor } from "./index.js";
+import { prepareRestoreDir } from "./snapshot.js";
 import { adoptVirtiofsd, startVirtiofsd, type VirtiofsdHandle } from "./virtiofsd.js";
 import { ifMissing } from "../../missing.js";
 
@@ -44,8 +47,13 @@ export function chPaths(vmDir: string) {
     stdio: join(vmDir, "ch.stdio.log"),
     virtiofsSocket: join(vmDir, "virtiofs.sock"),
     virtiofsdLog: join(vmDir, "virtiofsd.log"),
+    /** The snapshot as this VM restores it (snapshot.ts prepareRestoreDir). */
+    restoreDir: join(vmDir, "restore"),
   };
 }
+
+/** Saving or restoring guest RAM through files: seconds per GiB on a slow disk. */
+const SNAPSHOT_TIMEOUT_MS = 120_000;
 
 /**
  * The VMM's argv: nothing about the VM, which is described over the API. `-v` (info level) makes
@@ -163,8 +171,9 @@ export function guestRunState(state: ChVmState, booted = false): GuestRunState {
 /** What an event-monitor event says about the guest, if anything. */
 export function eventRunState(event: ChEvent): GuestRunState | undefined {
   const key = `${event.source}:${event.event}`;
-  if (key === "vm:booted" || key === "vm:resumed" || key === "vm:rebooted" || key === "vm:restored") return "running";
-  if (key === "vm:paused") return "paused";
+  if (key === "vm:booted" || key === "vm:resumed" || key === "vm:rebooted") return "running";
+  // A restored VM stands paused (vm.rs: a VM made from a snapshot starts Paused) until resumed.
+  if (key === "vm:paused" || key === "vm:restored") return "paused";
   if (key === "vm:shutdown" || key === "vm:deleted" || key === "vmm:shutdown") return "shutdown";
   return undefined;
 }
@@ -267,8 +276,14 @@ export function createCloudHypervisorBackend(options: CloudHypervisorBackendOpti
       await handle.waitForApi(apiReadyTimeoutMs);
       record.exe = (await processExe(vmm.pid)) || undefined; // the program that answers the API
       const config = buildVmConfig(passed.spec, { virtiofsSocket: virtiofsd?.socketPath });
-      await handle.guard(() => client.createVm(config, bootRequestTimeoutMs), "vm.create");
-      await handle.guard(() => client.bootVm(bootRequestTimeoutMs), "vm.boot");
+      if (spec.restoreFrom) {
+        const sourceUrl = await prepareRestoreDir(spec.restoreFrom, paths.restoreDir, config);
+        // Restored VMs come back paused; resume: the guest runs on as it did when saved.
+        await handle.guard(() => client.restore({ source_url: sourceUrl, resume: true }, SNAPSHOT_TIMEOUT_MS), "vm.restore");
+      } else {
+        await handle.guard(() => client.createVm(config, bootRequestTimeoutMs), "vm.create");
+        await handle.guard(() => client.bootVm(bootRequestTimeoutMs), "vm.boot");
+      }
       handle.booted = true;
     } catch (err) {
       await handle.kill();
@@ -307,6 +322,7 @@ export function createCloudHypervisorBackend(options: CloudHypervisorBackendOpti
     return handle;
   }
 
+  let versionText: Promise<string> | undefined;
   return {
     name: cloudHypervisor.name,
     shareKind: cloudHypervisor.shareKind,
@@ -314,6 +330,11 @@ export function createCloudHypervisorBackend(options: CloudHypervisorBackendOpti
     extraCmdline: () => [],
     launch,
     adopt,
+    version() {
+      versionText ??= promisify(execFile)(binary, ["--version"], { timeout: 10_000 }).then(({ stdout }) => stdout.split("\n")[0]!.trim());
+      versionText.catch(() => (versionText = undefined));
+      return versionText;
+    },
     async killStrays(roots, keep) {
       const killed = await killStrayProcesses(roots, keep, /cloud-hypervisor|virtiofsd/);
       if (killed.length) logger.warn({ killed }, "killed VMM and virtiofsd processes no record accounts for");
@@ -459,6 +480,16 @@ class ChVmHandle implements VmmHandle {
 
   async resume(): Promise<void> {
     await this.guard(() => this.client.resume(), "vm.resume");
+  }
+
+  /** vm.snapshot needs a paused VM and an existing directory; it writes config.json, state.json and memory-ranges. */
+  async saveSnapshot(path: string): Promise<{ bytes: number }> {
+    if ((await this.runState()) !== "paused") await this.pause();
+    await mkdir(path, { mode: 0o700 });
+    await this.guard(() => this.client.snapshot({ destination_url: `file://${path}` }, SNAPSHOT_TIMEOUT_MS), "vm.snapshot");
+    let bytes = 0;
+    for (const name of await readdir(path)) bytes += (await stat(join(path, name))).size;
+    return { bytes };
   }
 
   /**

@@ -16,7 +16,7 @@ export const backend = {
   // Boots in ~100 ms on KVM: preferred wherever it runs.
   preference: 2,
   // Its data disk would work; the disk faults built on it (QEMU's blkdebug) would not, so not yet.
-  capabilities: { dataDisk: false, agent: "vsock", snapshot: false },
+  capabilities: { dataDisk: false, agent: "vsock", snapshot: true },
   shareKind: "virtiofs",
   kvmProbe: {
     reportKey: "chKvm",
