@@ -91,6 +91,20 @@ export const configSchema = z.strictObject({
     { flag: "pool" },
   ),
   network: bool(z.boolean().default(true), "Per-VM networking (--no-network to disable)"),
+  cage: bool(
+    z.boolean().default(true),
+    "Each VMM in its own cage: a uid of its own, namespaces, a minimal root, seccomp, a cgroup (--no-cage: for debugging only)",
+  ),
+  vmmUidRange: text(
+    z
+      .string()
+      .regex(/^\d+-\d+$/, "must be FIRST-LAST")
+      .default("40000-49999"),
+    "uids (and gids) given to caged VMMs, one per VM",
+  ),
+  vmmMemoryOverheadBytes: num(positiveInt().default(768 * MIB), "A caged VMM's memory limit is the guest's RAM plus this"),
+  vmmPidsMax: num(positiveInt().default(256), "Processes and threads one caged VMM may have"),
+  vmmNofile: num(positiveInt().default(4096), "Open files one caged VMM may have (RLIMIT_NOFILE)"),
   bridge: text(
     z
       .string()

@@ -3,10 +3,12 @@
 import { readFileSync } from "node:fs";
 import { chmod, mkdir, statfs } from "node:fs/promises";
 import { join } from "node:path";
-import { pino } from "pino";
+import { pino, type Logger } from "pino";
+import { createCage, parseUidRange } from "./cage/cage.js";
 import { loadConfig, type WorkerConfig } from "./config.js";
 import { WorkerService } from "./core/service.js";
 import type { SpecLimits } from "./core/spec.js";
+import type { CagePort } from "./ports/index.js";
 import { checkPoolsSupported, describePools, parsePools } from "./pool-config.js";
 import { FileSnapshots } from "./state/snapshots.js";
 import { createGuestAgents } from "./agent/index.js";
@@ -70,6 +72,7 @@ async function run(config: WorkerConfig): Promise<void> {
     },
     timeouts: { bootMs: config.bootTimeoutMs, stopGraceMs: config.stopGraceMs },
     agents: createGuestAgents({ logger }),
+    cage: cage(config, logger),
     faults: {
       net: network ? createNetFaults() : undefined,
       cpu: createCgroupCpuThrottle({ mountDir: join(config.runtimeDir, "cgroup-cpu") }),
@@ -153,6 +156,22 @@ async function run(config: WorkerConfig): Promise<void> {
   process.on("SIGINT", () => void shutdown("SIGINT"));
 }
 
+/** The VMMs' cage, unless --no-cage (then every create logs that its VMM runs uncaged). */
+function cage(config: WorkerConfig, logger: Logger): CagePort | undefined {
+  if (!config.cage) {
+    logger.warn("--no-cage: every VMM runs as root, sees the host's files, has no seccomp filter and no limits");
+    return undefined;
+  }
+  return createCage({
+    uidRange: parseUidRange(config.vmmUidRange),
+    memoryOverheadBytes: config.vmmMemoryOverheadBytes,
+    pidsMax: config.vmmPidsMax,
+    nofile: config.vmmNofile,
+    runtimeDir: config.runtimeDir,
+    logger,
+  });
+}
+
 function specLimits(config: WorkerConfig): SpecLimits {
   return {
     maxCpu: config.maxCpuPerVm,
@@ -182,6 +201,8 @@ async function main(): Promise<void> {
     try {
       const pools = parsePools(parsed.config.pools, specLimits(parsed.config));
       console.log(await describePools(pools, new FileSnapshots(join(parsed.config.stateDir, "snapshots"))));
+      const caged = cage(parsed.config, pino({ level: "silent" }));
+      console.log(`cage: ${caged ? await caged.describe() : "off (--no-cage): VMMs run as root, uncaged"}`);
     } catch (err) {
       console.log(`pools: ${(err as Error).message}`);
       process.exit(1);

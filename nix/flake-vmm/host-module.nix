@@ -28,6 +28,8 @@ let
     PCR_CLOUD_HYPERVISOR_BINARY = "${cfg.cloudHypervisorPackage}/bin/cloud-hypervisor";
     PCR_VIRTIOFSD_BINARY = "${cfg.virtiofsdPackage}/bin/virtiofsd";
     PCR_LOG_LEVEL = cfg.logLevel;
+    PCR_CAGE = lib.boolToString cfg.cage.enable;
+    PCR_VMM_UID_RANGE = cfg.cage.uidRange;
   }
   // lib.optionalAttrs (cfg.cacheUrl != null) { PCR_CACHE_URL = cfg.cacheUrl; }
   // lib.optionalAttrs (cfg.trustedPublicKeys != [ ]) { PCR_TRUSTED_KEYS = lib.concatStringsSep " " cfg.trustedPublicKeys; }
@@ -101,6 +103,18 @@ in
       type = types.nullOr types.str;
       default = null;
       description = "DNS server the guests use and the worker resolves allowedDomains with.";
+    };
+    cage = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Each VMM in its own cage (uid, namespaces, minimal root, seccomp, cgroup; docs/cage.md). Off only for debugging.";
+      };
+      uidRange = mkOption {
+        type = types.strMatching "[0-9]+-[0-9]+";
+        default = "40000-49999";
+        description = "uids (and gids) given to caged VMMs, one per VM; no user of the host should have them.";
+      };
     };
     logLevel = mkOption {
       type = types.enum [ "trace" "debug" "info" "warn" "error" "fatal" "silent" ];

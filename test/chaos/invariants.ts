@@ -74,7 +74,21 @@ function procState(pid: number): string | undefined {
   }
 }
 
-/** qemu and virtiofsd processes whose command line names one of the worker's directories. */
+/** The parent of `pid`, from /proc. */
+function parentOf(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * qemu and virtiofsd processes whose command line names one of the worker's directories, as the
+ * worker supervises them: a caged VMM is its cage helper (cage/pcr-cage.c, the pid its record
+ * holds), which names the VMM's argv after `--`; the VMM inside, its child, is not counted twice.
+ */
 export function vmmProcesses(worker: Pick<WorkerProcess, "stateDir" | "runtimeDir">): { live: Map<number, string>; zombies: number[] } {
   const live = new Map<number, string>();
   const zombies: number[] = [];
@@ -85,6 +99,8 @@ export function vmmProcesses(worker: Pick<WorkerProcess, "stateDir" | "runtimeDi
     if (cmdline === undefined) continue;
     if (!/qemu-system|virtiofsd|cloud-hypervisor/.test(cmdline)) continue;
     if (!cmdline.includes(worker.stateDir) && !cmdline.includes(worker.runtimeDir)) continue;
+    const parent = parentOf(pid);
+    if (parent !== undefined && /pcr-cage /.test(readCmdline(parent) ?? "")) continue;
     if (procState(pid) === "Z") zombies.push(pid);
     else live.set(pid, cmdline);
   }

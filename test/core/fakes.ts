@@ -20,6 +20,9 @@ import type {
   ProcessStart,
   ProcessStatus,
   AgentState,
+  CagePort,
+  CageRequest,
+  CageSpec,
   ConsoleStore,
   ExecRequest,
   ExecResult,
@@ -332,6 +335,53 @@ export class FakeCpuThrottle implements CpuThrottlePort {
   }
 }
 
+/**
+ * Cages in memory: a uid per VM from 40000 on, kept in `caged` until released; `cpu` holds the
+ * cpuThrottle limit set on a VM's cgroup. `failNext` makes the next prepare fail.
+ */
+export class FakeCage implements CagePort {
+  readonly caged = new Map<string, { uid: number; request: CageRequest }>();
+  readonly cpu = new Map<string, number>();
+  readonly released: string[] = [];
+  failNext: WorkerError | undefined;
+
+  async prepare(id: string, request: CageRequest): Promise<CageSpec> {
+    const failure = this.failNext;
+    this.failNext = undefined;
+    if (failure) throw failure;
+    const taken = new Set([...this.caged.values()].map((cage) => cage.uid));
+    let uid = 40000;
+    while (taken.has(uid)) uid++;
+    this.caged.set(id, { uid, request });
+    const spec = { helper: "/fake/pcr-cage", uid, gid: uid, root: `/fake/cage/${id}`, readOnly: request.storePaths };
+    return { ...spec, readWrite: [request.vmDir], devices: [], cgroups: [`/fake/cgroup/${id}`], nofile: 4096 };
+  }
+
+  async release(id: string): Promise<void> {
+    if (this.caged.delete(id)) this.released.push(id);
+    this.cpu.delete(id);
+  }
+
+  async recover(live: { id: string; uid: number }[]): Promise<string[]> {
+    const keep = new Set(live.map((vm) => vm.id));
+    const removed = [...this.caged.keys()].filter((id) => !keep.has(id));
+    for (const id of removed) this.caged.delete(id);
+    for (const { id, uid } of live)
+      this.caged.set(id, { uid, request: this.caged.get(id)?.request ?? { memoryBytes: 0, vmDir: "", storePaths: [] } });
+    this.cpu.clear();
+    return removed.map((id) => `cgroup:${id}`);
+  }
+
+  async limitCpu(id: string, percent: number | undefined): Promise<void> {
+    if (percent === undefined) this.cpu.delete(id);
+    else this.cpu.set(id, percent);
+  }
+
+  async describe(): Promise<string> {
+    return "caged (fake)";
+  }
+}
+
 /** Guest agents in memory: each connection is ready at once and runs `run` for every exec. */
 export class FakeAgents implements GuestAgentPort {
   readonly connections = new Map<string, FakeAgentConnection>();
@@ -563,6 +613,8 @@ export interface WorldOptions {
   logger?: Logger;
   /** Warm pools; their snapshots go to a temporary directory the World keeps across restarts. */
   pools?: PoolConfig[];
+  /** false: VMMs run uncaged (--no-cage). */
+  cage?: boolean;
   /** How soon a pool that could not fill tries again (the service's default otherwise). */
   poolRetryMs?: number;
 }
@@ -584,6 +636,8 @@ export class World {
   readonly netFaults = new FakeNetFaults();
   readonly cpu = new FakeCpuThrottle();
   readonly agents = new FakeAgents();
+  /** Kept across restarts, as the host's cgroups are. */
+  readonly cage = new FakeCage();
   backend: FakeBackend;
   service: WorkerService;
   /** Where pool snapshots are saved: a fresh temporary directory per World with pools. */
@@ -617,6 +671,7 @@ export class World {
       strayRoots: ["/fake/vms", "/fake/secrets"],
       faults,
       agents: this.options.agents || this.options.pools ? this.agents : undefined,
+      cage: this.options.cage === false ? undefined : this.cage,
       pools: this.options.pools ? { configs: this.options.pools, snapshots: this.snapshots, retryMs: this.options.poolRetryMs } : undefined,
     });
   }
@@ -650,6 +705,7 @@ export class World {
     assert.equal(this.records.dirs.has(vmId), false, `no directory of ${vmId}`);
     assert.equal(this.network.attached.has(vmId), false, `no network attachment of ${vmId}`);
     assert.equal(this.secrets.dirs.has(vmId), false, `no secrets of ${vmId}`);
+    assert.equal(this.cage.caged.has(vmId), false, `no cage (uid, cgroup) of ${vmId}`);
     assert.deepEqual(
       this.host
         .live()

@@ -46,10 +46,10 @@ test("what each status allows and holds, one answer per question", () => {
   assert.deepEqual(VM_STATUSES.filter(exitEndsVm), ["creating", "running", "paused"]);
   const held = Object.fromEntries(VM_STATUSES.map((status) => [status, HOLDINGS.filter((what) => holds(status, what))]));
   assert.deepEqual(held, {
-    creating: ["secrets", "network"],
-    running: ["ttl", "agent", "faults", "secrets", "network"],
-    paused: ["ttl", "agent", "faults", "secrets", "network"],
-    stopping: [],
+    creating: ["secrets", "network", "cage"],
+    running: ["ttl", "agent", "faults", "secrets", "network", "cage"],
+    paused: ["ttl", "agent", "faults", "secrets", "network", "cage"],
+    stopping: ["cage"],
     stopped: [],
     failed: [],
   });

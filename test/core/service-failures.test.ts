@@ -426,7 +426,7 @@ test("restart: a TTL that ran out while the worker was down deletes the VM once 
 });
 
 test("restart: faults a previous worker left are removed and not listed", async () => {
-  const w = new World();
+  const w = new World({ cage: false });
   const id = await w.service.createVm(specInput({ dataDiskBytes: BigInt(16 * 1024 * 1024) }), {});
   await w.service.injectFault(id, { kind: "diskErrors", op: "write", errno: 5, afterOps: 0, probabilityPercent: 100 });
   await w.service.injectFault(id, { kind: "partition", cidrs: [] });

@@ -422,7 +422,7 @@ test("network faults go to the TAP; without netem a delay is held by the VMM ins
 });
 
 test("cpu throttle goes to the VMM's pid; a delete clears every fault the VM has", async () => {
-  const w = new World();
+  const w = new World({ cage: false });
   const id = await w.service.createVm(specInput({ dataDiskBytes: DISK }), {});
   const vm = w.host.byId(id)!;
   const cpu = await w.service.injectFault(id, { kind: "cpuThrottle", percent: 20 });
@@ -434,6 +434,25 @@ test("cpu throttle goes to the VMM's pid; a delete clears every fault the VM has
   assert.equal(w.cpu.active.size, 0);
   assert.equal(w.netFaults.active.size, 0);
   assert.equal(vm.diskErrors.size, 0);
+  w.assertGone(id);
+});
+
+test("caged, cpu throttle limits the VM's own cgroup; clearing lifts it; the delete releases the cage once the VMM is gone", async () => {
+  const w = new World();
+  const id = await w.service.createVm(specInput(), {});
+  const uid = w.cage.caged.get(id)!.uid;
+  assert.ok(uid >= 40000);
+  const fault = await w.service.injectFault(id, { kind: "cpuThrottle", percent: 20 });
+  assert.equal(w.cage.cpu.get(id), 20);
+  assert.equal(w.cpu.active.size, 0, "no process moved: the cage's cgroup is the VMM's already");
+  await w.service.clearFault(id, fault);
+  assert.equal(w.cage.cpu.has(id), false);
+  await w.service.injectFault(id, { kind: "cpuThrottle", percent: 30 });
+  const vmm = w.host.byId(id)!;
+  await w.service.deleteVm(id);
+  assert.equal(vmm.state, "exited");
+  assert.deepEqual(w.cage.released, [id]);
+  assert.equal(w.cage.caged.size, 0);
   w.assertGone(id);
 });
 
@@ -453,7 +472,7 @@ test("a fault with a duration clears itself (mock timers)", async (t) => {
 });
 
 test("faults the backend does not offer, bad faults and faults on a VM that is not running are refused", async () => {
-  const w = new World({ backend: { faults: { powerOff: false, reset: false, diskErrors: false } }, faultPorts: false });
+  const w = new World({ backend: { faults: { powerOff: false, reset: false, diskErrors: false } }, faultPorts: false, cage: false });
   const id = await w.service.createVm(specInput({ dataDiskBytes: DISK }), {});
   await rejectsWith(
     w.service.injectFault(id, { kind: "powerOff" }),

@@ -47,7 +47,8 @@ describe("warm pools on real guests", { skip }, () => {
     return Buffer.from(result.stdout).toString().trim();
   };
   const qemus = async () =>
-    (await execa("pgrep", ["-f", `qemu-system.*${base.stateDir}`], { reject: false })).stdout.split("\n").filter(Boolean);
+    // QEMU itself (its argv[0]), not the cage helper that started it.
+    (await execa("pgrep", ["-f", `^[^ ]*qemu-system.*${base.stateDir}`], { reject: false })).stdout.split("\n").filter(Boolean);
 
   before(async () => {
     if (skip) return;

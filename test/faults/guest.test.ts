@@ -276,7 +276,8 @@ describe("fault injection on a real guest", { skip }, () => {
     // A VM of its own whose guest spins, so its VMM wants a whole core.
     const busy = await world.createVm((guest as { input: VmSpecInput }).input, "while :; do :; done");
     await waitFor("busy vm ready", 90_000, async () => ((await world.console(busy)).text.includes("pcr-guest: ready") ? true : undefined));
-    const [pid] = (await execa("pgrep", ["-f", `pcr-${busy}`])).stdout.split("\n").map(Number);
+    // QEMU itself (argv[0]), not the cage helper that started it.
+    const [pid] = (await execa("pgrep", ["-f", `^[^ ]*qemu-system.*pcr-${busy}`])).stdout.split("\n").map(Number);
     assert.ok(pid, "the busy VM's VMM pid");
     const cpuShare = async (ms: number) => {
       const ticks = async () => {

@@ -16,7 +16,7 @@ import {
   vmInfoResponseSchema,
   vmmPingResponseSchema,
 } from "../../worker/vmm/cloud-hypervisor/api.js";
-import { buildVmConfig, guestRunState, vmmArgv } from "../../worker/vmm/cloud-hypervisor/backend.js";
+import { buildVmConfig, chCage, guestRunState, vmmArgv } from "../../worker/vmm/cloud-hypervisor/backend.js";
 import { restoredConfig } from "../../worker/vmm/cloud-hypervisor/snapshot.js";
 import { CH_OPENAPI_YAML, REFERENCE_OPENAPI_YAML, loadChOpenApi, type ChOpenApi } from "../fixtures/ch/fixtures.js";
 
@@ -158,6 +158,26 @@ describe("requests: every path, method and body the backend sends", () => {
       assert.throws(() => buildVmConfig(fullSpec), /virtiofsd socket/);
     },
   );
+
+  test("caged, Cloud Hypervisor gets /dev/kvm, /dev/net/tun and its TAP handed over; a restore can read its snapshot", () => {
+    const cage = {
+      helper: "/h",
+      uid: 40001,
+      gid: 40001,
+      root: "/r",
+      readOnly: ["/usr"],
+      readWrite: [fullSpec.vmDir],
+      devices: [],
+      cgroups: [],
+      nofile: 4096,
+    };
+    const caged = chCage(cage, { ...fullSpec, restoreFrom: "/var/lib/procurator/snapshots/k-cloud-hypervisor-v.state" });
+    assert.deepEqual(caged.devices, ["/dev/kvm", "/dev/net/tun"]);
+    assert.deepEqual(caged.tapOwners, ["pcrt-0a1b2c"]);
+    assert.deepEqual(caged.readOnly, ["/usr", "/var/lib/procurator/snapshots/k-cloud-hypervisor-v.state"]);
+    const noNet = chCage(cage, minimalSpec);
+    assert.deepEqual([noNet.devices, noNet.tapOwners, noNet.readOnly], [["/dev/kvm"], [], ["/usr"]]);
+  });
 
   test("the VMM argv has nothing about the VM", () => {
     assert.deepEqual(vmmArgv("/v/vm1"), [

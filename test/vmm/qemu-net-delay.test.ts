@@ -1,8 +1,13 @@
 // The in-QEMU delay's queue is bounded as netem's `limit` is: a guest flooding while delayed
-// loses packets instead of growing the worker's memory for up to a minute.
+// loses packets instead of growing the worker's memory for up to a minute. A delay QEMU refuses
+// leaves nothing that fails later.
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { fromPeers, HeldPackets, MAX_HELD_PACKETS, PacketReader } from "../../worker/vmm/qemu/net-delay.js";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { pino } from "pino";
+import { fromPeers, HeldPackets, MAX_HELD_PACKETS, PacketReader, QemuNetDelay } from "../../worker/vmm/qemu/net-delay.js";
 
 test("the queue holds at most MAX_HELD_PACKETS and drops (and counts) the rest, in order", () => {
   const held = new HeldPackets();
@@ -52,4 +57,25 @@ test("a delay aimed at peers holds only IPv4 packets from their addresses; short
   assert.equal(peers(framed("10.213.0.5", 0x0800, 10)), false, "a runt");
   assert.equal(fromPeers([])(framed("1.2.3.4", 0x86dd)), true, "no peers named: everything is held");
   assert.equal(fromPeers(["0.0.0.0/0"])(framed("1.2.3.4")), true);
+});
+
+test("a delay QEMU refuses (chardev-add fails) is an error, and nothing rejects later: the worker would crash on it", async () => {
+  const vmDir = await mkdtemp(join(tmpdir(), "pcr-delay-"));
+  const unhandled: unknown[] = [];
+  const onUnhandled = (reason: unknown) => unhandled.push(reason);
+  process.on("unhandledRejection", onUnhandled);
+  try {
+    const execute = async (command: string) => {
+      if (command === "chardev-add") throw new Error("Failed to connect to 'delay-out.sock': Permission denied");
+      return {};
+    };
+    const delay = new QemuNetDelay(execute, vmDir, pino({ level: "silent" }));
+    await assert.rejects(delay.start("f-1", 100, 0), /cannot delay the VM's network inside QEMU: .*Permission denied/);
+    // The wait for QEMU's connection gives up after 5 s: its rejection must have been handled.
+    await new Promise((resolve) => setTimeout(resolve, 5_500));
+    assert.deepEqual(unhandled, []);
+  } finally {
+    process.off("unhandledRejection", onUnhandled);
+    await rm(vmDir, { recursive: true, force: true });
+  }
 });

@@ -4,7 +4,16 @@
 import { randomBytes } from "node:crypto";
 import type { Logger } from "pino";
 import { asWorkerError, failedPrecondition } from "./errors.js";
-import { closeBootFiles, creatingRecord, launchSpec, prepareBoot, register, type CreateDeps, type CreateRequest } from "./create.js";
+import {
+  cageFor,
+  closeBootFiles,
+  creatingRecord,
+  launchSpec,
+  prepareBoot,
+  register,
+  type CreateDeps,
+  type CreateRequest,
+} from "./create.js";
 import { writeInPieces } from "./files.js";
 import { Plan } from "./plan.js";
 import { specHash, type ValidSpec } from "./spec.js";
@@ -57,6 +66,8 @@ export async function launchUnclaimed(
         () => network.unpark(id),
       )
     : undefined;
+  const cage = await cageFor(plan, deps, id, spec, vmDir, log);
+  record.cage = cage && { uid: cage.uid };
   const handle = await plan.step(
     restoreFrom ? "restore vmm" : "start vmm",
     () =>
@@ -67,6 +78,7 @@ export async function launchUnclaimed(
         net: parked,
         agentSocket: record.agentSocket,
         restoreFrom,
+        cage,
       }),
     async (started) => void (await started.kill()),
   );
@@ -82,6 +94,7 @@ export async function launchUnclaimed(
 export async function discardUnclaimed(deps: CreateDeps, vm: UnclaimedVm): Promise<void> {
   vm.agent.close();
   await vm.handle.kill();
+  await deps.vmContext.cage?.release(vm.id);
   await deps.network?.unpark(vm.id);
   await deps.records.remove(vm.id);
 }

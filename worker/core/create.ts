@@ -8,7 +8,17 @@ import type { VmRegistry } from "./registry.js";
 import { validateSecrets } from "./secrets.js";
 import { specHash, storePathRoot, validateSpec, type SpecLimits, type ValidSpec } from "./spec.js";
 import { ManagedVm, type VmContext } from "./vm.js";
-import type { BootFile, NetworkPort, RecordRepo, SecretsPort, StorePort, VmLaunchSpec, VmmBackend, VmRecord } from "../ports/index.js";
+import type {
+  BootFile,
+  CageSpec,
+  NetworkPort,
+  RecordRepo,
+  SecretsPort,
+  StorePort,
+  VmLaunchSpec,
+  VmmBackend,
+  VmRecord,
+} from "../ports/index.js";
 
 export interface CreateLimits extends SpecLimits {
   maxTtlSeconds: number;
@@ -124,6 +134,8 @@ export async function runCreate(
     record.agentSocket = `${vmDir}/agent.sock`;
     record.agentTransport = backend.capabilities.agent;
   }
+  const cage = await cageFor(plan, deps, id, spec, vmDir, log, secretsDir);
+  record.cage = cage && { uid: cage.uid };
   const handle = await plan.step(
     "start vmm",
     () =>
@@ -134,6 +146,7 @@ export async function runCreate(
         share: secretsDir ? { tag: "secrets", hostDir: secretsDir } : undefined,
         dataDisk: spec.dataDiskBytes ? { path: `${vmDir}/data.img`, bytes: spec.dataDiskBytes } : undefined,
         agentSocket: record.agentSocket,
+        cage,
       }),
     async (started) => {
       await started.kill();
@@ -187,6 +200,32 @@ export async function prepareBoot(
     () => records.remove(id),
   );
   return { bootFiles, vmDir };
+}
+
+/**
+ * The VMM's cage: a uid of its own, its cgroup, its directories handed over (undone with the plan).
+ * Without a cage port (--no-cage) every create says so in the log.
+ */
+export async function cageFor(
+  plan: Plan,
+  deps: CreateDeps,
+  id: string,
+  spec: ValidSpec,
+  vmDir: string,
+  log: Logger,
+  shared?: string,
+): Promise<CageSpec | undefined> {
+  const { cage } = deps.vmContext;
+  if (!cage) {
+    log.warn({ vmId: id }, "vmm runs uncaged (--no-cage): as root, seeing the host's files, without seccomp or limits");
+    return undefined;
+  }
+  const storePaths = unique([spec.kernel, spec.initrd, spec.image].filter(Boolean).map(storePathRoot));
+  return plan.step(
+    "cage vmm",
+    () => cage.prepare(id, { memoryBytes: spec.memoryBytes, vmDir, shared, storePaths }),
+    () => cage.release(id),
+  );
 }
 
 /** A new VM's record, `creating`. */

@@ -34,6 +34,8 @@ export interface FaultTarget {
   agent?: AgentConnection;
   /** Pauses or resumes the guest and moves the VM through the lifecycle (its transition). */
   setPaused(paused: boolean): Promise<void>;
+  /** A caged VMM's own cgroup: `percent` of one CPU, or no limit. The cpuThrottle fault uses it where there is one. */
+  limitCpu?(percent: number | undefined): Promise<void>;
 }
 
 type Undo = (target: FaultTarget) => Promise<void>;
@@ -264,10 +266,15 @@ export class FaultController {
       }
       case "cpuThrottle": {
         const cpu = this.ports.cpu;
-        if (!cpu) throw failedPrecondition("cpuThrottle is not available on this worker");
+        if (!cpu && !target.limitCpu) throw failedPrecondition("cpuThrottle is not available on this worker");
         if ([...(this.byVm.get(target.id)?.values() ?? [])].some((entry) => entry.fault.kind === "cpuThrottle")) {
           throw failedPrecondition(`a cpuThrottle fault is already active on vm ${target.id}; clear it first`);
         }
+        if (target.limitCpu) {
+          await target.limitCpu(fault.percent);
+          return (later) => later.limitCpu?.(undefined) ?? Promise.resolve();
+        }
+        if (!cpu) throw failedPrecondition("cpuThrottle is not available on this worker");
         const pid = handle.record.pid;
         await cpu.throttle(faultId, pid, fault.percent);
         return () => cpu.clear(faultId, pid);

@@ -29,8 +29,8 @@ export function assertTransition(id: string, from: VmStatus | undefined, to: VmS
  * What a VM may hold besides its VMM, record and console. A transition releases what the new status
  * does not hold, in HOLDINGS order (faults hang on the TAP the network detach removes).
  */
-export type Holding = "ttl" | "agent" | "faults" | "secrets" | "network";
-export const HOLDINGS: readonly Holding[] = ["ttl", "agent", "faults", "secrets", "network"];
+export type Holding = "ttl" | "agent" | "faults" | "secrets" | "network" | "cage";
+export const HOLDINGS: readonly Holding[] = ["ttl", "agent", "faults", "secrets", "network", "cage"];
 
 interface StatusTraits {
   /** The VMM should be alive. */
@@ -43,11 +43,12 @@ interface StatusTraits {
 
 const TRAITS: Readonly<Record<VmStatus, StatusTraits>> = {
   // The create plan acquires secrets and network step by step (and undoes them itself on failure).
-  creating: { live: true, guestUp: false, holds: ["secrets", "network"] },
+  creating: { live: true, guestUp: false, holds: ["secrets", "network", "cage"] },
   running: { live: true, guestUp: true, holds: HOLDINGS },
   paused: { live: true, guestUp: true, holds: HOLDINGS },
-  // Freed while the guest powers off: nothing of it needs the VMM gone.
-  stopping: { live: true, guestUp: false, holds: [] },
+  // Freed while the guest powers off: nothing of it needs the VMM gone, but its cage (a cgroup
+  // goes once its processes have).
+  stopping: { live: true, guestUp: false, holds: ["cage"] },
   stopped: { live: false, guestUp: false, holds: [] },
   failed: { live: false, guestUp: false, holds: [] },
 };

@@ -98,6 +98,13 @@ export async function recover(deps: RecoveryDeps): Promise<RecoveryResult> {
   // What a previous worker did inside the guests, their agents undo once they answer (in the background).
   for (const { vm } of adopted) if (vm.agent) void deps.faults.resetGuestAfterRestart(vm.id, vm.agent);
   result.orphans.push(...(await deps.secrets.removeOrphans(new Set(live.map((vm) => vm.id)))));
+  // Uids of caged VMMs that live on stay taken; every other cage's cgroup and root go (and the
+  // cpuThrottle limits of the live ones, as every fault of a previous worker does).
+  const cage = deps.vmContext.cage;
+  if (cage) {
+    const caged = live.flatMap(({ id, record }) => (record.cage ? [{ id, uid: record.cage.uid }] : []));
+    result.orphans.push(...(await cage.recover(caged)));
+  }
   log.info({ ...result, known: registry.all().length }, "recovered state");
   return result;
 }

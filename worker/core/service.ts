@@ -35,6 +35,7 @@ import type {
   ExecResult,
   FileChunk,
   FileStat,
+  CagePort,
   GuestAgentPort,
   OutputStream,
   ProcessOutput,
@@ -84,6 +85,8 @@ export interface ServiceDeps {
   faults?: FaultPorts;
   /** Channels to guest agents; without it, exec is refused. */
   agents?: GuestAgentPort;
+  /** Cages for VMMs; absent: uncaged (--no-cage). */
+  cage?: CagePort;
   /** Warm pools (pools.ts), where their snapshots live, and how soon a pool that could not fill tries again. */
   pools?: { configs: PoolConfig[]; snapshots: SnapshotStore; retryMs?: number };
 }
@@ -123,6 +126,7 @@ export class WorkerService implements WorkerApi {
       secrets: deps.secrets,
       network: deps.network,
       agents: deps.agents,
+      cage: deps.cage,
       faults: this.faults,
       events: this.eventLog,
       log: deps.logger,

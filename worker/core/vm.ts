@@ -10,6 +10,7 @@ import type { FaultController, FaultTarget } from "./faults.js";
 import { assertTransition, exitEndsVm, hasCounters, HOLDINGS, holds, isLive, type Holding } from "./lifecycle.js";
 import type {
   AgentConnection,
+  CagePort,
   ConsoleStore,
   GuestAgentPort,
   NetworkPort,
@@ -28,6 +29,8 @@ export interface VmContext {
   network?: NetworkPort;
   /** Channels to guest agents; absent: no VM gets one. */
   agents?: GuestAgentPort;
+  /** Cages for VMMs; absent: every VMM runs uncaged (--no-cage). */
+  cage?: CagePort;
   faults: FaultController;
   events: EventLog;
   log: Logger;
@@ -170,6 +173,7 @@ export class ManagedVm {
         await (paused ? this.handle?.pause() : this.handle?.resume());
         await this.transition(paused ? "paused" : "running", paused ? "paused by a fault" : "resumed");
       },
+      ...(record.cage && this.ctx.cage ? { limitCpu: (percent) => this.ctx.cage!.limitCpu(record.id, percent) } : {}),
     };
   }
 
@@ -290,6 +294,8 @@ export class ManagedVm {
         return this.ctx.secrets.wipe(this.id);
       case "network":
         return this.ctx.network?.detach(this.id);
+      case "cage":
+        return this.ctx.cage?.release(this.id);
     }
   }
 

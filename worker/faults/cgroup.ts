@@ -14,13 +14,14 @@ import { ifMissing } from "../missing.js";
 const PERIOD_US = 100_000;
 const PARENT = "procurator-faults";
 
-interface Mount {
+export interface Mount {
   path: string;
   fstype: string;
   superOptions: string[];
 }
 
-async function mounts(mountinfo = "/proc/self/mountinfo"): Promise<Mount[]> {
+/** The mounts this process sees (/proc/self/mountinfo): where, what filesystem, its super options. */
+export async function mounts(mountinfo = "/proc/self/mountinfo"): Promise<Mount[]> {
   const text = await ifMissing(readFile(mountinfo, "utf8"), "");
   return text
     .split("\n")

@@ -8,3 +8,4 @@ export type * from "./secrets.js";
 export type * from "./store.js";
 export type * from "./vmm.js";
 export type * from "./snapshots.js";
+export type * from "./cage.js";

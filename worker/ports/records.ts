@@ -31,6 +31,8 @@ export interface VmRecord {
    * claim. Absent: booted for its create.
    */
   origin?: "pool" | "snapshot";
+  /** The VMM's cage (ports/cage.ts): its uid stays taken while the VM lives, across restarts. Absent: uncaged. */
+  cage?: { uid: number };
 }
 
 /** Each VM's record and private directory. */

@@ -58,6 +58,11 @@ export interface VmLaunchSpec {
    * boot files replace the saved VM's. Backends with `snapshot` only.
    */
   restoreFrom?: string;
+  /**
+   * Start the VMM in this cage (ports/cage.ts); the backend adds its own devices and TAP handling.
+   * Absent: uncaged (--no-cage, or a backend's own tests).
+   */
+  cage?: import("./cage.js").CageSpec;
 }
 
 /** Persisted by the core so that a restarted worker can re-adopt the VMM. */

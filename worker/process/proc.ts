@@ -6,7 +6,7 @@ import { type FileHandle, open, readdir, readFile, readlink } from "node:fs/prom
 import { ifMissing } from "../missing.js";
 
 /** Fields of /proc/<pid>/stat after the command name: state (field 3) and start time (field 22). */
-export async function readProcStat(pid: number): Promise<{ state: string; startTime: string } | undefined> {
+export async function readProcStat(pid: number): Promise<{ state: string; startTime: string; parent: number } | undefined> {
   let text: string;
   try {
     text = await readFile(`/proc/${pid}/stat`, "utf8");
@@ -18,7 +18,7 @@ export async function readProcStat(pid: number): Promise<{ state: string; startT
   const state = fields[0];
   const startTime = fields[19];
   if (!state || !startTime) return undefined;
-  return { state, startTime };
+  return { state, startTime, parent: Number(fields[1]) };
 }
 
 /** The process start time (field 22 of /proc/<pid>/stat), or undefined when it is gone. */
@@ -208,6 +208,8 @@ export async function killStrayProcesses(
     if (!argv.some((arg) => prefixes.some((prefix) => arg.includes(prefix)))) continue;
     const stat = await readProcStat(pid);
     if (!stat || stat.state === "Z" || stat.state === "X") continue;
+    // A caged VMM is the child of its cage helper, which is the process its record names.
+    if (keep.has(stat.parent)) continue;
     strays.push({ pid, startTime: stat.startTime, argv0 });
   }
   for (const stray of strays) signalProcess(stray.pid, "SIGKILL");

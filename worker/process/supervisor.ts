@@ -4,10 +4,12 @@
 // kill once (memoized, never a stranger that reused the pid), keep the event loop alive while a
 // caller waits, describe an exit, find a binary on PATH, and map a missing binary to
 // FAILED_PRECONDITION. What a backend adds on top is only what its VMM means by an exit.
+import { execFile } from "node:child_process";
 import { constants } from "node:fs";
-import { access } from "node:fs/promises";
+import { access, realpath } from "node:fs/promises";
 import { delimiter, join } from "node:path";
 import { WorkerError } from "../core/errors.js";
+import type { CageSpec } from "../ports/index.js";
 import { isSameLiveProcess, signalProcess, spawnDetached, watchNonChild, type ProcessIdentity } from "./proc.js";
 
 /** How a supervised process ended. */
@@ -43,6 +45,38 @@ export interface SpawnOptions {
   passFds?: number[];
   /** What to install when the binary is missing, e.g. "install qemu-system-x86". */
   install: string;
+  /** Start it inside this cage (ports/cage.ts): the helper runs first, as root, and execs the binary. */
+  cage?: CageSpec;
+}
+
+const closures = new Map<string, Promise<string[]>>();
+
+/** What a program outside /usr needs bound into its cage: its store closure (nix-store -qR), or itself. */
+function programPaths(program: string): Promise<string[]> {
+  const storePath = /^\/nix\/store\/[^/]+/.exec(program)?.[0];
+  if (!storePath) return Promise.resolve([program]);
+  let paths = closures.get(storePath);
+  if (!paths) {
+    paths = new Promise<string[]>((resolve) =>
+      execFile("nix-store", ["--query", "--requisites", storePath], (err, stdout) =>
+        resolve(err ? [storePath] : stdout.split("\n").filter(Boolean)),
+      ),
+    );
+    closures.set(storePath, paths);
+  }
+  return paths;
+}
+
+/** The helper's command line that cages `binary` (an absolute path: the cage has no PATH search). */
+export function cagedCommand(cage: CageSpec, binary: string, argv: string[]): [string, string[]] {
+  const args = ["--uid", String(cage.uid), "--gid", String(cage.gid), "--root", cage.root, "--nofile", String(cage.nofile)];
+  for (const path of cage.readOnly) args.push("--ro", path);
+  for (const path of cage.readWrite) args.push("--rw", path);
+  for (const path of cage.devices) args.push("--dev", path);
+  for (const dir of cage.cgroups) args.push("--cgroup", dir);
+  for (const tap of cage.taps ?? []) args.push("--tap", `${tap.name}:${tap.fd}`);
+  for (const name of cage.tapOwners ?? []) args.push("--tap-owner", name);
+  return [cage.helper, [...args, "--", binary, ...argv]];
 }
 
 /**
@@ -52,7 +86,18 @@ export interface SpawnOptions {
 export async function spawnSupervised(binary: string, argv: string[], options: SpawnOptions): Promise<Supervised> {
   let spawned: Awaited<ReturnType<typeof spawnDetached>>;
   try {
-    spawned = await spawnDetached(binary, argv, options.logPath, options.passFds);
+    if (options.cage) {
+      const resolved = await findExecutable(binary);
+      if (!resolved) throw Object.assign(new Error(`${binary} not found`), { code: "ENOENT" });
+      const program = await realpath(resolved);
+      // A VMM outside the host's /usr is bound in: a Nix-built one with its closure, another by itself.
+      const visible = options.cage.readOnly.some((path) => program === path || program.startsWith(`${path}/`));
+      const cage = visible ? options.cage : { ...options.cage, readOnly: [...options.cage.readOnly, ...(await programPaths(program))] };
+      const [helper, cagedArgv] = cagedCommand(cage, program, argv);
+      spawned = await spawnDetached(helper, cagedArgv, options.logPath, options.passFds);
+    } else {
+      spawned = await spawnDetached(binary, argv, options.logPath, options.passFds);
+    }
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === "ENOENT") throw new WorkerError("FAILED_PRECONDITION", `${binary} not found; ${options.install}`, { cause: err });

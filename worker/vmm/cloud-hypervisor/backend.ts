@@ -11,7 +11,16 @@ import { existsSync } from "node:fs";
 import { basename, join } from "node:path";
 import type { Logger } from "pino";
 import { WorkerError, failedPrecondition } from "../../core/errors.js";
-import type { BlockCounters, GuestRunState, VmLaunchSpec, VmmBackend, VmmExit, VmmHandle, VmmProcessRecord } from "../../ports/index.js";
+import type {
+  BlockCounters,
+  CageSpec,
+  GuestRunState,
+  VmLaunchSpec,
+  VmmBackend,
+  VmmExit,
+  VmmHandle,
+  VmmProcessRecord,
+} from "../../ports/index.js";
 import { bootId, isOurProcess, killStrayProcesses, processExe, tailLines } from "../../process/proc.js";
 import { adoptSupervised, describeExit, keepAlive, spawnSupervised, type ProcessEnd, type Supervised } from "../../process/supervisor.js";
 import { handOverBootFiles } from "../boot-files.js";
@@ -49,6 +58,21 @@ export function chPaths(vmDir: string) {
     virtiofsdLog: join(vmDir, "virtiofsd.log"),
     /** The snapshot as this VM restores it (snapshot.ts prepareRestoreDir). */
     restoreDir: join(vmDir, "restore"),
+  };
+}
+
+/**
+ * What a caged Cloud Hypervisor needs besides the VM's directory: /dev/kvm, and its TAP, which it
+ * opens by name (/dev/net/tun; the helper hands the TAP to its uid and brings it up: both need
+ * CAP_NET_ADMIN). A restore reads the pool's snapshot, which its restore directory links to.
+ * Its own seccomp filter stays on (vmmArgv). virtiofsd is not caged yet.
+ */
+export function chCage(cage: CageSpec, spec: VmLaunchSpec): CageSpec {
+  return {
+    ...cage,
+    devices: [...cage.devices, "/dev/kvm", ...(spec.net ? ["/dev/net/tun"] : [])],
+    tapOwners: spec.net ? [spec.net.tap] : [],
+    readOnly: [...cage.readOnly, ...(spec.restoreFrom ? [spec.restoreFrom] : [])],
   };
 }
 
@@ -255,6 +279,7 @@ export function createCloudHypervisorBackend(options: CloudHypervisorBackendOpti
         logPath: paths.stdio,
         passFds: passed.fds,
         install: "install the cloud-hypervisor release binary",
+        cage: spec.cage && chCage(spec.cage, spec),
       });
     } catch (err) {
       await virtiofsd?.kill();

@@ -1,7 +1,10 @@
 // The QEMU backend: one detached qemu-system-x86_64 per VM (microvm machine), driven over QMP.
 // Its process is spawned, adopted, watched and killed by the shared supervisor (worker/process/).
 import { execFile } from "node:child_process";
-import { open, stat, unlink } from "node:fs/promises";
+import { createWriteStream } from "node:fs";
+import { chown, open, stat, unlink } from "node:fs/promises";
+import { createServer } from "node:net";
+import { listenForVmm } from "./vmm-socket.js";
 import { promisify } from "node:util";
 import { basename, dirname, join } from "node:path";
 import type { Logger } from "pino";
@@ -50,6 +53,8 @@ export interface QemuBackendOptions {
 
 export const QMP_SOCKET = "qmp.sock";
 const SNAPSHOT_TIMEOUT_MS = 120_000;
+/** Where a snapshot's stream arrives from QEMU (saveSnapshot). */
+const MIGRATE_SOCKET = "migrate.sock";
 /** The first descriptor a child inherits after stdin, stdout and stderr (boot-files.ts passes from here too). */
 const FIRST_PASSED_FD = 3;
 const execFileAsync = promisify(execFile);
@@ -81,7 +86,7 @@ function optionValue(value: string): string {
 /** QEMU's argument vector for one VM. No secret is ever on it: only paths. */
 export function qemuArgv(
   spec: Omit<VmLaunchSpec, "vmDir" | "consolePath" | "restoreFrom"> & { consolePath?: string },
-  options: { accel: Accelerator; qmpSocket?: string; cpuModel?: string; incomingFd?: number },
+  options: { accel: Accelerator; qmpSocket?: string; cpuModel?: string; incomingFd?: number; tapFd?: number; sandbox?: boolean },
 ): string[] {
   const argv = [
     // The process name shows in /proc/<pid>/comm and cmdline: how an operator spots whose VMM it is.
@@ -139,7 +144,10 @@ export function qemuArgv(
   if (spec.net) {
     argv.push(
       "-netdev",
-      `tap,id=${NETDEV_ID},ifname=${optionValue(spec.net.tap)},script=no,downscript=no`,
+      // Caged, QEMU cannot open a TAP: the cage helper opened it, and it is inherited at tapFd.
+      options.tapFd !== undefined
+        ? `tap,id=${NETDEV_ID},fd=${options.tapFd}`
+        : `tap,id=${NETDEV_ID},ifname=${optionValue(spec.net.tap)},script=no,downscript=no`,
       "-device",
       `virtio-net-device,netdev=${NETDEV_ID},mac=${spec.net.mac}`,
     );
@@ -167,6 +175,9 @@ export function qemuArgv(
   if (options.qmpSocket) argv.push("-qmp", `unix:${optionValue(options.qmpSocket)},server=on,wait=off`);
   // The saved state streams in from an inherited descriptor; the guest runs once it is loaded.
   if (options.incomingFd !== undefined) argv.push("-incoming", `fd:${options.incomingFd}`);
+  // QEMU's own seccomp filter, on top of the cage's: no obsolete calls, no setuid, no fork or exec,
+  // no scheduler or resource changes.
+  if (options.sandbox) argv.push("-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
   return argv;
 }
 
@@ -215,12 +226,27 @@ export function createQemuBackend(options: QemuBackendOptions): VmmBackend {
       if (spec.dataDisk) await createDataDisk(spec.dataDisk.path, spec.dataDisk.bytes, vmLog);
       const passed = handOverBootFiles(spec);
       const snapshot = spec.restoreFrom ? await openSnapshot(spec.restoreFrom) : undefined;
+      const passFds = snapshot ? [...passed.fds, snapshot.fd] : passed.fds;
       const incomingFd = snapshot ? FIRST_PASSED_FD + passed.fds.length : undefined;
-      const argv = qemuArgv(passed.spec, { accel: options.accel, qmpSocket, cpuModel: options.cpuModel, incomingFd });
+      // Caged: the TAP's descriptor comes after every passed one (the helper opens it).
+      const tapFd = spec.cage && spec.net ? FIRST_PASSED_FD + passFds.length : undefined;
+      const cage = spec.cage && {
+        ...spec.cage,
+        devices: [...spec.cage.devices, ...(options.accel === "kvm" ? ["/dev/kvm"] : [])],
+        taps: spec.net && tapFd !== undefined ? [{ name: spec.net.tap, fd: tapFd }] : [],
+      };
+      if (cage && spec.dataDisk) await chown(spec.dataDisk.path, cage.uid, cage.gid);
+      const argv = qemuArgv(passed.spec, {
+        accel: options.accel,
+        qmpSocket,
+        cpuModel: options.cpuModel,
+        incomingFd,
+        tapFd,
+        sandbox: !!cage,
+      });
       const logPath = join(spec.vmDir, VMM_LOG);
       const spawnedAt = performance.now();
-      const passFds = snapshot ? [...passed.fds, snapshot.fd] : passed.fds;
-      const vmm = await spawnSupervised(binary, argv, { logPath, passFds, install: INSTALL_HINT }).finally(() => snapshot?.close());
+      const vmm = await spawnSupervised(binary, argv, { logPath, passFds, install: INSTALL_HINT, cage }).finally(() => snapshot?.close());
       const record: VmmProcessRecord = {
         backend: qemu.name,
         pid: vmm.pid,
@@ -284,8 +310,22 @@ async function openSnapshot(path: string) {
 }
 
 /** A shell word: QEMU's exec: migration runs its command through /bin/sh. */
-function shellWord(text: string): string {
-  return `'${text.replaceAll("'", "'\\''")}'`;
+/** Listens on `socketPath` for one connection and writes what it sends to `path`; `written` once it ended and all is on disk. */
+async function receiveStream(socketPath: string, path: string): Promise<{ written: Promise<void>; close(): void }> {
+  const server = createServer();
+  await listenForVmm(server, socketPath);
+  const written = new Promise<void>((resolve, reject) => {
+    server.once("connection", (socket) => {
+      server.close();
+      const sink = createWriteStream(path, { mode: 0o600 });
+      socket.once("error", reject);
+      sink.once("error", reject);
+      sink.once("finish", resolve);
+      socket.pipe(sink);
+    });
+  });
+  written.catch(() => undefined); // awaited by the caller once QEMU says it is done
+  return { written, close: () => server.close() };
 }
 
 /** What to install when the binary is missing. */
@@ -545,23 +585,35 @@ class QemuHandle implements VmmHandle {
     await this.execute("cont");
   }
 
+  /**
+   * Pauses and streams the machine's state to `path` through a unix socket the worker listens on
+   * in the VM's directory: a caged QEMU may neither spawn (`exec:`) nor open files outside it.
+   */
   async saveSnapshot(path: string): Promise<{ bytes: number }> {
     await this.execute("stop");
-    await this.execute("migrate", { uri: `exec:cat > ${shellWord(path)}` });
-    const deadline = performance.now() + SNAPSHOT_TIMEOUT_MS;
-    for (;;) {
-      const info = await this.execute<{ status?: string; "error-desc"?: string }>("query-migrate");
-      if (info.status === "completed") break;
-      if (info.status === "failed" || info.status === "cancelled") {
-        throw internal(`saving the snapshot failed: ${info["error-desc"] ?? info.status}`);
+    const socketPath = join(dirname(this.logPath), MIGRATE_SOCKET);
+    const stream = await receiveStream(socketPath, path);
+    try {
+      await this.execute("migrate", { uri: `unix:${socketPath}` });
+      const deadline = performance.now() + SNAPSHOT_TIMEOUT_MS;
+      for (;;) {
+        const info = await this.execute<{ status?: string; "error-desc"?: string }>("query-migrate");
+        if (info.status === "completed") break;
+        if (info.status === "failed" || info.status === "cancelled") {
+          throw internal(`saving the snapshot failed: ${info["error-desc"] ?? info.status}`);
+        }
+        if (performance.now() > deadline) {
+          await this.execute("migrate_cancel").catch(() => undefined);
+          throw new WorkerError("DEADLINE_EXCEEDED", `saving the snapshot took longer than ${SNAPSHOT_TIMEOUT_MS} ms`);
+        }
+        await new Promise((resolve) => setTimeout(resolve, 10));
       }
-      if (performance.now() > deadline) {
-        await this.execute("migrate_cancel").catch(() => undefined);
-        throw new WorkerError("DEADLINE_EXCEEDED", `saving the snapshot took longer than ${SNAPSHOT_TIMEOUT_MS} ms`);
-      }
-      await new Promise((resolve) => setTimeout(resolve, 10));
+      await stream.written;
+    } finally {
+      stream.close();
+      await unlink(socketPath).catch(() => undefined);
     }
-    return { bytes: (await stat(path)).size };
+    return { bytes: await stat(path).then((info) => info.size) };
   }
 
   stop(graceMs: number): Promise<VmmExit> {

@@ -8,6 +8,7 @@
 // A delay aimed at chosen peers holds only IPv4 packets from their addresses; the rest pass at once.
 import { rm } from "node:fs/promises";
 import { createServer, type Server, type Socket } from "node:net";
+import { listenForVmm } from "./vmm-socket.js";
 import { join } from "node:path";
 import type { Logger } from "pino";
 import { WorkerError, failedPrecondition } from "../../core/errors.js";
@@ -275,16 +276,13 @@ export class QemuNetDelay {
       resolveConnected();
     });
     active.servers.push(server);
-    const listening = rm(path, { force: true }).then(
-      () =>
-        new Promise<void>((resolve, reject) => {
-          server.once("error", reject);
-          server.listen(path, () => resolve());
-        }),
-    );
+    const listening = listenForVmm(server, path);
     const timeout = new Promise<never>((_, reject) =>
       setTimeout(() => reject(new Error("QEMU did not connect to the delay socket")), 5_000).unref(),
     );
-    return { listening, connected: Promise.race([connected, timeout]) };
+    const connectedInTime = Promise.race([connected, timeout]);
+    // Not awaited when QEMU refused the chardev: its timeout must not become an unhandled rejection.
+    connectedInTime.catch(() => undefined);
+    return { listening, connected: connectedInTime };
   }
 }
