@@ -48,6 +48,7 @@ const deleted: number[] = [];
 const returned: number[] = [];
 const uncagedCreated: number[] = [];
 const uncagedReturned: number[] = [];
+const uncagedDeleted: number[] = [];
 const worker = await startWorker();
 const client = await connectWorker(worker.socket);
 const uncagedWorker = await startWorker({ extraArgs: ["--no-cage"] });
@@ -87,6 +88,7 @@ try {
     const uncaged = await createToReady(uncagedClient);
     uncagedReturned.push(uncaged.returned);
     uncagedCreated.push(uncaged.ready);
+    uncagedDeleted.push(uncaged.deleted);
   }
 } finally {
   client.close();
@@ -108,7 +110,8 @@ const rows = [
   ["caged against --no-cage: createVm -> ready", `${signedMs(median(created) - median(uncagedCreated))}`, cageRatio.toFixed(3)],
   ["worker createVm call returns (VMM running), caged", ms(median(returned)), "-"],
   ["worker createVm call returns, --no-cage", ms(median(uncagedReturned)), "-"],
-  ["worker deleteVm -> all freed", ms(median(deleted)), "-"],
+  ["worker deleteVm -> all freed, caged", ms(median(deleted)), "-"],
+  ["worker deleteVm -> all freed, --no-cage", ms(median(uncagedDeleted)), "-"],
 ];
 console.log(`boot benchmark: ${runs} runs each, accelerator ${accel}, kernel ${spec.kernel.split("/").pop()}`);
 console.log(["what", "median", "ratio"].join(" | "));

@@ -92,16 +92,20 @@ export function createCage(options: CageOptions): CagePort {
       if (!existsSync(helper)) throw failedPrecondition(`the cage helper ${helper} is missing; run scripts/setup (or --no-cage)`);
       const uid = allocate(id);
       try {
-        const layoutNow = await cgroups();
-        const dirs = await createVmCgroups(layoutNow, id, {
-          memoryBytes: request.memoryBytes + options.memoryOverheadBytes,
-          pidsMax: options.pidsMax,
-          cpuWeight: 100,
-        });
         const root = rootOf(id);
-        await mkdir(root, { recursive: true, mode: 0o755 });
-        await handOver(request.vmDir, uid);
-        if (request.shared) await handOver(request.shared, uid);
+        // Independent of each other: at once, as this is on every create's path.
+        const [dirs] = await Promise.all([
+          cgroups().then((layoutNow) =>
+            createVmCgroups(layoutNow, id, {
+              memoryBytes: request.memoryBytes + options.memoryOverheadBytes,
+              pidsMax: options.pidsMax,
+              cpuWeight: 100,
+            }),
+          ),
+          mkdir(root, { recursive: true, mode: 0o755 }),
+          handOver(request.vmDir, uid),
+          request.shared ? handOver(request.shared, uid) : undefined,
+        ]);
         return {
           helper,
           uid,

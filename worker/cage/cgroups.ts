@@ -83,13 +83,18 @@ export async function createVmCgroups(layout: CgroupLayout, id: string, limits: 
       await writeFile(join(dir, "cpu.weight"), String(limits.cpuWeight));
     } else {
       const [memory, pids, cpu] = dirs as [string, string, string];
-      for (const dir of dirs) await mkdir(dir, { recursive: true });
-      await writeFile(join(memory, "memory.limit_in_bytes"), String(limits.memoryBytes));
-      // With swap accounting, memory + swap gets the same bound: the VM cannot grow into swap.
-      await writeFile(join(memory, "memory.memsw.limit_in_bytes"), String(limits.memoryBytes)).catch(() => undefined);
-      await writeFile(join(pids, "pids.max"), String(limits.pidsMax));
-      // v1 cpu.shares: 1024 is the default, as weight 100 is in v2.
-      await writeFile(join(cpu, "cpu.shares"), String(Math.max(2, Math.round((limits.cpuWeight * 1024) / 100))));
+      await Promise.all([
+        mkdir(memory, { recursive: true }).then(async () => {
+          await writeFile(join(memory, "memory.limit_in_bytes"), String(limits.memoryBytes));
+          // With swap accounting, memory + swap gets the same bound: the VM cannot grow into swap.
+          await writeFile(join(memory, "memory.memsw.limit_in_bytes"), String(limits.memoryBytes)).catch(() => undefined);
+        }),
+        mkdir(pids, { recursive: true }).then(() => writeFile(join(pids, "pids.max"), String(limits.pidsMax))),
+        // v1 cpu.shares: 1024 is the default, as weight 100 is in v2.
+        mkdir(cpu, { recursive: true }).then(() =>
+          writeFile(join(cpu, "cpu.shares"), String(Math.max(2, Math.round((limits.cpuWeight * 1024) / 100)))),
+        ),
+      ]);
     }
   } catch (err) {
     await removeVmCgroups(layout, id);
