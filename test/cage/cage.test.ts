@@ -4,7 +4,7 @@
 // supervisor a VMM starts through, and tries what a guest that took over its VMM would try next.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
+import { chownSync, existsSync, mkdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -68,7 +68,14 @@ describe("an escaped VMM, simulated: a probe in one VM's cage", { skip, concurre
       mkdirSync(vm.vmDir, { recursive: true, mode: 0o700 });
       mkdirSync(vm.secrets, { recursive: true, mode: 0o700 });
       writeFileSync(join(vm.secrets, "token"), `secret of ${vm.id}`, { mode: 0o400 });
+      writeFileSync(join(vm.vmDir, "vm.json"), "{}", { mode: 0o600 });
       vm.spec = await cage.prepare(vm.id, { memoryBytes: 16 * MIB, vmDir: vm.vmDir, shared: vm.secrets, storePaths: [storePath] });
+      // What its VMM makes at start (as its uid), then sealed by the worker once the VMM runs.
+      for (const name of ["console.log", "agent.sock"]) {
+        writeFileSync(join(vm.vmDir, name), "");
+        chownSync(join(vm.vmDir, name), vm.spec.uid, vm.spec.gid);
+      }
+      await cage.seal(vm.id);
     }
     other = await spawnSupervised("/usr/bin/sleep", ["600"], { logPath: join(dir, "b.log"), install: "coreutils", cage: vms.b.spec });
     // Its cage is up once the stand-in VMM runs as B's uid.
@@ -111,6 +118,28 @@ describe("an escaped VMM, simulated: a probe in one VM's cage", { skip, concurre
       `read ${join(vms.a.secrets, "token")} ok`,
       `write ${join(vms.a.vmDir, "console.log")} ok`,
     ]);
+  });
+
+  test("it cannot remove, replace or plant links in place of the files the worker keeps or reads in its directory", async () => {
+    // The worker's record of the VM, and what the VMM made at start and the worker then sealed.
+    const record = join(vms.a.vmDir, "vm.json");
+    const consoleFile = join(vms.a.vmDir, "console.log");
+    const agentSocket = join(vms.a.vmDir, "agent.sock");
+    const { lines } = await runProbe([
+      ...["unlink", record, "write", record, "plant", record, "plant", consoleFile, "plant", agentSocket],
+      ...["plant", join(vms.a.vmDir, "vm.json.1.1.tmp"), "write", join(vms.a.vmDir, "new-file")],
+    ]);
+    assert.deepEqual(lines, [
+      `unlink ${record} EPERM`,
+      `write ${record} EACCES`,
+      `plant ${record} EPERM`,
+      `plant ${consoleFile} EPERM`,
+      `plant ${agentSocket} EPERM`,
+      // New names it may make (its VMM makes its sockets and console so): the worker never follows them.
+      `plant ${join(vms.a.vmDir, "vm.json.1.1.tmp")} ok`,
+      `write ${join(vms.a.vmDir, "new-file")} ok`,
+    ]);
+    assert.equal(readFileSync(record, "utf8"), "{}", "the record is the worker's");
   });
 
   test("it cannot write to the store, its secrets or the host's programs", async () => {

@@ -23,6 +23,7 @@ test("each VMM is launched in its own cage: a uid of its own, its directory and 
     cageA.request.storePaths.join(),
   );
   assert.equal(JSON.parse(w.records.saved.get(a)!).cage.uid, cageA.uid, "the record keeps the uid, for a restart");
+  assert.ok(w.cage.sealed.has(a) && w.cage.sealed.has(b), "each VM's directory sealed once its VMM started");
 });
 
 test("a create that fails after its cage was made gives the cage back; a cage that cannot be made fails the create cleanly", async () => {

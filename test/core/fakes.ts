@@ -357,6 +357,12 @@ export class FakeCage implements CagePort {
     return { ...spec, readWrite: [request.vmDir], devices: [], cgroups: [`/fake/cgroup/${id}`], nofile: 4096 };
   }
 
+  readonly sealed = new Set<string>();
+
+  async seal(id: string): Promise<void> {
+    this.sealed.add(id);
+  }
+
   async release(id: string): Promise<void> {
     if (this.caged.delete(id)) this.released.push(id);
     this.cpu.delete(id);

@@ -232,7 +232,7 @@ test("call deadline: passes while the guest boots, the next step does not start 
   const vm = await w.host.nextSpawn();
   controller.abort();
   vm.boot();
-  await rejectsWith(creating, "DEADLINE_EXCEEDED", /^save state: the call's deadline passed$/);
+  await rejectsWith(creating, "DEADLINE_EXCEEDED", /^seal vm directory: the call's deadline passed$/);
   assert.equal(vm.exit?.signal, "SIGKILL");
   w.assertEmpty();
 });

@@ -1,6 +1,6 @@
 // The file record repo (createFileRecords) on a real filesystem: atomic records and the bounded console.
 import assert from "node:assert/strict";
-import { appendFile, mkdtemp, readdir, rm, stat, truncate, writeFile } from "node:fs/promises";
+import { appendFile, lstat, mkdtemp, readdir, readFile, rm, stat, symlink, truncate, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
@@ -96,4 +96,26 @@ test("a console file that shrinks (Cloud Hypervisor creates it again on a guest 
   await appendFile(path, "third\n");
   const fresh = await createFileRecords({ stateDir: base });
   assert.equal(Buffer.from(await fresh.readConsoleTail("vm-s", 4096)).toString(), "third\n");
+});
+
+test("links a caged VMM planted in its directory are never followed: not the console, not a temp name, not console.start", async () => {
+  const repo = await createFileRecords({ stateDir: base });
+  const dir = await repo.createDir("vm-planted");
+  const victim = join(base, "host-file");
+  await writeFile(victim, "the host's own bytes");
+  // The console a link to a host file: reads give nothing of it.
+  await symlink(victim, repo.consolePath("vm-planted"));
+  assert.equal((await repo.readConsole("vm-planted", 0n, 4096)).data.length, 0);
+  assert.equal((await repo.readConsoleTail("vm-planted", 4096)).length, 0);
+  await repo.trimConsole("vm-planted", 64 * 1024);
+  // console.start and every name a save could use planted as links: the worker writes around them.
+  await rm(repo.consolePath("vm-planted"));
+  await writeFile(repo.consolePath("vm-planted"), Buffer.alloc(400 * 1024, 0x41));
+  await symlink(victim, join(dir, "console.start"));
+  await repo.trimConsole("vm-planted", 64 * 1024);
+  const record = { id: "vm-planted", status: "running", secretNames: [] } as unknown as Parameters<typeof repo.save>[0];
+  for (let i = 0; i < 3; i++) await repo.save(record);
+  assert.equal(await readFile(victim, "utf8"), "the host's own bytes");
+  assert.ok((await lstat(join(dir, "vm.json"))).isFile());
+  await repo.remove("vm-planted");
 });

@@ -1,8 +1,8 @@
 // The cage adapter (ports/cage.ts): per VM, a uid from the configured range, a cgroup with limits
 // (cgroups.ts), an empty directory for its root, and its directories handed to its uid. The cage
 // itself is built by the helper, cage/pcr-cage.c, which the VMM's backend starts it through.
-import { chown, lstat, mkdir, readdir, rm, rmdir } from "node:fs/promises";
-import { existsSync } from "node:fs";
+import { chmod, chown, lchown, lstat, mkdir, open, readdir, rm, rmdir } from "node:fs/promises";
+import { constants, existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Logger } from "pino";
@@ -72,6 +72,8 @@ export function createCage(options: CageOptions): CagePort {
   };
   const rootOf = (id: string) => join(options.runtimeDir, "cage", id);
 
+  /** Each caged VM's directory and uid, for seal(). */
+  const dirs = new Map<string, { vmDir: string; uid: number }>();
   const allocate = (id: string): number => {
     for (let uid = options.uidRange.first; uid <= options.uidRange.last; uid++) {
       if (taken.has(uid)) continue;
@@ -94,7 +96,7 @@ export function createCage(options: CageOptions): CagePort {
       try {
         const root = rootOf(id);
         // Independent of each other: at once, as this is on every create's path.
-        const [dirs] = await Promise.all([
+        const [cgroupDirs] = await Promise.all([
           cgroups().then((layoutNow) =>
             createVmCgroups(layoutNow, id, {
               memoryBytes: request.memoryBytes + options.memoryOverheadBytes,
@@ -103,9 +105,10 @@ export function createCage(options: CageOptions): CagePort {
             }),
           ),
           mkdir(root, { recursive: true, mode: 0o755 }),
-          handOver(request.vmDir, uid),
-          request.shared ? handOver(request.shared, uid) : undefined,
+          openToVmm(request.vmDir, uid),
+          request.shared ? readableByVmm(request.shared, uid) : undefined,
         ]);
+        dirs.set(id, { vmDir: request.vmDir, uid });
         return {
           helper,
           uid,
@@ -114,7 +117,7 @@ export function createCage(options: CageOptions): CagePort {
           readOnly: [...HOST_READ_ONLY, ...request.storePaths, ...(request.shared ? [request.shared] : [])],
           readWrite: [request.vmDir],
           devices: [],
-          cgroups: dirs,
+          cgroups: cgroupDirs,
           nofile: options.nofile,
         };
       } catch (err) {
@@ -123,10 +126,30 @@ export function createCage(options: CageOptions): CagePort {
       }
     },
 
+    async seal(id: string): Promise<void> {
+      const vm = dirs.get(id);
+      if (!vm) return;
+      for (const entry of await readdir(vm.vmDir)) {
+        const path = join(vm.vmDir, entry);
+        const info = await lstat(path);
+        if (info.uid !== vm.uid) continue;
+        if (info.isFile()) {
+          // The VMM keeps writing through what it holds open (and may create it again: Cloud
+          // Hypervisor's console on a reboot), as the group; the file is root's, so not its to swap.
+          const file = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+          await file.chown(0, vm.uid).finally(() => file.close());
+          await chmod(path, 0o660);
+        } else {
+          await lchown(path, 0, vm.uid); // its sockets: the worker connects to them, the VMM serves them
+        }
+      }
+    },
+
     async release(id: string): Promise<void> {
       const failures = layout ? await removeVmCgroups(await cgroups(), id) : [];
       await rmdir(rootOf(id)).catch(() => undefined); // the helper's mounts died with its namespace: an empty directory
       free(id);
+      dirs.delete(id);
       if (failures.length) log.warn({ vmId: id, failures }, "cannot remove the VM's cgroup");
     },
 
@@ -170,14 +193,29 @@ export function createCage(options: CageOptions): CagePort {
   };
 }
 
-/** Gives a directory the worker made for the VM (and everything in it) to the VM's uid; never follows links. */
-async function handOver(dir: string, uid: number): Promise<void> {
+/**
+ * The VM's directory, open to its VMM as a group member: root's, sticky (1770), so that the VMM
+ * makes its own files there but can neither remove nor replace the worker's (its record), nor,
+ * once sealed, its own console and sockets, with links the worker would follow.
+ */
+async function openToVmm(dir: string, gid: number): Promise<void> {
+  const info = await lstat(dir);
+  if (!info.isDirectory()) throw failedPrecondition(`${dir} is not a directory`);
+  await chown(dir, 0, gid);
+  await chmod(dir, 0o1770);
+}
+
+/**
+ * A directory the VMM only reads (the secrets share, bound read-only into its cage): its and its
+ * files' owner becomes the VMM's uid, modes kept (0700, 0400); never follows links.
+ */
+async function readableByVmm(dir: string, uid: number): Promise<void> {
   const info = await lstat(dir);
   if (!info.isDirectory()) throw failedPrecondition(`${dir} is not a directory`);
   await chown(dir, uid, uid);
   for (const entry of await readdir(dir, { withFileTypes: true })) {
     const path = join(dir, entry.name);
-    if (entry.isDirectory()) await handOver(path, uid);
+    if (entry.isDirectory()) await readableByVmm(path, uid);
     else if (entry.isFile()) await chown(path, uid, uid);
   }
 }

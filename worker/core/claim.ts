@@ -83,6 +83,7 @@ export async function launchUnclaimed(
     async (started) => void (await started.kill()),
   );
   await closeBootFiles(bootFiles);
+  if (cage) await plan.step("seal vm directory", () => deps.vmContext.cage!.seal(id));
   record.vmm = handle.record;
   await plan.step("save state", () => records.save(record));
   await plan.step("wait for vmm running", () => handle.waitRunning(deps.bootTimeoutMs));

@@ -153,6 +153,7 @@ export async function runCreate(
     },
   );
   await closeBootFiles(bootFiles); // the VMM holds its own copies
+  if (cage) await plan.step("seal vm directory", () => deps.vmContext.cage!.seal(id));
   record.vmm = handle.record;
   await plan.step("save state", () => records.save(record));
   await plan.step("wait for vmm running", () => handle.waitRunning(deps.bootTimeoutMs));

@@ -38,6 +38,11 @@ export interface CageRequest {
 export interface CagePort {
   /** A uid of its own, its cgroup with limits, and its directories handed over. Undone by release. */
   prepare(id: string, request: CageRequest): Promise<CageSpec>;
+  /**
+   * Once the VMM has made its files in the VM's directory (console, sockets): they become root's,
+   * so that the VMM can no longer replace them with links the worker would follow.
+   */
+  seal(id: string): Promise<void>;
   /** Once the VM's VMM is gone: its cgroup and root removed, its uid free again. Idempotent. */
   release(id: string): Promise<void>;
   /**

@@ -3,7 +3,9 @@
 // at the same offsets, disk use stays bounded and offsets stay monotonic for readers, until the
 // VMM creates the file again (Cloud Hypervisor does on a guest reboot): then reading starts over.
 import { execFile } from "node:child_process";
-import { type FileHandle, mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import { constants } from "node:fs";
+import { type FileHandle, lstat, mkdir, open, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import type { ConsoleStore, RecordRepo, VmRecord } from "../ports/index.js";
@@ -22,7 +24,6 @@ class FileRecordRepo implements RecordRepo, ConsoleStore {
   readonly vmsDir: string;
   /** Console start offsets, read from disk once per VM and kept here: `read` runs often. */
   private readonly consoleStarts = new Map<string, number>();
-  private saves = 0;
   /** VMs whose vm.json name is on disk (its directory synced after the first rename, or found at start). */
   private readonly durable = new Set<string>();
 
@@ -58,8 +59,10 @@ class FileRecordRepo implements RecordRepo, ConsoleStore {
   async save(record: VmRecord): Promise<void> {
     const path = join(this.vmDir(record.id), "vm.json");
     // A temp name of its own per save: two saves of one record never share (and truncate) a file.
-    const temp = `${path}.${process.pid}.${++this.saves}.tmp`;
-    const file = await open(temp, "w", 0o600);
+    // Random and created exclusively: a caged VMM may make entries in its directory, and a link
+    // it planted under a name the worker then writes would be followed.
+    const temp = `${path}.${randomBytes(6).toString("hex")}.tmp`;
+    const file = await open(temp, "wx", 0o600);
     try {
       await file.writeFile(JSON.stringify(record, null, 2));
       await file.sync();
@@ -107,7 +110,11 @@ class FileRecordRepo implements RecordRepo, ConsoleStore {
   }
 
   async readConsoleTail(id: string, maxBytes: number): Promise<Uint8Array> {
-    const file = await ifMissing(open(this.consolePath(id), "r"), undefined);
+    // A link in place of the console (ELOOP) is no console at all.
+    const file = await open(this.consolePath(id), READ_NO_LINK).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === "ENOENT" || err.code === "ELOOP") return undefined;
+      throw err;
+    });
     if (!file) return new Uint8Array(0);
     try {
       const { size } = await file.stat();
@@ -128,7 +135,7 @@ class FileRecordRepo implements RecordRepo, ConsoleStore {
   async readConsole(id: string, offset: bigint, maxBytes: number): Promise<{ data: Uint8Array; nextOffset: bigint }> {
     let file: FileHandle;
     try {
-      file = await open(this.consolePath(id), "r");
+      file = await open(this.consolePath(id), READ_NO_LINK);
     } catch {
       return { data: new Uint8Array(0), nextOffset: offset };
     }
@@ -157,8 +164,8 @@ class FileRecordRepo implements RecordRepo, ConsoleStore {
 
   async trimConsole(id: string, keepBytes: number): Promise<void> {
     const path = this.consolePath(id);
-    const info = await ifMissing(stat(path), undefined);
-    if (!info) return;
+    const info = await ifMissing(lstat(path), undefined);
+    if (!info?.isFile()) return;
     const size = info.size;
     const start = await this.consoleStart(id);
     // Trim in whole pages, and only once the file is a quarter over, so this runs rarely.
@@ -166,10 +173,16 @@ class FileRecordRepo implements RecordRepo, ConsoleStore {
     const newStart = Math.floor((size - keepBytes) / 4096) * 4096;
     if (newStart <= start) return;
     // Readers move past the bytes first, so that none of them reads the hole.
-    await writeFile(join(this.vmDir(id), "console.start"), String(newStart));
+    const startFile = join(this.vmDir(id), "console.start");
+    const temp = `${startFile}.${randomBytes(6).toString("hex")}.tmp`;
+    await writeFile(temp, String(newStart), { flag: "wx", mode: 0o600 });
+    await rename(temp, startFile);
     this.consoleStarts.set(id, newStart);
     await execFileAsync("fallocate", ["--punch-hole", "--offset", "0", "--length", String(newStart), path]);
   }
 }
 
 const execFileAsync = promisify(execFile);
+
+/** The console is the VMM's file, in a directory it may write to: a link there is never followed. */
+const READ_NO_LINK = constants.O_RDONLY | constants.O_NOFOLLOW;

@@ -2,7 +2,7 @@
 // Its process is spawned, adopted, watched and killed by the shared supervisor (worker/process/).
 import { execFile } from "node:child_process";
 import { createWriteStream } from "node:fs";
-import { chown, open, stat, unlink } from "node:fs/promises";
+import { chmod, chown, open, stat, unlink } from "node:fs/promises";
 import { createServer } from "node:net";
 import { listenForVmm } from "./vmm-socket.js";
 import { promisify } from "node:util";
@@ -235,7 +235,11 @@ export function createQemuBackend(options: QemuBackendOptions): VmmBackend {
         devices: [...spec.cage.devices, ...(options.accel === "kvm" ? ["/dev/kvm"] : [])],
         taps: spec.net && tapFd !== undefined ? [{ name: spec.net.tap, fd: tapFd }] : [],
       };
-      if (cage && spec.dataDisk) await chown(spec.dataDisk.path, cage.uid, cage.gid);
+      // Root's, writable by the VMM's group: in its sticky directory, not the VMM's to replace.
+      if (cage && spec.dataDisk) {
+        await chown(spec.dataDisk.path, 0, cage.gid);
+        await chmod(spec.dataDisk.path, 0o660);
+      }
       const argv = qemuArgv(passed.spec, {
         accel: options.accel,
         qmpSocket,
