@@ -22,7 +22,7 @@ test("commit publishes the draft read-only under the key, backend and version; f
   assert.equal(file.bytes, 19);
   assert.match(file.sha256, /^[0-9a-f]{64}$/);
   assert.equal(file.path, join(dir, `${snapshotName(id)}.state`));
-  assert.equal(statSync(file.path).mode & 0o777, 0o400);
+  assert.equal(statSync(file.path).mode & 0o777, 0o444);
   assert.deepEqual(await store.find(id, { verify: true }), { found: file });
   assert.deepEqual(await store.find({ ...id, version: "QEMU emulator version 8.0" }), { missing: true }, "another version is another file");
 });
@@ -70,8 +70,8 @@ test("a directory snapshot (Cloud Hypervisor's config.json, state.json, memory-r
   writeFileSync(join(draft, "memory-ranges"), Buffer.alloc(4096, 7));
   const file = await store.commit(ch);
   assert.equal(file.bytes, 2 + 7 + 4096);
-  assert.equal(statSync(file.path).mode & 0o777, 0o500);
-  assert.equal(statSync(join(file.path, "memory-ranges")).mode & 0o777, 0o400);
+  assert.equal(statSync(file.path).mode & 0o777, 0o555);
+  assert.equal(statSync(join(file.path, "memory-ranges")).mode & 0o777, 0o444);
   assert.deepEqual(await store.find(ch, { verify: true }), { found: file });
 
   // One byte of one file, its size and mtime kept: only the checksum tells.

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
-import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
@@ -18,7 +18,8 @@ import { isSameLiveProcess } from "../../worker/process/proc.js";
 import { FAKE_CH_BINARY } from "../fixtures/ch/fixtures.js";
 import { PARKED_MAC } from "../../worker/ports/network.js";
 import { FileSnapshots } from "../../worker/state/snapshots.js";
-import { testGuest } from "../helpers/repo.js";
+import { createCage, defaultCageHelper } from "../../worker/cage/cage.js";
+import { REPO_ROOT, testGuest } from "../helpers/repo.js";
 import { rejectsWith } from "../helpers/errors.js";
 
 const logger = pino({ level: "silent" });
@@ -500,9 +501,11 @@ describe("Cloud Hypervisor backend against the contract fake (not real Cloud Hyp
           .slice(-2),
         ["/vm.pause", "/vm.snapshot"],
       );
+      // Written inside the VM's own directory (all a caged VMM may write to), then moved to the store.
       assert.deepEqual(templateLog.find((r) => r.path === "/vm.snapshot")!.body, {
-        destination_url: `file://${dirname(file.path)}/${basename(file.path, ".state")}.draft`,
+        destination_url: `file://${chPaths(template.vmDir).snapshotDir}`,
       });
+      assert.equal(existsSync(chPaths(template.vmDir).snapshotDir), false);
 
       const clone = await pooledSpec("pcrt-clone", { restoreFrom: file.path });
       const handle = await launch(clone);
@@ -532,6 +535,59 @@ describe("Cloud Hypervisor backend against the contract fake (not real Cloud Hyp
       );
       assert.equal(JSON.parse(await readFile(join(file.path, "config.json"), "utf8")).net[0].tap, "pcrt-template");
       await handle.stop(2000);
+    });
+
+    test("caged (the worker's default): the template saves from inside its cage, a clone restores inside its own", {
+      skip: (process.getuid?.() !== 0 && "the cage needs root") || (!existsSync(defaultCageHelper()) && "the cage helper is not built"),
+    }, async () => {
+      const runtimeDir = await mkdtemp(join(tmpdir(), "pcr-ch-cage-"));
+      cleanups.push(() => rm(runtimeDir, { recursive: true, force: true }));
+      const cage = createCage({
+        uidRange: { first: 45100, last: 45199 },
+        memoryOverheadBytes: 256 * 1024 ** 2,
+        pidsMax: 256,
+        nofile: 4096,
+        runtimeDir,
+        logger,
+      });
+      /** A spec with no TAP (none to hand over here), caged; the stand-in is a Node script of this checkout. */
+      const caged = async (id: string, extra: Partial<VmLaunchSpec> = {}) => {
+        const spec = await makeSpec({ id, ...extra });
+        const image = join(spec.vmDir, "root.img");
+        await writeFile(image, "");
+        const made = await cage.prepare(id, { memoryBytes: spec.memoryBytes, vmDir: spec.vmDir, storePaths: [] });
+        cleanups.push(() => cage.release(id));
+        return { ...spec, image, agentSocket: join(spec.vmDir, "agent.sock"), cage: { ...made, readOnly: [...made.readOnly, REPO_ROOT] } };
+      };
+      const template = await caged("vm-ch-template");
+      const handle = await launch(template);
+      await handle.waitRunning(5000);
+      await cage.seal(template.id);
+      const store = new FileSnapshots(await mkdtemp(join(tmpdir(), "pcr-ch-snapshots-")));
+      const id = { key: "0123456789abcdef", backend: "cloud-hypervisor", version: await backend().version!() };
+      await handle.saveSnapshot!(await store.draft(id));
+      const file = await store.commit(id);
+      cleanups.push(() => rm(dirname(file.path), { recursive: true, force: true }));
+      await handle.kill();
+      assert.deepEqual((await readdir(file.path)).sort(), ["config.json", "memory-ranges", "state.json"]);
+      assert.equal((await stat(join(file.path, "memory-ranges"))).uid, 0, "the snapshot is root's, not the template VMM's");
+
+      const clone = await caged("vm-ch-clone", { restoreFrom: file.path });
+      const restored = await launch(clone);
+      await restored.waitRunning(5000);
+      assert.equal(await restored.runState(), "running");
+      const inside = Number(
+        (await readFile(`/proc/${restored.record.pid}/task/${restored.record.pid}/children`, "utf8")).trim().split(" ")[0],
+      );
+      const status = await readFile(`/proc/${inside}/status`, "utf8");
+      assert.match(status, new RegExp(`^Uid:\\s+${clone.cage.uid}\\s`, "m"), "the stand-in VMM runs as the clone's uid");
+      assert.match(status, /^Seccomp:\s+2$/m);
+      const log = await requests(clone.vmDir);
+      assertAllValid(log);
+      assert.deepEqual(callSequence(log).slice(0, 2), ["/vmm.ping", "/vm.restore"]);
+      assert.match(await readFile(clone.consolePath, "utf8"), /restored/);
+      assert.ok(existsSync(clone.agentSocket), "the clone's vsock socket, bound inside its cage");
+      await restored.stop(2000);
     });
 
     test("a snapshot of another machine, or not Cloud Hypervisor's, is refused before vm.restore; nothing is left", async () => {

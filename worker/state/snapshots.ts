@@ -4,7 +4,7 @@
 // committed, so a file replaced or rewritten since is never restored).
 import { createHash, type Hash } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { chmod, lstat, mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, chown, lstat, mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
 import type { SnapshotFile, SnapshotId, SnapshotLookup, SnapshotStore } from "../ports/index.js";
@@ -49,8 +49,16 @@ export class FileSnapshots implements SnapshotStore {
     const name = snapshotName(id);
     const draft = this.draftPath(id);
     const names = await partNames(draft);
-    for (const part of names) await chmod(join(draft, part), 0o400);
-    if (names[0] !== "") await chmod(draft, 0o500);
+    // Root's (a VMM may have written them as its own uid) and read-only; readable by the caged
+    // VMMs that restore from it (each its own uid), as the state directory keeps everyone else out.
+    for (const part of names) {
+      await chown(join(draft, part), 0, 0);
+      await chmod(join(draft, part), 0o444);
+    }
+    if (names[0] !== "") {
+      await chown(draft, 0, 0);
+      await chmod(draft, 0o555);
+    }
     const sha256 = await hashParts(draft, names);
     const path = join(this.dir, name + STATE);
     await rename(draft, path);

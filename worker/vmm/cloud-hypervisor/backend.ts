@@ -5,7 +5,7 @@
 // Its processes (the VMM, virtiofsd) are supervised by worker/process/supervisor.ts.
 import { execFile } from "node:child_process";
 import { connect } from "node:net";
-import { mkdir, readdir, rm, stat } from "node:fs/promises";
+import { chmod, cp, mkdir, readdir, rename, rm, stat } from "node:fs/promises";
 import { promisify } from "node:util";
 import { existsSync } from "node:fs";
 import { basename, join } from "node:path";
@@ -58,6 +58,8 @@ export function chPaths(vmDir: string) {
     virtiofsdLog: join(vmDir, "virtiofsd.log"),
     /** The snapshot as this VM restores it (snapshot.ts prepareRestoreDir). */
     restoreDir: join(vmDir, "restore"),
+    /** Where vm.snapshot writes before the snapshot moves to the pool's store. */
+    snapshotDir: join(vmDir, "snapshot"),
   };
 }
 
@@ -67,14 +69,16 @@ export function chPaths(vmDir: string) {
  * CAP_NET_ADMIN). A restore reads the pool's snapshot, which its restore directory links to.
  * Its own seccomp filter stays on (vmmArgv). virtiofsd is not caged yet.
  */
-export function chCage(cage: CageSpec, spec: VmLaunchSpec): CageSpec {
+export function chCage(cage: CageSpec, spec: VmLaunchSpec, kvm = existsSync(KVM_DEVICE)): CageSpec {
   return {
     ...cage,
-    devices: [...cage.devices, "/dev/kvm", ...(spec.net ? ["/dev/net/tun"] : [])],
+    devices: [...cage.devices, ...(kvm ? [KVM_DEVICE] : []), ...(spec.net ? ["/dev/net/tun"] : [])],
     tapOwners: spec.net ? [spec.net.tap] : [],
     readOnly: [...cage.readOnly, ...(spec.restoreFrom ? [spec.restoreFrom] : [])],
   };
 }
+
+const KVM_DEVICE = "/dev/kvm";
 
 /** Saving or restoring guest RAM through files: seconds per GiB on a slow disk. */
 const SNAPSHOT_TIMEOUT_MS = 120_000;
@@ -508,10 +512,24 @@ class ChVmHandle implements VmmHandle {
   }
 
   /** vm.snapshot needs a paused VM and an existing directory; it writes config.json, state.json and memory-ranges. */
+  /**
+   * vm.snapshot needs a paused VM and an existing directory; it writes config.json, state.json and
+   * memory-ranges. They are written in the VM's own directory (the only one a caged VMM may write
+   * to), then moved to `path`.
+   */
   async saveSnapshot(path: string): Promise<{ bytes: number }> {
     if ((await this.runState()) !== "paused") await this.pause();
-    await mkdir(path, { mode: 0o700 });
-    await this.guard(() => this.client.snapshot({ destination_url: `file://${path}` }, SNAPSHOT_TIMEOUT_MS), "vm.snapshot");
+    const dir = this.paths.snapshotDir;
+    await rm(dir, { recursive: true, force: true });
+    await mkdir(dir);
+    await chmod(dir, 0o777); // inside the VM's directory, which only root and the VMM's group enter
+    await this.guard(() => this.client.snapshot({ destination_url: `file://${dir}` }, SNAPSHOT_TIMEOUT_MS), "vm.snapshot");
+    await rename(dir, path).catch(async (err: NodeJS.ErrnoException) => {
+      if (err.code !== "EXDEV") throw err;
+      await cp(dir, path, { recursive: true });
+      await rm(dir, { recursive: true, force: true });
+    });
+    await chmod(path, 0o700);
     let bytes = 0;
     for (const name of await readdir(path)) bytes += (await stat(join(path, name))).size;
     return { bytes };

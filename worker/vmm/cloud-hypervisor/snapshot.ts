@@ -96,8 +96,9 @@ export async function prepareRestoreDir(snapshotDir: string, restoreDir: string,
   }
   const config = restoredConfig(saved, fresh);
   await rm(restoreDir, { recursive: true, force: true });
-  await mkdir(restoreDir, { mode: 0o700 });
-  await writeFile(join(restoreDir, SNAPSHOT_CONFIG), JSON.stringify(config), { mode: 0o600 });
+  // Readable by the VMM, which may be caged as a uid of its own (its directory keeps others out).
+  await mkdir(restoreDir, { mode: 0o755 });
+  await writeFile(join(restoreDir, SNAPSHOT_CONFIG), JSON.stringify(config), { mode: 0o644 });
   for (const name of names) if (name !== SNAPSHOT_CONFIG) await symlink(join(snapshotDir, name), join(restoreDir, name));
   return `file://${restoreDir}`;
 }
