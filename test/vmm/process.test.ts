@@ -1,11 +1,11 @@
 // A process is adopted only when it is still the one we started: same boot, pid, start time,
 // executable, and an argument inside the VM's directory. Anything else is left alone.
 import assert from "node:assert/strict";
-import { mkdtemp, rm } from "node:fs/promises";
+import { chmod, copyFile, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { bootId, isOurProcess, processExe, signalProcess, spawnDetached } from "../../worker/process/proc.js";
+import { bootId, isOurProcess, killStrayProcesses, processExe, signalProcess, spawnDetached } from "../../worker/process/proc.js";
 
 // spawnDetached unrefs its children (they must not hold the worker open): the test holds the loop.
 const keepAlive = setInterval(() => {}, 1000);
@@ -43,4 +43,25 @@ test("the process we spawned is ours; a changed boot id, executable, start time 
 
 test("a live process of someone else (pid 1) with a guessed start time is never ours", async () => {
   assert.equal(await isOurProcess({ pid: 1, startTime: "0", bootId: bootId() }, "/"), false);
+});
+
+test("a stray cage helper (its VMM not exec'd yet, or gone) is killed by what it would run; the child of a kept helper is spared", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "pcr-strays-"));
+  dirs.push(dir);
+  // A stand-in for pcr-cage still setting up: its argv names the VMM after `--`, its own name is the helper's.
+  const helper = join(dir, "pcr-cage");
+  await copyFile("/usr/bin/tail", helper);
+  await chmod(helper, 0o755);
+  const vmDir = join(dir, "vms", "vm-stray");
+  const argv = ["-f", "/dev/null", "--", "/usr/bin/qemu-system-x86_64", `${vmDir}/qmp.sock`];
+  const stray = await spawnDetached(helper, argv, join(dir, "stray.log"));
+  const kept = await spawnDetached(helper, argv, join(dir, "kept.log"));
+  const killed = await killStrayProcesses([join(dir, "vms")], new Set([kept.pid]), /qemu-system/, 2000);
+  assert.deepEqual(
+    killed.map((process) => process.pid),
+    [stray.pid],
+  );
+  assert.equal((await stray.exit).signal, "SIGKILL");
+  signalProcess(kept.pid, "SIGKILL");
+  await kept.exit;
 });

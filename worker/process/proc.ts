@@ -3,6 +3,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, openSync, readFileSync } from "node:fs";
 import { type FileHandle, open, readdir, readFile, readlink } from "node:fs/promises";
+import { basename } from "node:path";
 import { ifMissing } from "../missing.js";
 
 /** Fields of /proc/<pid>/stat after the command name: state (field 3) and start time (field 22). */
@@ -186,6 +187,16 @@ export async function tailLines(path: string, count: number): Promise<string[]> 
  * `roots` (a VM's directory, a secrets directory), except the pids in `keep`: VMMs and helpers a
  * killed worker left behind with no record. Kills them (SIGKILL) and waits until they are gone.
  */
+/**
+ * What a cage helper (cage/pcr-cage.c) runs: the program after its `--`. A helper is known by that
+ * program before it has exec'd it, and after it is gone.
+ */
+function cagedProgram(argv: string[]): string | undefined {
+  if (basename(argv[0] ?? "") !== "pcr-cage") return undefined;
+  const end = argv.indexOf("--");
+  return end >= 0 ? argv[end + 1] : undefined;
+}
+
 export async function killStrayProcesses(
   roots: string[],
   keep: Set<number>,
@@ -204,7 +215,7 @@ export async function killStrayProcesses(
       () => undefined,
     );
     const argv0 = argv?.[0] ?? "";
-    if (!argv || !program.test(argv0.slice(argv0.lastIndexOf("/") + 1))) continue;
+    if (!argv || !program.test(basename(cagedProgram(argv) ?? argv0))) continue;
     if (!argv.some((arg) => prefixes.some((prefix) => arg.includes(prefix)))) continue;
     const stat = await readProcStat(pid);
     if (!stat || stat.state === "Z" || stat.state === "X") continue;
