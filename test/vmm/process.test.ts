@@ -45,7 +45,7 @@ test("a live process of someone else (pid 1) with a guessed start time is never 
   assert.equal(await isOurProcess({ pid: 1, startTime: "0", bootId: bootId() }, "/"), false);
 });
 
-test("a stray cage helper (its VMM not exec'd yet, or gone) is killed by what it would run; the child of a kept helper is spared", async () => {
+test("a stray cage helper (its VMM not exec'd yet, or gone) is killed by what it would run; a kept one is not", async () => {
   const dir = await mkdtemp(join(tmpdir(), "pcr-strays-"));
   dirs.push(dir);
   // A stand-in for pcr-cage still setting up: its argv names the VMM after `--`, its own name is the helper's.
@@ -56,12 +56,15 @@ test("a stray cage helper (its VMM not exec'd yet, or gone) is killed by what it
   const argv = ["-f", "/dev/null", "--", "/usr/bin/qemu-system-x86_64", `${vmDir}/qmp.sock`];
   const stray = await spawnDetached(helper, argv, join(dir, "stray.log"));
   const kept = await spawnDetached(helper, argv, join(dir, "kept.log"));
-  const killed = await killStrayProcesses([join(dir, "vms")], new Set([kept.pid]), /qemu-system/, 2000);
-  assert.deepEqual(
-    killed.map((process) => process.pid),
-    [stray.pid],
-  );
-  assert.equal((await stray.exit).signal, "SIGKILL");
-  signalProcess(kept.pid, "SIGKILL");
-  await kept.exit;
+  try {
+    const killed = await killStrayProcesses([join(dir, "vms")], new Set([kept.pid]), /qemu-system/, 2000);
+    assert.deepEqual(
+      killed.map((process) => process.pid),
+      [stray.pid],
+    );
+    assert.equal((await stray.exit).signal, "SIGKILL");
+  } finally {
+    for (const process of [stray, kept]) signalProcess(process.pid, "SIGKILL");
+    await kept.exit;
+  }
 });
