@@ -123,6 +123,24 @@ console.log(`create samples: ${created.map(ms).join(", ")}`);
 console.log(`delete samples: ${deleted.map(ms).join(", ")}`);
 console.log(`--no-cage samples: ${uncagedCreated.map(ms).join(", ")}`);
 console.log(`call samples, caged: ${returned.map(ms).join(", ")}; --no-cage: ${uncagedReturned.map(ms).join(", ")}`);
+// Where a create's call time goes, step by step (the workers' "vm running" lines), caged against not.
+const stepMedians = (logs: string): Map<string, number> => {
+  const samples = new Map<string, number[]>();
+  for (const line of logs.split("\n")) {
+    if (!line.includes('"vm running"')) continue;
+    const stepMs = (JSON.parse(line) as { stepMs?: Record<string, number> }).stepMs ?? {};
+    for (const [step, value] of Object.entries(stepMs)) samples.set(step, [...(samples.get(step) ?? []), value]);
+  }
+  return new Map([...samples].map(([step, values]) => [step, median(values)]));
+};
+const cagedSteps = stepMedians(worker.logs());
+const uncagedSteps = stepMedians(uncagedWorker.logs());
+console.log("\ncreate step | caged | --no-cage | difference");
+console.log("--- | --- | --- | ---");
+for (const step of new Set([...cagedSteps.keys(), ...uncagedSteps.keys()])) {
+  const [a, b] = [cagedSteps.get(step) ?? 0, uncagedSteps.get(step) ?? 0];
+  console.log(`${step} | ${ms(a)} | ${ms(b)} | ${signedMs(a - b)}`);
+}
 console.log(
   `goals: ratio <= 1.10 (${ratio <= 1.1 ? "met" : "NOT met"}); delete <= 100 ms (${median(deleted) <= 100 ? "met" : "NOT met"}); ` +
     `cage <= 5% on ready (${cageRatio <= 1.05 ? "met" : "NOT met"}); cage <= 20 ms on the call (${signedMs(cageCallMs)}: ` +

@@ -5,7 +5,8 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { detectAccelerator, hostTscKhz, probeFirmware, probeKernelElf } from "../../worker/vmm/accel.js";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { detectAccelerator, hostTscKhz, probeFirmware, probeKernelElf, probeKvmWithCloudHypervisor } from "../../worker/vmm/accel.js";
 import { testGuest } from "../helpers/repo.js";
 
 test("the probe firmware prints its marker and exits, under TCG (so it is correct whatever the host)", () => {
@@ -83,8 +84,35 @@ test("no usable KVM device means TCG without running anything", async () => {
   assert.match(choice.reason, /\/nonexistent\/kvm unusable \(ENOENT\)/);
 });
 
+test("a PVM KVM (stock kernels hang on it) means TCG unless a probe kernel boots; nothing runs to decide", async () => {
+  const dir = await mkdtemp(join(tmpdir(), "pcr-pvm-test-"));
+  try {
+    const kvmDevice = join(dir, "kvm");
+    await writeFile(kvmDevice, "");
+    const pvmModuleDir = join(dir, "kvm_pvm");
+    await mkdir(pvmModuleDir);
+    // A QEMU or Cloud Hypervisor that cannot run: had a probe started, the reason would say so.
+    const qemu = await detectAccelerator({ kvmDevice, pvmModuleDir, qemuBinary: "/nonexistent/qemu", probeTimeoutMs: 1000 });
+    assert.equal(qemu.accel, "tcg");
+    assert.match(qemu.reason, /is PVM \(kvm_pvm\), which boots only PVM guest kernels/);
+    const ch = await probeKvmWithCloudHypervisor({ chBinary: "/nonexistent/ch", kvmDevice, pvmModuleDir, probeTimeoutMs: 1000 });
+    assert.equal(ch.accel, "tcg");
+    assert.match(ch.reason, /is PVM/);
+    const withKernel = await detectAccelerator({
+      kvmDevice,
+      pvmModuleDir,
+      qemuBinary: "/nonexistent/qemu",
+      probeTimeoutMs: 1000,
+      probeKernel: { kernel: "/nonexistent/vmlinux" },
+    });
+    assert.match(withKernel.reason, /cannot run \/nonexistent\/qemu/, "with a probe kernel the probes decide");
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
 test("a missing QEMU binary means TCG, with the reason", { skip: !existsSync("/dev/kvm") && "no /dev/kvm here" }, async () => {
-  const choice = await detectAccelerator({ qemuBinary: "/nonexistent/qemu", probeTimeoutMs: 2000 });
+  const choice = await detectAccelerator({ qemuBinary: "/nonexistent/qemu", pvmModuleDir: "/nonexistent/kvm_pvm", probeTimeoutMs: 2000 });
   assert.equal(choice.accel, "tcg");
   assert.match(choice.reason, /cannot run \/nonexistent\/qemu/);
 });
@@ -95,7 +123,7 @@ test("the firmware probe runs -cpu host under KVM, bounded by its timeout; resul
   const choice = await first;
   t.diagnostic(`firmware-only probe: ${JSON.stringify(choice)} in ${Date.now() - started} ms`);
   if (choice.accel === "kvm") assert.match(choice.reason, /firmware probe passed/);
-  else assert.match(choice.reason, /unusable|firmware probe failed/);
+  else assert.match(choice.reason, /unusable|firmware probe failed|is PVM/);
   assert.ok(Date.now() - started < 5000 + 2000, "the probe is bounded by its timeout");
   assert.equal(detectAccelerator({ probeTimeoutMs: 5000 }), first, "same options share one probe");
 });

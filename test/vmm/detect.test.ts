@@ -26,6 +26,8 @@ const QEMU = "qemu-system-x86_64";
 const kvmWorks = async (): Promise<AcceleratorChoice> => ({ accel: "kvm", reason: "kernel booted under KVM in 900 ms (injected)" });
 const kvmBroken = async (): Promise<AcceleratorChoice> => ({ accel: "tcg", reason: "KVM firmware probe failed (injected)" });
 const haveQemu = existsSync("/usr/bin/qemu-system-x86_64");
+/** These probes run a stand-in hypervisor on a stand-in device: whatever KVM the host has (PVM here) is beside the point. */
+const NOT_PVM = "/nonexistent/kvm_pvm";
 
 /** The binaries and probes of the two registered backends, by what each stands for. */
 interface Overrides {
@@ -175,8 +177,9 @@ test("a host with cloud-hypervisor and no QEMU: Cloud Hypervisor's own KVM probe
       options({
         qemuBinary: noQemu,
         // The QEMU probe as the worker runs it: with no QEMU it cannot say KVM works.
-        kvmProbe: () => detectAccelerator({ qemuBinary: noQemu, kvmDevice: kvm.path, probeTimeoutMs: 5000 }),
-        chKvmProbe: (chPath) => probeKvmWithCloudHypervisor({ chBinary: chPath, kvmDevice: kvm.path, probeTimeoutMs: 30_000 }),
+        kvmProbe: () => detectAccelerator({ qemuBinary: noQemu, kvmDevice: kvm.path, pvmModuleDir: NOT_PVM, probeTimeoutMs: 5000 }),
+        chKvmProbe: (chPath) =>
+          probeKvmWithCloudHypervisor({ chBinary: chPath, kvmDevice: kvm.path, pvmModuleDir: NOT_PVM, probeTimeoutMs: 30_000 }),
       }),
     );
     assert.equal(report.kvm.usable, false, report.kvm.reason);
@@ -195,7 +198,7 @@ test("Cloud Hypervisor's own KVM probe fails clearly: no hypervisor, or a vCPU t
   const kvm = await fakeKvmDevice();
   try {
     const chProbe = (timeoutMs: number) => (chPath: string) =>
-      probeKvmWithCloudHypervisor({ chBinary: chPath, kvmDevice: kvm.path, probeTimeoutMs: timeoutMs });
+      probeKvmWithCloudHypervisor({ chBinary: chPath, kvmDevice: kvm.path, pvmModuleDir: NOT_PVM, probeTimeoutMs: timeoutMs });
     process.env.FAKE_CH_KVM_DEVICE = "/nonexistent/kvm";
     const noHypervisor = await detectBackends(options({ kvmProbe: kvmWorks, chKvmProbe: chProbe(30_000) }));
     assert.equal(noHypervisor.chKvm?.usable, false);

@@ -4,7 +4,7 @@
 // exact accelerator options the backend launches with (`-accel kvm -cpu host`). Cloud Hypervisor
 // is probed with itself (probeKvmWithCloudHypervisor): its own KVM setup, no QEMU needed.
 import { spawn } from "node:child_process";
-import { constants, readFileSync } from "node:fs";
+import { constants, existsSync, readFileSync } from "node:fs";
 import { access, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -27,7 +27,19 @@ export interface DetectAcceleratorOptions {
   probeTimeoutMs: number;
   /** A stock kernel to boot under KVM after the firmware probe passed: the stronger proof. */
   probeKernel?: { kernel: string; initrd?: string; cmdline?: string; readyPattern?: RegExp };
+  /** Present when the host's KVM is PVM (tests point it elsewhere). */
+  pvmModuleDir?: string;
   logger?: Logger;
+}
+
+/**
+ * PVM, a KVM variant for hosts without hardware virtualization, runs only guest kernels built for
+ * it: stock kernels hang silently at their first instructions, while the small probes here pass
+ * (seen on these hosts: `kvm_pvm` loaded, the firmware and PVH probes print, a Linux guest never
+ * does). So on PVM only a kernel probe may choose KVM.
+ */
+function isPvm(moduleDir = "/sys/module/kvm_pvm"): boolean {
+  return existsSync(moduleDir);
 }
 
 const FIRMWARE_MARKER = "PCR-PROBE-OK";
@@ -110,6 +122,8 @@ export interface ChKvmProbeOptions {
   kvmDevice?: string;
   /** Hard limit on the probe boot; the process is killed when it passes. */
   probeTimeoutMs: number;
+  /** Present when the host's KVM is PVM (tests point it elsewhere). */
+  pvmModuleDir?: string;
   logger?: Logger;
 }
 
@@ -125,6 +139,7 @@ export async function probeKvmWithCloudHypervisor(options: ChKvmProbeOptions): P
   } catch (err) {
     return { accel: "tcg", reason: `${kvmDevice} unusable (${(err as NodeJS.ErrnoException).code})` };
   }
+  if (isPvm(options.pvmModuleDir)) return { accel: "tcg", reason: `${kvmDevice} is PVM (kvm_pvm), which boots only PVM guest kernels` };
   const dir = await mkdtemp(join(tmpdir(), "pcr-ch-probe-"));
   try {
     const kernel = join(dir, "probe.elf");
@@ -190,6 +205,9 @@ async function probe(options: DetectAcceleratorOptions): Promise<AcceleratorChoi
     await access(kvmDevice, constants.R_OK | constants.W_OK);
   } catch (err) {
     return { accel: "tcg", reason: `${kvmDevice} unusable (${(err as NodeJS.ErrnoException).code})` };
+  }
+  if (!options.probeKernel && isPvm(options.pvmModuleDir)) {
+    return { accel: "tcg", reason: `${kvmDevice} is PVM (kvm_pvm), which boots only PVM guest kernels; no probe kernel to try` };
   }
   const dir = await mkdtemp(join(tmpdir(), "pcr-accel-"));
   try {
