@@ -15,7 +15,7 @@ import type { VmLaunchSpec, VmmHandle } from "../../worker/ports/index.js";
 import { ChApiClient, ChApiError } from "../../worker/vmm/cloud-hypervisor/api.js";
 import { buildVmConfig, chPaths, createCloudHypervisorBackend } from "../../worker/vmm/cloud-hypervisor/backend.js";
 import { isSameLiveProcess } from "../../worker/process/proc.js";
-import { FAKE_CH_BINARY } from "../fixtures/ch/fixtures.js";
+import { FAKE_CH_BINARY, FAKE_RUST_VIRTIOFSD } from "../fixtures/ch/fixtures.js";
 import { PARKED_MAC } from "../../worker/ports/network.js";
 import { FileSnapshots } from "../../worker/state/snapshots.js";
 import { createCage, defaultCageHelper } from "../../worker/cage/cage.js";
@@ -588,6 +588,41 @@ describe("Cloud Hypervisor backend against the contract fake (not real Cloud Hyp
       assert.match(await readFile(clone.consolePath, "utf8"), /restored/);
       assert.ok(existsSync(clone.agentSocket), "the clone's vsock socket, bound inside its cage");
       await restored.stop(2000);
+    });
+
+    test("caged with a share: virtiofsd runs in the VM's cage, as its uid, beside the VMM", {
+      skip: (process.getuid?.() !== 0 && "the cage needs root") || (!existsSync(defaultCageHelper()) && "the cage helper is not built"),
+    }, async () => {
+      const runtimeDir = await mkdtemp(join(tmpdir(), "pcr-ch-cage-"));
+      cleanups.push(() => rm(runtimeDir, { recursive: true, force: true }));
+      const hostDir = await mkdtemp(join(tmpdir(), "pcr-ch-share-"));
+      cleanups.push(() => rm(hostDir, { recursive: true, force: true }));
+      await writeFile(join(hostDir, "token"), "s3cret", { mode: 0o400 });
+      const cage = createCage({
+        uidRange: { first: 45100, last: 45199 },
+        memoryOverheadBytes: 256 * 1024 ** 2,
+        pidsMax: 256,
+        nofile: 4096,
+        runtimeDir,
+        logger,
+      });
+      const spec = await makeSpec({ id: "vm-ch-share", share: { tag: "secrets", hostDir } });
+      const made = await cage.prepare(spec.id, { memoryBytes: spec.memoryBytes, vmDir: spec.vmDir, shared: hostDir, storePaths: [] });
+      cleanups.push(() => cage.release(spec.id));
+      const handle = await launch(
+        { ...spec, cage: { ...made, readOnly: [...made.readOnly, REPO_ROOT] } },
+        { virtiofsdBinary: FAKE_RUST_VIRTIOFSD },
+      );
+      await handle.waitRunning(5000);
+      const [vmm, virtiofsd] = [handle.record.pid, handle.record.helpers[0]!.pid];
+      for (const helperPid of [vmm, virtiofsd]) {
+        const inside = Number((await readFile(`/proc/${helperPid}/task/${helperPid}/children`, "utf8")).trim().split(" ")[0]);
+        const status = await readFile(`/proc/${inside}/status`, "utf8");
+        assert.match(status, new RegExp(`^Uid:\\s+${made.uid}\\s`, "m"));
+        assert.match(status, /^Seccomp:\s+2$/m);
+      }
+      assert.match(await readFile(chPaths(spec.vmDir).virtiofsdLog, "utf8"), /"sandbox":"none".*"share":\{"token":"s3cret"\}/);
+      await handle.stop(2000);
     });
 
     test("a snapshot of another machine, or not Cloud Hypervisor's, is refused before vm.restore; nothing is left", async () => {

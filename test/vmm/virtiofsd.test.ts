@@ -13,7 +13,10 @@ import { detectAccelerator } from "../../worker/vmm/accel.js";
 import { isSameLiveProcess } from "../../worker/process/proc.js";
 import { extraCmdlineFor, qemuArgv } from "../../worker/vmm/qemu/backend.js";
 import { detectVirtiofsd, startVirtiofsd, virtiofsdArgs, type VirtiofsdHandle } from "../../worker/vmm/cloud-hypervisor/virtiofsd.js";
-import { testGuest } from "../helpers/repo.js";
+import { createCage, defaultCageHelper } from "../../worker/cage/cage.js";
+import { virtiofsdCage } from "../../worker/vmm/cloud-hypervisor/backend.js";
+import { REPO_ROOT, testGuest } from "../helpers/repo.js";
+import { FAKE_RUST_VIRTIOFSD } from "../fixtures/ch/fixtures.js";
 
 const C_VIRTIOFSD = "/usr/lib/qemu/virtiofsd";
 const skipNoVirtiofsd = !existsSync(C_VIRTIOFSD) && `${C_VIRTIOFSD} missing (Debian package qemu-system-common)`;
@@ -55,6 +58,13 @@ test("argv for both implementations", () => {
     "--readonly",
   ]);
   assert.ok(!virtiofsdArgs("rust", "/v/fs.sock", "/s", false).includes("--readonly"));
+  const caged = virtiofsdArgs("rust", "/v/fs.sock", "/s", true, true);
+  assert.deepEqual(
+    caged.slice(caged.indexOf("--sandbox"), caged.indexOf("--sandbox") + 2),
+    ["--sandbox", "none"],
+    "the cage is its sandbox",
+  );
+  assert.ok(!caged.includes("--seccomp"), "its own seccomp filter stays at its default (kill)");
 });
 
 test("the flavour is read from --help: QEMU's C virtiofsd is 'c' without read-only; a --shared-dir binary is 'rust'", {
@@ -122,6 +132,78 @@ test("a virtiofsd that fails (shared dir missing) is reported with its last word
       return true;
     },
   );
+});
+
+test("caged, virtiofsd runs as the VM's uid under seccomp, seeing its share and nothing of the host's (Rust stand-in)", {
+  skip: (process.getuid?.() !== 0 && "the cage needs root") || (!existsSync(defaultCageHelper()) && "the cage helper is not built"),
+}, async () => {
+  const runtimeDir = await tempDir("pcr-vfsd-cage-");
+  const vmDir = await tempDir("pcr-vfsd-vm-");
+  const shared = await tempDir("pcr-vfsd-share-");
+  await writeFile(join(shared, "token"), "s3cret", { mode: 0o400 });
+  await chmod(shared, 0o700);
+  const cage = createCage({
+    uidRange: { first: 45200, last: 45299 },
+    memoryOverheadBytes: 256 * 1024 ** 2,
+    pidsMax: 64,
+    nofile: 1024,
+    runtimeDir,
+    logger,
+  });
+  const made = await cage.prepare("vm-vfsd-caged", { memoryBytes: 64 * 1024 ** 2, vmDir, shared, storePaths: ["/nix/store/k-vmlinux"] });
+  cleanups.push(() => cage.release("vm-vfsd-caged"));
+  // The stand-in is a Node script of this checkout: bound in as a Nix-built virtiofsd's closure would be.
+  const caged = virtiofsdCage({ ...made, readOnly: [...made.readOnly, REPO_ROOT] }, shared);
+  assert.deepEqual(caged.readOnly, ["/usr", "/etc/ld.so.cache", shared, REPO_ROOT], "not the VM's boot files");
+  const logPath = join(vmDir, "virtiofsd.log");
+  const handle = await startVirtiofsd({
+    binary: FAKE_RUST_VIRTIOFSD,
+    socketPath: join(vmDir, "fs.sock"),
+    sharedDir: shared,
+    readOnly: true,
+    logger,
+    logPath,
+    cage: caged,
+  });
+  cleanups.push(() => handle.kill());
+  const report = JSON.parse(/fake-virtiofsd: (.*)/.exec(await readFile(logPath, "utf8"))![1]!);
+  assert.deepEqual(
+    report,
+    {
+      uid: made.uid,
+      sandbox: "none",
+      readonly: true,
+      share: { token: "s3cret" },
+      sees: { "/etc/shadow": false, "/etc/passwd": false, "/var/lib": false, "/root": false, "/nix/store": false },
+      readsShadow: false,
+    },
+    "its own uid; the cage is its sandbox; the share readable; nothing else of the host",
+  );
+  const inside = Number((await readFile(`/proc/${handle.pid}/task/${handle.pid}/children`, "utf8")).trim().split(" ")[0]);
+  const status = await readFile(`/proc/${inside}/status`, "utf8");
+  assert.match(status, /^Seccomp:\s+2$/m);
+  assert.match(status, /^NoNewPrivs:\s+1$/m);
+  assert.match(status, /^CapEff:\s+0+$/m);
+  assert.ok((await readFile(`/proc/${inside}/cgroup`, "utf8")).includes("procurator-vms/vm-vfsd-caged"), "in the VM's cgroup");
+  await handle.kill();
+});
+
+test("caged, QEMU's C virtiofsd is refused before it starts (it needs root for its own sandbox)", async () => {
+  const dir = await tempDir("pcr-vfsd-c-");
+  const cage = { helper: "/h", uid: 45201, gid: 45201, root: dir, readOnly: [], readWrite: [dir], devices: [], cgroups: [], nofile: 1024 };
+  await assert.rejects(
+    startVirtiofsd({
+      binary: "/x/virtiofsd",
+      socketPath: join(dir, "fs.sock"),
+      sharedDir: dir,
+      readOnly: false,
+      logger,
+      flavour: { style: "c", readOnlyFlag: false },
+      cage,
+    }),
+    (err: unknown) => err instanceof WorkerError && err.code === "FAILED_PRECONDITION" && /cannot run caged/.test(err.message),
+  );
+  assert.ok(!existsSync(join(dir, "fs.sock")));
 });
 
 test("a missing binary is FAILED_PRECONDITION naming it", async () => {

@@ -67,7 +67,7 @@ export function chPaths(vmDir: string) {
  * What a caged Cloud Hypervisor needs besides the VM's directory: /dev/kvm, and its TAP, which it
  * opens by name (/dev/net/tun; the helper hands the TAP to its uid and brings it up: both need
  * CAP_NET_ADMIN). A restore reads the pool's snapshot, which its restore directory links to.
- * Its own seccomp filter stays on (vmmArgv). virtiofsd is not caged yet.
+ * Its own seccomp filter stays on (vmmArgv).
  */
 export function chCage(cage: CageSpec, spec: VmLaunchSpec, kvm = existsSync(KVM_DEVICE)): CageSpec {
   return {
@@ -79,6 +79,21 @@ export function chCage(cage: CageSpec, spec: VmLaunchSpec, kvm = existsSync(KVM_
 }
 
 const KVM_DEVICE = "/dev/kvm";
+
+/**
+ * virtiofsd in the VM's cage: its uid and cgroups (its memory and tasks count against the VM's),
+ * reading the host's programs and the share only (not the VM's boot files), writing only its
+ * socket in the VM's directory; no devices, no TAP.
+ */
+export function virtiofsdCage(cage: CageSpec, shared: string): CageSpec {
+  return {
+    ...cage,
+    readOnly: cage.readOnly.filter((path) => path === shared || !path.startsWith("/nix/store/")),
+    devices: [],
+    taps: [],
+    tapOwners: [],
+  };
+}
 
 /** Saving or restoring guest RAM through files: seconds per GiB on a slow disk. */
 const SNAPSHOT_TIMEOUT_MS = 120_000;
@@ -273,6 +288,7 @@ export function createCloudHypervisorBackend(options: CloudHypervisorBackendOpti
         readOnly: true,
         logger: log,
         logPath: paths.virtiofsdLog,
+        cage: spec.cage && virtiofsdCage(spec.cage, spec.share.hostDir),
       });
     }
 

@@ -9,7 +9,7 @@ import { basename, dirname, join } from "node:path";
 import { promisify } from "node:util";
 import type { Logger } from "pino";
 import { WorkerError } from "../../core/errors.js";
-import type { VmmExit } from "../../ports/index.js";
+import type { CageSpec, VmmExit } from "../../ports/index.js";
 import { tailLines } from "../../process/proc.js";
 import { adoptSupervised, describeExit, once, spawnSupervised, type ProcessEnd, type Supervised } from "../../process/supervisor.js";
 
@@ -27,6 +27,8 @@ export interface VirtiofsdOptions {
   readyTimeoutMs?: number;
   /** Skips the `--help` probe. */
   flavour?: VirtiofsdFlavour;
+  /** The VM's cage (ch/backend.ts virtiofsdCage): virtiofsd runs in it, as the VM's uid. */
+  cage?: CageSpec;
 }
 
 export interface VirtiofsdHandle {
@@ -68,8 +70,13 @@ export function detectVirtiofsd(binary: string): Promise<VirtiofsdFlavour> {
   return flavour;
 }
 
-/** The argv for each implementation. The C one has no read-only switch: it is never asked for one. */
-export function virtiofsdArgs(style: VirtiofsdStyle, socketPath: string, sharedDir: string, readOnly: boolean): string[] {
+/**
+ * The argv for each implementation. The C one has no read-only switch: it is never asked for one.
+ * Caged, the Rust one's own namespace sandbox is off: unprivileged it cannot build one, and the
+ * cage is one (a mount namespace holding only the share and its socket's directory); its seccomp
+ * filter stays on (its default, `--seccomp kill`).
+ */
+export function virtiofsdArgs(style: VirtiofsdStyle, socketPath: string, sharedDir: string, readOnly: boolean, caged = false): string[] {
   if (style === "rust") {
     return [
       "--socket-path",
@@ -79,7 +86,7 @@ export function virtiofsdArgs(style: VirtiofsdStyle, socketPath: string, sharedD
       "--cache",
       "never",
       "--sandbox",
-      "namespace",
+      caged ? "none" : "namespace",
       ...(readOnly ? ["--readonly"] : []),
     ];
   }
@@ -109,9 +116,16 @@ export async function startVirtiofsd(options: VirtiofsdOptions): Promise<Virtiof
         "install the Rust virtiofsd (1.13 or later has --readonly) to share secrets on this backend",
     );
   }
+  if (options.cage && flavour.style === "c") {
+    throw new WorkerError("FAILED_PRECONDITION", `QEMU's C virtiofsd ${binary} needs root for its own sandbox: it cannot run caged`);
+  }
   await rm(socketPath, { force: true });
-  const argv = virtiofsdArgs(flavour.style, socketPath, sharedDir, readOnly);
-  const daemon = await spawnSupervised(binary, argv, { logPath, install: "install qemu-system-common or the virtiofsd release" });
+  const argv = virtiofsdArgs(flavour.style, socketPath, sharedDir, readOnly, Boolean(options.cage));
+  const daemon = await spawnSupervised(binary, argv, {
+    logPath,
+    install: "install qemu-system-common or the virtiofsd release",
+    cage: options.cage,
+  });
   logger.debug({ pid: daemon.pid, style: flavour.style, argv }, "virtiofsd started");
   const handle = makeHandle(daemon, socketPath, logPath);
   const exited = handle.exited;
