@@ -98,6 +98,7 @@ async function copyConsole(
     }
     if (!follow) return;
     const vm = await client.getVm(id).catch(() => undefined);
+    // Only a final status ends the stream: a `lost` VM (a fleet gateway's word) may return with its host.
     if (!vm || vm.status === "stopped" || vm.status === "failed") {
       const last = await client.read(id, offset, 256 * 1024).catch(() => undefined);
       if (last?.data.length) out.write(last.data);

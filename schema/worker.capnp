@@ -194,7 +194,11 @@ struct IoCounters {
   netTxPackets @7 :UInt64;
 }
 
-enum VmStatus { creating @0; running @1; paused @2; stopping @3; stopped @4; failed @5; }
+enum VmStatus {
+  creating @0; running @1; paused @2; stopping @3; stopped @4; failed @5;
+  lost @6;                    # its host stopped heartbeating: set by a fleet gateway, never by a worker
+                              # itself; the VM may still run there, and is re-adopted when the host returns
+}
 
 struct VmEvent {
   seq @0 :UInt64;

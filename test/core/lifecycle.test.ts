@@ -11,7 +11,9 @@ import {
   HOLDINGS,
   holds,
   isLive,
+  isWorkerStatus,
   TRANSITIONS,
+  WORKER_STATUSES,
 } from "../../worker/core/lifecycle.js";
 
 test("the happy path and failure are allowed", () => {
@@ -52,8 +54,19 @@ test("what each status allows and holds, one answer per question", () => {
     stopping: ["cage"],
     stopped: [],
     failed: [],
+    lost: [],
   });
   // Nothing comes from nowhere but a create.
   assert.ok(canTransition(undefined, "creating"));
   assert.ok(!canTransition(undefined, "running"));
+});
+
+test("`lost` is a fleet gateway's status: a worker's VM never goes to or from it", () => {
+  for (const from of VM_STATUSES) assert.ok(!canTransition(from, "lost"), `${from} -> lost`);
+  assert.deepEqual(TRANSITIONS.lost, []);
+  assert.ok(!canTransition(undefined, "lost"));
+  assert.throws(() => assertTransition("vm-x", "running", "lost"), /FAILED_PRECONDITION|cannot go from running to lost/);
+  assert.deepEqual(WORKER_STATUSES, ["creating", "running", "paused", "stopping", "stopped", "failed"]);
+  assert.ok(isWorkerStatus("running"));
+  for (const status of ["lost", "exploded", undefined, 5]) assert.ok(!isWorkerStatus(status), String(status));
 });

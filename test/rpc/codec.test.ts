@@ -7,6 +7,7 @@ import { describe, test } from "node:test";
 import { FrameDecoder } from "../../worker/rpc/framing.js";
 import { DEFAULT_LIMITS } from "../../worker/rpc/limits.js";
 import { MessageReader, type StructReader, listStruct, readStructList, readText, readU16, readU64 } from "../../worker/rpc/wire.js";
+import { DIRECTIONS, DISK_OPS, VM_ORIGINS, VM_STATUSES } from "../../worker/core/api.js";
 import { Size, WORKER_INTERFACE_ID, WorkerMethod } from "../../worker/rpc/worker-codec.js";
 import { repoRoot } from "./repo-root.js";
 
@@ -25,6 +26,8 @@ interface SchemaNode {
   kind: number;
   size: [number, number];
   methods: Array<{ name: string; params: bigint; results: bigint }>;
+  /** An enum's enumerant names, in ordinal order. */
+  enumerants: string[];
 }
 
 /** Nodes of the compiled schema (schema.capnp layouts: Node, Method, CodeGeneratorRequest). */
@@ -45,8 +48,13 @@ function compiledSchema(): Map<string, SchemaNode> {
   for (let i = 0; i < nodes.length; i++) {
     const node: StructReader = listStruct(nodes, i);
     const name = readText(node, 0);
-    const kind = readU16(node, 12); // 1 struct, 3 interface
+    const kind = readU16(node, 12); // 1 struct, 2 enum, 3 interface
     const methods: SchemaNode["methods"] = [];
+    const enumerants: string[] = [];
+    if (kind === 2) {
+      const list = readStructList(node, 3)!; // Node.enum.enumerants, in ordinal order
+      for (let e = 0; e < list.length; e++) enumerants.push(readText(listStruct(list, e), 0));
+    }
     if (kind === 3) {
       const list = readStructList(node, 3)!;
       for (let m = 0; m < list.length; m++) {
@@ -54,7 +62,8 @@ function compiledSchema(): Map<string, SchemaNode> {
         methods.push({ name: readText(method, 0), params: readU64(method, 8), results: readU64(method, 16) });
       }
     }
-    out.set(name.slice(name.indexOf(":") + 1), { id: readU64(node, 0), name, kind, size: [readU16(node, 14), readU16(node, 24)], methods });
+    const size: [number, number] = [readU16(node, 14), readU16(node, 24)];
+    out.set(name.slice(name.indexOf(":") + 1), { id: readU64(node, 0), name, kind, size, methods, enumerants });
   }
   return out;
 }
@@ -136,5 +145,18 @@ describe("worker codec vs the capnp compiler", { skip: capnpAvailable() ? false 
       ["resizeProcess params", Size.ResizeProcessParams, sizeOf("resizeProcess", "params")],
     ];
     for (const [label, ours, compiled] of expected) assert.deepEqual([...ours], compiled, label);
+  });
+
+  test("enum ordinals match schema/*.capnp (a new enumerant only ever at the next ordinal)", () => {
+    const nodes = compiledSchema();
+    const enums: Array<[string, readonly string[]]> = [
+      ["VmStatus", VM_STATUSES],
+      ["VmOrigin", VM_ORIGINS],
+      ["Direction", DIRECTIONS],
+      ["DiskOp", DISK_OPS],
+    ];
+    for (const [name, ours] of enums) assert.deepEqual(nodes.get(name)!.enumerants, [...ours], name);
+    // The published order: clients in other languages already compiled against these ordinals.
+    assert.deepEqual(nodes.get("VmStatus")!.enumerants, ["creating", "running", "paused", "stopping", "stopped", "failed", "lost"]);
   });
 });

@@ -26,7 +26,8 @@ export function sampleVm(i: number): VmView {
   return {
     id: `vm-${i.toString().padStart(6, "0")}`,
     hostname: `host-${i}`,
-    status: (["creating", "running", "paused", "stopping", "stopped", "failed"] as const)[i % 6]!,
+    // Every status, `lost` included, as cpp/sample.h sets them.
+    status: (["creating", "running", "paused", "stopping", "stopped", "failed", "lost"] as const)[i % 7]!,
     failure: i % 6 === 5 ? `boot failed #${i}` : "",
     ip: `10.213.${(i >> 8) & 255}.${i & 255}`,
     mac: "52:54:00:12:34:56",

@@ -19,15 +19,19 @@ test(
     await repo.createDir("vm-torn");
     await appendFile(join(repo.vmDir("vm-torn"), "vm.json"), "{ half");
     await appendFile(join(repo.vmDir("vm-a"), "vm.json.4242.7.tmp"), "{ cut short");
+    // Statuses no worker writes: a gateway's `lost`, and damage.
+    for (const status of ["lost", "exploded"]) {
+      await repo.createDir(`vm-${status}`);
+      await repo.save({ ...record, id: `vm-${status}`, status } as typeof record);
+    }
     const { records, unreadable } = await repo.loadAll();
     assert.deepEqual(
       records.map((r) => r.id),
       ["vm-a"],
     );
-    assert.deepEqual(unreadable, ["vm-torn"]);
+    assert.deepEqual(unreadable.sort(), ["vm-exploded", "vm-lost", "vm-torn"]);
     assert.deepEqual((await readdir(repo.vmDir("vm-a"))).sort(), ["vm.json"]);
-    await repo.remove("vm-a");
-    await repo.remove("vm-torn");
+    for (const id of ["vm-a", "vm-torn", "vm-lost", "vm-exploded"]) await repo.remove(id);
   },
 );
 

@@ -25,8 +25,12 @@ export type {
   ProcessStatus,
 } from "../ports/agent.js";
 
-export type VmStatus = "creating" | "running" | "paused" | "stopping" | "stopped" | "failed";
-export const VM_STATUSES: readonly VmStatus[] = ["creating", "running", "paused", "stopping", "stopped", "failed"];
+/**
+ * In wire order (schema/worker.capnp's ordinals). `lost` is a fleet gateway's word for a VM whose host
+ * stopped heartbeating; a worker's own VMs never take it (see WORKER_STATUSES in core/lifecycle.ts).
+ */
+export type VmStatus = "creating" | "running" | "paused" | "stopping" | "stopped" | "failed" | "lost";
+export const VM_STATUSES: readonly VmStatus[] = ["creating", "running", "paused", "stopping", "stopped", "failed", "lost"];
 
 /** A spec as a client sent it; validated by the core (see core/spec.ts). */
 export interface VmSpecInput {

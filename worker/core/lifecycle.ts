@@ -1,7 +1,7 @@
 // The VM lifecycle as one explicit state machine: which status may follow which, and what each status
 // allows and holds. Every question the core asks about a status is answered here, once.
 // It knows nothing of RPC, VMMs or networks.
-import type { VmStatus } from "./api.js";
+import { VM_STATUSES, type VmStatus } from "./api.js";
 import { failedPrecondition } from "./errors.js";
 
 /** Which status may follow which. `stopped` and `failed` are final until the VM is deleted. */
@@ -12,7 +12,17 @@ export const TRANSITIONS: Readonly<Record<VmStatus, readonly VmStatus[]>> = {
   stopping: ["stopped", "failed"],
   stopped: [],
   failed: [],
+  // A fleet gateway's status for a VM on a host it no longer hears from: no worker goes to or from it.
+  lost: [],
 };
+
+/** The statuses a worker's own VMs take: every one but `lost`, which only a fleet gateway reports. */
+export const WORKER_STATUSES: readonly VmStatus[] = VM_STATUSES.filter((status) => status !== "lost");
+
+/** A status a worker's own VM may be in (say, one read back from disk). */
+export function isWorkerStatus(status: unknown): status is VmStatus {
+  return (WORKER_STATUSES as readonly unknown[]).includes(status);
+}
 
 /** A VM comes into being only as `creating` (`from` undefined: not yet known to anyone). */
 export function canTransition(from: VmStatus | undefined, to: VmStatus): boolean {
@@ -51,6 +61,8 @@ const TRAITS: Readonly<Record<VmStatus, StatusTraits>> = {
   stopping: { live: true, guestUp: false, holds: ["cage"] },
   stopped: { live: false, guestUp: false, holds: [] },
   failed: { live: false, guestUp: false, holds: [] },
+  // Never a worker's: whatever the VM holds, it holds on a host this process cannot see.
+  lost: { live: false, guestUp: false, holds: [] },
 };
 
 /** A VM whose VMM should be alive: it counts against the host's vCPU, memory and VM limits, and has an uptime. */

@@ -1,6 +1,7 @@
 // Prometheus metrics of the worker (prom-client), in a registry of its own.
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
-import { VM_STATUSES, type VmView } from "../core/api.js";
+import type { VmView } from "../core/api.js";
+import { WORKER_STATUSES } from "../core/lifecycle.js";
 import type { PoolStats } from "../core/pools.js";
 
 export class WorkerMetrics {
@@ -64,7 +65,8 @@ export class WorkerMetrics {
       registers,
       async collect() {
         const vms = await current();
-        for (const status of VM_STATUSES) this.set({ status }, vms.filter((vm) => vm.status === status).length);
+        // A worker's own statuses: `lost` is only ever a fleet gateway's, never a series here.
+        for (const status of WORKER_STATUSES) this.set({ status }, vms.filter((vm) => vm.status === status).length);
       },
     });
     const perVm = (name: string, help: string, value: (vm: VmView) => bigint) =>

@@ -8,6 +8,7 @@ import { constants } from "node:fs";
 import { type FileHandle, lstat, mkdir, open, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { isWorkerStatus } from "../core/lifecycle.js";
 import type { ConsoleStore, RecordRepo, VmRecord } from "../ports/index.js";
 import { ifMissing } from "../missing.js";
 
@@ -100,7 +101,11 @@ class FileRecordRepo implements RecordRepo, ConsoleStore {
         if (name.endsWith(".tmp")) await rm(join(this.vmDir(id), name), { force: true });
       }
       try {
-        records.push(JSON.parse(await readFile(join(this.vmDir(id), "vm.json"), "utf8")) as VmRecord);
+        const record = JSON.parse(await readFile(join(this.vmDir(id), "vm.json"), "utf8")) as VmRecord;
+        // A status no worker writes (`lost` is a gateway's, anything else is damage) would send
+        // recovery down no path it knows: such a record is as unreadable as a torn one.
+        if (!isWorkerStatus(record.status)) throw new Error(`status ${String(record.status)}`);
+        records.push(record);
         this.durable.add(id);
       } catch {
         unreadable.push(id);

@@ -6,13 +6,13 @@
 #include "worker.capnp.h"
 
 inline void fillSampleVm(RunningVm::Builder vm, uint32_t i) {
-  static const VmStatus statuses[] = {VmStatus::CREATING, VmStatus::RUNNING, VmStatus::PAUSED,
-                                      VmStatus::STOPPING, VmStatus::STOPPED, VmStatus::FAILED};
+  static const VmStatus statuses[] = {VmStatus::CREATING, VmStatus::RUNNING, VmStatus::PAUSED, VmStatus::STOPPING,
+                                      VmStatus::STOPPED,  VmStatus::FAILED,  VmStatus::LOST};
   char id[32];
   snprintf(id, sizeof(id), "vm-%06u", i);
   vm.setId(id);
   vm.setHostname(kj::str("host-", i));
-  vm.setStatus(statuses[i % 6]);
+  vm.setStatus(statuses[i % 7]);
   vm.setFailure(i % 6 == 5 ? kj::str("boot failed #", i) : kj::str(""));
   vm.setIp(kj::str("10.213.", (i >> 8) & 255, ".", i & 255));
   vm.setMac("52:54:00:12:34:56");
