@@ -14,3 +14,16 @@ export async function rejectsWith(promise: Promise<unknown>, code: string, patte
   });
   return message;
 }
+
+/** The same for a synchronous call: `fn` must throw a WorkerError of `code` whose message matches. */
+export function throwsWith(fn: () => unknown, code: string, pattern: RegExp): string {
+  let message = "";
+  assert.throws(fn, (err: unknown) => {
+    assert.ok(err instanceof WorkerError, `a WorkerError, got ${String(err)}`);
+    assert.equal(err.code, code, err.message);
+    assert.match(err.message, pattern);
+    message = err.message;
+    return true;
+  });
+  return message;
+}
