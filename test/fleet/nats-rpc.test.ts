@@ -12,10 +12,10 @@ import { RpcException } from "../../worker/rpc/connection.js";
 import { MessageBuilder } from "../../worker/rpc/wire.js";
 import { WORKER_INTERFACE_ID, WorkerMethod } from "../../worker/rpc/worker-codec.js";
 import { WorkerClient } from "../../worker/rpc/worker-client.js";
-import { specInput, utf8, World } from "../core/fakes.js";
+import { specInput, until, utf8, World } from "../core/fakes.js";
 import { rejectsWith } from "../helpers/errors.js";
 import { type NatsCluster, startNats } from "../helpers/nats.js";
-import { FakeWorker } from "../rpc/fake-worker.js";
+import { FakeWorker, sampleVm } from "../rpc/fake-worker.js";
 
 /** A view without what changes between two looks. */
 const steady = (vm: VmView): VmView => ({ ...vm, uptimeMs: 0n });
@@ -44,8 +44,9 @@ describe("worker calls over nats", { timeout: 50_000 }, () => {
   before(async () => {
     nats = await startNats();
     hostNc = await connect({ servers: nats.url });
+    connections.push(hostNc); // each at once: a connection left open would keep reconnecting
     clientNc = await connect({ servers: nats.url });
-    connections.push(hostNc, clientNc);
+    connections.push(clientNc);
     world = new World();
     fake = new FakeWorker();
     servers.push(serveWorkerOverNats(hostNc, worldSubject, world.service, { logger }));
@@ -191,5 +192,35 @@ describe("worker calls over nats", { timeout: 50_000 }, () => {
     assert.equal(seen.length, 1);
     if (!seen[0]!.aborted) await new Promise((resolve) => seen[0]!.addEventListener("abort", resolve));
     assert.equal(seen[0]!.aborted, true);
+  });
+
+  test("results and requests beyond the message limit are RESOURCE_EXHAUSTED, not lost", async () => {
+    const big = new FakeWorker();
+    big.vms = Array.from({ length: 200 }, (_, i) => sampleVm(i));
+    const subject = hostCallSubject("big-1");
+    servers.push(serveWorkerOverNats(hostNc, subject, big, { logger, limits: { maxMessageBytes: 16 * 1024 } }));
+    await hostNc.flush();
+    await rejectsWith(client(subject).listVms(), "RESOURCE_EXHAUSTED", /results of \d+ bytes exceed the 16384-byte message limit/);
+    const small = new WorkerClient(natsWorkerCaller(clientNc, subject, { timeoutMs: 5000, limits: { maxMessageBytes: 4096 } }));
+    const secrets = [{ name: "blob", value: new Uint8Array(8192) }];
+    await rejectsWith(small.createVm(specInput(), { secrets }), "RESOURCE_EXHAUSTED", /request of \d+ bytes exceeds the 4096-byte/);
+    assert.equal(big.created.length, 0, "nothing was sent");
+    assert.equal((await client(subject).getVm(big.vms[3]!.id)).id, big.vms[3]!.id, "still serving");
+  });
+
+  test("drain answers the calls under way, then the host has no responder", async () => {
+    const gate = new FakeWorker();
+    gate.vms = [sampleVm(1)];
+    gate.getVmDelayMs = 100;
+    const subject = hostCallSubject("drain-1");
+    const server = serveWorkerOverNats(hostNc, subject, gate, { logger });
+    await hostNc.flush();
+    const worker = client(subject);
+    const pending = worker.getVm(gate.vms[0]!.id);
+    await until(() => server.callsInFlight === 1, "the call reached the host", 1_000_000);
+    await server.drain();
+    assert.equal(server.callsInFlight, 0);
+    assert.equal((await pending).id, gate.vms[0]!.id);
+    await rejectsWith(worker.listVms(), "UNAVAILABLE", /no responder/);
   });
 });
