@@ -300,9 +300,12 @@ describe("fault injection on a real guest", { skip }, () => {
       `VMM CPU share: ${(free * 100).toFixed(0)}% free, ${(throttled * 100).toFixed(0)}% at cpuThrottle 20%, ` +
         `${(restored * 100).toFixed(0)}% after clear`,
     );
-    assert.ok(free > 0.6, `the spinning guest's VMM uses ${(free * 100).toFixed(0)}% of a CPU unthrottled`);
+    // A 20% quota caps it near 0.2 whatever else runs; unthrottled it takes a core on an idle host,
+    // less on a busy one (seen: 53% beside other builds). Well past the cap proves the quota is gone.
+    const pastCap = 0.35;
+    assert.ok(free > pastCap, `the spinning guest's VMM uses ${(free * 100).toFixed(0)}% of a CPU unthrottled`);
     assert.ok(throttled < 0.3, `throttled to 20%, it used ${(throttled * 100).toFixed(0)}%`);
-    assert.ok(restored > 0.6, `after clear it uses ${(restored * 100).toFixed(0)}%`);
+    assert.ok(restored > pastCap, `after clear it uses ${(restored * 100).toFixed(0)}%`);
     await world.client.deleteVm(busy);
   });
 
