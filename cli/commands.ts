@@ -116,7 +116,7 @@ const list = (value: unknown) => value as string[] | undefined;
 
 export const handlers: Record<string, Handler> = {
   "create-vm": async (args) => {
-    const { secretFromFlag, secretsFromDir, specFromFlags } = await import("./spec-input.js");
+    const { placementFromFlags, secretFromFlag, secretsFromDir, specFromFlags } = await import("./spec-input.js");
     const spec = local(() =>
       specFromFlags({
         specJson: str(args["spec-json"]),
@@ -137,8 +137,10 @@ export const handlers: Record<string, Handler> = {
       ...(list(args.secret) ?? []).map((flag) => secretFromFlag(flag)),
     ]);
     const waitReadyMs = args["wait-ready"] ? (num(args["wait-ready-ms"]) ?? 120_000) : 0;
+    const placement = local(() => placementFromFlags(str(args["on-host"]), list(args.label)));
+    const idempotencyKey = str(args["idempotency-key"]);
     const id = await withClient(str(args.worker)!, (client) =>
-      client.createVm(spec, { secrets, ttlSeconds: num(args.ttl) ?? 0, waitReadyMs }),
+      client.createVm(spec, { secrets, ttlSeconds: num(args.ttl) ?? 0, waitReadyMs, idempotencyKey, placement }),
     );
     console.log(id);
   },

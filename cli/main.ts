@@ -50,6 +50,12 @@ export const COMMANDS: CommandSpec[] = [
       ttl: { type: "number", describe: "Destroy the VM after this many seconds" },
       "wait-ready": { type: "boolean", describe: "Answer once the guest agent says hello (a VM that never does is deleted)" },
       "wait-ready-ms": { type: "number", describe: "How long --wait-ready waits (default 120000)" },
+      "idempotency-key": {
+        type: "string",
+        describe: "Retrying with the same key answers the VM the first try made, never a second one",
+      },
+      "on-host": { type: "string", describe: "Fleet: place the VM on this host id (a single worker ignores it)" },
+      label: { type: "string", array: true, describe: "Fleet: place the VM on a host with label KEY=VALUE (repeatable)" },
     },
   },
   { name: "delete-vm", positionals: ["id"], describe: "Stop a VM and free everything it holds", options: {} },

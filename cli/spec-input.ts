@@ -1,7 +1,7 @@
 // Turning CLI flags into a VmSpecInput and secrets. Secret values never come from argv itself.
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
-import type { SecretInput, VmSpecInput } from "../worker/core/api.js";
+import type { PlacementInput, SecretInput, VmSpecInput } from "../worker/core/api.js";
 import { invalidArgument } from "../worker/core/errors.js";
 import { MIB, parseVmSpecJson } from "./spec-json.js";
 
@@ -90,4 +90,19 @@ function readText(path: string, what: string): string {
   } catch (err) {
     throw invalidArgument(`cannot read ${what} ${path}: ${(err as Error).message}`);
   }
+}
+
+/** --on-host and --label KEY=VALUE as a create's placement; undefined when neither is given. */
+export function placementFromFlags(onHost: string | undefined, labels: string[] = []): PlacementInput | undefined {
+  const parsed: Record<string, string> = {};
+  for (const flag of labels) {
+    const eq = flag.indexOf("=");
+    if (eq <= 0) throw invalidArgument(`--label ${JSON.stringify(flag)}: expected KEY=VALUE`);
+    const key = flag.slice(0, eq);
+    if (Object.hasOwn(parsed, key)) throw invalidArgument(`--label ${key} is given twice`);
+    parsed[key] = flag.slice(eq + 1);
+  }
+  const some = labels.length > 0;
+  if (!onHost && !some) return undefined;
+  return { ...(onHost ? { host: onHost } : {}), ...(some ? { labels: parsed } : {}) };
 }

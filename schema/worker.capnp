@@ -10,7 +10,13 @@ interface Worker {
   read @1 (id :Text, offset :UInt64, maxBytes :UInt32) -> (data :Data, nextOffset :UInt64);  # serial console
   # waitReadyMs: 0 answers once the VMM runs; else the call waits that long for the guest agent's
   # hello, and a VM whose agent is not ready by then is deleted (UNAVAILABLE).
-  createVm @2 (spec :Common.VmSpec, secrets :List(Common.Secret), ttlSeconds :UInt32, waitReadyMs :UInt32) -> (id :Text);
+  # idempotencyKey: "" none; else at most 128 bytes of printable ASCII. A create whose key names a
+  # VM the worker has (or is making) answers that VM's id instead of making another; the same key
+  # with a different spec or secrets is INVALID_ARGUMENT. The key is free again once its VM is
+  # deleted or its create failed. placement: where a fleet gateway may put the VM; a single worker
+  # ignores it.
+  createVm @2 (spec :Common.VmSpec, secrets :List(Common.Secret), ttlSeconds :UInt32, waitReadyMs :UInt32,
+               idempotencyKey :Text, placement :Placement) -> (id :Text);
   deleteVm @3 (id :Text) -> ();
   getVm @4 (id :Text) -> (vm :RunningVm);
   events @5 (sinceSeq :UInt64, maxEvents :UInt32, waitMs :UInt32) -> (events :List(VmEvent), nextSeq :UInt64);
@@ -60,6 +66,17 @@ struct RunningVm {
   agentReadyMs @16 :UInt64;   # from create to the agent's first hello; 0 until then
   group @17 :Text;            # "": none
   origin @18 :VmOrigin;       # how it started: booted for its create, or claimed from a warm pool
+}
+
+# Constraints on the host a fleet gateway places a create on (docs/fleet.md); a single worker ignores them.
+struct Placement {
+  host @0 :Text;              # "": any; else that host id only
+  labels @1 :List(Label);     # the host must carry every one (at most 32)
+}
+
+struct Label {
+  key @0 :Text;               # a name: A-Z a-z 0-9 . _ / -, 1-63 bytes
+  value @1 :Text;             # A-Z a-z 0-9 . _ : / -, at most 128 bytes
 }
 
 enum VmOrigin {

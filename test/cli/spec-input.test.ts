@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { parseSize, secretFromFlag, secretsFromDir, specFromFlags } from "../../cli/spec-input.js";
+import { parseSize, placementFromFlags, secretFromFlag, secretsFromDir, specFromFlags } from "../../cli/spec-input.js";
 
 const KERNEL = "/nix/store/0c0n6s3ybp2ixy6nnjxfv4xljnhrqzjf-pcr-test-vmlinux";
 
@@ -46,4 +46,15 @@ test("secrets come from files or the environment, never literally", (t) => {
     secretsFromDir(dir).map((s) => s.name),
     ["token"],
   );
+});
+
+test("--on-host and --label KEY=VALUE make a placement; neither makes none", () => {
+  assert.equal(placementFromFlags(undefined, []), undefined);
+  assert.equal(placementFromFlags(undefined, undefined), undefined);
+  assert.deepEqual(placementFromFlags("h1"), { host: "h1" });
+  assert.deepEqual(placementFromFlags(undefined, ["zone=eu-1", "gpu=", "url=a=b"]), { labels: { zone: "eu-1", gpu: "", url: "a=b" } });
+  assert.deepEqual(placementFromFlags("h2", ["zone=us"]), { host: "h2", labels: { zone: "us" } });
+  assert.throws(() => placementFromFlags(undefined, ["zone"]), { code: "INVALID_ARGUMENT", message: /KEY=VALUE/ });
+  assert.throws(() => placementFromFlags(undefined, ["=v"]), { code: "INVALID_ARGUMENT" });
+  assert.throws(() => placementFromFlags(undefined, ["a=1", "a=2"]), { code: "INVALID_ARGUMENT", message: /twice/ });
 });

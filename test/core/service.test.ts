@@ -14,7 +14,7 @@ test("create → running → delete: what each port was asked, the view, events,
   const id = await w.service.createVm(specInput({ allowedDomains: ["example.com"] }), {
     secrets: [{ name: "token", value: utf8("s3cret") }],
   });
-  assert.match(id, /^vm-[0-9a-f]{10}$/);
+  assert.match(id, /^vm-[0-9a-f]{16}$/);
 
   const vm = w.host.byId(id)!;
   assert.ok(vm, "a VMM was launched");

@@ -67,7 +67,7 @@ describe("worker calls over nats", { timeout: 50_000 }, () => {
       secrets: [{ name: "token", value: utf8("s3cret") }],
       ttlSeconds: 3600,
     });
-    assert.match(id, /^vm-[0-9a-f]{10}$/);
+    assert.match(id, /^vm-[0-9a-f]{16}$/);
     assert.equal(world.secrets.dirs.get(id)?.get("token"), "s3cret");
     assert.deepEqual(steady(await worker.getVm(id)), steady(await world.service.getVm(id)));
     assert.deepEqual((await worker.listVms()).map(steady), (await world.service.listVms()).map(steady));

@@ -36,7 +36,7 @@ export async function assertNothingLeft(worker: WorkerProcess): Promise<void> {
   const links = await execa("ip", ["-n", worker.netns, "-o", "link", "show"], { reject: false });
   assert.doesNotMatch(links.stdout, /pcr-vm|: pcr-[0-9a-f]/, "TAP devices left behind");
   const ruleset = await execa("ip", ["netns", "exec", worker.netns, "nft", "-j", "list", "ruleset"], { reject: false });
-  assert.doesNotMatch(ruleset.stdout, /"vm-[0-9a-f]{10}/, "per-VM nft objects left behind");
+  assert.doesNotMatch(ruleset.stdout, /"vm-[0-9a-f]{16}/, "per-VM nft objects left behind");
   const qemus = await execa("pgrep", ["-f", `qemu-system.*${worker.stateDir}`], { reject: false });
   assert.equal(qemus.stdout.trim(), "", "VMM processes left behind");
 }
@@ -50,7 +50,7 @@ export async function createFromSpec(
   const created = await worker.cli(["create-vm", "--spec-json", JSON.stringify(spec), ...extraArgs], { env });
   assert.equal(created.exitCode, 0, `create-vm failed: ${created.stderr}\nworker logs:\n${worker.logs().slice(-3000)}`);
   const id = created.stdout.trim();
-  assert.match(id, /^vm-[0-9a-f]{10}$/);
+  assert.match(id, /^vm-[0-9a-f]{16}$/);
   return id;
 }
 

@@ -107,6 +107,8 @@ describe("interop with the C++ reference implementation", { skip, timeout: 600_0
         { name: "empty", value: new Uint8Array(0) },
       ]);
       assert.equal(record.options.ttlSeconds, 3600);
+      assert.equal(record.options.idempotencyKey, "create-web-1");
+      assert.deepEqual(record.options.placement, { host: "h1", labels: { zone: "eu-1", "example.com/gpu": "a100" } });
     });
 
     test("listVms returns 2,000 entries, field by field", async () => {
@@ -249,11 +251,14 @@ describe("interop with the C++ reference implementation", { skip, timeout: 600_0
           { name: "empty", value: new Uint8Array(0) },
         ],
         ttlSeconds: 3600,
+        idempotencyKey: "create-web-1",
+        placement: { host: "h1", labels: { zone: "eu-1", "example.com/gpu": "a100" } },
       });
       assert.equal(
         id,
         "web-1|/nix/store/aaa-kernel/bzImage|/nix/store/bbb-initrd/initrd|/nix/store/ccc-image/root.img|console=ttyS0 quiet|3|5368709120|" +
-          "example.com,*.nixos.org,1.1.1.1,10.0.0.0/8,ünïcödé.example,|web|token=0.1.2.255.;empty=;|3600",
+          "example.com,*.nixos.org,1.1.1.1,10.0.0.0/8,ünïcödé.example,|web|token=0.1.2.255.;empty=;|3600|create-web-1|h1|" +
+          "zone=eu-1,example.com/gpu=a100,",
       );
     });
 

@@ -6,12 +6,12 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import * as $ from "capnp-es";
 import { VmSpec } from "../../schema/gen/common.js";
-import { Fault, Worker_CreateVm$Params } from "../../schema/gen/worker.js";
+import { Fault, Placement, Worker_CreateVm$Params } from "../../schema/gen/worker.js";
 import type { VmSpecInput } from "../../worker/core/api.js";
 import { FrameDecoder } from "../../worker/rpc/framing.js";
 import { DEFAULT_LIMITS } from "../../worker/rpc/limits.js";
-import { MessageBuilder, MessageReader, readStruct, readU32 } from "../../worker/rpc/wire.js";
-import { readSecrets, readVmSpec, writeFault, writeVmSpec } from "../../worker/rpc/worker-codec.js";
+import { MessageBuilder, MessageReader, readStruct, readText, readU32 } from "../../worker/rpc/wire.js";
+import { readPlacement, readSecrets, readVmSpec, writeFault, writePlacement, writeVmSpec } from "../../worker/rpc/worker-codec.js";
 
 const SPEC: VmSpecInput = {
   hostname: "agent-sandbox",
@@ -56,8 +56,19 @@ test("createVm params built by capnp-es arrive intact through our reader", () =>
     for (const [j, byte] of values[i]!.entries()) data.set(j, byte);
   });
   params.ttlSeconds = 3600;
+  params.idempotencyKey = "create-42";
+  const placement = params._initPlacement();
+  placement.host = "h1";
+  const labels = placement._initLabels(2);
+  labels.get(0).key = "zone";
+  labels.get(0).value = "eu-1";
+  labels.get(1).key = "gpu";
+  labels.get(1).value = "";
 
   const root = ourRoot(Buffer.from(message.toArrayBuffer()));
+  // The appended params: the key is pointer 2, the placement pointer 3.
+  assert.equal(readText(root, 2), "create-42");
+  assert.deepEqual(readPlacement(readStruct(root, 3)), { host: "h1", labels: { zone: "eu-1", gpu: "" } });
   assert.deepEqual(readVmSpec(readStruct(root, 0)), SPEC);
   assert.deepEqual(
     readSecrets(root, 1).map(({ name, value }) => ({ name, value: Buffer.from(value) })),
@@ -102,4 +113,18 @@ test("a Fault union our builder writes has the tag and group fields capnp-es exp
   const read = new $.Message(partition.finish(), false).getRoot(Fault);
   assert.equal(read.which(), Fault.PARTITION);
   assert.deepEqual([...read.partition.cidrs], ["10.0.0.0/8", "198.18.0.10/32"]);
+});
+
+test("a Placement our builder writes reads back intact through capnp-es", () => {
+  const b = new MessageBuilder();
+  writePlacement(b, b.root, { host: "h2", labels: { zone: "us", "example.com/ssd": "yes" } });
+  const placement = new $.Message(b.finish(), false).getRoot(Placement);
+  assert.equal(placement.host, "h2");
+  assert.deepEqual(
+    [...placement.labels].map((label) => [label.key, label.value]),
+    [
+      ["zone", "us"],
+      ["example.com/ssd", "yes"],
+    ],
+  );
 });

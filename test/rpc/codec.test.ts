@@ -88,6 +88,8 @@ describe("worker codec vs the capnp compiler", { skip: capnpAvailable() ? false 
       ["VmEvent", Size.VmEvent, nodes.get("VmEvent")!.size],
       ["VmSpec", Size.VmSpec, nodes.get("VmSpec")!.size],
       ["Secret", Size.Secret, nodes.get("Secret")!.size],
+      ["Placement", Size.Placement, nodes.get("Placement")!.size],
+      ["Label", Size.Label, nodes.get("Label")!.size],
       ["listVms results", Size.ListVmsResults, sizeOf("listVms", "results")],
       ["read params", Size.ReadParams, sizeOf("read", "params")],
       ["read results", Size.ReadResults, sizeOf("read", "results")],

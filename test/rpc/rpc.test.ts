@@ -182,6 +182,45 @@ describe("rpc over unix socket and tcp", () => {
     }
   });
 
+  test("createVm carries the idempotency key and the placement; none of either arrives as absent", async () => {
+    const client = await connectWorker(socketPath);
+    try {
+      const placement = { host: "h1.eu", labels: { zone: "eu-1", "example.com/gpu": "a100" } };
+      await client.createVm(spec, { idempotencyKey: "req 7/é?".replace("é", "e"), placement });
+      let { options } = fake.created.at(-1)!;
+      assert.equal(options.idempotencyKey, "req 7/e?");
+      assert.deepEqual(options.placement, placement);
+      await client.createVm(spec, { placement: { labels: { zone: "x" } } });
+      assert.deepEqual(fake.created.at(-1)!.options.placement, { labels: { zone: "x" } });
+      await client.createVm(spec, { idempotencyKey: "", placement: {} });
+      ({ options } = fake.created.at(-1)!);
+      assert.equal("idempotencyKey" in options, false);
+      assert.equal("placement" in options, false);
+    } finally {
+      client.close();
+    }
+  });
+
+  test("createVm's key and placement are bounded: over is INVALID_ARGUMENT, nothing reaches the worker", async () => {
+    const client = await connectWorker(socketPath);
+    const before = fake.created.length;
+    try {
+      const labels = Object.fromEntries(Array.from({ length: 33 }, (_, i) => [`k${i}`, "v"]));
+      await assert.rejects(client.createVm(spec, { idempotencyKey: "k".repeat(129) }), { code: "INVALID_ARGUMENT" });
+      await assert.rejects(client.createVm(spec, { placement: { labels } }), { code: "INVALID_ARGUMENT", message: /33 labels/ });
+      await assert.rejects(client.createVm(spec, { placement: { labels: { "bad key": "v" } } }), { code: "INVALID_ARGUMENT" });
+      await assert.rejects(client.createVm(spec, { placement: { labels: { k: "v".repeat(129) } } }), { code: "INVALID_ARGUMENT" });
+      await assert.rejects(client.createVm(spec, { placement: { host: "no/such host" } }), { code: "INVALID_ARGUMENT" });
+      assert.equal(fake.created.length, before);
+      // 32 labels and a 128-byte key are within bounds.
+      delete labels.k32;
+      await client.createVm(spec, { idempotencyKey: "k".repeat(128), placement: { labels } });
+      assert.equal(Object.keys(fake.created.at(-1)!.options.placement!.labels!).length, 32);
+    } finally {
+      client.close();
+    }
+  });
+
   test("errors come back as WorkerError with code and text", async () => {
     const client = await connectWorker(socketPath);
     try {

@@ -59,6 +59,19 @@ export interface CreateVmOptions {
   ttlSeconds?: number;
   /** 0 or absent: answer once the VMM runs; else wait this long for the guest agent's hello. */
   waitReadyMs?: number;
+  /**
+   * At most 128 bytes of printable ASCII. A create whose key names a VM this worker has, or is
+   * making, answers that VM's id and makes none; see docs/fleet.md.
+   */
+  idempotencyKey?: string;
+  /** Where a fleet gateway may place the VM; a single worker ignores it. */
+  placement?: PlacementInput;
+}
+
+/** Constraints on a create's host: that host id, and hosts carrying every label. */
+export interface PlacementInput {
+  host?: string;
+  labels?: Record<string, string>;
 }
 
 /** A write of one piece of a file: at most FILE_LIMITS.maxCallBytes (core/files.ts). */

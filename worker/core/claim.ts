@@ -119,7 +119,7 @@ export type ClaimSource =
 export async function runClaim(
   deps: CreateDeps,
   id: string,
-  { spec, secrets, ttlSeconds }: CreateRequest,
+  { spec, secrets, ttlSeconds, idempotency }: CreateRequest,
   source: ClaimSource,
   createEnded: Promise<unknown>,
   log: Logger,
@@ -153,6 +153,7 @@ export async function runClaim(
     secretNames: secrets.map((secret) => secret.name),
     pool: source.kind === "pool" ? source.pool : source.pool.name,
     origin: source.kind,
+    idempotency,
   } satisfies Partial<VmRecord>);
   const vm = await register(plan, deps, record, createEnded);
   if (source.kind === "pool") await plan.step("resume", () => handle.resume());

@@ -1,8 +1,10 @@
 // The create plan: every check before the first side effect, then the steps that make a VM — each
 // with its undo, so that a failure anywhere leaves nothing behind (plan.ts).
+import { randomBytes } from "node:crypto";
 import type { Logger } from "pino";
 import type { CreateVmOptions, SecretInput, VmSpecInput } from "./api.js";
 import { asWorkerError, failedPrecondition, invalidArgument } from "./errors.js";
+import { idempotencyRecord, validateIdempotencyKey, type IdempotencyRecord } from "./idempotency.js";
 import { Plan } from "./plan.js";
 import type { VmRegistry } from "./registry.js";
 import { validateSecrets } from "./secrets.js";
@@ -45,6 +47,13 @@ export interface CreateRequest {
   secrets: SecretInput[];
   ttlSeconds: number;
   waitReadyMs: number;
+  /** The create's idempotency key and what it was used for; absent: none. */
+  idempotency?: IdempotencyRecord;
+}
+
+/** A new VM id: 64 random bits, unique across a fleet in practice (docs/fleet.md). */
+export function newVmId(): string {
+  return `vm-${randomBytes(8).toString("hex")}`;
 }
 
 /** The longest a create may wait for the guest agent's hello. */
@@ -81,7 +90,9 @@ export function checkCreate(
   if (waitReadyMs > 0 && (!backend.capabilities.agent || !hasAgents)) {
     throw failedPrecondition(`waitReadyMs: the ${backend.name} backend on this worker has no guest agent channel to wait for`);
   }
-  return { spec, secrets, ttlSeconds, waitReadyMs };
+  const key = validateIdempotencyKey(options.idempotencyKey);
+  // options.placement is a fleet gateway's to honour: one worker has no other host to choose.
+  return { spec, secrets, ttlSeconds, waitReadyMs, ...(key ? { idempotency: idempotencyRecord(key, secrets) } : {}) };
 }
 
 /**
@@ -91,7 +102,7 @@ export function checkCreate(
 export async function runCreate(
   deps: CreateDeps,
   id: string,
-  { spec, secrets, ttlSeconds }: CreateRequest,
+  { spec, secrets, ttlSeconds, idempotency }: CreateRequest,
   createEnded: Promise<unknown>,
   log: Logger,
   signal?: AbortSignal,
@@ -104,6 +115,7 @@ export async function runCreate(
   const record = creatingRecord(backend, id, spec, started, {
     expiresAtMs: ttlSeconds > 0 ? started + ttlSeconds * 1000 : undefined,
     secretNames: secrets.map((secret) => secret.name),
+    idempotency,
   });
   const vm = await register(plan, deps, record, createEnded);
 

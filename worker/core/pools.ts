@@ -5,7 +5,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import type { Logger } from "pino";
 import { discardUnclaimed, launchUnclaimed, type ClaimSource, type UnclaimedVm } from "./claim.js";
-import type { CreateDeps } from "./create.js";
+import { newVmId, type CreateDeps } from "./create.js";
 import { asWorkerError, failedPrecondition } from "./errors.js";
 import type { ValidSpec } from "./spec.js";
 import type { SnapshotFile, SnapshotId, SnapshotStore } from "../ports/index.js";
@@ -343,7 +343,7 @@ export class PoolSet {
 
   /** A VM for the pool, counted against the host first (RESOURCE_EXHAUSTED when full). */
   private async launch(pool: Pool, restoreFrom?: string): Promise<UnclaimedVm> {
-    const id = `vm-${randomBytes(5).toString("hex")}`;
+    const id = newVmId();
     const { registry } = this.deps.create;
     registry.hold(id, pool.config.spec);
     const log = this.deps.log.child({ vmId: id, pool: pool.config.name });

@@ -21,6 +21,8 @@ export class VmRegistry {
   private readonly reservations = new Map<string, ValidSpec>();
   /** Pooled VMs (core/pools.ts): nobody's yet, but they use the host as much as any VM. */
   private readonly held = new Map<string, ValidSpec>();
+  /** VMs by their create's idempotency key: rebuilt by recovery's add()s after a restart. */
+  private readonly byKey = new Map<string, ManagedVm>();
 
   constructor(private readonly limits: HostLimits) {}
 
@@ -37,10 +39,19 @@ export class VmRegistry {
 
   add(vm: ManagedVm): void {
     this.vms.set(vm.id, vm);
+    const key = vm.record.idempotency?.key;
+    if (key !== undefined) this.byKey.set(key, vm);
   }
 
   remove(id: string): void {
+    const key = this.vms.get(id)?.record.idempotency?.key;
+    if (key !== undefined && this.byKey.get(key)?.id === id) this.byKey.delete(key);
     this.vms.delete(id);
+  }
+
+  /** The VM whose create carried idempotency key `key`, in whatever status, until it is removed. */
+  byIdempotencyKey(key: string): ManagedVm | undefined {
+    return this.byKey.get(key);
   }
 
   all(): ManagedVm[] {

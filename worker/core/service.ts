@@ -2,7 +2,6 @@
 // QEMU, nft or nix; every outside effect goes through an injected port. The parts: each VM is a
 // ManagedVm (vm.ts) that owns its queue and its transitions; the registry holds them and the
 // reservations (registry.ts); create.ts is the create plan; recovery.ts the restart.
-import { randomBytes } from "node:crypto";
 import type { Logger } from "pino";
 import type {
   ActiveFault,
@@ -19,13 +18,14 @@ import type {
 import { asWorkerError, failedPrecondition, invalidArgument, notFound, unavailable, WorkerError } from "./errors.js";
 import { EventLog } from "./events.js";
 import { RESTORE_STEP, runClaim, type ClaimSource } from "./claim.js";
-import { checkCreate, runCreate, type CreateDeps, type CreateRequest } from "./create.js";
+import { checkCreate, newVmId, runCreate, type CreateDeps, type CreateRequest } from "./create.js";
+import { checkSameRequest, type IdempotencyRecord } from "./idempotency.js";
 import { PoolSet, type PoolConfig, type PoolStats } from "./pools.js";
 import { FaultController, type FaultPorts } from "./faults.js";
 import { hearsPowerButton, isLive } from "./lifecycle.js";
 import { recover, type RecoveryResult } from "./recovery.js";
 import { VmRegistry, type HostLimits } from "./registry.js";
-import type { SpecLimits } from "./spec.js";
+import { specHash, type SpecLimits } from "./spec.js";
 import type { ManagedVm, VmContext } from "./vm.js";
 import type {
   AgentConnection,
@@ -111,6 +111,8 @@ export class WorkerService implements WorkerApi {
   private readonly vmContext: VmContext;
   private readonly createDeps: CreateDeps;
   private readonly pools?: PoolSet;
+  /** Creates under way that carry an idempotency key, by key; a made VM is found in the registry. */
+  private readonly createsByKey = new Map<string, { specHash: string; idempotency: IdempotencyRecord; result: Promise<string> }>();
 
   constructor(private readonly deps: ServiceDeps) {
     this.log = deps.logger;
@@ -304,10 +306,43 @@ export class WorkerService implements WorkerApi {
 
   // --- create ----------------------------------------------------------------------------
 
+  /**
+   * A create with an idempotency key answers the VM its key already names, or waits for the create
+   * under way with it and answers that one's result (its id or its error): never a second VM. The
+   * check and the claim of the key happen in one synchronous stretch, so two creates racing with
+   * one key cannot both miss.
+   */
   async createVm(input: VmSpecInput, options: CreateVmOptions, caller?: CallerInfo): Promise<string> {
     const request = checkCreate(input, options, this.deps.backend, this.deps.network, this.deps.limits, this.deps.agents !== undefined);
+    const { idempotency } = request;
+    if (!idempotency) return this.create(request, caller);
+    const hash = specHash(request.spec);
+    const key = idempotency.key;
+    const underWay = this.createsByKey.get(key);
+    if (underWay) {
+      checkSameRequest(underWay, hash, request.secrets);
+      this.log.info({ requestId: caller?.requestId }, "create under way with this idempotency key; answering its result");
+      return underWay.result;
+    }
+    const known = this.registry.byIdempotencyKey(key);
+    if (known?.record.idempotency) {
+      checkSameRequest({ specHash: known.record.specHash, idempotency: known.record.idempotency }, hash, request.secrets);
+      this.log.info({ vmId: known.id, requestId: caller?.requestId }, "create repeated with its idempotency key; answering its VM");
+      return known.id;
+    }
+    const result = this.create(request, caller);
+    this.createsByKey.set(key, { specHash: hash, idempotency, result });
+    try {
+      return await result;
+    } finally {
+      // Made: its registry entry names it from now on. Failed: the key is free for a retry.
+      this.createsByKey.delete(key);
+    }
+  }
+
+  private async create(request: CreateRequest, caller?: CallerInfo): Promise<string> {
     const source = this.pools?.take(request.spec);
-    const id = source?.kind === "pool" ? source.vm.id : `vm-${randomBytes(5).toString("hex")}`;
+    const id = source?.kind === "pool" ? source.vm.id : newVmId();
     try {
       this.reserveRoom(id, request);
     } catch (err) {

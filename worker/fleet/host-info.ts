@@ -11,7 +11,7 @@ export const MAX_LABELS = 32;
 export const MAX_GROUPS = 4096;
 
 // A host id doubles as its KV key: NATS key characters, dots only between tokens.
-const HOST_ID = /^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/;
+export const HOST_ID = /^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/;
 // Kubernetes-like: a key is a name, optionally prefixed ("zone", "example.com/gpu"); a value is short and plain.
 export const LABEL_KEY = /^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$/;
 export const LABEL_VALUE = /^[A-Za-z0-9._:/-]{0,128}$/;

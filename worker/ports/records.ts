@@ -1,5 +1,6 @@
 // The records port: what the core persists about each VM, and the console it keeps (worker/state/).
 import type { VmStatus } from "../core/api.js";
+import type { IdempotencyRecord } from "../core/idempotency.js";
 import type { ValidSpec } from "../core/spec.js";
 import type { BackendName, VmmProcessRecord } from "./vmm.js";
 import type { VmNetwork } from "./network.js";
@@ -31,6 +32,8 @@ export interface VmRecord {
    * claim. Absent: booted for its create.
    */
   origin?: "pool" | "snapshot";
+  /** The create's idempotency key (core/idempotency.ts): a create with it answers this VM. Absent: none. */
+  idempotency?: IdempotencyRecord;
   /** The VMM's cage (ports/cage.ts): its uid stays taken while the VM lives, across restarts. Absent: uncaged. */
   cage?: { uid: number };
 }

@@ -38,6 +38,7 @@ import {
   writeExecCommand,
   writeFault,
   writeProcessCommand,
+  writePlacement,
   writeSecrets,
   writeVmSpec,
 } from "./worker-codec.js";
@@ -123,6 +124,8 @@ export class WorkerClient {
         writeSecrets(b, s + 16, secrets);
         b.setU32(s, options.ttlSeconds ?? 0);
         b.setU32(s + 4, options.waitReadyMs ?? 0);
+        b.setText(s + 24, options.idempotencyKey ?? "");
+        writePlacement(b, s + 32, options.placement);
       }),
       hint,
     );

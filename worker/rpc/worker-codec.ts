@@ -17,6 +17,7 @@ import {
   type FaultInput,
   type FaultName,
   type IoCounters,
+  type PlacementInput,
   type SecretInput,
   type VmEvent,
   type VmSpecInput,
@@ -26,6 +27,7 @@ import {
   VM_ORIGINS,
 } from "../core/api.js";
 import { invalidArgument } from "../core/errors.js";
+import { HOST_ID, LABEL_KEY, LABEL_VALUE, MAX_LABELS } from "../fleet/host-info.js";
 import {
   type MessageBuilder,
   type StructReader,
@@ -76,7 +78,9 @@ export const Size = {
   ListVmsResults: [0, 1],
   ReadParams: [2, 1],
   ReadResults: [1, 1],
-  CreateVmParams: [1, 2],
+  CreateVmParams: [1, 4],
+  Placement: [0, 2],
+  Label: [0, 2],
   CreateVmResults: [0, 1],
   IdParams: [0, 1],
   GetVmResults: [0, 1],
@@ -311,6 +315,47 @@ export function writeSecrets(b: MessageBuilder, at: number, secrets: readonly Se
 
 export function readSecrets(s: StructReader, index: number): SecretInput[] {
   return readStructs(s, index, MAX_LIST_LENGTH.secrets, (e) => ({ name: readText(e, 0), value: readData(e, 1) }));
+}
+
+// ---- Placement ----
+
+/** Writes a Placement struct and points `at` to it; nothing (a null pointer) when there is none. */
+export function writePlacement(b: MessageBuilder, at: number, placement: PlacementInput | undefined): void {
+  if (!placement) return;
+  const labels = Object.entries(placement.labels ?? {});
+  if (!placement.host && labels.length === 0) return;
+  const s = b.initStruct(at, Size.Placement[0], Size.Placement[1]);
+  b.setText(s, placement.host ?? "");
+  writeStructs(b, s + 8, labels, Size.Label, (_s, p, [key, value]) => {
+    b.setText(p, key);
+    b.setText(p + 8, value);
+  });
+}
+
+/**
+ * A Placement, bounded before anything is turned into objects: at most MAX_LABELS labels, each key
+ * and value of the fleet's label charset, the host a host id. Absent or empty: undefined.
+ */
+export function readPlacement(s: StructReader | null): PlacementInput | undefined {
+  if (s === null) return undefined;
+  const host = readText(s, 0);
+  if (host && (host.length > 64 || !HOST_ID.test(host)))
+    throw invalidArgument(`placement host ${JSON.stringify(host.slice(0, 80))} is no host id`);
+  const list = readStructList(s, 1);
+  if (list !== null && list.length > MAX_LABELS) throw invalidArgument(`placement has ${list.length} labels (at most ${MAX_LABELS})`);
+  const labels: Record<string, string> = {};
+  for (let i = 0; i < (list?.length ?? 0); i++) {
+    const label = listStruct(list!, i);
+    const key = readText(label, 0);
+    const value = readText(label, 1);
+    if (!LABEL_KEY.test(key) || !LABEL_VALUE.test(value)) {
+      throw invalidArgument(`bad placement label ${JSON.stringify(`${key.slice(0, 80)}=${value.slice(0, 140)}`)}`);
+    }
+    if (Object.hasOwn(labels, key)) throw invalidArgument(`placement label ${key} given twice`);
+    labels[key] = value;
+  }
+  const some = Object.keys(labels).length > 0;
+  return host || some ? { ...(host ? { host } : {}), ...(some ? { labels } : {}) } : undefined;
 }
 
 // ---- Fault / ActiveFault ----

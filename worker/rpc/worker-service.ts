@@ -1,6 +1,8 @@
 // The Worker interface of schema/worker.capnp served from a WorkerApi: translation only.
 // Params are decoded synchronously (the message buffer is only borrowed), results encoded on return.
 import type { CallerInfo, WorkerApi } from "../core/api.js";
+import { invalidArgument } from "../core/errors.js";
+import { MAX_IDEMPOTENCY_KEY_BYTES } from "../core/idempotency.js";
 import type { CallContext, ContentWriter, InterfaceDispatcher, MethodEntry } from "./connection.js";
 import {
   RUNNING_VM_BYTES_ESTIMATE,
@@ -10,6 +12,7 @@ import {
   outputStreamFromWire,
   readExecCommand,
   readFault,
+  readPlacement,
   readProcessCommand,
   readSecrets,
   readVmSpec,
@@ -72,7 +75,20 @@ export function workerDispatcher(api: WorkerApi): InterfaceDispatcher {
     const secrets = readSecrets(params, 1);
     const ttlSeconds = readU32(params, 0);
     const waitReadyMs = readU32(params, 4);
-    const id = await api.createVm(spec, { secrets, ttlSeconds, waitReadyMs }, caller(context));
+    const idempotencyKey = readText(params, 2);
+    // Bounded here, before the call: a key the core would refuse anyway is not kept a moment longer.
+    if (idempotencyKey.length > MAX_IDEMPOTENCY_KEY_BYTES) {
+      throw invalidArgument(`idempotencyKey is ${idempotencyKey.length} bytes (at most ${MAX_IDEMPOTENCY_KEY_BYTES})`);
+    }
+    const placement = readPlacement(readStruct(params, 3));
+    const options = {
+      secrets,
+      ttlSeconds,
+      waitReadyMs,
+      ...(idempotencyKey ? { idempotencyKey } : {}),
+      ...(placement ? { placement } : {}),
+    };
+    const id = await api.createVm(spec, options, caller(context));
     return results(Size.CreateVmResults, (b, s) => b.setText(s, id));
   });
 

@@ -70,6 +70,14 @@ int main(int argc, char** argv) {
     secrets[1].setName("empty");
     secrets[1].initValue(0);
     req.setTtlSeconds(3600);
+    req.setIdempotencyKey("create-web-1");
+    auto placement = req.initPlacement();
+    placement.setHost("h1");
+    auto labels = placement.initLabels(2);
+    labels[0].setKey("zone");
+    labels[0].setValue("eu-1");
+    labels[1].setKey("example.com/gpu");
+    labels[1].setValue("a100");
     auto resp = req.send().wait(ws);
     printf("id %s\n", resp.getId().cStr());
   } else if (mode == "list") {

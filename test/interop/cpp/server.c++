@@ -43,7 +43,9 @@ class WorkerImpl final : public Worker::Server {
       for (auto b : s.getValue()) id = kj::str(id, uint32_t(b), ".");
       id = kj::str(id, ";");
     }
-    context.getResults().setId(kj::str(id, "|", params.getTtlSeconds()));
+    id = kj::str(id, "|", params.getTtlSeconds(), "|", params.getIdempotencyKey(), "|", params.getPlacement().getHost(), "|");
+    for (auto l : params.getPlacement().getLabels()) id = kj::str(id, l.getKey(), "=", l.getValue(), ",");
+    context.getResults().setId(kj::mv(id));
     return kj::READY_NOW;
   }
 
