@@ -507,13 +507,9 @@ export class RpcConnection {
         this.log.error({ err: encodeError, peer: this.peer }, "encoding rpc results failed");
         message = exceptionReturn(questionId, "failed", asWorkerError(encodeError).reason);
       }
-    } else if (err instanceof RpcException) {
-      message = exceptionReturn(questionId, err.type, err.reason);
-    } else if (err instanceof MalformedMessageError) {
-      // Params that do not decode (bad pointers, limits): the caller's fault, not ours.
-      message = exceptionReturn(questionId, "failed", `INVALID_ARGUMENT: malformed parameters: ${err.message}`);
     } else {
-      message = exceptionReturn(questionId, "failed", asWorkerError(err).reason);
+      const failure = callFailure(err);
+      message = exceptionReturn(questionId, failure.type, failure.reason);
     }
     this.sendReturn(questionId, message);
   }
@@ -750,11 +746,19 @@ export class RpcConnection {
   }
 }
 
+/** What a failed call answers: the exception type and "CODE: message". */
+export function callFailure(err: unknown): { type: ExceptionType; reason: string } {
+  if (err instanceof RpcException) return { type: err.type, reason: err.reason };
+  // Params that do not decode (bad pointers, limits): the caller's fault, not ours.
+  if (err instanceof MalformedMessageError) return { type: "failed", reason: `INVALID_ARGUMENT: malformed parameters: ${err.message}` };
+  return { type: "failed", reason: asWorkerError(err).reason };
+}
+
 /**
  * `work`, or DEADLINE_EXCEEDED once `ms` have passed; a late outcome of `work` is dropped, and
  * `controller` is aborted so the work can undo what the caller will never hear of.
  */
-function withDeadline<T>(work: Promise<T>, ms: number, name: string, controller: AbortController): Promise<T> {
+export function withDeadline<T>(work: Promise<T>, ms: number, name: string, controller: AbortController): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const deadline = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {

@@ -1,4 +1,5 @@
-// A typed Worker client mirroring WorkerApi; RPC exceptions come back as WorkerError.
+// A typed Worker client mirroring WorkerApi; RPC exceptions come back as WorkerError. It speaks
+// through a WorkerCaller, so the same client works over a stream connection or over NATS.
 import type {
   ActiveFault,
   ConsoleChunk,
@@ -42,6 +43,23 @@ import {
 } from "./worker-codec.js";
 import { type StructReader, readBool, readData, readStruct, readText, readU32, readU64 } from "./wire.js";
 
+/**
+ * One Cap'n Proto call: params written by `write` (root = the params struct), resolving with the
+ * results struct. Failures are RpcException (mapped to WorkerError here) or WorkerError.
+ */
+export interface WorkerCaller {
+  call(interfaceId: bigint, method: number, write?: ContentWriter, sizeHint?: number): Promise<StructReader>;
+  close(): void;
+}
+
+/** Calls on a capability of a stream RpcConnection. */
+export function connectionCaller(connection: RpcConnection, cap: RemoteCapability): WorkerCaller {
+  return {
+    call: (interfaceId, method, write, sizeHint) => connection.call(cap, interfaceId, method, write, sizeHint),
+    close: () => connection.close(),
+  };
+}
+
 const toWorkerError = (err: unknown): never => {
   if (err instanceof RpcException) throw WorkerError.fromReason(err.reason);
   throw err;
@@ -53,13 +71,10 @@ const params =
     fill(b, b.initStruct(at, size[0], size[1]));
 
 export class WorkerClient {
-  constructor(
-    readonly connection: RpcConnection,
-    private readonly cap: RemoteCapability,
-  ) {}
+  constructor(private readonly caller: WorkerCaller) {}
 
   private call<T>(method: number, decode: (results: StructReader) => T, write?: ContentWriter, sizeHint?: number): Promise<T> {
-    return this.connection.call(this.cap, WORKER_INTERFACE_ID, method, write, sizeHint).then((results) => {
+    return this.caller.call(WORKER_INTERFACE_ID, method, write, sizeHint).then((results) => {
       try {
         return decode(results);
       } catch (err) {
@@ -309,12 +324,12 @@ export class WorkerClient {
   }
 
   close(): void {
-    this.connection.close();
+    this.caller.close();
   }
 }
 
 /** Connects to a worker at "/path", "unix:/path" or "tcp://host:port". */
 export async function connectWorker(address: string, options?: ConnectOptions): Promise<WorkerClient> {
   const { connection, bootstrap } = await connectRpc(address, options);
-  return new WorkerClient(connection, bootstrap);
+  return new WorkerClient(connectionCaller(connection, bootstrap));
 }
