@@ -139,7 +139,16 @@ export async function joinFleet(options: JoinFleetOptions): Promise<FleetMember>
 
   await beat(); // the host is in the registry before joinFleet resolves
   const server: NatsWorkerServer = serveWorkerOverNats(nc, subject, api, { logger: log });
-  const timer = setInterval(() => void beat().catch(() => undefined), options.heartbeatMs);
+  // A beat slower than the interval (NATS down: puts wait for their timeout) is not queued behind.
+  let beating = false;
+  const tick = () => {
+    if (beating) return;
+    beating = true;
+    void beat()
+      .catch(() => undefined)
+      .finally(() => (beating = false));
+  };
+  const timer = setInterval(tick, options.heartbeatMs);
   const publishing = publishEvents({
     api,
     js,
@@ -147,7 +156,7 @@ export async function joinFleet(options: JoinFleetOptions): Promise<FleetMember>
     startedAtMs,
     signal: stop.signal,
     log,
-    changed: () => void beat().catch(() => undefined),
+    changed: tick,
   });
   log.info({ subject, heartbeatMs: options.heartbeatMs }, "joined the fleet");
 
