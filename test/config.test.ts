@@ -7,7 +7,7 @@ import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { type ConfigKey, configKeys, envName, flagName, loadConfig, metaOf } from "../worker/config.js";
+import { type ConfigKey, configKeys, envName, flagName, loadConfig, metaOf, parseLabels } from "../worker/config.js";
 import { WORKER_BIN } from "./helpers/repo.js";
 
 const MIB = 1024 ** 2;
@@ -91,6 +91,18 @@ const samples: Record<ConfigKey, { words: string[]; with?: string[] }> = {
   stopVmsOnExit: { words: ["true"] },
   httpListen: { words: ["off"] },
   auditLog: { words: ["/tmp/audit.log"] },
+  nats: { words: ["nats://a:4222,nats://b:4222"] },
+  hostId: { words: ["host_7-b"] },
+  labels: { words: ["zone=eu", "gpu="] },
+  natsCreds: { words: ["/etc/pcr/nats.creds"] },
+  natsUser: { words: ["worker"], with: ["--nats-pass", "p"] },
+  natsPass: { words: ["secret"], with: ["--nats-user", "u"] },
+  natsToken: { words: ["tok"] },
+  natsCa: { words: ["ca.pem"] },
+  natsCert: { words: ["cert.pem"], with: ["--nats-key", "k"] },
+  natsKey: { words: ["key.pem"], with: ["--nats-cert", "c"] },
+  natsReplicas: { words: ["3"] },
+  heartbeatMs: { words: ["500"] },
   logLevel: { words: ["debug"] },
 };
 
@@ -180,7 +192,7 @@ test("a bad configuration names every problem and where each came from", () => {
     /config file .*config-\d+\.json: unknown key "maxVmz"/,
     /stopGraceMs in .*config-\d+\.json: .*>=0.*\(got -1\)/,
     /--max-vms: .*>0 \(got 0\)/,
-    /--vmm: .*"auto"\|"qemu"\|"cloud-hypervisor" \(got "firecracker"\)/,
+    /--vmm: .*"auto"\|"qemu"\|"cloud-hypervisor"\|"fake" \(got "firecracker"\)/,
     /--subnet: must be an IPv4 CIDR of \/30 or larger.*\(got "10\.0\.0\.0\/31"\)/,
     /--deny-cidr item 1: must be an IPv4 address or CIDR \(got "nope"\)/,
     /PCR_BOOT_TIMEOUT_MS: .*expected number.*\(got "soon"\)/,
@@ -256,4 +268,17 @@ test("pcr-worker --help lists every flag with its variable and help text", async
   assert.ok(help.includes("[default: 10.213.0.0/16]"));
   assert.ok(help.includes("[default: free space of the state dir at start]"));
   assert.ok(help.includes("[default: 0.0.0.0/8 127.0.0.0/8 169.254.0.0/16 224.0.0.0/4 240.0.0.0/4]"));
+});
+
+test("fleet flags: a host id is a subject token, labels are key=value, NATS auth goes in pairs", () => {
+  assert.match(problemsOf(["--host-id", "a.b"]), /--host-id: must be 1-64 of A-Z a-z 0-9 _ -/);
+  assert.match(problemsOf(["--label", "novalue"]), /--label item 0: must be key=value/);
+  assert.match(problemsOf(["--nats", "http://x"]), /--nats: must be NATS URLs/);
+  assert.match(problemsOf(["--nats-replicas", "2"]), /--nats-replicas: must be 1 or 3/);
+  assert.match(problemsOf(["--nats-user", "u"]), /--nats-user and --nats-pass go together/);
+  const { config } = loadConfig(["--nats", "nats://a:4222", "--label", "zone=eu", "--label", "ssd=", "--vmm", "fake"], {});
+  assert.deepEqual(parseLabels(config.labels), { zone: "eu", ssd: "" });
+  assert.equal(config.heartbeatMs, 2000);
+  assert.equal(config.vmm, "fake");
+  assert.match(config.hostId, /^[A-Za-z0-9_-]{1,64}$/, "the default host id is valid");
 });

@@ -3,13 +3,14 @@
 // (PCR_ + SCREAMING_SNAKE), the JSON file key (camelCase) and --help are all derived from it.
 // Precedence: flags > environment > file (--config / PCR_CONFIG) > defaults.
 import { readFileSync } from "node:fs";
-import { cpus, totalmem } from "node:os";
+import { cpus, hostname, totalmem } from "node:os";
 import yargs, { type Options as YargsOption } from "yargs";
 import { hideBin } from "yargs/helpers";
 import { z } from "zod";
+import { LABEL_KEY, LABEL_VALUE } from "./fleet/host-info.js";
 import { DEFAULT_DENY_CIDRS } from "./net/allowlist.js";
 import { parseCidr, parseIpv4 } from "./net/ipam.js";
-import { BACKEND_NAMES, BINARY_SETTINGS, type BinaryKey } from "./vmm/registry.js";
+import { BACKEND_NAMES, BINARY_SETTINGS, type BinaryKey, EXPLICIT_BACKEND_NAMES } from "./vmm/registry.js";
 
 const MIB = 1024 ** 2;
 const GIB = 1024 ** 3;
@@ -60,6 +61,21 @@ const isIpv4Cidr = (text: string) => parseCidr(text.includes("/") ? text : `${te
 /** The bridge takes the first address and guests need at least one more. */
 const isVmSubnet = (text: string) => (parseCidr(text)?.prefixLength ?? 99) <= 30;
 const positiveInt = () => z.number().int().positive();
+/** A host id is a token of NATS subjects and a KV key. */
+export const HOST_ID = /^[A-Za-z0-9_-]{1,64}$/;
+/** The default host id: the host name's first label, made a valid id. */
+const defaultHostId = () =>
+  hostname()
+    .split(".")[0]!
+    .replace(/[^A-Za-z0-9_-]/g, "-")
+    .slice(0, 64) || "worker";
+const NATS_URL = /^(nats|tls|ws|wss):\/\/[^\s,]+$|^[^\s,/]+:\d+$/;
+const isNatsUrls = (text: string) => text.split(",").every((url) => NATS_URL.test(url.trim()));
+/** `key=value`, as host-info.ts validates labels (the value may be empty, the `=` may not be missing). */
+const isLabel = (text: string) => {
+  const at = text.indexOf("=");
+  return at > 0 && LABEL_KEY.test(text.slice(0, at)) && LABEL_VALUE.test(text.slice(at + 1));
+};
 
 /** One key per binary a VMM backend runs (qemuBinary, cloudHypervisorBinary, virtiofsdBinary), from the registry. */
 const binaryKeys = Object.fromEntries(
@@ -78,7 +94,7 @@ export const configSchema = z.strictObject({
   tlsClientCa: text(z.string().optional(), "PEM CA that client certificates must chain to"),
   stateDir: text(z.string().min(1).default("/var/lib/procurator"), "Per-VM records, console files, leases, audit log"),
   runtimeDir: text(z.string().min(1).default("/run/procurator"), "Runtime files that must not outlive the host (the secrets tmpfs)"),
-  vmm: oneOf(["auto", ...BACKEND_NAMES], "auto", "VMM backend"),
+  vmm: oneOf(["auto", ...BACKEND_NAMES, ...EXPLICIT_BACKEND_NAMES], "auto", "VMM backend; fake: in memory, no VM is real (tests, benches)"),
   accel: oneOf(["auto", "kvm", "tcg"], "auto", "QEMU acceleration; auto uses KVM only when a probe boot runs"),
   ...binaryKeys,
   cacheUrl: text(z.string().optional(), "Binary cache to pull missing store paths from", { alias: "cache" }),
@@ -215,6 +231,37 @@ export const configSchema = z.strictObject({
     "host:port for /healthz /readyz /metrics, or off",
   ),
   auditLog: text(z.string().optional(), "Append-only JSON lines of every mutating call", { defaultText: "<state-dir>/audit.log" }),
+  // Fleet membership (docs/fleet.md "Joining"): off unless --nats is given.
+  nats: text(
+    z.string().refine(isNatsUrls, "must be NATS URLs separated by commas, e.g. nats://a:4222,nats://b:4222").optional(),
+    "Join a fleet: the NATS servers (comma separated)",
+    { defaultText: "off" },
+  ),
+  hostId: text(
+    z.string().regex(HOST_ID, "must be 1-64 of A-Z a-z 0-9 _ - (it is a NATS subject token)").default(defaultHostId()),
+    "This host's id in the fleet",
+    { defaultText: "the host name's first label" },
+  ),
+  labels: texts(
+    z
+      .array(z.string().refine(isLabel, "must be key=value (key: a name of A-Z a-z 0-9 . _ / -; value: A-Z a-z 0-9 . _ : / -)"))
+      .max(32)
+      .default([]),
+    "A label of this host for placement constraints, key=value (repeatable)",
+    { flag: "label" },
+  ),
+  natsCreds: text(z.string().min(1).optional(), "NATS credentials file (JWT and nkey seed)"),
+  natsUser: text(z.string().min(1).optional(), "NATS user (with --nats-pass)"),
+  natsPass: text(z.string().min(1).optional(), "NATS password (prefer PCR_NATS_PASS or the config file to a flag)"),
+  natsToken: text(z.string().min(1).optional(), "NATS token (prefer PCR_NATS_TOKEN or the config file to a flag)"),
+  natsCa: text(z.string().min(1).optional(), "PEM CA that the NATS servers' certificates must chain to"),
+  natsCert: text(z.string().min(1).optional(), "PEM client certificate for NATS (with --nats-key)"),
+  natsKey: text(z.string().min(1).optional(), "PEM client key for NATS"),
+  natsReplicas: num(
+    z.union([z.literal(1), z.literal(3)], { error: "must be 1 or 3" }).default(1),
+    "Replicas of the fleet's KV buckets and stream when this worker creates them",
+  ),
+  heartbeatMs: num(positiveInt().min(100).max(60_000).default(2_000), "How often the host heartbeats into the fleet registry"),
   logLevel: oneOf(["trace", "debug", "info", "warn", "error", "fatal", "silent"], "info", "Log level"),
 });
 
@@ -242,6 +289,7 @@ export function flagName(key: ConfigKey): string {
 /** Checks that read more than one key; each runs once the keys it reads are valid on their own. */
 const crossChecks: { keys: ConfigKey[]; check: (config: WorkerConfig) => string | undefined }[] = [
   { keys: ["tcp", "tlsCert", "tlsKey", "tlsClientCa"], check: checkListeners },
+  { keys: ["natsUser", "natsPass", "natsCert", "natsKey"], check: checkNatsAuth },
   {
     keys: ["minMemoryPerVmBytes", "maxMemoryPerVmBytes"],
     check: ({ minMemoryPerVmBytes: min, maxMemoryPerVmBytes: max }) =>
@@ -425,4 +473,16 @@ export function checkListeners(config: Pick<WorkerConfig, "tcp" | "tlsCert" | "t
     }
   }
   return undefined;
+}
+
+/** NATS credentials that only work in pairs. */
+function checkNatsAuth(config: Pick<WorkerConfig, "natsUser" | "natsPass" | "natsCert" | "natsKey">): string | undefined {
+  if (Boolean(config.natsUser) !== Boolean(config.natsPass)) return "--nats-user and --nats-pass go together";
+  if (Boolean(config.natsCert) !== Boolean(config.natsKey)) return "--nats-cert and --nats-key go together";
+  return undefined;
+}
+
+/** The labels of --label key=value, as an object. */
+export function parseLabels(entries: readonly string[]): Record<string, string> {
+  return Object.fromEntries(entries.map((entry) => [entry.slice(0, entry.indexOf("=")), entry.slice(entry.indexOf("=") + 1)]));
 }

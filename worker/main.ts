@@ -1,19 +1,24 @@
 #!/usr/bin/env node
 // pcr-worker: wiring only. config -> adapters -> service -> RPC server.
 import { readFileSync } from "node:fs";
-import { chmod, mkdir, statfs } from "node:fs/promises";
-import { join } from "node:path";
+import { chmod, mkdir, readFile, statfs } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { pino, type Logger } from "pino";
 import { createCage, parseUidRange } from "./cage/cage.js";
-import { loadConfig, type WorkerConfig } from "./config.js";
+import { loadConfig, parseLabels, type WorkerConfig } from "./config.js";
+import type { WorkerApi } from "./core/api.js";
 import { WorkerService } from "./core/service.js";
 import type { SpecLimits } from "./core/spec.js";
-import type { CagePort } from "./ports/index.js";
+import type { CagePort, RecordRepo, VmRecord } from "./ports/index.js";
 import { checkPoolsSupported, describePools, parsePools } from "./pool-config.js";
 import { FileSnapshots } from "./state/snapshots.js";
 import { createGuestAgents } from "./agent/index.js";
 import { createCgroupCpuThrottle } from "./faults/cgroup.js";
 import { createNetFaults } from "./faults/net-faults.js";
+import { connectFleet } from "./fleet/connect.js";
+import type { Resources } from "./fleet/host-info.js";
+import { type FleetMember, joinFleet } from "./fleet/member.js";
 import { createNetwork } from "./net/network.js";
 import { AuditLog } from "./observability/audit.js";
 import { startHttp } from "./observability/http.js";
@@ -51,6 +56,7 @@ async function run(config: WorkerConfig): Promise<void> {
       })
     : undefined;
 
+  const maxTotalDiskBytes = config.maxTotalDiskBytes ?? (await freeBytes(config.stateDir));
   let metrics: WorkerMetrics | undefined;
   const service = new WorkerService({
     backend,
@@ -65,7 +71,7 @@ async function run(config: WorkerConfig): Promise<void> {
       maxVms: config.maxVms,
       maxTotalCpu: config.maxTotalCpu,
       maxTotalMemoryBytes: config.maxTotalMemoryBytes,
-      maxTotalDiskBytes: config.maxTotalDiskBytes ?? (await freeBytes(config.stateDir)),
+      maxTotalDiskBytes,
       maxTtlSeconds: config.maxTtlSeconds,
       maxReadBytes: config.maxConsoleReadBytes,
       consoleMaxBytes: config.consoleMaxBytes,
@@ -135,6 +141,10 @@ async function run(config: WorkerConfig): Promise<void> {
   if (http) console.log(`pcr-worker: health and metrics on http://${config.httpListen}/metrics`);
   logger.info({ socket: config.socket, tcp: config.tcp, backend: backend.name, http: config.httpListen }, "listening");
 
+  // Joined after the sockets listen: the worker serves them whatever NATS does.
+  const capacity = { vms: config.maxVms, cpu: config.maxTotalCpu, memoryBytes: config.maxTotalMemoryBytes, diskBytes: maxTotalDiskBytes };
+  const fleet = config.nats ? await startFleet(config, api, capacity, backend.name, records, logger) : undefined;
+
   let stopping = false;
   const shutdown = async (signal: string) => {
     if (stopping) return;
@@ -142,7 +152,9 @@ async function run(config: WorkerConfig): Promise<void> {
     ready = false;
     logger.info({ signal, stopVms: config.stopVmsOnExit }, "shutting down");
     clearInterval(sampler);
+    await fleet?.member.leave(); // gateways see no responder at once, and the heartbeat goes stale
     await server.close(); // stops accepting, lets calls in flight finish
+    await fleet?.nc.close();
     await service.closePools();
     if (config.stopVmsOnExit) await service.stopAll();
     else service.detachAll();
@@ -154,6 +166,65 @@ async function run(config: WorkerConfig): Promise<void> {
   };
   process.on("SIGTERM", () => void shutdown("SIGTERM"));
   process.on("SIGINT", () => void shutdown("SIGINT"));
+}
+
+/** Connects to NATS and joins the fleet as --host-id. */
+async function startFleet(
+  config: WorkerConfig,
+  api: WorkerApi,
+  capacity: Resources,
+  backend: string,
+  records: RecordRepo,
+  logger: Logger,
+): Promise<{ member: FleetMember; nc: Awaited<ReturnType<typeof connectFleet>> }> {
+  const servers = config.nats!.split(",").map((url) => url.trim());
+  const nc = await connectFleet({
+    servers,
+    hostId: config.hostId,
+    creds: config.natsCreds,
+    user: config.natsUser,
+    pass: config.natsPass,
+    token: config.natsToken,
+    ca: config.natsCa,
+    cert: config.natsCert,
+    key: config.natsKey,
+  });
+  // Read-only (loadAll is start-up recovery: it removes a save's temporary files); a record being
+  // written or removed is skipped until the next heartbeat.
+  const specs = async () => {
+    const read = (id: string) => readFile(join(records.vmDir(id), "vm.json"), "utf8").then((text) => JSON.parse(text) as VmRecord);
+    const found = await Promise.all((await api.listVms()).map((vm) => read(vm.id).catch(() => undefined)));
+    return found.flatMap((record) => (record?.spec ? [record.spec] : []));
+  };
+  const member = await joinFleet({
+    nc,
+    hostId: config.hostId,
+    labels: parseLabels(config.labels),
+    api,
+    capacity,
+    backend,
+    version: workerVersion(),
+    heartbeatMs: config.heartbeatMs,
+    replicas: config.natsReplicas,
+    logger,
+    storePaths: async () =>
+      (await specs()).flatMap((spec) => [spec.kernel, spec.initrd, spec.image]).filter((path) => path.startsWith("/nix/store/")),
+    diskBytesUsed: async () => (await specs()).reduce((sum, spec) => sum + (spec.dataDiskBytes ?? 0), 0),
+  });
+  // URLs may hold user:password@: never printed.
+  const shown = servers.map((url) => url.replace(/\/\/[^@/]*@/, "//")).join(",");
+  console.log(`pcr-worker: joined fleet at ${shown} as ${config.hostId}`);
+  return { member, nc };
+}
+
+/** The package's version, as the fleet registry shows it. */
+function workerVersion(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(join(dirname(fileURLToPath(import.meta.url)), "..", "..", "package.json"), "utf8"));
+    return /^[A-Za-z0-9._+-]{1,64}$/.test(pkg.version) ? pkg.version : "unknown";
+  } catch {
+    return "unknown";
+  }
 }
 
 /** The VMMs' cage, unless --no-cage (then every create logs that its VMM runs uncaged). */

@@ -1,7 +1,8 @@
 // Every VMM backend this worker can run, in one list. Adding a backend is a directory
 // worker/vmm/<backend>/ whose index.ts exports its descriptor (module.ts), plus one line in
 // BACKENDS: the --vmm choices, the binary config keys, detection and --check all come from here.
-// The fake backend (fake/) is not listed: tests and benches pass it explicitly (`backends`).
+// The fake backend (fake/) is not listed, so `auto` never takes it: tests and benches pass it
+// explicitly (`backends`), or name it (`--vmm fake`, EXPLICIT_BACKEND_NAMES) to run many cheap workers.
 import type { Logger } from "pino";
 import type { VmmBackend } from "../ports/index.js";
 import type { AcceleratorChoice } from "./accel.js";
@@ -17,6 +18,8 @@ export type KnownBackend = (typeof BACKENDS)[number]["name"];
 /** Config keys of the backends' binaries: qemuBinary, cloudHypervisorBinary, virtiofsdBinary. */
 export type BinaryKey = (typeof BACKENDS)[number]["binaries"][number]["configKey"];
 export const BACKEND_NAMES = BACKENDS.map((backend) => backend.name) as KnownBackend[];
+/** Backends chosen only by name, never by `auto` nor by --check's detection. */
+export const EXPLICIT_BACKEND_NAMES = ["fake"] as const;
 export const BINARY_SETTINGS: readonly (BinarySetting & { configKey: BinaryKey })[] = BACKENDS.flatMap((backend) => [...backend.binaries]);
 
 /** What selection reads of the worker's configuration. */
@@ -57,6 +60,7 @@ export async function checkBackends(
   config: BackendConfig,
   backends: readonly BackendModule[] = BACKENDS,
 ): Promise<{ text: string; ok: boolean }> {
+  if (config.vmm === "fake") return { text: "VMM backend: fake (--vmm fake): in memory, no VM is real", ok: true };
   const report = await detect(config, undefined, backends);
   return { text: formatDetectionReport(report), ok: report.chosen !== undefined };
 }
@@ -67,6 +71,12 @@ export async function selectBackend(
   logger: Logger,
   backends: readonly BackendModule[] = BACKENDS,
 ): Promise<VmmBackend> {
+  if (config.vmm === "fake") {
+    logger.warn("--vmm fake: VMs are not real (in memory, nothing boots); for tests and benches only");
+    // Loaded only when named, as every backend's implementation is.
+    const { createFakeBackend } = await import("./fake/index.js");
+    return createFakeBackend();
+  }
   const report = await detect(config, logger, backends);
   logger.info(
     {

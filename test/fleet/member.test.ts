@@ -1,0 +1,217 @@
+// A worker process joining a fleet (worker/fleet/member.ts) against a real single-node NATS: its
+// HostInfo heartbeats into pcr_hosts, its VMs' locations into pcr_vms, its events into PCR_EVENTS,
+// and its Worker interface answers on its host subject. Workers run `--vmm fake` (nothing boots),
+// outside a network namespace (NATS listens in this one) with --no-network --no-cage.
+import assert from "node:assert/strict";
+import { after, before, test } from "node:test";
+import { execa, type ResultPromise } from "execa";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { Kvm } from "@nats-io/kv";
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { parseHostInfo } from "../../worker/fleet/host-info.js";
+import { hostCallSubject, natsWorkerCaller } from "../../worker/fleet/nats-rpc.js";
+import { parseFleetEvent, parseVmLocation } from "../../worker/fleet/records.js";
+import { connectWorker, WorkerClient } from "../../worker/rpc/worker-client.js";
+import { startNats } from "../helpers/nats.js";
+import { testGuest, WORKER_BIN } from "../helpers/repo.js";
+
+const HEARTBEAT_MS = 300;
+const guest = testGuest();
+let nats: Awaited<ReturnType<typeof startNats>>;
+let nc: NatsConnection;
+const cleanups: Array<() => Promise<unknown>> = [];
+
+before(async () => {
+  nats = await startNats({ jetstream: true });
+  nc = await connect({ servers: nats.url });
+});
+after(async () => {
+  for (const cleanup of cleanups.reverse()) await cleanup().catch(() => undefined);
+  await nc?.close();
+  await nats?.stop();
+});
+
+interface Member {
+  socket: string;
+  dir: string;
+  stop(signal?: NodeJS.Signals): Promise<void>;
+  logs(): string;
+}
+
+/** A worker process with --nats, started as test/helpers/worker-process.ts does, minus the namespace. */
+async function startMember(hostId: string, reuseDir?: string, extraArgs: string[] = []): Promise<Member> {
+  const dir = reuseDir ?? (await mkdtemp(join(tmpdir(), "pcr-fleet-member-")));
+  if (!reuseDir) cleanups.push(() => rm(dir, { recursive: true, force: true }));
+  const socket = join(dir, "run", "worker.sock");
+  const args = ["--socket", socket, "--state-dir", join(dir, "state"), "--runtime-dir", join(dir, "run")];
+  args.push("--vmm", "fake", "--no-cage", "--no-network", "--http-listen", "off", "--stop-grace-ms", "0");
+  args.push("--nats", nats.url, "--host-id", hostId, "--label", "zone=test", "--heartbeat-ms", String(HEARTBEAT_MS), ...extraArgs);
+  let logText = "";
+  let out = "";
+  const child: ResultPromise = execa(process.execPath, [WORKER_BIN, ...args], { reject: false, buffer: false, stdin: "ignore" });
+  cleanups.push(async () => {
+    child.kill("SIGKILL");
+    await child;
+  });
+  child.stderr!.on("data", (chunk: Buffer) => (logText += chunk.toString()));
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`worker did not join in 20 s; logs:\n${logText}`)), 20_000);
+    child.stdout!.on("data", (chunk: Buffer) => {
+      out += chunk.toString();
+      if (out.includes("joined fleet at")) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    void child.then((result) => {
+      clearTimeout(timer);
+      reject(new Error(`worker exited (${result.exitCode ?? result.signal}) before joining; logs:\n${logText}`));
+    });
+  });
+  assert.match(out, new RegExp(`pcr-worker: joined fleet at ${nats.url} as ${hostId}\\n`));
+  return {
+    socket,
+    dir,
+    logs: () => logText,
+    async stop(signal = "SIGTERM") {
+      child.kill(signal);
+      await child;
+    },
+  };
+}
+
+/** Polls `probe` until it returns something other than undefined, or fails at the deadline. */
+async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+const kv = (name: string) => new Kvm(nc).open(name);
+
+async function hostEntry(hostId: string) {
+  const entry = await (await kv("pcr_hosts")).get(hostId);
+  return entry?.operation === "PUT" ? { info: parseHostInfo(entry.value), revision: entry.revision, created: entry.created } : undefined;
+}
+
+async function eventsOf(hostId: string, vmId: string): Promise<string[]> {
+  const jsm = await jetstreamManager(nc);
+  const info = await jsm.streams.info("PCR_EVENTS");
+  const statuses: string[] = [];
+  for (let seq = info.state.first_seq; seq <= info.state.last_seq && info.state.messages > 0; seq++) {
+    const msg = await jsm.streams.getMessage("PCR_EVENTS", { seq }).catch(() => undefined);
+    if (!msg || msg.subject !== `pcr.events.${hostId}`) continue;
+    const event = parseFleetEvent(msg.data);
+    if (event.vmId === vmId) statuses.push(event.status);
+  }
+  return statuses;
+}
+
+test("a worker with --nats heartbeats its HostInfo, answers on its subject, and publishes its VMs and their events", {
+  skip: "skip" in guest ? guest.skip : false,
+  timeout: 60_000,
+}, async () => {
+  if ("skip" in guest) return;
+  const member = await startMember("h1");
+  const first = await until("h1 in pcr_hosts", () => hostEntry("h1"));
+  assert.equal(first.info.backend, "fake");
+  assert.deepEqual(first.info.labels, { zone: "test" });
+  assert.deepEqual(first.info.used, { vms: 0, cpu: 0, memoryBytes: 0, diskBytes: 0 });
+  await until("a later heartbeat", async () => {
+    const now = await hostEntry("h1");
+    return now && now.revision > first.revision && now.info.seenAtMs > first.info.seenAtMs ? true : undefined;
+  });
+
+  const local = await connectWorker(member.socket);
+  cleanups.push(async () => local.close());
+  const id = await local.createVm(guest.input).catch((err) => {
+    throw new Error(`${(err as Error).message}; worker logs:\n${member.logs()}`);
+  });
+  const location = await until("the VM in pcr_vms", async () => {
+    const entry = await (await kv("pcr_vms")).get(id);
+    return entry?.operation === "PUT" ? parseVmLocation(entry.value) : undefined;
+  });
+  assert.equal(location.hostId, "h1");
+  assert.equal(location.view.id, id);
+  assert.equal(location.view.memoryBytes, String(guest.input.memoryBytes));
+  const withVm = await until("the VM counted in h1's heartbeat", async () => {
+    const now = await hostEntry("h1");
+    return now?.info.used.vms === 1 ? now.info : undefined;
+  });
+  assert.equal(withVm.used.cpu, guest.input.cpu);
+  assert.ok(withVm.store.count >= 1, "its store paths are in the summary");
+
+  const remote = new WorkerClient(natsWorkerCaller(nc, hostCallSubject("h1"), { timeoutMs: 5_000 }));
+  const views = await remote.listVms();
+  assert.deepEqual(
+    views.map((vm) => vm.id),
+    [id],
+  );
+  assert.equal((await remote.getVm(id)).status, "running");
+
+  await until("creating then running in PCR_EVENTS", async () => {
+    const statuses = await eventsOf("h1", id);
+    return statuses.includes("running") ? statuses : undefined;
+  }).then((statuses) => assert.deepEqual(statuses.slice(0, 2), ["creating", "running"]));
+
+  await remote.deleteVm(id);
+  await until("the VM gone from pcr_vms", async () => ((await (await kv("pcr_vms")).get(id))?.operation === "PUT" ? undefined : true));
+  const statuses = await eventsOf("h1", id);
+  assert.deepEqual(statuses.slice(0, 2), ["creating", "running"], "in order");
+  assert.ok(["stopped", "stopping"].includes(statuses.at(-1)!), `ends stopping or stopped: ${statuses.join(" ")}`);
+  await member.stop("SIGTERM");
+});
+
+test("a host SIGKILLed stops heartbeating; restarted with its host id and state it heartbeats again", {
+  skip: "skip" in guest ? guest.skip : false,
+  timeout: 60_000,
+}, async () => {
+  if ("skip" in guest) return;
+  const member = await startMember("h2");
+  const local = await connectWorker(member.socket);
+  const id = await local.createVm(guest.input);
+  local.close();
+  await until("h2's VM in pcr_vms", async () => ((await (await kv("pcr_vms")).get(id))?.operation === "PUT" ? true : undefined));
+
+  await member.stop("SIGKILL");
+  const last = (await hostEntry("h2"))!;
+  // Three heartbeats' time with no new entry: it stopped (the entry's age grows).
+  await new Promise((resolve) => setTimeout(resolve, 3 * HEARTBEAT_MS));
+  const stale = (await hostEntry("h2"))!;
+  assert.equal(stale.revision, last.revision, "no heartbeat after SIGKILL");
+  assert.ok(Date.now() - stale.created.getTime() >= 3 * HEARTBEAT_MS - 50);
+
+  const again = await startMember("h2", member.dir);
+  const back = await until("h2 heartbeating again", async () => {
+    const now = await hostEntry("h2");
+    return now && now.revision > last.revision ? now.info : undefined;
+  });
+  assert.ok(back.startedAtMs > last.info.startedAtMs, "a new process");
+  // The fake backend's VMMs live in the worker's memory: a restarted worker cannot adopt them, so
+  // its VM is listed (its record survives) but failed, and still located on h2 until deleted.
+  const remote = new WorkerClient(natsWorkerCaller(nc, hostCallSubject("h2"), { timeoutMs: 5_000 }));
+  const vm = await remote.getVm(id);
+  assert.equal(vm.id, id);
+  assert.notEqual(vm.status, "running", "the fake VMM did not survive the worker");
+  const location = parseVmLocation((await (await kv("pcr_vms")).get(id))!.value);
+  assert.equal(location.hostId, "h2");
+  assert.equal(back.used.vms, 0, "a VM whose VMM is gone takes nothing");
+  await again.stop("SIGTERM");
+});
+
+test("bad fleet flags stop the worker at start, naming them", { timeout: 30_000 }, async () => {
+  const result = await execa(process.execPath, [WORKER_BIN, "--nats", nats.url, "--host-id", "a.b", "--label", "novalue"], {
+    reject: false,
+    timeout: 20_000,
+  });
+  assert.equal(result.exitCode, 2, result.stderr);
+  assert.match(result.stderr, /--host-id: must be 1-64 of A-Z a-z 0-9 _ -/);
+  assert.match(result.stderr, /--label item 0: must be key=value/);
+});

@@ -1,0 +1,39 @@
+// The worker's one NATS connection to its fleet, from the --nats-* options. It never gives up
+// reconnecting: a fleet member outlives any NATS outage and resumes once a server is back.
+import { readFileSync } from "node:fs";
+import { type ConnectionOptions, connect, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
+
+export interface NatsConnectOptions {
+  /** Server URLs, several of one cluster for failover. */
+  servers: string[];
+  hostId: string;
+  creds?: string;
+  user?: string;
+  pass?: string;
+  token?: string;
+  /** TLS files as the NATS client defines them: a CA, and a client certificate and key. */
+  ca?: string;
+  cert?: string;
+  key?: string;
+}
+
+/** Between attempts to reach a server again; the client adds jitter. */
+const RECONNECT_WAIT_MS = 1_000;
+
+export function connectFleet(options: NatsConnectOptions): Promise<NatsConnection> {
+  const tls = options.ca || options.cert ? { caFile: options.ca, certFile: options.cert, keyFile: options.key } : undefined;
+  const connection: ConnectionOptions = {
+    servers: options.servers,
+    name: `pcr-worker ${options.hostId}`,
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: RECONNECT_WAIT_MS,
+    // Start even if no server answers yet: the member retries as it does after an outage.
+    waitOnFirstConnect: true,
+    user: options.user,
+    pass: options.pass,
+    token: options.token,
+    authenticator: options.creds ? credsAuthenticator(new Uint8Array(readFileSync(options.creds))) : undefined,
+    tls,
+  };
+  return connect(connection);
+}
