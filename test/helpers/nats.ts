@@ -33,6 +33,8 @@ export interface StartNatsOptions {
   maxPayload?: number;
   /** How long to wait for readiness. */
   readyTimeoutMs?: number;
+  /** The address clients connect to (a fleet test's bridge); routes and monitoring stay on 127.0.0.1. */
+  host?: string;
 }
 
 const READY_TIMEOUT_MS = 20_000;
@@ -70,6 +72,7 @@ async function startNodes(size: number, options: StartNatsOptions): Promise<Nats
   const states: NodeState[] = [];
   const timeoutMs = options.readyTimeoutMs ?? READY_TIMEOUT_MS;
   const clustered = size > 1;
+  const host = options.host ?? "127.0.0.1";
   const stop = async (): Promise<void> => {
     await Promise.all(states.map((state) => killNode(state)));
     rmSync(dir, { recursive: true, force: true });
@@ -82,7 +85,7 @@ async function startNodes(size: number, options: StartNatsOptions): Promise<Nats
       const routes = clustered ? ports.filter((_, j) => j % 3 === 2 && j !== i * 3 + 2).map((p) => `"nats-route://127.0.0.1:${p}"`) : [];
       const lines = [
         `server_name: ${name}`,
-        `listen: "127.0.0.1:${port}"`,
+        `listen: "${host}:${port}"`,
         `http: "127.0.0.1:${monitorPort}"`,
         ...(options.maxPayload ? [`max_payload: ${options.maxPayload}`] : []),
         ...(options.jetstream ? [`jetstream { store_dir: "${join(dir, name)}" }`] : []),
@@ -106,13 +109,13 @@ async function startNodes(size: number, options: StartNatsOptions): Promise<Nats
   return {
     nodes: states.map((state) => ({
       name: state.name,
-      url: `nats://127.0.0.1:${state.port}`,
+      url: `nats://${host}:${state.port}`,
       monitorUrl: `http://127.0.0.1:${state.monitorPort}`,
       get running() {
         return state.child !== undefined;
       },
     })),
-    urls: states.map((state) => `nats://127.0.0.1:${state.port}`),
+    urls: states.map((state) => `nats://${host}:${state.port}`),
     kill: (i) => killNode(node(i)),
     restart: async (i) => {
       const state = node(i);

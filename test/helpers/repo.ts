@@ -20,6 +20,7 @@ export const REPO_ROOT = findRepoRoot(dirname(fileURLToPath(import.meta.url)));
 export const DIST = join(REPO_ROOT, "dist");
 export const WORKER_BIN = join(DIST, "worker", "main.js");
 export const CLI_BIN = join(DIST, "cli", "main.js");
+export const GATEWAY_BIN = join(DIST, "worker", "fleet", "gateway-main.js");
 export const TEST_GUEST_DIR = join(REPO_ROOT, ".cache", "test-guest");
 export const TEST_GUEST_SPEC = join(TEST_GUEST_DIR, "spec.json");
 export const NIX_CACHE_URL = `file://${join(REPO_ROOT, ".cache", "nix-cache")}?compression=zstd`;

@@ -7,6 +7,8 @@ export interface NatsConnectOptions {
   /** Server URLs, several of one cluster for failover. */
   servers: string[];
   hostId: string;
+  /** How the servers list this client (default `pcr-worker <hostId>`). */
+  name?: string;
   creds?: string;
   user?: string;
   pass?: string;
@@ -24,7 +26,7 @@ export function connectFleet(options: NatsConnectOptions): Promise<NatsConnectio
   const tls = options.ca || options.cert ? { caFile: options.ca, certFile: options.cert, keyFile: options.key } : undefined;
   const connection: ConnectionOptions = {
     servers: options.servers,
-    name: `pcr-worker ${options.hostId}`,
+    name: options.name ?? `pcr-worker ${options.hostId}`,
     maxReconnectAttempts: -1,
     reconnectTimeWait: RECONNECT_WAIT_MS,
     // Start even if no server answers yet: the member retries as it does after an outage.

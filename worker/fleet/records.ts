@@ -2,7 +2,7 @@
 // and its lifecycle events (stream PCR_EVENTS). Gateways read both, so both are hostile bytes to
 // them until parsed here: bounded sizes, charsets and ranges, INVALID_ARGUMENT otherwise.
 import { z } from "zod";
-import type { VmEvent, VmView } from "../core/api.js";
+import type { VmEvent, VmStatus, VmView } from "../core/api.js";
 import { VM_STATUSES } from "../core/api.js";
 import { invalidArgument } from "../core/errors.js";
 
@@ -37,7 +37,7 @@ export type VmLocation = z.infer<typeof vmLocationSchema>;
 export const fleetEventSchema = z.object({
   hostId: z.string().regex(HOST_ID),
   vmId: z.string().regex(VM_ID),
-  status: z.enum(VM_STATUSES as [string, ...string[]]),
+  status: z.enum(VM_STATUSES as [VmStatus, ...VmStatus[]]),
   atMs: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER),
   reason: z.string().max(4096),
   /** The event's sequence on its host, since the worker process started. */
