@@ -224,3 +224,40 @@ describe("worker calls over nats", { timeout: 50_000 }, () => {
     await rejectsWith(worker.listVms(), "UNAVAILABLE", /no responder/);
   });
 });
+
+test("a call in flight when the NATS connection drops fails at once (UNAVAILABLE, outcome unknown), not at its timeout", async () => {
+  const nats = await startNats();
+  const connections: NatsConnection[] = [];
+  try {
+    const host = await connect({ servers: nats.url, reconnectTimeWait: 100 });
+    const caller = await connect({ servers: nats.url, reconnectTimeWait: 100 });
+    connections.push(host, caller);
+    const stuck = new (class extends FakeWorker {
+      override async getVm(id: string) {
+        await new Promise((resolve) => setTimeout(resolve, 20_000).unref());
+        return super.getVm(id);
+      }
+    })();
+    const subject = hostCallSubject("stuck-1");
+    const server = serveWorkerOverNats(host, subject, stuck, { logger });
+    await host.flush();
+    const started = Date.now();
+    const call = new WorkerClient(natsWorkerCaller(caller, subject, { timeoutMs: 60_000 })).getVm("vm-stuck");
+    const settled = call.then(
+      () => undefined,
+      (err: unknown) => err,
+    );
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    await nats.kill(0);
+    await rejectsWith(
+      settled.then((err) => Promise.reject(err)),
+      "UNAVAILABLE",
+      /dropped during the call: its outcome is unknown/,
+    );
+    assert.ok(Date.now() - started < 5_000, `failed after ${Date.now() - started} ms`);
+    void server;
+  } finally {
+    await Promise.all(connections.map((nc) => nc.close()));
+    await nats.stop();
+  }
+});

@@ -42,7 +42,7 @@ export interface TestFleet {
   destroy(): Promise<void>;
 }
 
-export async function startFleet(options: { natsNodes?: 1 | 3 } = {}): Promise<TestFleet> {
+export async function startFleet(options: { natsNodes?: 1 | 3; heartbeatMs?: number } = {}): Promise<TestFleet> {
   const net = await createFleetNet();
   const dir = await mkdtemp(join(tmpdir(), "pcr-fleet-"));
   let nats: NatsCluster;
@@ -68,7 +68,7 @@ export async function startFleet(options: { natsNodes?: 1 | 3 } = {}): Promise<T
       const netns = await createNetns("pcr-fh");
       netnses.push(netns);
       const link = await net.attach(netns);
-      const args = ["--nats", natsUrls, "--nats-replicas", replicas, "--host-id", id, "--heartbeat-ms", "500", ...extraArgs];
+      const args = ["--nats", natsUrls, "--nats-replicas", replicas, "--host-id", id, "--heartbeat-ms", String(options.heartbeatMs ?? 500), ...extraArgs];
       const stateDir = join(dir, id, "state");
       const runtimeDir = join(dir, id, "run");
       const worker = await joined(await startWorker({ extraArgs: args, reuse: { stateDir, runtimeDir, netns } }));

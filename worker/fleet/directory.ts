@@ -54,6 +54,10 @@ class BucketCache<T> {
     return this.entries.get(key)?.value;
   }
 
+  remember(key: string, value: T): void {
+    if (!this.entries.has(key)) this.entries.set(key, { value, atMs: Date.now(), revision: 0 });
+  }
+
   private apply(entry: KvEntry): void {
     const known = this.entries.get(entry.key);
     if (known && known.revision >= entry.revision) return;
@@ -128,6 +132,15 @@ export class FleetDirectory {
   /** Where a VM is: the cache, else NATS itself (a VM made through another gateway a moment ago). */
   async locate(vmId: string): Promise<VmLocation | undefined> {
     return this.vmCache.entries.get(vmId)?.value ?? (await this.vmCache.fetch(vmId));
+  }
+
+  /** A VM this gateway placed: routable at once; pcr_vms's own entry (any revision) replaces it. */
+  remember(location: VmLocation): void {
+    this.vmCache.remember(location.view.id, location);
+  }
+
+  forget(vmId: string): void {
+    this.vmCache.entries.delete(vmId);
   }
 
   vmsOn(hostId: string): VmLocation[] {

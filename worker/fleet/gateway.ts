@@ -4,7 +4,7 @@
 // what it keeps (FleetDirectory, reservations) is rebuilt from NATS or expires on its own.
 import { createHash, randomUUID } from "node:crypto";
 import type { NatsConnection } from "@nats-io/transport-node";
-import type { KV } from "@nats-io/kv";
+import type { KV, KvEntry } from "@nats-io/kv";
 import type { Logger } from "pino";
 import { z } from "zod";
 import type { CallerInfo, CreateVmOptions, FaultInput, FileWriteInput, OutputStream, VmSpecInput, VmView, WorkerApi } from "../core/api.js";
@@ -13,7 +13,7 @@ import { asWorkerError, invalidArgument, notFound, unavailable } from "../core/e
 import { WorkerClient } from "../rpc/worker-client.js";
 import type { FleetDirectory } from "./directory.js";
 import type { FleetEvents } from "./events.js";
-import { type VmLocation, encodeVmLocation } from "./records.js";
+import { type VmLocation, encodeVmLocation, vmLocationOf } from "./records.js";
 import { hostCallSubject, natsWorkerCaller } from "./nats-rpc.js";
 import { type PlacementRequest, placeVm, reserve } from "./placement.js";
 
@@ -60,6 +60,13 @@ const intentSchema = z.object({
 type Intent = z.infer<typeof intentSchema>;
 const encodeIntent = (intent: Intent) => new TextEncoder().encode(JSON.stringify(intent));
 
+/** An intent this gateway holds: its KV key and revision (for compare-and-set), and the request's fingerprint. */
+interface IntentRef {
+  key: string;
+  revision: number;
+  fingerprint: string;
+}
+
 /** A placement made but not yet in the host's heartbeat: counted as used, so hosts are not overfilled. */
 interface Reservation {
   request: PlacementRequest;
@@ -70,6 +77,8 @@ interface Reservation {
 export class FleetGateway implements WorkerApi {
   private readonly clients = new Map<string, { call: WorkerClient; list: WorkerClient }>();
   private readonly reservations = new Map<string, Set<Reservation>>();
+  /** VMs this gateway made whose intent and location are still being written. */
+  private readonly recording = new Map<string, Promise<unknown>>();
   private readonly callTimeoutMs: number;
   private readonly listTimeoutMs: number;
 
@@ -108,62 +117,95 @@ export class FleetGateway implements WorkerApi {
   private async locate(id: string): Promise<VmLocation> {
     // Ids are also KV keys: anything else cannot name a VM, and must not reach NATS as a key.
     if (!/^vm-[0-9a-f]{1,32}$/.test(id)) throw notFound(`no VM ${JSON.stringify(id.slice(0, 80))} in the fleet`);
-    const location = await this.options.directory.locate(id).catch((err: Error) => {
-      throw unavailable(`cannot reach the fleet's VM directory: ${err.message}`);
-    });
+    const location =
+      (await this.options.directory.locate(id).catch((err: Error) => {
+        throw unavailable(`cannot reach the fleet's VM directory: ${err.message}`);
+      })) ?? (await this.ask(id));
     if (!location) throw notFound(`no VM ${id} in the fleet`);
+    return location;
+  }
+
+  /** A VM pcr_vms does not have yet (made a moment ago through another gateway): asked of every live host. */
+  private async ask(id: string): Promise<VmLocation | undefined> {
+    const { directory } = this.options;
+    const live = directory.hosts().filter(({ info }) => !directory.isLost(info.hostId));
+    const answers = await Promise.all(
+      live.map(({ info }) =>
+        this.client(info.hostId, "list")
+          .getVm(id)
+          .then((view) => vmLocationOf(info.hostId, view))
+          .catch(() => undefined),
+      ),
+    );
+    const location = answers.find((answer) => answer !== undefined);
+    if (location) directory.remember(location);
     return location;
   }
 
   // --- creating ------------------------------------------------------------------------------
 
   async createVm(spec: VmSpecInput, options: CreateVmOptions, _caller?: CallerInfo): Promise<string> {
-    const key = options.idempotencyKey || `gateway-${randomUUID()}`;
+    const request = placementRequest(spec, options);
+    if (!options.idempotencyKey) {
+      // Only the client can retry through another gateway, and only with a key it knows: without
+      // one no intent is kept. The host still gets a key, so this gateway's own retry elsewhere
+      // (a host that answered nobody, or was full) never makes two VMs.
+      const withKey = { ...options, idempotencyKey: `gateway-${randomUUID()}` };
+      return this.placeAndSend(spec, withKey, request, async () => undefined);
+    }
+    const key = options.idempotencyKey;
     const intentKey = createHash("sha256").update(key).digest("hex");
     const fingerprint = requestFingerprint(spec, options);
-    const request = placementRequest(spec, options);
     const { intents } = this.options.buckets;
     const excluded = new Set<string>();
     for (let attempt = 0; attempt < 8; attempt++) {
-      const entry = await patiently("cannot read the create's intent", () => intents.get(intentKey));
-      if (entry && entry.operation === "PUT") {
-        const intent = intentSchema.parse(entry.json());
-        if (intent.fingerprint !== fingerprint)
-          throw invalidArgument(`idempotency key ${JSON.stringify(key)} was used for a different request`);
-        if (intent.state === "created" && intent.vmId) return intent.vmId;
-        // Placed by an earlier try or another gateway: ask that host again, which answers the one VM.
-        const answer = await this.send(
-          intent.hostId,
-          spec,
-          { ...options, idempotencyKey: key },
-          request,
-          intentKey,
-          entry.revision,
-          fingerprint,
-        );
-        if (answer !== "elsewhere") return answer;
-        excluded.add(intent.hostId);
-        continue;
+      // Write-ahead: the intent names the host before the host is asked, so that a retry from
+      // any gateway follows it there. A new key has none: create it, and read only when it exists.
+      let entry: KvEntry | null = null;
+      try {
+        return await this.placeAndSend(spec, options, request, async (hostId) => {
+          const placed = encodeIntent({ state: "placed", hostId, fingerprint, atMs: Date.now() });
+          const revision = await patiently("cannot record the create's intent", () => intents.create(intentKey, placed));
+          return { key: intentKey, revision, fingerprint };
+        }, excluded);
+      } catch (err) {
+        // Another gateway has it, or our own create landed before a failover lost its answer.
+        if (!/wrong last sequence|key exists/i.test((err as Error).message)) throw err;
+        entry = await patiently("cannot read the create's intent", () => intents.get(intentKey));
       }
+      if (!entry || entry.operation !== "PUT") continue; // gone meanwhile: place again
+      const intent = intentSchema.parse(entry.json());
+      if (intent.fingerprint !== fingerprint) throw invalidArgument(`idempotency key ${JSON.stringify(key)} was used for a different request`);
+      if (intent.state === "created" && intent.vmId) return intent.vmId;
+      // Placed by an earlier try or another gateway: ask that host again, which answers the one VM.
+      const ref = { key: intentKey, revision: entry.revision, fingerprint };
+      const answer = await this.send(intent.hostId, spec, options, request, ref);
+      if (answer !== "elsewhere") return answer;
+      excluded.add(intent.hostId);
+    }
+    throw unavailable(`could not place the VM after 8 attempts (idempotency key ${JSON.stringify(key)})`);
+  }
+
+  /** Places, records the intent (if any), sends; again elsewhere while a host turns out full or gone. */
+  private async placeAndSend(
+    spec: VmSpecInput,
+    options: CreateVmOptions,
+    request: PlacementRequest,
+    recordIntent: (hostId: string) => Promise<IntentRef | undefined>,
+    excluded = new Set<string>(),
+  ): Promise<string> {
+    for (let attempt = 0; attempt < 8; attempt++) {
       const hosts = this.options.directory.placementHosts().filter((host) => !excluded.has(host.hostId));
       const withReservations = hosts.map((host) =>
         [...(this.reservations.get(host.hostId) ?? [])].reduce((h, r) => reserve(h, r.request), host),
       );
       const { hostId } = placeVm(request, withReservations, Date.now(), { lostAfterMs: this.options.directory.lostAfterMs });
-      let revision: number;
-      try {
-        const intent = encodeIntent({ state: "placed", hostId, fingerprint, atMs: Date.now() });
-        revision = await patiently("cannot record the create's intent", () => intents.create(intentKey, intent));
-      } catch (err) {
-        // Another gateway has it, or our own create landed before a failover lost its answer: follow the intent.
-        if (/wrong last sequence|key exists/i.test((err as Error).message)) continue;
-        throw err;
-      }
-      const answer = await this.send(hostId, spec, { ...options, idempotencyKey: key }, request, intentKey, revision, fingerprint);
+      const intent = await recordIntent(hostId);
+      const answer = await this.send(hostId, spec, options, request, intent);
       if (answer !== "elsewhere") return answer;
       excluded.add(hostId);
     }
-    throw unavailable(`could not place the VM after 8 attempts (idempotency key ${JSON.stringify(key)})`);
+    throw unavailable(`could not place the VM after 8 attempts (idempotency key ${JSON.stringify(options.idempotencyKey)})`);
   }
 
   /** Sends the create to its host; "elsewhere" when that host refused for room and the intent is gone. */
@@ -172,12 +214,14 @@ export class FleetGateway implements WorkerApi {
     spec: VmSpecInput,
     options: CreateVmOptions,
     request: PlacementRequest,
-    intentKey: string,
-    revision: number,
-    fingerprint: string,
+    intent: IntentRef | undefined,
   ): Promise<string | "elsewhere"> {
     const key = options.idempotencyKey!;
     const { intents, vms } = this.options.buckets;
+    const dropIntent = async () => {
+      if (!intent) return;
+      await patiently("cannot drop the intent", () => intents.delete(intent.key, { previousSeq: intent.revision })).catch(() => undefined);
+    };
     if (this.options.directory.isLost(hostId)) {
       throw unavailable(
         `this create went to host ${hostId}, which is lost: it may have made the VM; retry with idempotency key ${JSON.stringify(key)}`,
@@ -196,7 +240,7 @@ export class FleetGateway implements WorkerApi {
       // No responder: NATS delivered the request to nobody, so nothing was made (a host just killed).
       const undelivered = error.code === "UNAVAILABLE" && /no responder/.test(error.message);
       if (undelivered) {
-        await patiently("cannot drop the intent", () => intents.delete(intentKey, { previousSeq: revision })).catch(() => undefined);
+        await dropIntent();
         if (!request.constraints?.hostId) return "elsewhere";
         throw error;
       }
@@ -206,20 +250,25 @@ export class FleetGateway implements WorkerApi {
             `retry with idempotency key ${JSON.stringify(key)}`,
         );
       }
-      await patiently("cannot drop the intent", () => intents.delete(intentKey, { previousSeq: revision })).catch(() => undefined);
+      await dropIntent();
       // Full after all (its heartbeat was behind): place again elsewhere.
       if (error.code === "RESOURCE_EXHAUSTED" && !request.constraints?.hostId) return "elsewhere";
       throw error;
     }
     const backend = this.options.directory.host(hostId)?.info.backend ?? "unknown";
     const location: VmLocation = { hostId, view: shortView(id, spec, backend) };
-    // Should these fail, the intent stays `placed` and a retry asks the host, which answers this VM again.
-    await Promise.all([
-      patiently("intent", () =>
-        intents.update(intentKey, encodeIntent({ state: "created", hostId, vmId: id, fingerprint, atMs: Date.now() }), revision),
-      ),
+    // Answered before these land: this gateway routes by its own cache at once, others find the VM
+    // on its host should they ask before pcr_vms has it. Should they fail, the intent stays `placed`
+    // and a retry asks the host, which answers this VM again.
+    this.options.directory.remember(location);
+    const created = intent && encodeIntent({ state: "created", hostId, vmId: id, fingerprint: intent.fingerprint, atMs: Date.now() });
+    const recorded = Promise.all([
+      created && patiently("intent", () => intents.update(intent!.key, created, intent!.revision)),
       patiently("location", () => vms.put(id, encodeVmLocation(location))),
-    ]).catch((err: Error) => this.options.logger.warn({ vmId: id, hostId, err: err.message }, "cannot record a created VM in NATS"));
+    ])
+      .catch((err: Error) => this.options.logger.warn({ vmId: id, hostId, err: err.message }, "cannot record a created VM in NATS"))
+      .finally(() => this.recording.delete(id));
+    this.recording.set(id, recorded);
     return id;
   }
 
@@ -256,6 +305,8 @@ export class FleetGateway implements WorkerApi {
 
   async deleteVm(id: string, _caller?: CallerInfo): Promise<void> {
     await (await this.hostOf(id)).deleteVm(id);
+    await this.recording.get(id); // else its location could land after the delete below
+    this.options.directory.forget(id);
     await this.options.buckets.vms.delete(id).catch(() => undefined); // the host removes it too
   }
 

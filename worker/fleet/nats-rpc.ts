@@ -219,10 +219,15 @@ export function natsWorkerCaller(nc: NatsConnection, subject: string, options: N
       hdrs.set(Header.requestId, randomUUID());
       hdrs.set(Header.timeoutMs, String(options.timeoutMs));
       let answer: Msg;
+      const dropped = onDisconnect(nc);
       try {
-        answer = await nc.request(subject, body, { timeout: options.timeoutMs, headers: hdrs });
+        const request = nc.request(subject, body, { timeout: options.timeoutMs, headers: hdrs });
+        request.catch(() => undefined); // when the connection dropped first, its end no longer matters
+        answer = await Promise.race([request, dropped.promise]);
       } catch (err) {
         throw requestFailure(err, host, options.timeoutMs);
+      } finally {
+        dropped.done();
       }
       const type = answer.headers?.get(Header.error);
       if (type) {
@@ -237,6 +242,36 @@ export function natsWorkerCaller(nc: NatsConnection, subject: string, options: N
     },
     close() {},
   };
+}
+
+/** Calls in flight on each connection, failed at once when it drops. */
+const inFlight = new WeakMap<NatsConnection, Set<(err: WorkerError) => void>>();
+
+/**
+ * Rejects when `nc` disconnects. A reply the host sent meanwhile is lost with the old connection,
+ * so the call would wait out its whole timeout (minutes, for a create): its caller learns at once
+ * that the outcome is unknown instead, and may retry (a create with its idempotency key).
+ */
+function onDisconnect(nc: NatsConnection): { promise: Promise<never>; done: () => void } {
+  let waiters = inFlight.get(nc);
+  if (!waiters) {
+    const all = new Set<(err: WorkerError) => void>();
+    waiters = all;
+    inFlight.set(nc, all);
+    void (async () => {
+      for await (const status of nc.status()) {
+        if (status.type !== "disconnect") continue;
+        const error = new WorkerError("UNAVAILABLE", "the NATS connection dropped during the call: its outcome is unknown");
+        for (const fail of all) fail(error);
+        all.clear();
+      }
+    })().catch(() => undefined);
+  }
+  let fail!: (err: WorkerError) => void;
+  const promise = new Promise<never>((_, reject) => (fail = reject));
+  promise.catch(() => undefined);
+  waiters.add(fail);
+  return { promise, done: () => waiters.delete(fail) };
 }
 
 function requestFailure(err: unknown, host: string, timeoutMs: number): WorkerError {
