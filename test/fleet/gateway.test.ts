@@ -222,7 +222,8 @@ describe("a 3-node NATS cluster: a node killed under load loses no request and m
   before(async () => {
     fleet = await startFleet({ natsNodes: 3 });
     try {
-      for (const id of ["h1", "h2", "h3"]) await fleet.addHost(id, ["--vmm", "fake", "--no-cage", "--no-network", "--max-vms", "20", "--max-total-cpu", "40"]);
+      for (const id of ["h1", "h2", "h3"])
+        await fleet.addHost(id, ["--vmm", "fake", "--no-cage", "--no-network", "--max-vms", "20", "--max-total-cpu", "40"]);
     } catch (err) {
       await fleet.destroy();
       throw err;

@@ -68,7 +68,17 @@ export async function startFleet(options: { natsNodes?: 1 | 3; heartbeatMs?: num
       const netns = await createNetns("pcr-fh");
       netnses.push(netns);
       const link = await net.attach(netns);
-      const args = ["--nats", natsUrls, "--nats-replicas", replicas, "--host-id", id, "--heartbeat-ms", String(options.heartbeatMs ?? 500), ...extraArgs];
+      const args = [
+        "--nats",
+        natsUrls,
+        "--nats-replicas",
+        replicas,
+        "--host-id",
+        id,
+        "--heartbeat-ms",
+        String(options.heartbeatMs ?? 500),
+        ...extraArgs,
+      ];
       const stateDir = join(dir, id, "state");
       const runtimeDir = join(dir, id, "run");
       const worker = await joined(await startWorker({ extraArgs: args, reuse: { stateDir, runtimeDir, netns } }));

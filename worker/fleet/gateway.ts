@@ -9,7 +9,7 @@ import type { Logger } from "pino";
 import { z } from "zod";
 import type { CallerInfo, CreateVmOptions, FaultInput, FileWriteInput, OutputStream, VmSpecInput, VmView, WorkerApi } from "../core/api.js";
 import { zeroCounters } from "../core/api.js";
-import { asWorkerError, invalidArgument, notFound, unavailable } from "../core/errors.js";
+import { asWorkerError, internal, invalidArgument, notFound, unavailable } from "../core/errors.js";
 import { WorkerClient } from "../rpc/worker-client.js";
 import type { FleetDirectory } from "./directory.js";
 import type { FleetEvents } from "./events.js";
@@ -163,19 +163,29 @@ export class FleetGateway implements WorkerApi {
       // any gateway follows it there. A new key has none: create it, and read only when it exists.
       let entry: KvEntry | null = null;
       try {
-        return await this.placeAndSend(spec, options, request, async (hostId) => {
-          const placed = encodeIntent({ state: "placed", hostId, fingerprint, atMs: Date.now() });
-          const revision = await patiently("cannot record the create's intent", () => intents.create(intentKey, placed));
-          return { key: intentKey, revision, fingerprint };
-        }, excluded);
+        return await this.placeAndSend(
+          spec,
+          options,
+          request,
+          async (hostId) => {
+            const placed = encodeIntent({ state: "placed", hostId, fingerprint, atMs: Date.now() });
+            const revision = await patiently("cannot record the create's intent", () => intents.create(intentKey, placed));
+            return { key: intentKey, revision, fingerprint };
+          },
+          excluded,
+        );
       } catch (err) {
         // Another gateway has it, or our own create landed before a failover lost its answer.
         if (!/wrong last sequence|key exists/i.test((err as Error).message)) throw err;
         entry = await patiently("cannot read the create's intent", () => intents.get(intentKey));
       }
-      if (!entry || entry.operation !== "PUT") continue; // gone meanwhile: place again
-      const intent = intentSchema.parse(entry.json());
-      if (intent.fingerprint !== fingerprint) throw invalidArgument(`idempotency key ${JSON.stringify(key)} was used for a different request`);
+      if (entry?.operation !== "PUT") continue; // gone meanwhile: place again
+      const parsed = intentSchema.safeParse(JSON.parse(new TextDecoder().decode(entry.value.subarray(0, 4096)) || "null"));
+      if (!parsed.success) throw internal(`the intent of idempotency key ${JSON.stringify(key)} in NATS is unreadable`);
+      const intent = parsed.data;
+      if (intent.fingerprint !== fingerprint) {
+        throw invalidArgument(`idempotency key ${JSON.stringify(key)} was used for a different request`);
+      }
       if (intent.state === "created" && intent.vmId) return intent.vmId;
       // Placed by an earlier try or another gateway: ask that host again, which answers the one VM.
       const ref = { key: intentKey, revision: entry.revision, fingerprint };
