@@ -15,6 +15,7 @@ import { parseHostInfo } from "../../worker/fleet/host-info.js";
 import { hostCallSubject, natsWorkerCaller } from "../../worker/fleet/nats-rpc.js";
 import { parseFleetEvent, parseVmLocation } from "../../worker/fleet/records.js";
 import { connectWorker, WorkerClient } from "../../worker/rpc/worker-client.js";
+import { waitForOutput } from "../helpers/child-output.js";
 import { startNats } from "../helpers/nats.js";
 import { testGuest, WORKER_BIN } from "../helpers/repo.js";
 
@@ -50,27 +51,13 @@ async function startMember(hostId: string, reuseDir?: string, extraArgs: string[
   args.push("--vmm", "fake", "--no-cage", "--no-network", "--http-listen", "off", "--stop-grace-ms", "0");
   args.push("--nats", nats.url, "--host-id", hostId, "--label", "zone=test", "--heartbeat-ms", String(HEARTBEAT_MS), ...extraArgs);
   let logText = "";
-  let out = "";
   const child: ResultPromise = execa(process.execPath, [WORKER_BIN, ...args], { reject: false, buffer: false, stdin: "ignore" });
   cleanups.push(async () => {
     child.kill("SIGKILL");
     await child;
   });
   child.stderr!.on("data", (chunk: Buffer) => (logText += chunk.toString()));
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`worker did not join in 20 s; logs:\n${logText}`)), 20_000);
-    child.stdout!.on("data", (chunk: Buffer) => {
-      out += chunk.toString();
-      if (out.includes("joined fleet at")) {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-    void child.then((result) => {
-      clearTimeout(timer);
-      reject(new Error(`worker exited (${result.exitCode ?? result.signal}) before joining; logs:\n${logText}`));
-    });
-  });
+  const out = await waitForOutput(child, "joined fleet at", "worker", 20_000, () => logText);
   assert.match(out, new RegExp(`pcr-worker: joined fleet at ${nats.url} as ${hostId}\\n`));
   return {
     socket,

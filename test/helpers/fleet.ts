@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { type WorkerClient, connectWorker } from "../../worker/rpc/worker-client.js";
 import { type FleetLink, type FleetNet, createFleetNet } from "./fleet-net.js";
 import { type NatsCluster, startNats, startNatsCluster } from "./nats.js";
+import { waitForOutput } from "./child-output.js";
 import { createNetns, deleteNetns } from "./netns.js";
 import { GATEWAY_BIN } from "./repo.js";
 import { type WorkerProcess, destroyWorker, startWorker } from "./worker-process.js";
@@ -131,21 +132,7 @@ async function startGateway(socket: string, natsUrls: string, replicas: string):
   child.stderr!.on("data", (chunk: Buffer) => {
     logText += chunk.toString();
   });
-  await new Promise<void>((resolve, reject) => {
-    let out = "";
-    const timer = setTimeout(() => reject(new Error(`gateway did not start in 30 s; logs:\n${logText}`)), 30_000);
-    child.stdout!.on("data", (chunk: Buffer) => {
-      out += chunk.toString();
-      if (out.includes("listening on")) {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-    child.then((result) => {
-      clearTimeout(timer);
-      reject(new Error(`gateway exited (${result.exitCode ?? result.signal}) before listening; logs:\n${logText}`));
-    });
-  }).catch(async (err) => {
+  await waitForOutput(child, "listening on", "gateway", 30_000, () => logText).catch(async (err) => {
     child.kill("SIGKILL");
     await child.catch(() => undefined);
     throw err;

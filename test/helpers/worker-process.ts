@@ -4,6 +4,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CLI_BIN, NIX_CACHE_URL, WORKER_BIN } from "./repo.js";
+import { waitForOutput } from "./child-output.js";
 import { createNetns, deleteNetns } from "./netns.js";
 
 export interface WorkerProcess {
@@ -58,21 +59,7 @@ export async function startWorker(options: StartOptions = {}): Promise<WorkerPro
   child.stderr!.on("data", (chunk: Buffer) => {
     logText += chunk.toString();
   });
-  const listening = new Promise<void>((resolve, reject) => {
-    let out = "";
-    const timer = setTimeout(() => reject(new Error(`worker did not start in 60 s; logs:\n${logText}`)), 60_000);
-    child.stdout!.on("data", (chunk: Buffer) => {
-      out += chunk.toString();
-      if (out.includes("listening on")) {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-    child.then((result) => {
-      clearTimeout(timer);
-      reject(new Error(`worker exited (${result.exitCode ?? result.signal}) before listening; logs:\n${logText}`));
-    });
-  });
+  const listening = waitForOutput(child, "listening on", "worker", 60_000, () => logText);
   try {
     await listening;
   } catch (err) {

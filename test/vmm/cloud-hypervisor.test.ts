@@ -18,7 +18,8 @@ import { isSameLiveProcess } from "../../worker/process/proc.js";
 import { FAKE_CH_BINARY, FAKE_RUST_VIRTIOFSD } from "../fixtures/ch/fixtures.js";
 import { PARKED_MAC } from "../../worker/ports/network.js";
 import { FileSnapshots } from "../../worker/state/snapshots.js";
-import { createCage, defaultCageHelper } from "../../worker/cage/cage.js";
+import { defaultCageHelper } from "../../worker/cage/cage.js";
+import { testCage } from "../helpers/cage.js";
 import { REPO_ROOT, testGuest } from "../helpers/repo.js";
 import { rejectsWith } from "../helpers/errors.js";
 
@@ -542,14 +543,7 @@ describe("Cloud Hypervisor backend against the contract fake (not real Cloud Hyp
     }, async () => {
       const runtimeDir = await mkdtemp(join(tmpdir(), "pcr-ch-cage-"));
       cleanups.push(() => rm(runtimeDir, { recursive: true, force: true }));
-      const cage = createCage({
-        uidRange: { first: 45100, last: 45199 },
-        memoryOverheadBytes: 256 * 1024 ** 2,
-        pidsMax: 256,
-        nofile: 4096,
-        runtimeDir,
-        logger,
-      });
+      const cage = testCage(runtimeDir, 45100);
       /** A spec with no TAP (none to hand over here), caged; the stand-in is a Node script of this checkout. */
       const caged = async (id: string, extra: Partial<VmLaunchSpec> = {}) => {
         const spec = await makeSpec({ id, ...extra });
@@ -598,14 +592,7 @@ describe("Cloud Hypervisor backend against the contract fake (not real Cloud Hyp
       const hostDir = await mkdtemp(join(tmpdir(), "pcr-ch-share-"));
       cleanups.push(() => rm(hostDir, { recursive: true, force: true }));
       await writeFile(join(hostDir, "token"), "s3cret", { mode: 0o400 });
-      const cage = createCage({
-        uidRange: { first: 45100, last: 45199 },
-        memoryOverheadBytes: 256 * 1024 ** 2,
-        pidsMax: 256,
-        nofile: 4096,
-        runtimeDir,
-        logger,
-      });
+      const cage = testCage(runtimeDir, 45100);
       const spec = await makeSpec({ id: "vm-ch-share", share: { tag: "secrets", hostDir } });
       const made = await cage.prepare(spec.id, { memoryBytes: spec.memoryBytes, vmDir: spec.vmDir, shared: hostDir, storePaths: [] });
       cleanups.push(() => cage.release(spec.id));

@@ -13,7 +13,8 @@ import { detectAccelerator } from "../../worker/vmm/accel.js";
 import { isSameLiveProcess } from "../../worker/process/proc.js";
 import { extraCmdlineFor, qemuArgv } from "../../worker/vmm/qemu/backend.js";
 import { detectVirtiofsd, startVirtiofsd, virtiofsdArgs, type VirtiofsdHandle } from "../../worker/vmm/cloud-hypervisor/virtiofsd.js";
-import { createCage, defaultCageHelper } from "../../worker/cage/cage.js";
+import { defaultCageHelper } from "../../worker/cage/cage.js";
+import { testCage } from "../helpers/cage.js";
 import { virtiofsdCage } from "../../worker/vmm/cloud-hypervisor/backend.js";
 import { REPO_ROOT, testGuest } from "../helpers/repo.js";
 import { FAKE_RUST_VIRTIOFSD } from "../fixtures/ch/fixtures.js";
@@ -142,14 +143,7 @@ test("caged, virtiofsd runs as the VM's uid under seccomp, seeing its share and 
   const shared = await tempDir("pcr-vfsd-share-");
   await writeFile(join(shared, "token"), "s3cret", { mode: 0o400 });
   await chmod(shared, 0o700);
-  const cage = createCage({
-    uidRange: { first: 45200, last: 45299 },
-    memoryOverheadBytes: 256 * 1024 ** 2,
-    pidsMax: 64,
-    nofile: 1024,
-    runtimeDir,
-    logger,
-  });
+  const cage = testCage(runtimeDir, 45200);
   const made = await cage.prepare("vm-vfsd-caged", { memoryBytes: 64 * 1024 ** 2, vmDir, shared, storePaths: ["/nix/store/k-vmlinux"] });
   cleanups.push(() => cage.release("vm-vfsd-caged"));
   // The stand-in is a Node script of this checkout: bound in as a Nix-built virtiofsd's closure would be.
