@@ -193,6 +193,30 @@ test("a host SIGKILLed stops heartbeating; restarted with its host id and state 
   await again.stop("SIGTERM");
 });
 
+test("NATS down and back: the member reconnects, heartbeats again and answers on its subject", {
+  skip: "skip" in guest ? guest.skip : false,
+  timeout: 60_000,
+}, async () => {
+  const member = await startMember("h3");
+  const before = await until("h3 in pcr_hosts", () => hostEntry("h3"));
+  await nats.kill(0);
+  await new Promise((resolve) => setTimeout(resolve, 1_000)); // a few missed heartbeats
+  await nats.restart(0);
+  const after = await until(
+    "h3 heartbeating after the outage",
+    async () => {
+      const now = await hostEntry("h3").catch(() => undefined); // the test's own client reconnects too
+      return now && now.revision > before.revision ? now.info : undefined;
+    },
+    20_000,
+  );
+  assert.equal(after.startedAtMs, before.info.startedAtMs, "the same process, not a restart");
+  const remote = new WorkerClient(natsWorkerCaller(nc, hostCallSubject("h3"), { timeoutMs: 5_000 }));
+  const views = await until("h3 answering on its subject", () => remote.listVms().catch(() => undefined), 20_000);
+  assert.deepEqual(views, []);
+  await member.stop("SIGTERM");
+});
+
 test("bad fleet flags stop the worker at start, naming them", { timeout: 30_000 }, async () => {
   const result = await execa(process.execPath, [WORKER_BIN, "--nats", nats.url, "--host-id", "a.b", "--label", "novalue"], {
     reject: false,
