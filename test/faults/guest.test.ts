@@ -11,6 +11,7 @@ import { FAULT_TABLE } from "../../worker/faults/nft-faults.js";
 import { testGuest } from "../helpers/repo.js";
 import { waitFor } from "../helpers/vm.js";
 import { GuestWorld, PEER_IP, TICK_SCRIPT, type Tick } from "./guest-world.js";
+import { tapName } from "../../worker/net/ip.js";
 import { rejectsWith } from "../helpers/errors.js";
 
 const guest = testGuest();
@@ -57,7 +58,7 @@ describe("fault injection on a real guest", { skip }, () => {
     world = await GuestWorld.create();
     id = await world.createVm((guest as { input: VmSpecInput }).input, TICK_SCRIPT, 64n * MIB);
     const vm = await world.client.getVm(id);
-    tap = `pcr-${id.slice(3)}`;
+    tap = tapName(id);
     assert.equal(vm.status, "running");
     qdiscBefore = await qdiscs();
     await world.ticks(id, 0n, 2, 90_000);

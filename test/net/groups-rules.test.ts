@@ -12,6 +12,7 @@ import { createNetFaults } from "../../worker/faults/net-faults.js";
 import { FAULT_TABLE } from "../../worker/faults/nft-faults.js";
 import { createNetwork, type NetworkOptions } from "../../worker/net/network.js";
 import type { NetworkPort, VmNetwork } from "../../worker/ports/index.js";
+import { tapName } from "../../worker/net/ip.js";
 import { rejectsWith } from "../helpers/errors.js";
 import { Topology, UPLINK } from "./topology.js";
 
@@ -66,7 +67,7 @@ describe("group rules in a namespace", { skip }, () => {
     for (const id of ids) await network.attach(id, []);
     // TAP MACs are random: set them low, so that each would be the bridge's in turn.
     for (const [index, id] of ids.entries()) {
-      await execa("ip", ["-n", world.ns, "link", "set", "dev", `pcr-${id.slice(3)}`, "address", `02:00:00:00:00:0${index + 1}`]);
+      await execa("ip", ["-n", world.ns, "link", "set", "dev", tapName(id), "address", `02:00:00:00:00:0${index + 1}`]);
     }
     for (const id of ids) {
       assert.equal(await bridgeMac(), gatewayMac);
