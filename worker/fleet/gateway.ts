@@ -10,6 +10,7 @@ import { z } from "zod";
 import type { CallerInfo, CreateVmOptions, FaultInput, FileWriteInput, OutputStream, VmSpecInput, VmView, WorkerApi } from "../core/api.js";
 import { zeroCounters } from "../core/api.js";
 import { asWorkerError, internal, invalidArgument, notFound, unavailable } from "../core/errors.js";
+import { checkSameRequest, idempotencyRecord } from "../core/idempotency.js";
 import { WorkerClient } from "../rpc/worker-client.js";
 import type { FleetDirectory } from "./directory.js";
 import type { FleetEvents } from "./events.js";
@@ -49,22 +50,44 @@ async function patiently<T>(what: string, op: () => Promise<T>, budgetMs = 15_00
 /** Codes after which the host certainly made no VM: the intent is dropped and the key may be used again. */
 const DEFINITE_REFUSALS = new Set(["INVALID_ARGUMENT", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED", "NOT_FOUND", "ALREADY_EXISTS"]);
 
-const intentSchema = z.object({
+/**
+ * What an intent keeps of its request, so that a key reused for another request is refused, not
+ * answered: as a worker keeps it (core/idempotency.ts), the secrets only as a salted HMAC.
+ */
+const printSchema = z.object({
+  /** sha256 of everything but the secrets. */
+  requestHash: z.string().regex(/^[0-9a-f]{64}$/),
+  secretsSalt: z.string().regex(/^[0-9a-f]{32}$/),
+  secretsHash: z.string().regex(/^[0-9a-f]{64}$/),
+});
+type RequestPrint = z.infer<typeof printSchema>;
+const intentSchema = printSchema.extend({
   state: z.enum(["placed", "created"]),
   hostId: z.string().max(64),
   vmId: z.string().max(64).optional(),
-  /** sha256 of the request, so that a key reused for another request is refused, not answered. */
-  fingerprint: z.string().length(64),
   atMs: z.number().int(),
 });
 type Intent = z.infer<typeof intentSchema>;
 const encodeIntent = (intent: Intent) => new TextEncoder().encode(JSON.stringify(intent));
 
-/** An intent this gateway holds: its KV key and revision (for compare-and-set), and the request's fingerprint. */
+/** An intent read back from NATS; INTERNAL when it is not one (intents are only gateways' to write). */
+function parseIntent(value: Uint8Array, key: string): Intent {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(new TextDecoder().decode(value));
+  } catch {
+    parsed = undefined;
+  }
+  const intent = intentSchema.safeParse(parsed);
+  if (!intent.success) throw internal(`the intent of idempotency key ${JSON.stringify(key)} in NATS is unreadable`);
+  return intent.data;
+}
+
+/** An intent this gateway holds: its KV key and revision (for compare-and-set), and its request's print. */
 interface IntentRef {
   key: string;
   revision: number;
-  fingerprint: string;
+  print: RequestPrint;
 }
 
 /** A placement made but not yet in the host's heartbeat: counted as used, so hosts are not overfilled. */
@@ -155,7 +178,8 @@ export class FleetGateway implements WorkerApi {
     }
     const key = options.idempotencyKey;
     const intentKey = createHash("sha256").update(key).digest("hex");
-    const fingerprint = requestFingerprint(spec, options);
+    const requestHash = hashRequest(spec, options);
+    const secrets = options.secrets ?? [];
     const { intents } = this.options.buckets;
     const excluded = new Set<string>();
     for (let attempt = 0; attempt < 8; attempt++) {
@@ -168,9 +192,11 @@ export class FleetGateway implements WorkerApi {
           options,
           request,
           async (hostId) => {
-            const placed = encodeIntent({ state: "placed", hostId, fingerprint, atMs: Date.now() });
+            const { secretsSalt, secretsHash } = idempotencyRecord(key, secrets);
+            const print = { requestHash, secretsSalt, secretsHash };
+            const placed = encodeIntent({ ...print, state: "placed", hostId, atMs: Date.now() });
             const revision = await patiently("cannot record the create's intent", () => intents.create(intentKey, placed));
-            return { key: intentKey, revision, fingerprint };
+            return { key: intentKey, revision, print };
           },
           excluded,
         );
@@ -180,15 +206,11 @@ export class FleetGateway implements WorkerApi {
         entry = await patiently("cannot read the create's intent", () => intents.get(intentKey));
       }
       if (entry?.operation !== "PUT") continue; // gone meanwhile: place again
-      const parsed = intentSchema.safeParse(JSON.parse(new TextDecoder().decode(entry.value.subarray(0, 4096)) || "null"));
-      if (!parsed.success) throw internal(`the intent of idempotency key ${JSON.stringify(key)} in NATS is unreadable`);
-      const intent = parsed.data;
-      if (intent.fingerprint !== fingerprint) {
-        throw invalidArgument(`idempotency key ${JSON.stringify(key)} was used for a different request`);
-      }
+      const intent = parseIntent(entry.value, key);
+      checkSameRequest({ specHash: intent.requestHash, idempotency: { key, ...intent } }, requestHash, secrets);
       if (intent.state === "created" && intent.vmId) return intent.vmId;
       // Placed by an earlier try or another gateway: ask that host again, which answers the one VM.
-      const ref = { key: intentKey, revision: entry.revision, fingerprint };
+      const ref = { key: intentKey, revision: entry.revision, print: printSchema.parse(intent) };
       const answer = await this.send(intent.hostId, spec, options, request, ref);
       if (answer !== "elsewhere") return answer;
       excluded.add(intent.hostId);
@@ -271,7 +293,7 @@ export class FleetGateway implements WorkerApi {
     // on its host should they ask before pcr_vms has it. Should they fail, the intent stays `placed`
     // and a retry asks the host, which answers this VM again.
     this.options.directory.remember(location);
-    const created = intent && encodeIntent({ state: "created", hostId, vmId: id, fingerprint: intent.fingerprint, atMs: Date.now() });
+    const created = intent && encodeIntent({ ...intent.print, state: "created", hostId, vmId: id, atMs: Date.now() });
     const recorded = Promise.all([
       created && patiently("intent", () => intents.update(intent!.key, created, intent!.revision)),
       patiently("location", () => vms.put(id, encodeVmLocation(location))),
@@ -397,13 +419,10 @@ function placementRequest(spec: VmSpecInput, options: CreateVmOptions): Placemen
   };
 }
 
-/** sha256 over everything the create asks for; secrets by their own sha256, never kept. */
-function requestFingerprint(spec: VmSpecInput, options: CreateVmOptions): string {
+/** sha256 over everything the create asks for but its secrets (the intent keeps those salted). */
+function hashRequest(spec: VmSpecInput, options: CreateVmOptions): string {
   const hash = createHash("sha256");
   hash.update(JSON.stringify(spec, (_key, value) => (typeof value === "bigint" ? value.toString() : value)));
-  for (const secret of options.secrets ?? []) {
-    hash.update(`\0${secret.name}\0`).update(createHash("sha256").update(secret.value).digest());
-  }
   hash.update(JSON.stringify([options.ttlSeconds ?? 0, options.waitReadyMs ?? 0, options.placement ?? null]));
   return hash.digest("hex");
 }
