@@ -7,7 +7,7 @@ import { cpus, hostname, totalmem } from "node:os";
 import yargs, { type Options as YargsOption } from "yargs";
 import { hideBin } from "yargs/helpers";
 import { z } from "zod";
-import { LABEL_KEY, LABEL_VALUE } from "./fleet/host-info.js";
+import { HOST_ID, LABEL_KEY, LABEL_VALUE } from "./fleet/host-info.js";
 import { DEFAULT_DENY_CIDRS } from "./net/allowlist.js";
 import { parseCidr, parseIpv4 } from "./net/ipam.js";
 import { BACKEND_NAMES, BINARY_SETTINGS, type BinaryKey, EXPLICIT_BACKEND_NAMES } from "./vmm/registry.js";
@@ -61,8 +61,6 @@ const isIpv4Cidr = (text: string) => parseCidr(text.includes("/") ? text : `${te
 /** The bridge takes the first address and guests need at least one more. */
 const isVmSubnet = (text: string) => (parseCidr(text)?.prefixLength ?? 99) <= 30;
 const positiveInt = () => z.number().int().positive();
-/** A host id is a token of NATS subjects and a KV key. */
-export const HOST_ID = /^[A-Za-z0-9_-]{1,64}$/;
 /** The default host id: the host name's first label, made a valid id. */
 const defaultHostId = () =>
   hostname()
@@ -476,7 +474,7 @@ export function checkListeners(config: Pick<WorkerConfig, "tcp" | "tlsCert" | "t
 }
 
 /** NATS credentials that only work in pairs. */
-function checkNatsAuth(config: Pick<WorkerConfig, "natsUser" | "natsPass" | "natsCert" | "natsKey">): string | undefined {
+export function checkNatsAuth(config: Pick<WorkerConfig, "natsUser" | "natsPass" | "natsCert" | "natsKey">): string | undefined {
   if (Boolean(config.natsUser) !== Boolean(config.natsPass)) return "--nats-user and --nats-pass go together";
   if (Boolean(config.natsCert) !== Boolean(config.natsKey)) return "--nats-cert and --nats-key go together";
   return undefined;

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // pcr-worker: wiring only. config -> adapters -> service -> RPC server.
 import { readFileSync } from "node:fs";
-import { chmod, mkdir, readFile, statfs } from "node:fs/promises";
+import { chmod, mkdir, statfs } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { pino, type Logger } from "pino";
@@ -10,15 +10,15 @@ import { loadConfig, parseLabels, type WorkerConfig } from "./config.js";
 import type { WorkerApi } from "./core/api.js";
 import { WorkerService } from "./core/service.js";
 import type { SpecLimits } from "./core/spec.js";
-import type { CagePort, RecordRepo, VmRecord } from "./ports/index.js";
+import type { CagePort } from "./ports/index.js";
 import { checkPoolsSupported, describePools, parsePools } from "./pool-config.js";
 import { FileSnapshots } from "./state/snapshots.js";
 import { createGuestAgents } from "./agent/index.js";
 import { createCgroupCpuThrottle } from "./faults/cgroup.js";
 import { createNetFaults } from "./faults/net-faults.js";
-import { connectFleet } from "./fleet/connect.js";
+import { connectFleet, natsOptions } from "./fleet/connect.js";
 import type { Resources } from "./fleet/host-info.js";
-import { type FleetMember, joinFleet } from "./fleet/member.js";
+import { type FleetMember, type JoinFleetOptions, joinFleet } from "./fleet/member.js";
 import { createNetwork } from "./net/network.js";
 import { AuditLog } from "./observability/audit.js";
 import { startHttp } from "./observability/http.js";
@@ -143,7 +143,7 @@ async function run(config: WorkerConfig): Promise<void> {
 
   // Joined after the sockets listen: the worker serves them whatever NATS does.
   const capacity = { vms: config.maxVms, cpu: config.maxTotalCpu, memoryBytes: config.maxTotalMemoryBytes, diskBytes: maxTotalDiskBytes };
-  const fleet = config.nats ? await startFleet(config, api, capacity, backend.name, records, logger) : undefined;
+  const fleet = config.nats ? await startFleet(config, api, () => service.specs(), capacity, backend.name, logger) : undefined;
 
   let stopping = false;
   const shutdown = async (signal: string) => {
@@ -172,30 +172,13 @@ async function run(config: WorkerConfig): Promise<void> {
 async function startFleet(
   config: WorkerConfig,
   api: WorkerApi,
+  specs: JoinFleetOptions["specs"],
   capacity: Resources,
   backend: string,
-  records: RecordRepo,
   logger: Logger,
 ): Promise<{ member: FleetMember; nc: Awaited<ReturnType<typeof connectFleet>> }> {
-  const servers = config.nats!.split(",").map((url) => url.trim());
-  const nc = await connectFleet({
-    servers,
-    hostId: config.hostId,
-    creds: config.natsCreds,
-    user: config.natsUser,
-    pass: config.natsPass,
-    token: config.natsToken,
-    ca: config.natsCa,
-    cert: config.natsCert,
-    key: config.natsKey,
-  });
-  // Read-only (loadAll is start-up recovery: it removes a save's temporary files); a record being
-  // written or removed is skipped until the next heartbeat.
-  const specs = async () => {
-    const read = (id: string) => readFile(join(records.vmDir(id), "vm.json"), "utf8").then((text) => JSON.parse(text) as VmRecord);
-    const found = await Promise.all((await api.listVms()).map((vm) => read(vm.id).catch(() => undefined)));
-    return found.flatMap((record) => (record?.spec ? [record.spec] : []));
-  };
+  const nats = natsOptions({ ...config, nats: config.nats! });
+  const nc = await connectFleet({ ...nats, hostId: config.hostId });
   const member = await joinFleet({
     nc,
     hostId: config.hostId,
@@ -207,12 +190,10 @@ async function startFleet(
     heartbeatMs: config.heartbeatMs,
     replicas: config.natsReplicas,
     logger,
-    storePaths: async () =>
-      (await specs()).flatMap((spec) => [spec.kernel, spec.initrd, spec.image]).filter((path) => path.startsWith("/nix/store/")),
-    diskBytesUsed: async () => (await specs()).reduce((sum, spec) => sum + (spec.dataDiskBytes ?? 0), 0),
+    specs,
   });
   // URLs may hold user:password@: never printed.
-  const shown = servers.map((url) => url.replace(/\/\/[^@/]*@/, "//")).join(",");
+  const shown = nats.servers.map((url) => url.replace(/\/\/[^@/]*@/, "//")).join(",");
   console.log(`pcr-worker: joined fleet at ${shown} as ${config.hostId}`);
   return { member, nc };
 }

@@ -17,7 +17,7 @@ function withField(path: string, value: unknown): Uint8Array {
 }
 
 test("a host round-trips through its published bytes, summary and all", () => {
-  const info: HostInfo = host("node-1.example", {
+  const info: HostInfo = host("node-1", {
     backend: "cloud-hypervisor",
     labels: { zone: "eu-1", "example.com/gpu": "", arch: "x86_64" },
     used: { vms: 2, cpu: 3, memoryBytes: 3 * GiB, diskBytes: 0 },
@@ -46,6 +46,7 @@ test("hostile fields are refused, each naming where", () => {
     ["hostId", "", /hostId/],
     ["hostId", "a".repeat(65), /hostId/],
     ["hostId", "a..b", /hostId/],
+    ["hostId", "a.b", /hostId/], // a dot would split the host's NATS subject
     ["hostId", "h1 > /etc/passwd", /hostId/],
     ["hostId", 7, /hostId/],
     ["backend", "QEMU; rm -rf /", /backend/],

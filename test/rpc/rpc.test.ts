@@ -185,7 +185,7 @@ describe("rpc over unix socket and tcp", () => {
   test("createVm carries the idempotency key and the placement; none of either arrives as absent", async () => {
     const client = await connectWorker(socketPath);
     try {
-      const placement = { host: "h1.eu", labels: { zone: "eu-1", "example.com/gpu": "a100" } };
+      const placement = { host: "h1-eu", labels: { zone: "eu-1", "example.com/gpu": "a100" } };
       await client.createVm(spec, { idempotencyKey: "req 7/é?".replace("é", "e"), placement });
       let { options } = fake.created.at(-1)!;
       assert.equal(options.idempotencyKey, "req 7/e?");
@@ -211,6 +211,7 @@ describe("rpc over unix socket and tcp", () => {
       await assert.rejects(client.createVm(spec, { placement: { labels: { "bad key": "v" } } }), { code: "INVALID_ARGUMENT" });
       await assert.rejects(client.createVm(spec, { placement: { labels: { k: "v".repeat(129) } } }), { code: "INVALID_ARGUMENT" });
       await assert.rejects(client.createVm(spec, { placement: { host: "no/such host" } }), { code: "INVALID_ARGUMENT" });
+      await assert.rejects(client.createVm(spec, { placement: { host: "h1.eu" } }), { code: "INVALID_ARGUMENT", message: /no host id/ });
       assert.equal(fake.created.length, before);
       // 32 labels and a 128-byte key are within bounds.
       delete labels.k32;

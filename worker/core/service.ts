@@ -25,7 +25,7 @@ import { FaultController, type FaultPorts } from "./faults.js";
 import { hearsPowerButton, isLive } from "./lifecycle.js";
 import { recover, type RecoveryResult } from "./recovery.js";
 import { VmRegistry, type HostLimits } from "./registry.js";
-import { specHash, type SpecLimits } from "./spec.js";
+import { specHash, type SpecLimits, type ValidSpec } from "./spec.js";
 import type { ManagedVm, VmContext } from "./vm.js";
 import type {
   AgentConnection,
@@ -168,6 +168,11 @@ export class WorkerService implements WorkerApi {
 
   poolStats(): PoolStats[] {
     return this.pools?.stats() ?? [];
+  }
+
+  /** The specs of every VM this worker has, whatever its status (a fleet heartbeat's store paths and disks). */
+  specs(): ValidSpec[] {
+    return this.registry.all().map((vm) => vm.record.spec);
   }
 
   // --- queries -------------------------------------------------------------------------

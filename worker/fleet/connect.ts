@@ -19,6 +19,29 @@ export interface NatsConnectOptions {
   key?: string;
 }
 
+/** The --nats-* options (pcr-worker's and pcr-gateway's alike) as the connection takes them. */
+export function natsOptions(config: {
+  nats: string;
+  natsCreds?: string;
+  natsUser?: string;
+  natsPass?: string;
+  natsToken?: string;
+  natsCa?: string;
+  natsCert?: string;
+  natsKey?: string;
+}): Omit<NatsConnectOptions, "hostId"> {
+  return {
+    servers: config.nats.split(",").map((url) => url.trim()),
+    creds: config.natsCreds,
+    user: config.natsUser,
+    pass: config.natsPass,
+    token: config.natsToken,
+    ca: config.natsCa,
+    cert: config.natsCert,
+    key: config.natsKey,
+  };
+}
+
 /** Between attempts to reach a server again; the client adds jitter. */
 const RECONNECT_WAIT_MS = 1_000;
 

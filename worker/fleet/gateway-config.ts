@@ -3,8 +3,8 @@
 import { hideBin } from "yargs/helpers";
 import yargs from "yargs";
 import { z } from "zod";
-import { checkListeners } from "../config.js";
-import type { NatsConnectOptions } from "./connect.js";
+import { checkListeners, checkNatsAuth, configSchema } from "../config.js";
+import { type NatsConnectOptions, natsOptions } from "./connect.js";
 import { DEFAULT_LOST_AFTER_MS } from "./placement.js";
 
 export interface GatewayConfig {
@@ -19,30 +19,29 @@ export interface GatewayConfig {
   lostAfterMs: number;
 }
 
-const NATS_URL = /^(nats|tls|ws|wss):\/\/[^\s,]+$|^[^\s,/]+:\d+$/;
-
-const schema = z.object({
-  socket: z.string().min(1),
-  tcp: z
-    .string()
-    .regex(/^(\[[0-9a-fA-F:]+\]|[^\s:[\]]+):\d{1,5}$/, "must be host:port")
-    .optional(),
-  tlsCert: z.string().optional(),
-  tlsKey: z.string().optional(),
-  tlsClientCa: z.string().optional(),
-  nats: z.string().refine((text) => text.split(",").every((url) => NATS_URL.test(url.trim())), "must be NATS URLs separated by commas"),
-  natsCreds: z.string().min(1).optional(),
-  natsUser: z.string().min(1).optional(),
-  natsPass: z.string().min(1).optional(),
-  natsToken: z.string().min(1).optional(),
-  natsCa: z.string().min(1).optional(),
-  natsCert: z.string().min(1).optional(),
-  natsKey: z.string().min(1).optional(),
-  natsReplicas: z.union([z.literal(1), z.literal(3)]),
-  logLevel: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]),
-  callTimeoutMs: z.number().int().min(1_000).max(3_600_000),
-  lostAfterMs: z.number().int().min(1_000).max(600_000),
-});
+// The same rules as pcr-worker's for what both take (config.ts), plus the gateway's own timeouts.
+const schema = configSchema
+  .pick({
+    socket: true,
+    tcp: true,
+    tlsCert: true,
+    tlsKey: true,
+    tlsClientCa: true,
+    nats: true,
+    natsCreds: true,
+    natsUser: true,
+    natsPass: true,
+    natsToken: true,
+    natsCa: true,
+    natsCert: true,
+    natsKey: true,
+    natsReplicas: true,
+    logLevel: true,
+  })
+  .extend({
+    callTimeoutMs: z.number().int().min(1_000).max(3_600_000),
+    lostAfterMs: z.number().int().min(1_000).max(600_000),
+  });
 
 export function loadGatewayConfig(argv: string[] = hideBin(process.argv), env: NodeJS.ProcessEnv = process.env): GatewayConfig {
   const args = yargs(argv)
@@ -53,7 +52,7 @@ export function loadGatewayConfig(argv: string[] = hideBin(process.argv), env: N
     .option("tls-cert", { type: "string", describe: "PEM certificate of the TCP listener" })
     .option("tls-key", { type: "string", describe: "PEM key of the TCP listener" })
     .option("tls-client-ca", { type: "string", describe: "PEM CA that client certificates must chain to" })
-    .option("nats", { type: "string", demandOption: true, describe: "The fleet's NATS servers, comma separated [env: PCR_NATS]" })
+    .option("nats", { type: "string", describe: "The fleet's NATS servers, comma separated (required) [env: PCR_NATS]" })
     .option("nats-creds", { type: "string", describe: "NATS credentials file" })
     .option("nats-user", { type: "string", describe: "NATS user (with --nats-pass)" })
     .option("nats-pass", { type: "string", describe: "NATS password [env: PCR_NATS_PASS]" })
@@ -98,27 +97,16 @@ export function loadGatewayConfig(argv: string[] = hideBin(process.argv), env: N
     throw new Error(`invalid configuration:\n  ${problems.join("\n  ")}`);
   }
   const c = parsed.data;
-  const listenerProblem = checkListeners(c);
-  if (listenerProblem) throw new Error(`invalid configuration:\n  ${listenerProblem}`);
-  if (Boolean(c.natsUser) !== Boolean(c.natsPass)) throw new Error("invalid configuration:\n  --nats-user and --nats-pass go together");
-  if (Boolean(c.natsCert) !== Boolean(c.natsKey)) throw new Error("invalid configuration:\n  --nats-cert and --nats-key go together");
+  if (!c.nats) throw new Error("invalid configuration:\n  --nats is required: the fleet's NATS servers");
+  const problem = checkListeners(c) ?? checkNatsAuth(c);
+  if (problem) throw new Error(`invalid configuration:\n  ${problem}`);
   return {
     socket: c.socket,
     tcp: c.tcp,
     tlsCert: c.tlsCert,
     tlsKey: c.tlsKey,
     tlsClientCa: c.tlsClientCa,
-    nats: {
-      servers: c.nats.split(",").map((url) => url.trim()),
-      creds: c.natsCreds,
-      user: c.natsUser,
-      pass: c.natsPass,
-      token: c.natsToken,
-      ca: c.natsCa,
-      cert: c.natsCert,
-      key: c.natsKey,
-      replicas: c.natsReplicas,
-    },
+    nats: { ...natsOptions({ ...c, nats: c.nats }), replicas: c.natsReplicas },
     logLevel: c.logLevel,
     callTimeoutMs: c.callTimeoutMs,
     lostAfterMs: c.lostAfterMs,

@@ -10,8 +10,8 @@ export const MAX_HOST_INFO_BYTES = 64 * 1024;
 export const MAX_LABELS = 32;
 export const MAX_GROUPS = 4096;
 
-// A host id doubles as its KV key: NATS key characters, dots only between tokens.
-export const HOST_ID = /^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/;
+/** A host id: a token of NATS subjects (no dots) and a KV key; every reader of one checks it with this. */
+export const HOST_ID = /^[A-Za-z0-9_-]{1,64}$/;
 // Kubernetes-like: a key is a name, optionally prefixed ("zone", "example.com/gpu"); a value is short and plain.
 export const LABEL_KEY = /^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$/;
 export const LABEL_VALUE = /^[A-Za-z0-9._:/-]{0,128}$/;
@@ -34,7 +34,7 @@ export const labelsSchema = z
 
 // Not strict: a newer worker may publish fields an older gateway does not know; they are dropped.
 export const hostInfoSchema = z.object({
-  hostId: z.string().max(64).regex(HOST_ID, "host id must be 1-64 of A-Z a-z 0-9 _ -, dots between them"),
+  hostId: z.string().regex(HOST_ID, "host id must be 1-64 of A-Z a-z 0-9 _ -"),
   /** The VMM backend ("qemu", "cloud-hypervisor"): a name, not a closed list, so new ones need no gateway release. */
   backend: z.string().regex(/^[a-z0-9][a-z0-9-]{0,31}$/),
   labels: labelsSchema,

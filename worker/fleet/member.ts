@@ -7,6 +7,7 @@ import type { KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import type { VmView, WorkerApi } from "../core/api.js";
+import type { ValidSpec } from "../core/spec.js";
 import { isLive } from "../core/lifecycle.js";
 import { eventsSubject, openFleetBuckets } from "./buckets.js";
 import { encodeHostInfo, type HostInfo, type Resources } from "./host-info.js";
@@ -28,10 +29,11 @@ export interface JoinFleetOptions {
   /** Replicas of the buckets and stream if this member creates them. */
   replicas: number;
   logger: Logger;
-  /** The store paths the host's VMs boot from (kernels, initrds, images). */
-  storePaths: () => Iterable<string> | Promise<Iterable<string>>;
-  /** Data disk bytes of the VMs not yet deleted (VmView does not carry them); 0 if absent. */
-  diskBytesUsed?: () => number | Promise<number>;
+  /**
+   * The specs of the host's VMs not yet deleted: the store paths they boot from and their data
+   * disks (VmView carries neither), read once a heartbeat.
+   */
+  specs: () => readonly Pick<ValidSpec, "kernel" | "initrd" | "image" | "dataDiskBytes">[];
 }
 
 export interface FleetMember {
@@ -39,10 +41,6 @@ export interface FleetMember {
   readonly subject: string;
   /** Heartbeats and reconciles pcr_vms now (calls are serialized with the timer's). */
   beat(): Promise<void>;
-  /** Puts this VM's location now, without waiting for a heartbeat. */
-  noteCreated(view: VmView): Promise<void>;
-  /** Removes this VM's location now if it still points here. */
-  noteDeleted(id: string): Promise<void>;
   /** Stops heartbeats and publishing, and drains the call subscription; leaves `nc` open. */
   leave(): Promise<void>;
 }
@@ -70,14 +68,20 @@ export async function joinFleet(options: JoinFleetOptions): Promise<FleetMember>
 
   const heartbeat = async (): Promise<void> => {
     const views = await api.listVms();
+    const specs = options.specs();
     const info: HostInfo = {
       hostId,
       backend: options.backend,
       labels: options.labels,
       capacity: options.capacity,
-      used: used(views, (await options.diskBytesUsed?.()) ?? 0),
+      used: used(
+        views,
+        specs.reduce((sum, spec) => sum + (spec.dataDiskBytes ?? 0), 0),
+      ),
       groups: [...new Set(views.filter((vm) => isLive(vm.status) && vm.group).map((vm) => vm.group!))].sort(),
-      store: summarizeStore(await options.storePaths()),
+      store: summarizeStore(
+        specs.flatMap((spec) => [spec.kernel, spec.initrd, spec.image]).filter((path) => path.startsWith("/nix/store/")),
+      ),
       version: options.version,
       startedAtMs,
       seenAtMs: Date.now(),
@@ -164,8 +168,6 @@ export async function joinFleet(options: JoinFleetOptions): Promise<FleetMember>
     hostId,
     subject,
     beat,
-    noteCreated: (view) => serial(() => putLocation(view)),
-    noteDeleted: (id) => serial(() => deleteLocation(id)),
     async leave() {
       clearInterval(timer);
       stop.abort();

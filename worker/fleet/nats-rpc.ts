@@ -28,6 +28,7 @@ import { EXCEPTION_TYPES, type ExceptionType } from "../rpc/protocol.js";
 import { MalformedMessageError, MessageBuilder, MessageReader, type StructReader } from "../rpc/wire.js";
 import type { WorkerCaller } from "../rpc/worker-client.js";
 import { workerDispatcher } from "../rpc/worker-service.js";
+import { HOST_ID } from "./host-info.js";
 
 export const Header = {
   method: "Pcr-Method",
@@ -42,7 +43,6 @@ const HEADER_ALLOWANCE_BYTES = 1024;
 /** An error reason longer than this is cut: it is text for people, not data. */
 const MAX_REASON_BYTES = 16 * 1024;
 const REQUEST_ID = /^[A-Za-z0-9._:/-]{1,128}$/;
-const HOST_ID = /^[A-Za-z0-9_-]{1,64}$/;
 
 /** The subject a host serves its Worker calls on. */
 export function hostCallSubject(hostId: string): string {

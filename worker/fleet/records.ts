@@ -5,11 +5,11 @@ import { z } from "zod";
 import type { VmEvent, VmStatus, VmView } from "../core/api.js";
 import { VM_STATUSES } from "../core/api.js";
 import { invalidArgument } from "../core/errors.js";
+import { HOST_ID } from "./host-info.js";
 
 export const MAX_VM_LOCATION_BYTES = 4096;
 export const MAX_FLEET_EVENT_BYTES = 8192;
 
-const HOST_ID = /^[A-Za-z0-9_-]{1,64}$/;
 /** A VM id doubles as its KV key. */
 const VM_ID = /^[A-Za-z0-9_-]{1,128}$/;
 /** A bigint as JSON holds it exactly: decimal digits. */

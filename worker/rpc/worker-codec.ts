@@ -339,8 +339,7 @@ export function writePlacement(b: MessageBuilder, at: number, placement: Placeme
 export function readPlacement(s: StructReader | null): PlacementInput | undefined {
   if (s === null) return undefined;
   const host = readText(s, 0);
-  if (host && (host.length > 64 || !HOST_ID.test(host)))
-    throw invalidArgument(`placement host ${JSON.stringify(host.slice(0, 80))} is no host id`);
+  if (host && !HOST_ID.test(host)) throw invalidArgument(`placement host ${JSON.stringify(host.slice(0, 80))} is no host id`);
   const list = readStructList(s, 1);
   if (list !== null && list.length > MAX_LABELS) throw invalidArgument(`placement has ${list.length} labels (at most ${MAX_LABELS})`);
   const labels: Record<string, string> = {};

@@ -1,0 +1,30 @@
+// pcr-gateway's options: the same rules as pcr-worker's for what both take; every bad one named.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { loadGatewayConfig } from "../../worker/fleet/gateway-config.js";
+
+test("a gateway's options: NATS from a flag or PCR_NATS, secrets from the environment, the listener as a worker's", () => {
+  const config = loadGatewayConfig(["--nats", "nats://a:4222, nats://b:4222", "--nats-replicas", "3", "--socket", "/tmp/g.sock"], {});
+  assert.deepEqual(config.nats.servers, ["nats://a:4222", "nats://b:4222"]);
+  assert.equal(config.nats.replicas, 3);
+  assert.equal(config.socket, "/tmp/g.sock");
+  const fromEnv = loadGatewayConfig([], { PCR_NATS: "nats://c:4222", PCR_NATS_TOKEN: "t0ken" });
+  assert.deepEqual(fromEnv.nats.servers, ["nats://c:4222"]);
+  assert.equal(fromEnv.nats.token, "t0ken");
+});
+
+test("bad gateway options are refused, each named", () => {
+  const cases: [string[], RegExp][] = [
+    [[], /--nats is required/],
+    [["--nats", "not a url"], /--nats: must be NATS URLs/],
+    [["--nats", "nats://a:1", "--nats-user", "u"], /--nats-user and --nats-pass go together/],
+    [["--nats", "nats://a:1", "--nats-cert", "c.pem"], /--nats-cert and --nats-key go together/],
+    [["--nats", "nats://a:1", "--nats-replicas", "2"], /--nats-replicas/],
+    [["--nats", "nats://a:1", "--tcp", "0.0.0.0:7000"], /refusing to serve unauthenticated TCP/],
+    [["--nats", "nats://a:1", "--tcp", "no-port"], /--tcp: must be host:port/],
+    [["--nats", "nats://a:1", "--call-timeout-ms", "5"], /--call-timeout-ms/],
+    [["--nats", "nats://a:1", "--log-level", "loud"], /--log-level/],
+    [["--nats", "nats://a:1", "--no-such-flag"], /invalid arguments/],
+  ];
+  for (const [argv, pattern] of cases) assert.throws(() => loadGatewayConfig(argv, {}), pattern, argv.join(" "));
+});
