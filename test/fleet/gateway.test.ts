@@ -1,6 +1,9 @@
 // A fleet for real: nats-server, worker processes in network namespaces joined with --nats, and
 // pcr-gateway processes serving the Worker interface in front of them (docs/fleet.md).
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { Kvm } from "@nats-io/kv";
+import { connect } from "@nats-io/transport-node";
 import { after, before, describe, test } from "node:test";
 import type { VmSpecInput } from "../../worker/core/api.js";
 import { WorkerError } from "../../worker/core/errors.js";
@@ -141,6 +144,20 @@ describe("a fleet of three hosts (fake VMMs) behind two gateways, one NATS node"
     assert.equal(new Set(racing).size, 1, "four concurrent creates with one key, one VM");
     assert.equal((await a.listVms()).length, 2);
     for (const vm of await a.listVms()) await a.deleteVm(vm.id);
+  });
+
+  test("an intent in NATS that is not one (junk, or another gateway's broken write) is INTERNAL; nothing is made", async () => {
+    await empty();
+    const nc = await connect({ servers: fleet.nats.urls });
+    try {
+      const intents = await new Kvm(nc).open("pcr_intents");
+      const key = "junk-intent";
+      await intents.put(createHash("sha256").update(key).digest("hex"), new TextEncoder().encode("{not json"));
+      assert.equal(await codeOf(a.createVm(spec({ hostname: "junk" }), { idempotencyKey: key })), "INTERNAL");
+      assert.deepEqual(await vmsPerHost(fleet), { h1: 0, h2: 0, h3: 0 });
+    } finally {
+      await nc.close();
+    }
   });
 
   test("events cover every host, ordered per VM", async () => {
