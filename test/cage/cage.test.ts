@@ -170,6 +170,15 @@ describe("an escaped VMM, simulated: a probe in one VM's cage", { skip, concurre
     assert.ok(await vmmInside(other.pid), "VM B's VMM still runs");
   });
 
+  test("the helper and its VMM are in every one of the VM's cgroups (joined as one thread: tasks on v1)", async () => {
+    const vmm = (await vmmInside(other.pid))!;
+    for (const cgroupDir of vms.b.spec!.cgroups) {
+      const members = readFileSync(join(cgroupDir, "cgroup.procs"), "utf8").split("\n").filter(Boolean).map(Number);
+      assert.ok(members.includes(other.pid) && members.includes(vmm), `${cgroupDir} holds ${members.join(", ")}`);
+    }
+    assert.ok(vms.b.spec!.cgroups.length > 0, "the VM has cgroups");
+  });
+
   test("past its memory limit it alone is OOM-killed, inside its cgroup", async () => {
     const { lines, signal } = await runProbe(["eat", "256"]);
     assert.equal(signal, "SIGKILL", `the probe ended by the OOM killer: ${lines.join("; ")}`);
