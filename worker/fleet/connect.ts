@@ -54,6 +54,9 @@ export function connectFleet(options: NatsConnectOptions): Promise<NatsConnectio
     reconnectTimeWait: RECONNECT_WAIT_MS,
     // Start even if no server answers yet: the member retries as it does after an outage.
     waitOnFirstConnect: true,
+    // No stack captured per request for a timeout it may never have: ~0.1 ms of CPU on every call
+    // (measured in the gateway's profile); a failed call still names its subject in our own error.
+    noAsyncTraces: true,
     user: options.user,
     pass: options.pass,
     token: options.token,

@@ -229,7 +229,10 @@ export class FleetGateway implements WorkerApi {
     for (let attempt = 0; attempt < 8; attempt++) {
       const hosts = this.options.directory.placementHosts().filter((host) => !excluded.has(host.hostId));
       const withReservations = hosts.map((host) =>
-        [...(this.reservations.get(host.hostId) ?? [])].reduce((h, r) => reserve(h, r.request), host),
+        reserve(
+          host,
+          Array.from(this.reservations.get(host.hostId) ?? [], (held) => held.request),
+        ),
       );
       const { hostId } = placeVm(request, withReservations, Date.now(), { lostAfterMs: this.options.directory.lostAfterMs });
       const intent = await recordIntent(hostId);
@@ -293,11 +296,16 @@ export class FleetGateway implements WorkerApi {
     // on its host should they ask before pcr_vms has it. Should they fail, the intent stays `placed`
     // and a retry asks the host, which answers this VM again.
     this.options.directory.remember(location);
-    const created = intent && encodeIntent({ ...intent.print, state: "created", hostId, vmId: id, atMs: Date.now() });
-    const recorded = Promise.all([
-      created && patiently("intent", () => intents.update(intent!.key, created, intent!.revision)),
-      patiently("location", () => vms.put(id, encodeVmLocation(location))),
-    ])
+    // Begun once the answer is on its way (setImmediate runs after the reply's write): the records
+    // are not the caller's to wait for.
+    const recorded = new Promise((resolve) => setImmediate(resolve))
+      .then(() => {
+        const created = intent && encodeIntent({ ...intent.print, state: "created", hostId, vmId: id, atMs: Date.now() });
+        return Promise.all([
+          created && patiently("intent", () => intents.update(intent!.key, created, intent!.revision)),
+          patiently("location", () => vms.put(id, encodeVmLocation(location))),
+        ]);
+      })
       .catch((err: Error) => this.options.logger.warn({ vmId: id, hostId, err: err.message }, "cannot record a created VM in NATS"))
       .finally(() => this.recording.delete(id));
     this.recording.set(id, recorded);

@@ -3,7 +3,7 @@
 // room for the VM; hosts already holding its store paths (no `nix copy`); the least loaded; host id.
 import { failedPrecondition, invalidArgument, resourceExhausted, unavailable } from "../core/errors.js";
 import { type HostInfo, LABEL_KEY, LABEL_VALUE } from "./host-info.js";
-import { storeMembership, storePathHash, withPaths } from "./store-summary.js";
+import { storeMembership, storePathHash } from "./store-summary.js";
 
 export interface PlacementRequest {
   cpu: number;
@@ -22,6 +22,12 @@ export interface Placement {
   reason: string;
 }
 
+/**
+ * A host as a gateway places on it: its last heartbeat, plus the store paths of VMs this gateway
+ * placed there since (their hashes), which count as held: the host is fetching them.
+ */
+export type PlacementHost = HostInfo & { placedStoreHashes?: ReadonlySet<string> };
+
 export const DEFAULT_LOST_AFTER_MS = 10_000;
 
 /** A host is lost once its heartbeat lapses; one from further ahead than that is a broken clock (or a lie). */
@@ -35,7 +41,7 @@ export function isLost(host: HostInfo, nowMs: number, lostAfterMs = DEFAULT_LOST
  */
 export function placeVm(
   request: PlacementRequest,
-  hosts: readonly HostInfo[],
+  hosts: readonly PlacementHost[],
   nowMs: number,
   options: { lostAfterMs?: number } = {},
 ): Placement {
@@ -68,7 +74,8 @@ export function placeVm(
   const ranked = fitting
     .map((host) => {
       const has = storeMembership(host.store);
-      return { host, held: wanted.filter((hash) => has(hash)).length, load: loadAfter(host, request) };
+      const held = wanted.filter((hash) => host.placedStoreHashes?.has(hash) || has(hash)).length;
+      return { host, held, load: loadAfter(host, request) };
     })
     // Locality first, even over load: a copy of a closure costs more than a busier host.
     .sort((a, b) => b.held - a.held || a.load - b.load || compareIds(a.host.hostId, b.host.hostId));
@@ -79,22 +86,24 @@ export function placeVm(
 }
 
 /**
- * The host as it will be once this VM is on it: for a gateway placing many VMs between two heartbeats,
- * so it neither overfills a host nor forgets where a group or a closure went.
+ * The host as it will be once these VMs are on it: for a gateway placing many VMs between two
+ * heartbeats, so it neither overfills a host nor forgets where a group or a closure went. One pass
+ * over them, and the heartbeat's store summary is shared, not copied: a gateway does this on every
+ * placement, for every VM it placed since the host's last heartbeat.
  */
-export function reserve(host: HostInfo, request: PlacementRequest): HostInfo {
-  const group = request.group?.toLowerCase();
-  return {
-    ...host,
-    used: {
-      vms: host.used.vms + 1,
-      cpu: host.used.cpu + request.cpu,
-      memoryBytes: host.used.memoryBytes + request.memoryBytes,
-      diskBytes: host.used.diskBytes + request.diskBytes,
-    },
-    groups: group && !host.groups.includes(group) ? [...host.groups, group] : host.groups,
-    store: withPaths(host.store, request.storePaths),
-  };
+export function reserve(host: PlacementHost, requests: PlacementRequest | readonly PlacementRequest[]): PlacementHost {
+  const used = { ...host.used };
+  const groups = new Set(host.groups);
+  const placedStoreHashes = new Set(host.placedStoreHashes);
+  for (const request of Array.isArray(requests) ? requests : [requests]) {
+    used.vms += 1;
+    used.cpu += request.cpu;
+    used.memoryBytes += request.memoryBytes;
+    used.diskBytes += request.diskBytes;
+    if (request.group) groups.add(request.group.toLowerCase());
+    for (const path of request.storePaths) placedStoreHashes.add(storePathHash(path));
+  }
+  return { ...host, used, groups: [...groups], placedStoreHashes };
 }
 
 function checkRequest(request: PlacementRequest): void {
@@ -109,7 +118,7 @@ function checkRequest(request: PlacementRequest): void {
 }
 
 /** The live hosts the constraints allow; FAILED_PRECONDITION naming the first constraint none meets. */
-function constrained(request: PlacementRequest, live: HostInfo[]): HostInfo[] {
+function constrained(request: PlacementRequest, live: PlacementHost[]): PlacementHost[] {
   const { hostId, labels = {} } = request.constraints ?? {};
   let hosts = live;
   if (hostId !== undefined) {

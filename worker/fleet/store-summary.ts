@@ -75,12 +75,20 @@ export function withPaths(summary: StoreSummary, paths: Iterable<string>): Store
   return { bloom: filter.toString("base64"), hashes: summary.hashes, count };
 }
 
+/** Each summary's decoded test: a gateway asks on every placement, a summary changes with each heartbeat. */
+const decoded = new WeakMap<StoreSummary, (storeHash: string) => boolean>();
+
 /**
  * A membership test of one summary, decoded once: `has(storeHash)` is true for every hash added
  * and, rarely, for one that was not (a false positive, see above); never false for one added.
  */
 export function storeMembership(summary: StoreSummary): (storeHash: string) => boolean {
+  const known = decoded.get(summary);
+  if (known) return known;
   const filter = Buffer.from(summary.bloom, "base64");
   const bits = filter.length * 8;
-  return (storeHash) => bitIndexes(storeHash, summary.hashes, bits).every((index) => (filter[index >> 3]! & (1 << (index & 7))) !== 0);
+  const has = (storeHash: string) =>
+    bitIndexes(storeHash, summary.hashes, bits).every((index) => (filter[index >> 3]! & (1 << (index & 7))) !== 0);
+  decoded.set(summary, has);
+  return has;
 }
