@@ -150,6 +150,19 @@ test("reserve: the host as it will be, without touching the one given", () => {
   assert.match(place(vm(), [host("0-first"), after]).reason, /holds 3\/3/);
 });
 
+test("reserve: many at once is the same as one by one, and the heartbeat's store summary is shared, not copied", () => {
+  const before = host("a", { groups: ["web"] });
+  const requests = [vm({ group: "db" }), vm({ storePaths: [`${storePath("x", "extra")}/file`] }), vm({ diskBytes: GiB, group: "web" })];
+  const together = reserve(before, requests);
+  const oneByOne = requests.reduce((h, request) => reserve(h, request), before);
+  assert.deepEqual(together, oneByOne);
+  assert.deepEqual(together.used, { vms: 3, cpu: 6, memoryBytes: 12 * GiB, diskBytes: GiB });
+  assert.deepEqual(together.groups, ["web", "db"]);
+  assert.equal(together.store, before.store, "the Bloom filter is not copied");
+  assert.equal(together.placedStoreHashes?.size, 4, "3 paths of the spec and one more");
+  assert.deepEqual(reserve(before, []), { ...before, placedStoreHashes: new Set() }, "nothing placed: the host as it was");
+});
+
 test("a bad request is INVALID_ARGUMENT", () => {
   const hosts = [host("a")];
   for (const bad of [{ cpu: 0 }, { cpu: 1.5 }, { memoryBytes: -1 }, { diskBytes: Number.NaN }]) {
