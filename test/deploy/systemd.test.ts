@@ -119,7 +119,7 @@ describe("deploy/systemd units", () => {
     }
   });
 
-  it("pcr-gateway.service: a dynamic user without capabilities; its socket in its own runtime directory; credentials it names are loaded", () => {
+  it("pcr-gateway.service: a dynamic user without capabilities, its socket in its runtime directory, its credentials loaded", () => {
     const { unit, dropIns } = loadUnit(UNITS_DIR, "pcr-gateway.service");
     assert.equal(single(unit, "Service", "DynamicUser"), "yes");
     assert.equal(single(unit, "Service", "CapabilityBoundingSet"), "");
