@@ -16,7 +16,7 @@ const MIB = 1024 ** 2;
 const GIB = 1024 ** 3;
 
 /** How the text of a flag or environment variable becomes a value; lists are repeatable flags. */
-type ValueKind = "string" | "number" | "boolean" | "string[]" | "number[]";
+export type ValueKind = "string" | "number" | "boolean" | "string[]" | "number[]";
 
 /** What argv, the environment and --help need to know about a key. */
 export interface OptionMeta {
@@ -296,7 +296,7 @@ const crossChecks: { keys: ConfigKey[]; check: (config: WorkerConfig) => string 
 ];
 
 /** Text from the environment as the kind of value its key holds; text that does not convert is left for the schema to reject. */
-function fromText(kind: ValueKind, raw: string): unknown {
+export function fromText(kind: ValueKind, raw: string): unknown {
   const toNumber = (word: string) => (word.trim() !== "" && Number.isFinite(Number(word)) ? Number(word) : word);
   const words = () => raw.split(/[\s,]+/).filter(Boolean);
   switch (kind) {

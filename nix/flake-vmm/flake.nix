@@ -9,11 +9,19 @@
       systems = [ "x86_64-linux" ];
       forAllSystems = nixpkgs.lib.genAttrs systems;
       pure = import ./lib;
+      # A module with `package` defaulting to this flake's Procurator for the host's system.
+      withPackage = service: module: { lib, pkgs, ... }: {
+        imports = [ module ];
+        config.services.${service}.package = lib.mkDefault
+          (self.packages.${pkgs.stdenv.hostPlatform.system}.procurator
+            or (throw "flake-vmm: no Procurator package for ${pkgs.stdenv.hostPlatform.system}; set services.${service}.package"));
+      };
     in
     {
       nixosModules = {
         guest = ./vm-module.nix;
-        host = ./host-module.nix;
+        host = withPackage "procurator-worker" ./host-module.nix;
+        gateway = withPackage "procurator-gateway" ./gateway-module.nix;
         default = self.nixosModules.guest;
       };
 
@@ -36,6 +44,10 @@
         minimal-vm-spec = self.checks.${system}.minimal-vm-spec;
         # The guest agent the module runs; for images built some other way.
         pcr-agent = nixpkgs.legacyPackages.${system}.callPackage ./agent.nix { };
+        # pcr-worker, pcr-gateway and pcr-worker-test (package.nix). Its source is the repository
+        # around this flake: evaluate the flake from the git checkout (`nix build ./nix/flake-vmm#procurator`
+        # or `?dir=nix/flake-vmm`), not as a `path:` of this directory alone.
+        procurator = nixpkgs.legacyPackages.${system}.callPackage ./package.nix { };
       });
     };
 }

@@ -1,9 +1,10 @@
 # Worker host NixOS module: runs pcr-worker as a systemd service with its VMMs on the PATH,
 # the bridge its VMs attach to, IP forwarding and nftables.
 #
-# The service is configured through the worker's environment variables (worker/config.ts):
-# PCR_SOCKET, PCR_STATE_DIR, PCR_RUNTIME_DIR, PCR_VMM, PCR_CACHE_URL, PCR_TRUSTED_KEYS,
-# PCR_BRIDGE, PCR_SUBNET, PCR_QEMU_BINARY, PCR_CLOUD_HYPERVISOR_BINARY, PCR_VIRTIOFSD_BINARY, ...
+# Every option becomes a flag of pcr-worker (lib/service-args.nix, which test/nix runs through the
+# worker's own parser): a flag the worker does not know stops it at start, where an unknown
+# variable would pass unnoticed. Passwords and tokens come from `environmentFile`, never the store.
+# The flake's nixosModules.host sets `package` to its packages.<system>.procurator.
 { config, lib, pkgs, ... }:
 
 let
@@ -17,25 +18,20 @@ let
     in "${builtins.elemAt p 0}.${builtins.elemAt p 1}.${builtins.elemAt p 2}.${toString (lib.toInt (builtins.elemAt p 3) + 1)}";
   prefixLength = lib.toInt (builtins.elemAt subnetParts 4);
 
-  environment = {
-    PCR_SOCKET = cfg.socket;
-    PCR_STATE_DIR = cfg.stateDir;
-    PCR_RUNTIME_DIR = cfg.runtimeDir;
-    PCR_VMM = cfg.backend;
-    PCR_BRIDGE = cfg.bridge;
-    PCR_SUBNET = cfg.subnet;
-    PCR_QEMU_BINARY = "${cfg.qemuPackage}/bin/qemu-system-x86_64";
-    PCR_CLOUD_HYPERVISOR_BINARY = "${cfg.cloudHypervisorPackage}/bin/cloud-hypervisor";
-    PCR_VIRTIOFSD_BINARY = "${cfg.virtiofsdPackage}/bin/virtiofsd";
-    PCR_LOG_LEVEL = cfg.logLevel;
-    PCR_CAGE = lib.boolToString cfg.cage.enable;
-    PCR_VMM_UID_RANGE = cfg.cage.uidRange;
-  }
-  // lib.optionalAttrs (cfg.cacheUrl != null) { PCR_CACHE_URL = cfg.cacheUrl; }
-  // lib.optionalAttrs (cfg.trustedPublicKeys != [ ]) { PCR_TRUSTED_KEYS = lib.concatStringsSep " " cfg.trustedPublicKeys; }
-  // lib.optionalAttrs (cfg.uplink != null) { PCR_UPLINK = cfg.uplink; }
-  // lib.optionalAttrs (cfg.resolver != null) { PCR_RESOLVER = cfg.resolver; }
-  // lib.optionalAttrs (cfg.pools != [ ]) { PCR_POOLS = lib.concatMapStringsSep " " poolEntry cfg.pools; };
+  serviceArgs = import ./lib/service-args.nix;
+  argv = serviceArgs.workerArgs {
+    inherit (cfg) socket stateDir runtimeDir backend bridge subnet logLevel cacheUrl trustedPublicKeys uplink resolver;
+    qemuBinary = "${cfg.qemuPackage}/bin/qemu-system-x86_64";
+    cloudHypervisorBinary = "${cfg.cloudHypervisorPackage}/bin/cloud-hypervisor";
+    virtiofsdBinary = "${cfg.virtiofsdPackage}/bin/virtiofsd";
+    cage = cfg.cage.enable;
+    vmmUidRange = cfg.cage.uidRange;
+    pools = map poolEntry cfg.pools;
+    fleet = if cfg.fleet.nats == [ ] then null else {
+      urls = cfg.fleet.nats;
+      inherit (cfg.fleet) hostId labels credsFile user caFile certFile keyFile replicas heartbeatMs;
+    };
+  };
 
   # --pool <spec.json>:<hot>[+disk]; the spec is written to the store as the JSON `nix eval --json .#vmSpec` prints.
   poolEntry = pool:
@@ -137,7 +133,56 @@ in
       type = types.attrsOf types.str;
       default = { };
       example = { PCR_MAX_VMS = "128"; };
-      description = "More PCR_* variables (see worker/config.ts); they override the ones above.";
+      description = "More PCR_* variables (see worker/config.ts) for settings without an option here; the options above are flags, which win over variables.";
+    };
+    environmentFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/keys/pcr-worker.env";
+      description = "A file outside the store with secret PCR_* variables, e.g. PCR_NATS_PASS or PCR_NATS_TOKEN (systemd EnvironmentFile=).";
+    };
+
+    fleet = {
+      nats = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "nats://nats-a:4222" "nats://nats-b:4222" "nats://nats-c:4222" ];
+        description = "Join a fleet (docs/fleet.md): the NATS servers (--nats). Empty: no fleet.";
+      };
+      hostId = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "This host's id in the fleet (--host-id; 1-64 of A-Z a-z 0-9 _ -); null: the host name's first label.";
+      };
+      labels = mkOption {
+        type = types.attrsOf types.str;
+        default = { };
+        example = { zone = "eu"; disk = "ssd"; };
+        description = "Labels for placement constraints (--label key=value).";
+      };
+      credsFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "NATS credentials file, JWT and nkey seed (--nats-creds); a path outside the store.";
+      };
+      user = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        description = "NATS user (--nats-user); its password is PCR_NATS_PASS in environmentFile.";
+      };
+      caFile = mkOption { type = types.nullOr types.str; default = null; description = "PEM CA the NATS servers' certificates chain to (--nats-ca)."; };
+      certFile = mkOption { type = types.nullOr types.str; default = null; description = "PEM client certificate for NATS (--nats-cert, with keyFile)."; };
+      keyFile = mkOption { type = types.nullOr types.str; default = null; description = "PEM client key for NATS (--nats-key); outside the store."; };
+      replicas = mkOption {
+        type = types.enum [ 1 3 ];
+        default = 1;
+        description = "Replicas of the fleet's KV buckets and stream when this worker creates them (--nats-replicas): 3 on a 3-node cluster.";
+      };
+      heartbeatMs = mkOption {
+        type = types.ints.between 100 60000;
+        default = 2000;
+        description = "How often the host heartbeats into the fleet registry (--heartbeat-ms).";
+      };
     };
 
     qemuPackage = mkOption { type = types.package; default = pkgs.qemu_kvm; defaultText = lib.literalExpression "pkgs.qemu_kvm"; };
@@ -151,7 +196,15 @@ in
         assertion = subnetParts != null && prefixLength >= 8 && prefixLength <= 30;
         message = "services.procurator-worker.subnet must be an IPv4 network with a prefix of 8..30";
       }
-    ];
+      {
+        assertion = cfg.fleet.user == null || cfg.environmentFile != null;
+        message = "services.procurator-worker.fleet.user needs environmentFile with PCR_NATS_PASS";
+      }
+    ] ++ map (message: { assertion = false; inherit message; })
+      (serviceArgs.workerFleetProblems (if cfg.fleet.nats == [ ] && cfg.fleet.labels == { } then null else {
+        urls = cfg.fleet.nats;
+        inherit (cfg.fleet) hostId labels credsFile user caFile certFile keyFile replicas heartbeatMs;
+      }));
 
     boot.kernelModules = [ "kvm-intel" "kvm-amd" "tun" "vhost_net" ];
     # VM traffic is routed from the bridge to the uplink (and filtered in the forward hook).
@@ -195,9 +248,9 @@ in
         pkgs.util-linux
         pkgs.coreutils
       ];
-      environment = environment // cfg.extraEnvironment;
+      environment = cfg.extraEnvironment;
       serviceConfig = {
-        ExecStart = "${cfg.package}/bin/pcr-worker";
+        ExecStart = serviceArgs.execLine ([ "${cfg.package}/bin/pcr-worker" ] ++ argv);
         # VMs are separate processes: let them survive a worker restart (the worker re-adopts them).
         KillMode = "process";
         Restart = "on-failure";
@@ -206,6 +259,19 @@ in
         User = "root";
         LimitNOFILE = 65536;
         UMask = "0077";
+        # Exit status 2 is a configuration error: restarting cannot fix it.
+        RestartPreventExitStatus = 2;
+        # As deploy/systemd/pcr-worker.service, and for its reasons: seccomp and capabilities only,
+        # nothing that gives the unit a mount namespace of its own (adopted VMs use the host's mounts).
+        NoNewPrivileges = true;
+        LockPersonality = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        SystemCallArchitectures = "native";
+        SystemCallFilter = [ "~@clock @cpu-emulation @debug @module @obsolete @raw-io @reboot @swap" ];
+        SystemCallErrorNumber = "EPERM";
+      } // lib.optionalAttrs (cfg.environmentFile != null) {
+        EnvironmentFile = cfg.environmentFile;
       };
     };
   };

@@ -28,3 +28,30 @@ test("bad gateway options are refused, each named", () => {
   ];
   for (const [argv, pattern] of cases) assert.throws(() => loadGatewayConfig(argv, {}), pattern, argv.join(" "));
 });
+
+test("every gateway option has its PCR_* variable, and a flag wins over it", () => {
+  const env = {
+    PCR_SOCKET: "/run/pcr-gateway/gateway.sock",
+    PCR_TCP: "0.0.0.0:7000",
+    PCR_TLS_CERT: "/c.pem",
+    PCR_TLS_KEY: "/k.pem",
+    PCR_TLS_CLIENT_CA: "/ca.pem",
+    PCR_NATS: "nats://a:4222",
+    PCR_NATS_CREDS: "/n.creds",
+    PCR_NATS_REPLICAS: "3",
+    PCR_LOG_LEVEL: "debug",
+    PCR_CALL_TIMEOUT_MS: "60000",
+    PCR_LOST_AFTER_MS: "20000",
+  };
+  const config = loadGatewayConfig([], env);
+  assert.equal(config.socket, "/run/pcr-gateway/gateway.sock");
+  assert.equal(config.tcp, "0.0.0.0:7000");
+  assert.deepEqual([config.tlsCert, config.tlsKey, config.tlsClientCa], ["/c.pem", "/k.pem", "/ca.pem"]);
+  assert.equal(config.nats.replicas, 3);
+  assert.equal(config.logLevel, "debug");
+  assert.deepEqual([config.callTimeoutMs, config.lostAfterMs], [60_000, 20_000]);
+  const flagsWin = loadGatewayConfig(["--socket", "/tmp/g.sock", "--nats-replicas", "1"], env);
+  assert.equal(flagsWin.socket, "/tmp/g.sock");
+  assert.equal(flagsWin.nats.replicas, 1);
+  assert.throws(() => loadGatewayConfig([], { ...env, PCR_NATS_REPLICAS: "three" }), /--nats-replicas/);
+});

@@ -1,9 +1,9 @@
 // pcr-gateway's options: where it serves (as a worker does: a unix socket, TCP with mutual TLS)
-// and the fleet's NATS (the same --nats-* options as pcr-worker, the same environment for secrets).
+// and the fleet's NATS (the same --nats-* options as pcr-worker); every option also from its PCR_* variable.
 import { hideBin } from "yargs/helpers";
 import yargs from "yargs";
 import { z } from "zod";
-import { checkListeners, checkNatsAuth, configSchema } from "../config.js";
+import { checkListeners, checkNatsAuth, configSchema, envName, fromText } from "../config.js";
 import { type NatsConnectOptions, natsOptions } from "./connect.js";
 import { DEFAULT_LOST_AFTER_MS } from "./placement.js";
 
@@ -43,53 +43,66 @@ const schema = configSchema
     lostAfterMs: z.number().int().min(1_000).max(600_000),
   });
 
+interface GatewayOption {
+  type: "string" | "number";
+  default?: string | number;
+  describe: string;
+}
+
+/** Each option's type, default and help; its flag is the key in kebab-case, its variable PCR_ + the key in SCREAMING_SNAKE (envName). */
+const GATEWAY_OPTIONS = {
+  socket: { type: "string", default: "/run/procurator/gateway.sock", describe: "Unix socket to serve on" },
+  tcp: { type: "string", describe: "Also serve on TCP host:port; beyond loopback only with mutual TLS" },
+  tlsCert: { type: "string", describe: "PEM certificate of the TCP listener" },
+  tlsKey: { type: "string", describe: "PEM key of the TCP listener" },
+  tlsClientCa: { type: "string", describe: "PEM CA that client certificates must chain to" },
+  nats: { type: "string", describe: "The fleet's NATS servers, comma separated (required)" },
+  natsCreds: { type: "string", describe: "NATS credentials file" },
+  natsUser: { type: "string", describe: "NATS user (with --nats-pass)" },
+  natsPass: { type: "string", describe: "NATS password (prefer PCR_NATS_PASS to the flag)" },
+  natsToken: { type: "string", describe: "NATS token (prefer PCR_NATS_TOKEN to the flag)" },
+  natsCa: { type: "string", describe: "PEM CA the NATS servers' certificates chain to" },
+  natsCert: { type: "string", describe: "PEM client certificate for NATS (with --nats-key)" },
+  natsKey: { type: "string", describe: "PEM client key for NATS" },
+  natsReplicas: { type: "number", default: 1, describe: "Replicas of buckets and streams it creates: 1, or 3 on a cluster" },
+  logLevel: { type: "string", default: "info", describe: "Log level" },
+  callTimeoutMs: { type: "number", default: 300_000, describe: "Longest a call to a host may take" },
+  lostAfterMs: { type: "number", default: DEFAULT_LOST_AFTER_MS, describe: "A host silent this long is lost" },
+} as const satisfies Record<keyof z.infer<typeof schema>, GatewayOption>;
+
+type GatewayKey = keyof typeof GATEWAY_OPTIONS;
+export const gatewayKeys = Object.keys(GATEWAY_OPTIONS) as GatewayKey[];
+const kebab = (key: string) => key.replace(/[A-Z]/g, (letter) => `-${letter.toLowerCase()}`);
+
+/** Flags win over the environment, which wins over the defaults (as for pcr-worker, without a config file). */
 export function loadGatewayConfig(argv: string[] = hideBin(process.argv), env: NodeJS.ProcessEnv = process.env): GatewayConfig {
-  const args = yargs(argv)
+  const parser = yargs(argv)
     .scriptName("pcr-gateway")
-    .usage("$0 --nats <urls> [options]\n\nServes the Procurator Worker RPC in front of a fleet of workers (docs/fleet.md).")
-    .option("socket", { type: "string", default: "/run/procurator/gateway.sock", describe: "Unix socket to serve on" })
-    .option("tcp", { type: "string", describe: "Also serve on TCP host:port; beyond loopback only with mutual TLS" })
-    .option("tls-cert", { type: "string", describe: "PEM certificate of the TCP listener" })
-    .option("tls-key", { type: "string", describe: "PEM key of the TCP listener" })
-    .option("tls-client-ca", { type: "string", describe: "PEM CA that client certificates must chain to" })
-    .option("nats", { type: "string", describe: "The fleet's NATS servers, comma separated (required) [env: PCR_NATS]" })
-    .option("nats-creds", { type: "string", describe: "NATS credentials file" })
-    .option("nats-user", { type: "string", describe: "NATS user (with --nats-pass)" })
-    .option("nats-pass", { type: "string", describe: "NATS password [env: PCR_NATS_PASS]" })
-    .option("nats-token", { type: "string", describe: "NATS token [env: PCR_NATS_TOKEN]" })
-    .option("nats-ca", { type: "string", describe: "PEM CA the NATS servers' certificates chain to" })
-    .option("nats-cert", { type: "string", describe: "PEM client certificate for NATS (with --nats-key)" })
-    .option("nats-key", { type: "string", describe: "PEM client key for NATS" })
-    .option("nats-replicas", { type: "number", default: 1, describe: "Replicas of buckets and streams it creates: 1, or 3 on a cluster" })
-    .option("log-level", { type: "string", default: "info" })
-    .option("call-timeout-ms", { type: "number", default: 300_000, describe: "Longest a call to a host may take" })
-    .option("lost-after-ms", { type: "number", default: DEFAULT_LOST_AFTER_MS, describe: "A host silent this long is lost" })
+    .usage("$0 --nats <urls> [options]\n\nServes the Procurator Worker RPC in front of a fleet of workers (docs/fleet.md).");
+  for (const key of gatewayKeys) {
+    const option: GatewayOption = GATEWAY_OPTIONS[key];
+    // No yargs default: an absent flag must let the variable through.
+    parser.option(kebab(key), {
+      type: option.type,
+      describe: `${option.describe} [env: ${envName(key)}]`,
+      defaultDescription: option.default?.toString(),
+    });
+  }
+  const args = parser
     .strict()
     .fail((message, err) => {
       throw new Error(`invalid arguments: ${err?.message ?? message} (see --help)`);
     })
     .help()
     .version(false)
-    .parseSync();
-  const parsed = schema.safeParse({
-    socket: args.socket,
-    tcp: args.tcp,
-    tlsCert: args.tlsCert,
-    tlsKey: args.tlsKey,
-    tlsClientCa: args.tlsClientCa,
-    nats: args.nats ?? env.PCR_NATS,
-    natsCreds: args.natsCreds,
-    natsUser: args.natsUser,
-    natsPass: args.natsPass ?? env.PCR_NATS_PASS,
-    natsToken: args.natsToken ?? env.PCR_NATS_TOKEN,
-    natsCa: args.natsCa,
-    natsCert: args.natsCert,
-    natsKey: args.natsKey,
-    natsReplicas: args.natsReplicas,
-    logLevel: args.logLevel,
-    callTimeoutMs: args.callTimeoutMs,
-    lostAfterMs: args.lostAfterMs,
-  });
+    .parseSync() as Record<string, unknown>;
+  const values: Record<string, unknown> = {};
+  for (const key of gatewayKeys) {
+    const option: GatewayOption = GATEWAY_OPTIONS[key];
+    const fromEnv = env[envName(key)];
+    values[key] = args[kebab(key)] ?? (fromEnv ? fromText(option.type, fromEnv) : undefined) ?? option.default;
+  }
+  const parsed = schema.safeParse(values);
   if (!parsed.success) {
     const problems = parsed.error.issues.map(
       (issue) => `--${String(issue.path[0]).replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}: ${issue.message}`,
