@@ -34,7 +34,11 @@ export interface CageOptions {
   logger: Logger;
 }
 
-/** What every VMM reads besides its own paths: the host's programs and libraries (Debian's QEMU lives in /usr). */
+/**
+ * What every VMM reads besides its own paths: the host's programs and libraries (Debian's QEMU lives
+ * in /usr), those the host has: NixOS has no /etc/ld.so.cache (a VMM from /nix/store comes with its
+ * closure, worker/process/supervisor.ts), and the helper refuses to bind what does not exist.
+ */
 const HOST_READ_ONLY = ["/usr", "/etc/ld.so.cache"];
 
 export function defaultCageHelper(): string {
@@ -59,6 +63,7 @@ export function parseUidRange(text: string): { first: number; last: number } {
 
 export function createCage(options: CageOptions): CagePort {
   const helper = options.helper ?? defaultCageHelper();
+  const hostReadOnly = HOST_READ_ONLY.filter((path) => existsSync(path));
   const log = options.logger.child({ component: "cage" });
   const uids = new Map<string, number>();
   const taken = new Set<number>();
@@ -114,7 +119,7 @@ export function createCage(options: CageOptions): CagePort {
           uid,
           gid: uid,
           root,
-          readOnly: [...HOST_READ_ONLY, ...request.storePaths, ...(request.shared ? [request.shared] : [])],
+          readOnly: [...hostReadOnly, ...request.storePaths, ...(request.shared ? [request.shared] : [])],
           readWrite: [request.vmDir],
           devices: [],
           cgroups: cgroupDirs,
