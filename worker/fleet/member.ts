@@ -154,8 +154,11 @@ export async function joinFleet(options: JoinFleetOptions): Promise<FleetMember>
   const server: NatsWorkerServer = serveWorkerOverNats(nc, subject, api, { logger: log });
   // A beat slower than the interval (NATS down: puts wait for their timeout) is not queued behind.
   let beating = false;
+  let left = false;
   const tick = () => {
-    if (beating) return;
+    // After leave(): no heartbeat may land after deregister() read the entry (an event published
+    // late calls this too).
+    if (beating || left) return;
     beating = true;
     void beat()
       .catch(() => undefined)
@@ -178,6 +181,7 @@ export async function joinFleet(options: JoinFleetOptions): Promise<FleetMember>
     subject,
     beat,
     async leave() {
+      left = true;
       clearInterval(timer);
       stop.abort();
       await server.drain();
@@ -188,16 +192,19 @@ export async function joinFleet(options: JoinFleetOptions): Promise<FleetMember>
     },
     async deregister(timeoutMs = 5_000) {
       const attempt = async (): Promise<boolean> => {
-        const left = (await api.listVms()).length;
-        if (left > 0) {
-          log.info({ vms: left }, "staying in pcr_hosts: this host's VMs outlive the worker and show lost until it is back");
+        const remaining = (await api.listVms()).length;
+        if (remaining > 0) {
+          log.info({ vms: remaining }, "staying in pcr_hosts: this host's VMs outlive the worker and show lost until it is back");
           return false;
         }
         for (const id of [...published.keys()]) await deleteLocation(id);
         const entry = await buckets.hosts.get(hostId);
         // Only our own last heartbeat: another process under this host id (a restart racing this
         // shutdown) keeps its entry. The revision check makes the read and the delete one step.
-        if (entry?.operation !== "PUT" || entry.revision !== hostRevision) return false;
+        if (entry?.operation !== "PUT" || entry.revision !== hostRevision) {
+          log.warn({ revision: entry?.revision, ours: hostRevision }, "pcr_hosts holds another heartbeat than our last: left as it is");
+          return false;
+        }
         await buckets.hosts.delete(hostId, { previousSeq: entry.revision });
         log.info("removed this host from pcr_hosts: no VMs left");
         return true;
@@ -207,7 +214,12 @@ export async function joinFleet(options: JoinFleetOptions): Promise<FleetMember>
         timer = setTimeout(() => resolve(false), timeoutMs);
       });
       try {
-        return await Promise.race([attempt(), deadline]);
+        // Behind any heartbeat still queued, so that none lands between the read and the delete.
+        let removed = false;
+        const run = serial(async () => {
+          removed = await attempt();
+        });
+        return await Promise.race([run.then(() => removed), deadline]);
       } catch (err) {
         log.warn({ err: (err as Error).message }, "cannot remove this host from pcr_hosts; it will show lost");
         return false;
