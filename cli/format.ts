@@ -28,7 +28,9 @@ function duration(ms: bigint): string {
 }
 
 export function formatVmTable(vms: VmView[]): string {
-  const header = ["ID", "HOSTNAME", "STATUS", "IP", "CPU", "MEMORY", "UPTIME", "GROUP", "ORIGIN", "FAILURE"];
+  // HOST only through a fleet (a gateway, or a worker with --host-id): a lone worker's table is unchanged.
+  const withHost = vms.some((vm) => vm.host);
+  const header = ["ID", "HOSTNAME", "STATUS", "IP", "CPU", "MEMORY", "UPTIME", "GROUP", "ORIGIN", ...(withHost ? ["HOST"] : []), "FAILURE"];
   const rows = vms.map((vm) => [
     vm.id,
     vm.hostname,
@@ -40,6 +42,7 @@ export function formatVmTable(vms: VmView[]): string {
     // Before FAILURE (free text, last), after the columns scripts already read by position.
     vm.group ? printable(vm.group) : "-",
     vm.origin ?? "boot",
+    ...(withHost ? [vm.host ? printable(vm.host) : "-"] : []),
     vm.failure ? printable(vm.failure).slice(0, 80) : "",
   ]);
   return textTable(header, rows);

@@ -12,7 +12,7 @@ interface Worker {
   # hello, and a VM whose agent is not ready by then is deleted (UNAVAILABLE).
   # idempotencyKey: "" none; else at most 128 bytes of printable ASCII. A create whose key names a
   # VM the worker has (or is making) answers that VM's id instead of making another; the same key
-  # with a different spec or secrets is INVALID_ARGUMENT. The key is free again once its VM is
+  # with a different spec, secrets, ttlSeconds or placement is INVALID_ARGUMENT (waitReadyMs may differ). The key is free again once its VM is
   # deleted or its create failed. placement: where a fleet gateway may put the VM; a single worker
   # ignores it.
   createVm @2 (spec :Common.VmSpec, secrets :List(Common.Secret), ttlSeconds :UInt32, waitReadyMs :UInt32,
@@ -66,6 +66,8 @@ struct RunningVm {
   agentReadyMs @16 :UInt64;   # from create to the agent's first hello; 0 until then
   group @17 :Text;            # "": none
   origin @18 :VmOrigin;       # how it started: booted for its create, or claimed from a warm pool
+  host @19 :Text;             # the fleet host id it is on; "": a worker outside a fleet
+  idempotencyKey @20 :Text;   # the key its create carried (the client's string, no secret); "": none
 }
 
 # Constraints on the host a fleet gateway places a create on (docs/fleet.md); a single worker ignores them.

@@ -85,6 +85,7 @@ async function run(config: WorkerConfig): Promise<void> {
     },
     strayRoots: [records.vmsDir, join(config.runtimeDir, "secrets")],
     pools: { configs: pools, snapshots: new FileSnapshots(join(config.stateDir, "snapshots")) },
+    hostId: config.nats ? config.hostId : undefined,
     observer: {
       storeFetched: ({ bytes, seconds }) => {
         metrics?.nixCopyBytes.inc(bytes);
@@ -154,10 +155,12 @@ async function run(config: WorkerConfig): Promise<void> {
     clearInterval(sampler);
     await fleet?.member.leave(); // gateways see no responder at once, and the heartbeat goes stale
     await server.close(); // stops accepting, lets calls in flight finish
-    await fleet?.nc.close();
     await service.closePools();
     if (config.stopVmsOnExit) await service.stopAll();
-    else service.detachAll();
+    // No call can make a VM now: a host left with none leaves pcr_hosts; one with VMs stays (lost).
+    await fleet?.member.deregister();
+    await fleet?.nc.close();
+    if (!config.stopVmsOnExit) service.detachAll();
     http?.close();
     await network?.close();
     await audit.close();

@@ -623,6 +623,8 @@ export interface WorldOptions {
   cage?: boolean;
   /** How soon a pool that could not fill tries again (the service's default otherwise). */
   poolRetryMs?: number;
+  /** A fleet member's host id (--host-id with --nats); absent: a lone worker. */
+  hostId?: string;
 }
 
 /** A logger that keeps every line, parsed, for assertions. */
@@ -679,6 +681,7 @@ export class World {
       agents: this.options.agents || this.options.pools ? this.agents : undefined,
       cage: this.options.cage === false ? undefined : this.cage,
       pools: this.options.pools ? { configs: this.options.pools, snapshots: this.snapshots, retryMs: this.options.poolRetryMs } : undefined,
+      hostId: this.options.hostId,
     });
   }
 

@@ -11,6 +11,10 @@ test("a gateway's options: NATS from a flag or PCR_NATS, secrets from the enviro
   const fromEnv = loadGatewayConfig([], { PCR_NATS: "nats://c:4222", PCR_NATS_TOKEN: "t0ken" });
   assert.deepEqual(fromEnv.nats.servers, ["nats://c:4222"]);
   assert.equal(fromEnv.nats.token, "t0ken");
+  assert.equal(config.forgetLostAfterMs, 24 * 3600_000, "a lost host is forgotten after a day by default");
+  assert.equal(loadGatewayConfig(["--nats", "nats://a:1", "--forget-lost-after-ms", "0"], {}).forgetLostAfterMs, 0, "0: never");
+  const short = ["--nats", "nats://a:1", "--lost-after-ms", "1000", "--forget-lost-after-ms", "2500"];
+  assert.equal(loadGatewayConfig(short, {}).forgetLostAfterMs, 2500);
 });
 
 test("bad gateway options are refused, each named", () => {
@@ -25,6 +29,13 @@ test("bad gateway options are refused, each named", () => {
     [["--nats", "nats://a:1", "--call-timeout-ms", "5"], /--call-timeout-ms/],
     [["--nats", "nats://a:1", "--log-level", "loud"], /--log-level/],
     [["--nats", "nats://a:1", "--no-such-flag"], /invalid arguments/],
+    [["--nats", "nats://a:1", "--forget-lost-after-ms", "-1"], /--forget-lost-after-ms/],
+    [["--nats", "nats://a:1", "--forget-lost-after-ms", "1.5"], /--forget-lost-after-ms/],
+    [
+      ["--nats", "nats://a:1", "--forget-lost-after-ms", "5000"],
+      /--forget-lost-after-ms \(5000\) must be 0 \(never\) or above --lost-after-ms/,
+    ],
+    [["--nats", "nats://a:1", "--forget-lost-after-ms", "x"], /--forget-lost-after-ms/],
   ];
   for (const [argv, pattern] of cases) assert.throws(() => loadGatewayConfig(argv, {}), pattern, argv.join(" "));
 });

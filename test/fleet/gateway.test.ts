@@ -146,6 +146,42 @@ describe("a fleet of three hosts (fake VMMs) behind two gateways, one NATS node"
     for (const vm of await a.listVms()) await a.deleteVm(vm.id);
   });
 
+  test("one request print at a gateway and its host: ttl and placement count, spelling does not; getVm shows host and key", async () => {
+    await empty();
+    const key = "print-1";
+    const options = { idempotencyKey: key, ttlSeconds: 600, placement: { host: "h2", labels: { zone: "b" } } };
+    const id = await a.createVm(spec({ hostname: "print" }), options);
+    // Another ttl under the key: refused at either gateway and at the host itself, alike.
+    const direct = await connectWorker(fleet.hosts[1]!.worker.socket);
+    try {
+      assert.equal(await codeOf(b.createVm(spec({ hostname: "print" }), { ...options, ttlSeconds: 601 })), "INVALID_ARGUMENT");
+      assert.equal(await codeOf(direct.createVm(spec({ hostname: "print" }), { ...options, ttlSeconds: 601 })), "INVALID_ARGUMENT");
+      // Placeable (h2 still fits), but other constraints: another request. (Unplaceable ones are
+      // refused by placement first, FAILED_PRECONDITION, before the key's intent is read.)
+      const fewerLabels = { ...options, placement: { host: "h2" } };
+      assert.equal(await codeOf(b.createVm(spec({ hostname: "print" }), fewerLabels)), "INVALID_ARGUMENT", "other labels");
+      assert.equal(await codeOf(direct.createVm(spec({ hostname: "print" }), fewerLabels)), "INVALID_ARGUMENT", "other labels");
+      // The very request, straight at the host the gateway placed it on: the same VM.
+      assert.equal(await direct.createVm(spec({ hostname: "PRINT" }), options), id);
+      assert.equal(await b.createVm(spec({ hostname: "PRINT" }), options), id, "the hostname's case is the spec's spelling");
+      const view = await b.getVm(id);
+      assert.equal(view.host, "h2");
+      assert.equal(view.idempotencyKey, key);
+      assert.equal((await direct.getVm(id)).host, "h2", "a fleet member fills it itself");
+      const listed = (await a.listVms()).find((vm) => vm.id === id);
+      assert.deepEqual([listed?.host, listed?.idempotencyKey], ["h2", key]);
+      const unkeyed = await a.createVm(spec({ hostname: "nokey" }), { placement: { host: "h1" } });
+      assert.deepEqual(
+        [(await b.getVm(unkeyed)).host, (await b.getVm(unkeyed)).idempotencyKey?.startsWith("gateway-")],
+        ["h1", true],
+        "without a key, the one the gateway made for it",
+      );
+    } finally {
+      direct.close();
+    }
+    assert.equal((await a.listVms()).length, 2, "no VM made by any refused request");
+  });
+
   test("an intent in NATS that is not one (junk, or another gateway's broken write) is INTERNAL; nothing is made", async () => {
     await empty();
     const nc = await connect({ servers: fleet.nats.urls });

@@ -17,7 +17,7 @@ import { parseFleetEvent, parseVmLocation } from "../../worker/fleet/records.js"
 import { connectWorker, WorkerClient } from "../../worker/rpc/worker-client.js";
 import { waitForOutput } from "../helpers/child-output.js";
 import { startNats } from "../helpers/nats.js";
-import { testGuest, WORKER_BIN } from "../helpers/repo.js";
+import { GATEWAY_BIN, testGuest, WORKER_BIN } from "../helpers/repo.js";
 
 const HEARTBEAT_MS = 300;
 const guest = testGuest();
@@ -40,6 +40,8 @@ interface Member {
   dir: string;
   stop(signal?: NodeJS.Signals): Promise<void>;
   logs(): string;
+  /** How it ended ("running" until stopped). */
+  exit(): string;
 }
 
 /** A worker process with --nats, started as test/helpers/worker-process.ts does, minus the namespace. */
@@ -51,6 +53,7 @@ async function startMember(hostId: string, reuseDir?: string, extraArgs: string[
   args.push("--vmm", "fake", "--no-cage", "--no-network", "--http-listen", "off", "--stop-grace-ms", "0");
   args.push("--nats", nats.url, "--host-id", hostId, "--label", "zone=test", "--heartbeat-ms", String(HEARTBEAT_MS), ...extraArgs);
   let logText = "";
+  let exit = "running";
   const child: ResultPromise = execa(process.execPath, [WORKER_BIN, ...args], { reject: false, buffer: false, stdin: "ignore" });
   cleanups.push(async () => {
     child.kill("SIGKILL");
@@ -65,8 +68,10 @@ async function startMember(hostId: string, reuseDir?: string, extraArgs: string[
     logs: () => logText,
     async stop(signal = "SIGTERM") {
       child.kill(signal);
-      await child;
+      const result = await child;
+      exit = `exit code ${result.exitCode}, signal ${result.signal}`;
     },
+    exit: () => exit,
   };
 }
 
@@ -215,6 +220,93 @@ test("NATS down and back: the member reconnects, heartbeats again and answers on
   const views = await until("h3 answering on its subject", () => remote.listVms().catch(() => undefined), 20_000);
   assert.deepEqual(views, []);
   await member.stop("SIGTERM");
+});
+
+test("a clean shutdown with no VMs left removes the host from pcr_hosts; with VMs alive it stays (they show lost)", {
+  skip: "skip" in guest ? guest.skip : false,
+  timeout: 60_000,
+}, async () => {
+  if ("skip" in guest) return;
+  const empty = await startMember("leaver");
+  await until("leaver in pcr_hosts", () => hostEntry("leaver"));
+  await empty.stop("SIGTERM");
+  // Deleted before the worker exits; the read may race the exit's last acknowledgements by a moment.
+  await until("leaver gone from pcr_hosts", async () => ((await hostEntry("leaver")) ? undefined : true), 3_000).catch((err) => {
+    throw new Error(`${(err as Error).message}; worker ${empty.exit()}, logs:\n${empty.logs()}`);
+  });
+
+  const holder = await startMember("holder");
+  const local = await connectWorker(holder.socket);
+  const id = await local.createVm(guest.input);
+  local.close();
+  await until("holder's VM in pcr_vms", async () => ((await (await kv("pcr_vms")).get(id))?.operation === "PUT" ? true : undefined));
+  await holder.stop("SIGINT");
+  assert.ok(await hostEntry("holder"), "a host whose VMs outlive the worker stays");
+  assert.equal(parseVmLocation((await (await kv("pcr_vms")).get(id))!.value).hostId, "holder");
+
+  // --stop-vms-on-exit: its VMs end with it, so it leaves the fleet whole, pcr_vms entries too.
+  const stopper = await startMember("stopper", undefined, ["--stop-vms-on-exit"]);
+  const client = await connectWorker(stopper.socket);
+  const doomed = await client.createVm(guest.input);
+  client.close();
+  await until("stopper's VM in pcr_vms", async () => ((await (await kv("pcr_vms")).get(doomed))?.operation === "PUT" ? true : undefined));
+  await stopper.stop("SIGTERM");
+  assert.equal(await hostEntry("stopper"), undefined, stopper.logs());
+  assert.notEqual((await (await kv("pcr_vms")).get(doomed))?.operation, "PUT", "its VM's entry is gone too");
+});
+
+test("pcr-gateway: a lost host's VM shows its host and key; a host lost past --forget-lost-after-ms with no VMs is forgotten", {
+  skip: "skip" in guest ? guest.skip : false,
+  timeout: 60_000,
+}, async () => {
+  if ("skip" in guest) return;
+  const dir = await mkdtemp(join(tmpdir(), "pcr-fleet-gw-"));
+  cleanups.push(() => rm(dir, { recursive: true, force: true }));
+  const socket = join(dir, "gateway.sock");
+  const args = ["--nats", nats.url, "--socket", socket, "--lost-after-ms", "1000", "--forget-lost-after-ms", "2500"];
+  const gateway: ResultPromise = execa(process.execPath, [GATEWAY_BIN, ...args], { reject: false, buffer: false, stdin: "ignore" });
+  cleanups.push(async () => {
+    gateway.kill("SIGKILL");
+    await gateway;
+  });
+  let gatewayLogs = "";
+  gateway.stderr!.on("data", (chunk: Buffer) => (gatewayLogs += chunk.toString()));
+  await waitForOutput(gateway, "listening on", "gateway", 20_000, () => gatewayLogs);
+  const client = await connectWorker(socket);
+  cleanups.push(async () => client.close());
+
+  const withVm = await startMember("gw-keeps");
+  const empty = await startMember("gw-forgets");
+  // The key makes the retry safe while the gateway's watch has not brought the host yet.
+  const id = await until("a create on gw-keeps", () =>
+    client.createVm(guest.input, { placement: { host: "gw-keeps" }, idempotencyKey: "gw-key-1" }).catch(() => undefined),
+  );
+  const live = await client.getVm(id);
+  assert.equal(live.host, "gw-keeps");
+  assert.equal(live.idempotencyKey, "gw-key-1");
+  // Earlier tests' hosts left VMs in pcr_vms (lost now): only this one is looked at.
+  assert.deepEqual(
+    (await client.listVms()).filter((vm) => vm.id === id).map((vm) => vm.host),
+    ["gw-keeps"],
+  );
+  await until("gw-keeps's own pcr_vms entry, with the key", async () => {
+    const entry = await (await kv("pcr_vms")).get(id);
+    return entry?.operation === "PUT" && parseVmLocation(entry.value).view.idempotencyKey === "gw-key-1" ? true : undefined;
+  });
+  await withVm.stop("SIGKILL");
+  await empty.stop("SIGKILL");
+  const lost = await until("the VM lost", async () => {
+    const vm = await client.getVm(id);
+    return vm.status === "lost" ? vm : undefined;
+  });
+  assert.equal(lost.host, "gw-keeps");
+  assert.equal(lost.idempotencyKey, "gw-key-1");
+  assert.deepEqual(
+    (await client.listVms()).filter((vm) => vm.id === id).map((vm) => [vm.status, vm.host, vm.idempotencyKey]),
+    [["lost", "gw-keeps", "gw-key-1"]],
+  );
+  await until("gw-forgets forgotten", async () => ((await hostEntry("gw-forgets")) ? undefined : true), 15_000);
+  assert.ok(await hostEntry("gw-keeps"), "a lost host with a VM in pcr_vms is kept");
 });
 
 test("bad fleet flags stop the worker at start, naming them", { timeout: 30_000 }, async () => {

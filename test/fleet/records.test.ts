@@ -11,6 +11,8 @@ const bytes = (value: unknown) => new TextEncoder().encode(typeof value === "str
 test("a VM's location and an event round-trip", () => {
   const location = vmLocationOf("h1", sampleVm(1));
   assert.deepEqual(parseVmLocation(encodeVmLocation(location)), location);
+  assert.equal(location.view.idempotencyKey, "key 1 ~!", "its key kept, for a lost VM's view");
+  assert.equal("idempotencyKey" in vmLocationOf("h1", sampleVm(2)).view, false, "none: absent, as older workers write it");
   const event = { hostId: "h1", vmId: "vm-0123456789abcdef", status: "running" as const, atMs: 1, reason: "", hostSeq: 3 };
   assert.deepEqual(parseFleetEvent(encodeFleetEvent(event)), event);
 });
@@ -31,6 +33,11 @@ test("hostile locations are INVALID_ARGUMENT", () => {
     { ...good, view: { ...good.view, hostname: "h".repeat(300) } },
     { ...good, view: { ...good.view, backend: "QEMU; rm -rf" } },
     { ...good, view: undefined },
+    // The idempotency key a gateway shows for a lost VM: as a worker takes one, or refused.
+    { ...good, view: { ...good.view, idempotencyKey: "k".repeat(129) } },
+    { ...good, view: { ...good.view, idempotencyKey: "esc\u001b[2J" } },
+    { ...good, view: { ...good.view, idempotencyKey: "ü" } },
+    { ...good, view: { ...good.view, idempotencyKey: 7 } },
   ];
   for (const value of bad) throwsWith(() => parseVmLocation(bytes(value)), "INVALID_ARGUMENT", /vm location/);
   throwsWith(() => parseVmLocation(new Uint8Array(64 * 1024).fill(0x20)), "INVALID_ARGUMENT", /exceeds|bytes/);

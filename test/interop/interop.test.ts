@@ -53,6 +53,8 @@ function describeVm(vm: VmView): string {
     vm.agentReadyMs,
     vm.group,
     VM_ORIGINS.indexOf(vm.origin ?? "boot"),
+    vm.host,
+    vm.idempotencyKey,
   ].join("|");
 }
 

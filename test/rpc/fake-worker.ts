@@ -57,6 +57,8 @@ export function sampleVm(i: number): VmView {
     agentReadyMs: i % 4 === 2 ? BigInt(2000 + i) : 0n,
     group: i % 2 === 1 ? `grp-${i % 3}` : "",
     origin: (["boot", "pool", "snapshot"] as const)[i % 3],
+    host: i % 2 === 0 ? `h${i % 5}` : "",
+    idempotencyKey: i % 4 === 1 ? `key ${i} ~!` : "",
   };
 }
 

@@ -121,6 +121,10 @@ export interface VmView {
   group?: string;
   /** "boot": booted for its create; "pool": a pooled VM, claimed; "snapshot": restored from its pool's snapshot. */
   origin?: VmOrigin;
+  /** The fleet host id the VM is on; "" (or absent): a worker outside a fleet. */
+  host?: string;
+  /** The idempotency key its create carried (the client's own string); "" (or absent): none. */
+  idempotencyKey?: string;
 }
 
 export const VM_ORIGINS = ["boot", "pool", "snapshot"] as const;

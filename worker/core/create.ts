@@ -4,7 +4,7 @@ import { randomBytes } from "node:crypto";
 import type { Logger } from "pino";
 import type { CreateVmOptions, SecretInput, VmSpecInput } from "./api.js";
 import { asWorkerError, failedPrecondition, invalidArgument } from "./errors.js";
-import { idempotencyRecord, validateIdempotencyKey, type IdempotencyRecord } from "./idempotency.js";
+import { idempotencyRecord, type NewIdempotencyRecord, requestPrint, validateIdempotencyKey } from "./idempotency.js";
 import { Plan } from "./plan.js";
 import type { VmRegistry } from "./registry.js";
 import { validateSecrets } from "./secrets.js";
@@ -48,7 +48,7 @@ export interface CreateRequest {
   ttlSeconds: number;
   waitReadyMs: number;
   /** The create's idempotency key and what it was used for; absent: none. */
-  idempotency?: IdempotencyRecord;
+  idempotency?: NewIdempotencyRecord;
 }
 
 /** A new VM id: 64 random bits, unique across a fleet in practice (docs/fleet.md). */
@@ -91,8 +91,10 @@ export function checkCreate(
     throw failedPrecondition(`waitReadyMs: the ${backend.name} backend on this worker has no guest agent channel to wait for`);
   }
   const key = validateIdempotencyKey(options.idempotencyKey);
-  // options.placement is a fleet gateway's to honour: one worker has no other host to choose.
-  return { spec, secrets, ttlSeconds, waitReadyMs, ...(key ? { idempotency: idempotencyRecord(key, secrets) } : {}) };
+  // options.placement is a fleet gateway's to honour: one worker has no other host to choose. It
+  // still counts in the request's print, as at a gateway: one key, one request, wherever it lands.
+  const idempotency = key ? idempotencyRecord(key, requestPrint(spec, { ttlSeconds, placement: options.placement }), secrets) : undefined;
+  return { spec, secrets, ttlSeconds, waitReadyMs, ...(idempotency ? { idempotency } : {}) };
 }
 
 /**

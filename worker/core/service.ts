@@ -89,6 +89,8 @@ export interface ServiceDeps {
   cage?: CagePort;
   /** Warm pools (pools.ts), where their snapshots live, and how soon a pool that could not fill tries again. */
   pools?: { configs: PoolConfig[]; snapshots: SnapshotStore; retryMs?: number };
+  /** The fleet host id (--host-id with --nats), shown in every VmView; absent: outside a fleet. */
+  hostId?: string;
 }
 
 /** Hooks for metrics; every method optional. */
@@ -321,22 +323,22 @@ export class WorkerService implements WorkerApi {
     const request = checkCreate(input, options, this.deps.backend, this.deps.network, this.deps.limits, this.deps.agents !== undefined);
     const { idempotency } = request;
     if (!idempotency) return this.create(request, caller);
-    const hash = specHash(request.spec);
+    const print = { specHash: specHash(request.spec), requestHash: idempotency.requestHash };
     const key = idempotency.key;
     const underWay = this.createsByKey.get(key);
     if (underWay) {
-      checkSameRequest(underWay, hash, request.secrets);
+      checkSameRequest(underWay, print, request.secrets);
       this.log.info({ requestId: caller?.requestId }, "create under way with this idempotency key; answering its result");
       return underWay.result;
     }
     const known = this.registry.byIdempotencyKey(key);
     if (known?.record.idempotency) {
-      checkSameRequest({ specHash: known.record.specHash, idempotency: known.record.idempotency }, hash, request.secrets);
+      checkSameRequest({ specHash: known.record.specHash, idempotency: known.record.idempotency }, print, request.secrets);
       this.log.info({ vmId: known.id, requestId: caller?.requestId }, "create repeated with its idempotency key; answering its VM");
       return known.id;
     }
     const result = this.create(request, caller);
-    this.createsByKey.set(key, { specHash: hash, idempotency, result });
+    this.createsByKey.set(key, { specHash: print.specHash, idempotency, result });
     try {
       return await result;
     } finally {
@@ -517,6 +519,6 @@ export class WorkerService implements WorkerApi {
   }
 
   private view(vm: ManagedVm): VmView {
-    return vm.view(this.faults.list(vm.id));
+    return { ...vm.view(this.faults.list(vm.id)), host: this.deps.hostId ?? "" };
   }
 }

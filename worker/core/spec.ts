@@ -95,6 +95,16 @@ export function validateSpec(input: VmSpecInput, limits: SpecLimits): ValidSpec 
   const group = input.group ?? "";
   if (group !== "" && !isValidGroup(group)) problems.push(`group ${JSON.stringify(group)} is not a host-name label`);
   if (problems.length > 0) throw invalidArgument(problems.join("; "));
+  return canonicalSpec(input);
+}
+
+/**
+ * The spec as a worker keeps it (a valid input's ValidSpec), without the checks: a fleet gateway,
+ * which does not know a host's limits, fingerprints a create's request with it (idempotency.ts).
+ */
+export function canonicalSpec(input: VmSpecInput): ValidSpec {
+  const dataDisk = input.dataDiskBytes ?? 0n;
+  const group = input.group ?? "";
   return {
     hostname: input.hostname.toLowerCase(),
     kernel: input.kernel,
@@ -102,7 +112,7 @@ export function validateSpec(input: VmSpecInput, limits: SpecLimits): ValidSpec 
     image: input.image,
     cmdline: input.cmdline.trim(),
     cpu: input.cpu,
-    memoryBytes: Number(memory),
+    memoryBytes: Number(input.memoryBytes),
     allowedDomains: [...input.allowedDomains],
     ...(dataDisk > 0n ? { dataDiskBytes: Number(dataDisk) } : {}),
     ...(group ? { group: group.toLowerCase() } : {}),

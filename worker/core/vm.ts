@@ -226,6 +226,8 @@ export class ManagedVm {
       agentReadyMs: this.agentReadyMs(),
       group: record.spec.group ?? "",
       origin: record.origin ?? "boot",
+      // The client's own string: never the salted hash of its secrets kept beside it.
+      idempotencyKey: record.idempotency?.key ?? "",
     };
   }
 

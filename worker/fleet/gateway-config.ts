@@ -5,6 +5,7 @@ import yargs from "yargs";
 import { z } from "zod";
 import { checkListeners, checkNatsAuth, configSchema, envName, fromText } from "../config.js";
 import { type NatsConnectOptions, natsOptions } from "./connect.js";
+import { DEFAULT_FORGET_LOST_AFTER_MS } from "./forget.js";
 import { DEFAULT_LOST_AFTER_MS } from "./placement.js";
 
 export interface GatewayConfig {
@@ -17,6 +18,8 @@ export interface GatewayConfig {
   logLevel: string;
   callTimeoutMs: number;
   lostAfterMs: number;
+  /** A host lost this long, with no VM left in pcr_vms, is removed from pcr_hosts; 0: never. */
+  forgetLostAfterMs: number;
 }
 
 // The same rules as pcr-worker's for what both take (config.ts), plus the gateway's own timeouts.
@@ -41,6 +44,11 @@ const schema = configSchema
   .extend({
     callTimeoutMs: z.number().int().min(1_000).max(3_600_000),
     lostAfterMs: z.number().int().min(1_000).max(600_000),
+    forgetLostAfterMs: z
+      .number()
+      .int()
+      .min(0)
+      .max(365 * 24 * 3600_000),
   });
 
 interface GatewayOption {
@@ -68,6 +76,11 @@ const GATEWAY_OPTIONS = {
   logLevel: { type: "string", default: "info", describe: "Log level" },
   callTimeoutMs: { type: "number", default: 300_000, describe: "Longest a call to a host may take" },
   lostAfterMs: { type: "number", default: DEFAULT_LOST_AFTER_MS, describe: "A host silent this long is lost" },
+  forgetLostAfterMs: {
+    type: "number",
+    default: DEFAULT_FORGET_LOST_AFTER_MS,
+    describe: "A host lost this long with no VM left in pcr_vms is removed from pcr_hosts (0: never)",
+  },
 } as const satisfies Record<keyof z.infer<typeof schema>, GatewayOption>;
 
 type GatewayKey = keyof typeof GATEWAY_OPTIONS;
@@ -111,7 +124,13 @@ export function loadGatewayConfig(argv: string[] = hideBin(process.argv), env: N
   }
   const c = parsed.data;
   if (!c.nats) throw new Error("invalid configuration:\n  --nats is required: the fleet's NATS servers");
-  const problem = checkListeners(c) ?? checkNatsAuth(c);
+  const problem =
+    checkListeners(c) ??
+    checkNatsAuth(c) ??
+    (c.forgetLostAfterMs !== 0 && c.forgetLostAfterMs <= c.lostAfterMs
+      ? `--forget-lost-after-ms (${c.forgetLostAfterMs}) must be 0 (never) or above --lost-after-ms (${c.lostAfterMs}): ` +
+        "a host is forgotten only once lost"
+      : undefined);
   if (problem) throw new Error(`invalid configuration:\n  ${problem}`);
   return {
     socket: c.socket,
@@ -123,5 +142,6 @@ export function loadGatewayConfig(argv: string[] = hideBin(process.argv), env: N
     logLevel: c.logLevel,
     callTimeoutMs: c.callTimeoutMs,
     lostAfterMs: c.lostAfterMs,
+    forgetLostAfterMs: c.forgetLostAfterMs,
   };
 }

@@ -10,6 +10,7 @@ import { startRpcServer } from "../rpc/server.js";
 import { openFleetBuckets } from "./buckets.js";
 import { connectFleet } from "./connect.js";
 import { FleetDirectory } from "./directory.js";
+import { startForgettingLostHosts } from "./forget.js";
 import { streamEvents } from "./events.js";
 import { FleetGateway } from "./gateway.js";
 import { loadGatewayConfig } from "./gateway-config.js";
@@ -29,6 +30,7 @@ async function main(): Promise<void> {
   await directory.start();
   const events = streamEvents(nc, jetstream(nc), await jetstreamManager(nc), logger);
   const gateway = new FleetGateway({ nc, directory, buckets, events, logger, callTimeoutMs: config.callTimeoutMs });
+  const forgetting = startForgettingLostHosts({ hosts: buckets.hosts, directory, forgetAfterMs: config.forgetLostAfterMs, logger });
 
   await mkdir(dirname(config.socket), { recursive: true, mode: 0o755 });
   const server = await startRpcServer({
@@ -54,6 +56,7 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     logger.info({ signal }, "shutting down");
+    forgetting.stop();
     await server.close();
     gateway.close();
     events.close();

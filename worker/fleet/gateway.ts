@@ -10,7 +10,8 @@ import { z } from "zod";
 import type { CallerInfo, CreateVmOptions, FaultInput, FileWriteInput, OutputStream, VmSpecInput, VmView, WorkerApi } from "../core/api.js";
 import { zeroCounters } from "../core/api.js";
 import { asWorkerError, internal, invalidArgument, notFound, unavailable } from "../core/errors.js";
-import { checkSameRequest, idempotencyRecord } from "../core/idempotency.js";
+import { checkSameRequest, idempotencyRecord, requestPrint } from "../core/idempotency.js";
+import { canonicalSpec } from "../core/spec.js";
 import { WorkerClient } from "../rpc/worker-client.js";
 import type { FleetDirectory } from "./directory.js";
 import type { FleetEvents } from "./events.js";
@@ -55,7 +56,7 @@ const DEFINITE_REFUSALS = new Set(["INVALID_ARGUMENT", "FAILED_PRECONDITION", "R
  * answered: as a worker keeps it (core/idempotency.ts), the secrets only as a salted HMAC.
  */
 const printSchema = z.object({
-  /** sha256 of everything but the secrets. */
+  /** requestPrint(...).requestHash (core/idempotency.ts): everything but the secrets and waitReadyMs. */
   requestHash: z.string().regex(/^[0-9a-f]{64}$/),
   secretsSalt: z.string().regex(/^[0-9a-f]{32}$/),
   secretsHash: z.string().regex(/^[0-9a-f]{64}$/),
@@ -178,7 +179,9 @@ export class FleetGateway implements WorkerApi {
     }
     const key = options.idempotencyKey;
     const intentKey = createHash("sha256").update(key).digest("hex");
-    const requestHash = hashRequest(spec, options);
+    // The worker's own definition of "the same request" (core/idempotency.ts), so that a key means
+    // one request at a gateway and at a host alike.
+    const requestedPrint = requestPrint(canonicalSpec(spec), options);
     const secrets = options.secrets ?? [];
     const { intents } = this.options.buckets;
     const excluded = new Set<string>();
@@ -192,7 +195,7 @@ export class FleetGateway implements WorkerApi {
           options,
           request,
           async (hostId) => {
-            const { secretsSalt, secretsHash } = idempotencyRecord(key, secrets);
+            const { requestHash, secretsSalt, secretsHash } = idempotencyRecord(key, requestedPrint, secrets);
             const print = { requestHash, secretsSalt, secretsHash };
             const placed = encodeIntent({ ...print, state: "placed", hostId, atMs: Date.now() });
             const revision = await patiently("cannot record the create's intent", () => intents.create(intentKey, placed));
@@ -207,7 +210,7 @@ export class FleetGateway implements WorkerApi {
       }
       if (entry?.operation !== "PUT") continue; // gone meanwhile: place again
       const intent = parseIntent(entry.value, key);
-      checkSameRequest({ specHash: intent.requestHash, idempotency: { key, ...intent } }, requestHash, secrets);
+      checkSameRequest({ idempotency: { key, ...intent } }, requestedPrint, secrets);
       if (intent.state === "created" && intent.vmId) return intent.vmId;
       // Placed by an earlier try or another gateway: ask that host again, which answers the one VM.
       const ref = { key: intentKey, revision: entry.revision, print: printSchema.parse(intent) };
@@ -291,7 +294,7 @@ export class FleetGateway implements WorkerApi {
       throw error;
     }
     const backend = this.options.directory.host(hostId)?.info.backend ?? "unknown";
-    const location: VmLocation = { hostId, view: shortView(id, spec, backend) };
+    const location: VmLocation = { hostId, view: shortView(id, spec, backend, key) };
     // Answered before these land: this gateway routes by its own cache at once, others find the VM
     // on its host should they ask before pcr_vms has it. Should they fail, the intent stays `placed`
     // and a retry asks the host, which answers this VM again.
@@ -320,7 +323,7 @@ export class FleetGateway implements WorkerApi {
       directory.hosts().map(async ({ info }) => {
         if (directory.isLost(info.hostId)) return directory.vmsOn(info.hostId).map((l) => lostView(l, `host ${info.hostId} is lost`));
         try {
-          return await this.client(info.hostId, "list").listVms();
+          return onHost(info.hostId, await this.client(info.hostId, "list").listVms());
         } catch (err) {
           const why = `host ${info.hostId} did not answer: ${asWorkerError(err).message}`;
           return directory.vmsOn(info.hostId).map((l) => lostView(l, why));
@@ -334,7 +337,7 @@ export class FleetGateway implements WorkerApi {
     const location = await this.locate(id);
     if (this.options.directory.isLost(location.hostId)) return lostView(location, `host ${location.hostId} is lost`);
     try {
-      return await this.client(location.hostId).getVm(id);
+      return onHost(location.hostId, [await this.client(location.hostId).getVm(id)])[0]!;
     } catch (err) {
       // Not yet declared lost, but not answering (killed, cut off): as listVms, report what is known.
       const error = asWorkerError(err);
@@ -427,17 +430,10 @@ function placementRequest(spec: VmSpecInput, options: CreateVmOptions): Placemen
   };
 }
 
-/** sha256 over everything the create asks for but its secrets (the intent keeps those salted). */
-function hashRequest(spec: VmSpecInput, options: CreateVmOptions): string {
-  const hash = createHash("sha256");
-  hash.update(JSON.stringify(spec, (_key, value) => (typeof value === "bigint" ? value.toString() : value)));
-  hash.update(JSON.stringify([options.ttlSeconds ?? 0, options.waitReadyMs ?? 0, options.placement ?? null]));
-  return hash.digest("hex");
-}
-
 /** Until the host's own entry replaces it: enough to route by and to list the VM should its host be lost. */
-function shortView(id: string, spec: VmSpecInput, backend: string): VmLocation["view"] {
+function shortView(id: string, spec: VmSpecInput, backend: string, idempotencyKey: string): VmLocation["view"] {
   return {
+    idempotencyKey,
     id,
     hostname: spec.hostname,
     cpu: spec.cpu,
@@ -449,6 +445,12 @@ function shortView(id: string, spec: VmSpecInput, backend: string): VmLocation["
     createdAtMs: String(Date.now()),
     specHash: "",
   };
+}
+
+/** A host's answer, each VM marked with the host that answered: the one asked, whatever it says itself. */
+function onHost(hostId: string, views: VmView[]): VmView[] {
+  for (const view of views) view.host = hostId;
+  return views;
 }
 
 /** A VM on a host the gateway cannot hear: what pcr_vms last said of it, `lost`. */
@@ -470,5 +472,7 @@ function lostView(location: VmLocation, why: string): VmView {
     egressDrops: 0n,
     backend: view.backend,
     group: view.group,
+    host: location.hostId,
+    idempotencyKey: view.idempotencyKey ?? "",
   };
 }

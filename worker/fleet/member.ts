@@ -43,6 +43,13 @@ export interface FleetMember {
   beat(): Promise<void>;
   /** Stops heartbeats and publishing, and drains the call subscription; leaves `nc` open. */
   leave(): Promise<void>;
+  /**
+   * After leave(), once no call can make a VM any more: if the worker has no VM left, removes what
+   * says this host is in the fleet (its pcr_hosts entry, and pcr_vms entries still naming it), so a
+   * host shut down cleanly does not linger as `lost`. With VMs left (they outlive the worker), it
+   * removes nothing: they show `lost` until the host is back. Never throws; false: the entry stays.
+   */
+  deregister(timeoutMs?: number): Promise<boolean>;
 }
 
 /** Every this many heartbeats, pcr_vms entries of this host's VMs are read back (a gateway writes them too). */
@@ -65,6 +72,8 @@ export async function joinFleet(options: JoinFleetOptions): Promise<FleetMember>
   let beats = 0;
   let failing = false;
   let chain: Promise<void> = Promise.resolve();
+  /** The revision of this process's last heartbeat: deregister() deletes only that one. */
+  let hostRevision: number | undefined;
 
   const heartbeat = async (): Promise<void> => {
     const views = await api.listVms();
@@ -86,7 +95,7 @@ export async function joinFleet(options: JoinFleetOptions): Promise<FleetMember>
       startedAtMs,
       seenAtMs: Date.now(),
     };
-    await buckets.hosts.put(hostId, encodeHostInfo(info));
+    hostRevision = await buckets.hosts.put(hostId, encodeHostInfo(info));
     if (!scanned) {
       await scanOwn(buckets.vms, hostId, published);
       scanned = true;
@@ -145,8 +154,11 @@ export async function joinFleet(options: JoinFleetOptions): Promise<FleetMember>
   const server: NatsWorkerServer = serveWorkerOverNats(nc, subject, api, { logger: log });
   // A beat slower than the interval (NATS down: puts wait for their timeout) is not queued behind.
   let beating = false;
+  let left = false;
   const tick = () => {
-    if (beating) return;
+    // After leave(): no heartbeat may land after deregister() read the entry (an event published
+    // late calls this too).
+    if (beating || left) return;
     beating = true;
     void beat()
       .catch(() => undefined)
@@ -169,6 +181,7 @@ export async function joinFleet(options: JoinFleetOptions): Promise<FleetMember>
     subject,
     beat,
     async leave() {
+      left = true;
       clearInterval(timer);
       stop.abort();
       await server.drain();
@@ -176,6 +189,43 @@ export async function joinFleet(options: JoinFleetOptions): Promise<FleetMember>
       await Promise.race([publishing, new Promise((resolve) => setTimeout(resolve, 1_000).unref())]);
       await chain;
       log.info("left the fleet");
+    },
+    async deregister(timeoutMs = 5_000) {
+      const attempt = async (): Promise<boolean> => {
+        const remaining = (await api.listVms()).length;
+        if (remaining > 0) {
+          log.info({ vms: remaining }, "staying in pcr_hosts: this host's VMs outlive the worker and show lost until it is back");
+          return false;
+        }
+        for (const id of [...published.keys()]) await deleteLocation(id);
+        const entry = await buckets.hosts.get(hostId);
+        // Only our own last heartbeat: another process under this host id (a restart racing this
+        // shutdown) keeps its entry. The revision check makes the read and the delete one step.
+        if (entry?.operation !== "PUT" || entry.revision !== hostRevision) {
+          log.warn({ revision: entry?.revision, ours: hostRevision }, "pcr_hosts holds another heartbeat than our last: left as it is");
+          return false;
+        }
+        await buckets.hosts.delete(hostId, { previousSeq: entry.revision });
+        log.info("removed this host from pcr_hosts: no VMs left");
+        return true;
+      };
+      let timer: NodeJS.Timeout | undefined;
+      const deadline = new Promise<boolean>((resolve) => {
+        timer = setTimeout(() => resolve(false), timeoutMs);
+      });
+      try {
+        // Behind any heartbeat still queued, so that none lands between the read and the delete.
+        let removed = false;
+        const run = serial(async () => {
+          removed = await attempt();
+        });
+        return await Promise.race([run.then(() => removed), deadline]);
+      } catch (err) {
+        log.warn({ err: (err as Error).message }, "cannot remove this host from pcr_hosts; it will show lost");
+        return false;
+      } finally {
+        clearTimeout(timer);
+      }
     },
   };
 }

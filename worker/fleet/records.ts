@@ -5,6 +5,7 @@ import { z } from "zod";
 import type { VmEvent, VmStatus, VmView } from "../core/api.js";
 import { VM_STATUSES } from "../core/api.js";
 import { invalidArgument } from "../core/errors.js";
+import { MAX_IDEMPOTENCY_KEY_BYTES } from "../core/idempotency.js";
 import { HOST_ID } from "./host-info.js";
 
 export const MAX_VM_LOCATION_BYTES = 4096;
@@ -30,6 +31,12 @@ export const vmLocationSchema = z.object({
     backend: z.string().regex(/^[a-z0-9][a-z0-9-]{0,31}$/),
     createdAtMs: decimal,
     specHash: z.string().max(128),
+    /** Its create's idempotency key, as core/idempotency.ts allows one; absent from older workers' entries. */
+    idempotencyKey: z
+      .string()
+      .max(MAX_IDEMPOTENCY_KEY_BYTES)
+      .regex(/^[\x20-\x7e]*$/, "must be printable ASCII")
+      .optional(),
   }),
 });
 export type VmLocation = z.infer<typeof vmLocationSchema>;
@@ -59,6 +66,7 @@ export function vmLocationOf(hostId: string, view: VmView): VmLocation {
       backend: view.backend,
       createdAtMs: view.createdAtMs.toString(),
       specHash: view.specHash,
+      ...(view.idempotencyKey ? { idempotencyKey: view.idempotencyKey } : {}),
     },
   };
 }

@@ -70,7 +70,7 @@ export const WorkerMethod = {
 
 /** Struct sizes: data words, pointer count. */
 export const Size = {
-  RunningVm: [6, 11],
+  RunningVm: [6, 13],
   IoCounters: [8, 0],
   VmEvent: [3, 2],
   VmSpec: [3, 7],
@@ -139,7 +139,7 @@ const STATUS_CODES = new Map(VM_STATUSES.map((status, code) => [status, code]));
 const statusToWire = (status: VmStatus): number => STATUS_CODES.get(status) ?? 0;
 
 /** Bytes a RunningVm usually takes (struct, counters, texts): sizes result buffers up front. */
-export const RUNNING_VM_BYTES_ESTIMATE = 360;
+export const RUNNING_VM_BYTES_ESTIMATE = 400;
 
 // ---- RunningVm / IoCounters ----
 
@@ -185,6 +185,8 @@ export function writeRunningVm(b: MessageBuilder, s: number, vm: VmView): void {
   b.setU64(s + 40, vm.agentReadyMs ?? 0n);
   b.setText(p + 80, vm.group ?? "");
   b.setU16(s + 2, VM_ORIGINS.indexOf(vm.origin ?? "boot"));
+  b.setText(p + 88, vm.host ?? "");
+  b.setText(p + 96, vm.idempotencyKey ?? "");
 }
 
 export function readRunningVm(s: StructReader): VmView {
@@ -213,6 +215,9 @@ export function readRunningVm(s: StructReader): VmView {
     group: readText(s, 10),
     // An origin this reader does not know yet (a newer worker's) is shown as a boot.
     origin: VM_ORIGINS[readU16(s, 2)] ?? "boot",
+    // Peers that predate these send neither: "" (outside a fleet; no key).
+    host: readText(s, 11),
+    idempotencyKey: readText(s, 12),
   };
 }
 

@@ -46,6 +46,8 @@ inline void fillSampleVm(RunningVm::Builder vm, uint32_t i) {
   if (i % 2 == 1) vm.setGroup(kj::str("grp-", i % 3));
   static const VmOrigin origins[] = {VmOrigin::BOOT, VmOrigin::POOL, VmOrigin::SNAPSHOT};
   vm.setOrigin(origins[i % 3]);
+  if (i % 2 == 0) vm.setHost(kj::str("h", i % 5));
+  if (i % 4 == 1) vm.setIdempotencyKey(kj::str("key ", i, " ~!"));
 }
 
 inline kj::String describeFaults(capnp::List<ActiveFault>::Reader faults) {
@@ -66,5 +68,5 @@ inline kj::String describeVm(RunningVm::Reader vm) {
                  c.getBlockWriteOps(), ",", c.getNetRxBytes(), ",", c.getNetTxBytes(), ",",
                  c.getNetRxPackets(), ",", c.getNetTxPackets(), "|", vm.getEgressDrops(), "|", vm.getBackend(), "|",
                  describeFaults(vm.getFaults()), "|", vm.getAgentState(), "|", vm.getAgentReadyMs(), "|",
-                 vm.getGroup(), "|", uint16_t(vm.getOrigin()));
+                 vm.getGroup(), "|", uint16_t(vm.getOrigin()), "|", vm.getHost(), "|", vm.getIdempotencyKey());
 }
