@@ -2,6 +2,7 @@
 // pcr-worker: wiring only. config -> adapters -> service -> RPC server.
 import { readFileSync } from "node:fs";
 import { chmod, mkdir, statfs } from "node:fs/promises";
+import { setTimeout as delay } from "node:timers/promises";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { pino, type Logger } from "pino";
@@ -138,14 +139,9 @@ async function run(config: WorkerConfig): Promise<void> {
   let ready = true;
   const http = config.httpListen === "off" ? undefined : await startHttp(config.httpListen, metrics, () => ready);
 
-  console.log(`pcr-worker: backend ${backend.name}; listening on unix:${config.socket}${config.tcp ? ` and tcp:${config.tcp}` : ""}`);
-  if (http) console.log(`pcr-worker: health and metrics on http://${config.httpListen}/metrics`);
-  logger.info({ socket: config.socket, tcp: config.tcp, backend: backend.name, http: config.httpListen }, "listening");
-
-  // Joined after the sockets listen: the worker serves them whatever NATS does.
-  const capacity = { vms: config.maxVms, cpu: config.maxTotalCpu, memoryBytes: config.maxTotalMemoryBytes, diskBytes: maxTotalDiskBytes };
-  const fleet = config.nats ? await startFleet(config, api, () => service.specs(), capacity, backend.name, logger) : undefined;
-
+  // Signal handlers before anything says the worker is up: a SIGTERM from then on, even during
+  // the fleet join, is a clean shutdown.
+  let joining: ReturnType<typeof startFleet> | undefined;
   let stopping = false;
   const shutdown = async (signal: string) => {
     if (stopping) return;
@@ -153,6 +149,9 @@ async function run(config: WorkerConfig): Promise<void> {
     ready = false;
     logger.info({ signal, stopVms: config.stopVmsOnExit }, "shutting down");
     clearInterval(sampler);
+    // A signal during the join waits for it (its first heartbeat is in pcr_hosts and must go too),
+    // but not forever: with NATS unreachable the join never ends.
+    const fleet = await Promise.race([joining?.catch(() => undefined), delay(JOIN_WAIT_ON_SHUTDOWN_MS).then(() => undefined)]);
     await fleet?.member.leave(); // gateways see no responder at once, and the heartbeat goes stale
     await server.close(); // stops accepting, lets calls in flight finish
     await service.closePools();
@@ -169,7 +168,19 @@ async function run(config: WorkerConfig): Promise<void> {
   };
   process.on("SIGTERM", () => void shutdown("SIGTERM"));
   process.on("SIGINT", () => void shutdown("SIGINT"));
+
+  console.log(`pcr-worker: backend ${backend.name}; listening on unix:${config.socket}${config.tcp ? ` and tcp:${config.tcp}` : ""}`);
+  if (http) console.log(`pcr-worker: health and metrics on http://${config.httpListen}/metrics`);
+  logger.info({ socket: config.socket, tcp: config.tcp, backend: backend.name, http: config.httpListen }, "listening");
+
+  // Joined after the sockets listen: the worker serves them whatever NATS does. A failed join is fatal.
+  const capacity = { vms: config.maxVms, cpu: config.maxTotalCpu, memoryBytes: config.maxTotalMemoryBytes, diskBytes: maxTotalDiskBytes };
+  joining = config.nats ? startFleet(config, api, () => service.specs(), capacity, backend.name, logger) : undefined;
+  await joining;
 }
+
+/** How long a shutdown waits for a fleet join still under way. */
+const JOIN_WAIT_ON_SHUTDOWN_MS = 5_000;
 
 /** Connects to NATS and joins the fleet as --host-id. */
 async function startFleet(

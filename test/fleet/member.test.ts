@@ -45,7 +45,7 @@ interface Member {
 }
 
 /** A worker process with --nats, started as test/helpers/worker-process.ts does, minus the namespace. */
-async function startMember(hostId: string, reuseDir?: string, extraArgs: string[] = []): Promise<Member> {
+async function startMember(hostId: string, reuseDir?: string, extraArgs: string[] = [], readyMarker = "joined fleet at"): Promise<Member> {
   const dir = reuseDir ?? (await mkdtemp(join(tmpdir(), "pcr-fleet-member-")));
   if (!reuseDir) cleanups.push(() => rm(dir, { recursive: true, force: true }));
   const socket = join(dir, "run", "worker.sock");
@@ -60,8 +60,8 @@ async function startMember(hostId: string, reuseDir?: string, extraArgs: string[
     await child;
   });
   child.stderr!.on("data", (chunk: Buffer) => (logText += chunk.toString()));
-  const out = await waitForOutput(child, "joined fleet at", "worker", 20_000, () => logText);
-  assert.match(out, new RegExp(`pcr-worker: joined fleet at ${nats.url} as ${hostId}\\n`));
+  const out = await waitForOutput(child, readyMarker, "worker", 20_000, () => logText);
+  if (readyMarker === "joined fleet at") assert.match(out, new RegExp(`pcr-worker: joined fleet at ${nats.url} as ${hostId}\\n`));
   return {
     socket,
     dir,
@@ -253,6 +253,18 @@ test("a clean shutdown with no VMs left removes the host from pcr_hosts; with VM
   await stopper.stop("SIGTERM");
   assert.equal(await hostEntry("stopper"), undefined, stopper.logs());
   assert.notEqual((await (await kv("pcr_vms")).get(doomed))?.operation, "PUT", "its VM's entry is gone too");
+});
+
+test("a signal while the worker joins the fleet still shuts it down cleanly, and it leaves pcr_hosts", {
+  skip: "skip" in guest ? guest.skip : false,
+  timeout: 60_000,
+}, async () => {
+  // SIGTERM as soon as its sockets listen, before its join is done: once the handlers came only
+  // after the join, the signal killed it there, its first heartbeat left behind in pcr_hosts.
+  const early = await startMember("early-leaver", undefined, [], "listening on unix:");
+  await early.stop("SIGTERM");
+  assert.equal(early.exit(), "exit code 0, signal undefined", early.logs());
+  assert.equal(await hostEntry("early-leaver"), undefined, early.logs());
 });
 
 test("pcr-gateway: a lost host's VM shows its host and key; a host lost past --forget-lost-after-ms with no VMs is forgotten", {

@@ -45,12 +45,6 @@ async function main(): Promise<void> {
     limits: { callDeadlineMs: config.callTimeoutMs + 5_000 },
   });
   await chmod(config.socket, 0o660);
-  console.log(
-    `pcr-gateway: fleet at ${config.nats.servers.join(",")}; ` +
-      `listening on unix:${config.socket}${config.tcp ? ` and tcp:${config.tcp}` : ""}`,
-  );
-  logger.info({ socket: config.socket, tcp: config.tcp, hosts: directory.hosts().length }, "listening");
-
   let stopping = false;
   const shutdown = async (signal: string) => {
     if (stopping) return;
@@ -67,6 +61,12 @@ async function main(): Promise<void> {
   };
   process.on("SIGTERM", () => void shutdown("SIGTERM"));
   process.on("SIGINT", () => void shutdown("SIGINT"));
+  // Said only once a signal would stop it cleanly.
+  console.log(
+    `pcr-gateway: fleet at ${config.nats.servers.join(",")}; ` +
+      `listening on unix:${config.socket}${config.tcp ? ` and tcp:${config.tcp}` : ""}`,
+  );
+  logger.info({ socket: config.socket, tcp: config.tcp, hosts: directory.hosts().length }, "listening");
 }
 
 main().catch((err) => {
