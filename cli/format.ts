@@ -31,24 +31,32 @@ export function formatVmTable(vms: VmView[]): string {
   // HOST only through a fleet (a gateway, or a worker with --host-id): a lone worker's table is unchanged.
   const withHost = vms.some((vm) => vm.host);
   const header = ["ID", "HOSTNAME", "STATUS", "IP", "CPU", "MEMORY", "UPTIME", "GROUP", "ORIGIN", ...(withHost ? ["HOST"] : []), "FAILURE"];
-  const rows = vms.map((vm) => [
-    vm.id,
-    vm.hostname,
-    vm.status,
-    vm.ip || "-",
-    String(vm.cpu),
-    human(vm.memoryBytes),
-    vm.uptimeMs > 0n ? duration(vm.uptimeMs) : "-",
-    // Before FAILURE (free text, last), after the columns scripts already read by position.
-    vm.group ? printable(vm.group) : "-",
-    vm.origin ?? "boot",
-    ...(withHost ? [vm.host ? printable(vm.host) : "-"] : []),
-    vm.failure ? printable(vm.failure).slice(0, 80) : "",
-  ]);
+  // Every column is the server's text: a hostile gateway or worker must not reach the terminal.
+  const rows = vms.map((vm) =>
+    [
+      vm.id,
+      vm.hostname,
+      vm.status,
+      vm.ip || "-",
+      String(vm.cpu),
+      human(vm.memoryBytes),
+      vm.uptimeMs > 0n ? duration(vm.uptimeMs) : "-",
+      // Before FAILURE (free text, last), after the columns scripts already read by position.
+      vm.group || "-",
+      vm.origin ?? "boot",
+      ...(withHost ? [vm.host || "-"] : []),
+      vm.failure ? tableCell(vm.failure).slice(0, 80) : "",
+    ].map(tableCell),
+  );
   return textTable(header, rows);
 }
 
 /** Columns padded to their widest cell, two spaces apart, no trailing blanks. */
+/** One line of inert text: controls made visible, and newlines and tabs too, which would break the row. */
+function tableCell(text: string): string {
+  return printable(text).replaceAll("\n", "\\n").replaceAll("\t", "\\t");
+}
+
 export function textTable(header: string[], rows: string[][]): string {
   const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => row[column]!.length)));
   return [header, ...rows]

@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { formatVmTable, vmToJson } from "../../cli/format.js";
 import { sampleVm } from "../rpc/fake-worker.js";
+import type { VmView } from "../../worker/core/api.js";
 
 test("list-vms: no HOST column from a lone worker; one, with - for VMs without a host, through a fleet", () => {
   const lone = formatVmTable([
@@ -25,6 +26,15 @@ test("list-vms: no HOST column from a lone worker; one, with - for VMs without a
 test("a host with terminal control characters (a hostile gateway's) is printed inert", () => {
   const table = formatVmTable([{ ...sampleVm(1), host: "h1\u001b[2Jx" }]);
   assert.ok(!table.includes("\u001b"), JSON.stringify(table));
+});
+
+test("every text column from the server is printed inert: id, hostname, status, ip, origin too", () => {
+  const hostile = "x\u001b]0;owned\u0007\u001b[2J\nfake row\t";
+  const vm = { ...sampleVm(1), id: hostile, hostname: hostile, ip: hostile, origin: hostile } as unknown as VmView;
+  const table = formatVmTable([vm]);
+  const lines = table.trimEnd().split("\n");
+  assert.equal(lines.length, 2, "a header and one row");
+  assert.ok(!/[\u0000-\u001f\u007f]/.test(lines.join("")), JSON.stringify(table));
 });
 
 test("get-vm's JSON has the host and the idempotency key", () => {
