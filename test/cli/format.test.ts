@@ -34,6 +34,7 @@ test("every text column from the server is printed inert: id, hostname, status, 
   const table = formatVmTable([vm]);
   const lines = table.trimEnd().split("\n");
   assert.equal(lines.length, 2, "a header and one row");
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters is the point
   assert.ok(!/[\u0000-\u001f\u007f]/.test(lines.join("")), JSON.stringify(table));
 });
 
