@@ -3,14 +3,15 @@
 // parsers; the directories match the worker's defaults; and systemd itself accepts the units.
 import assert from "node:assert/strict";
 import { execa } from "execa";
-import { accessSync, chmodSync, constants, cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { delimiter, dirname, join } from "node:path";
+import { dirname, join } from "node:path";
 import { after, describe, it } from "node:test";
 import { configKeys, configSchema, envName, loadConfig } from "../../worker/config.js";
 import { gatewayKeys, loadGatewayConfig } from "../../worker/fleet/gateway-config.js";
 import { REPO_ROOT } from "../helpers/repo.js";
 import { environmentFile, environmentOf, loadUnit, programOf, single, splitExec, type Unit, values } from "./unit-file.js";
+import { onPath } from "../helpers/on-path.js";
 
 const UNITS_DIR = join(REPO_ROOT, "deploy", "systemd");
 const PACKAGE_BINS = Object.keys((JSON.parse(readFileSync(join(REPO_ROOT, "package.json"), "utf8")) as { bin: object }).bin);
@@ -40,18 +41,6 @@ const DAEMONS: Record<string, Daemon> = {
 };
 
 const EnvFilePath = (unit: Unit) => single(unit, "Service", "EnvironmentFile").replace(/^-/, "");
-
-function onPath(binary: string): string | undefined {
-  for (const dir of (process.env.PATH ?? "").split(delimiter)) {
-    try {
-      accessSync(join(dir, binary), constants.X_OK);
-      return join(dir, binary);
-    } catch {
-      /* not here */
-    }
-  }
-  return undefined;
-}
 
 describe("deploy/systemd units", () => {
   for (const [program, daemon] of Object.entries(DAEMONS)) {

@@ -1,23 +1,11 @@
 // Running nix-instantiate for the test/nix suites: fixtures, skip reason, evaluation helpers.
 import { execa } from "execa";
-import { accessSync, constants } from "node:fs";
-import { delimiter, join } from "node:path";
+import { join } from "node:path";
 import { REPO_ROOT } from "../helpers/repo.js";
+import { onPath } from "../helpers/on-path.js";
 
 export const FIXTURES = join(REPO_ROOT, "test", "nix", "fixtures");
 export const FLAKE_VMM_LIB = join(REPO_ROOT, "nix", "flake-vmm", "lib");
-
-function onPath(binary: string): string | undefined {
-  for (const dir of (process.env.PATH ?? "").split(delimiter)) {
-    try {
-      accessSync(join(dir, binary), constants.X_OK);
-      return join(dir, binary);
-    } catch {
-      /* not here */
-    }
-  }
-  return undefined;
-}
 
 const nixInstantiate = onPath("nix-instantiate");
 
