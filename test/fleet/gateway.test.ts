@@ -146,6 +146,24 @@ describe("a fleet of three hosts (fake VMMs) behind two gateways, one NATS node"
     for (const vm of await a.listVms()) await a.deleteVm(vm.id);
   });
 
+  test("a repeat of a keyed create that was made answers its VM though no host has room now", async () => {
+    await empty();
+    const key = "made-then-full-1";
+    // Each once h1's heartbeat no longer counts VMs gone (a gateway's view lags by a heartbeat; a
+    // create refused by placement records no intent, so it may be tried again). Then h1 is full
+    // (2 VMs) in gateway a's view, which counts what it placed since h1's last heartbeat.
+    const onH1 = (hostname: string, idempotencyKey?: string) => () =>
+      a.createVm(spec({ hostname }), { idempotencyKey, placement: { host: "h1" } }).catch(() => undefined);
+    await waitFor("room on h1 for a first VM", 10_000, onH1("filler"));
+    const id = await waitFor("room on h1 for a second VM", 10_000, onH1("made", key));
+    assert.equal(await codeOf(b.createVm(spec({ hostname: "new" }), { placement: { host: "h1" } })), "RESOURCE_EXHAUSTED", "h1 is full");
+    // Its answer was lost, say: the client retries, at either gateway, and gets its VM, not "full".
+    for (const gateway of [a, b]) {
+      assert.equal(await gateway.createVm(spec({ hostname: "made" }), { idempotencyKey: key, placement: { host: "h1" } }), id);
+    }
+    for (const vm of await a.listVms()) await a.deleteVm(vm.id);
+  });
+
   test("one request print at a gateway and its host: ttl and placement count, spelling does not; getVm shows host and key", async () => {
     await empty();
     const key = "print-1";

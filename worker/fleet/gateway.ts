@@ -204,9 +204,12 @@ export class FleetGateway implements WorkerApi {
           excluded,
         );
       } catch (err) {
-        // Another gateway has it, or our own create landed before a failover lost its answer.
-        if (!/wrong last sequence|key exists/i.test((err as Error).message)) throw err;
+        const refusedPlacement = placementRefusals.has(err as object);
+        // Another gateway has it, or our own create landed before a failover lost its answer; or no
+        // host has room now, yet a repeat of a request already placed must follow its intent.
+        if (!refusedPlacement && !/wrong last sequence|key exists/i.test((err as Error).message)) throw err;
         entry = await patiently("cannot read the create's intent", () => intents.get(intentKey));
+        if (refusedPlacement && entry?.operation !== "PUT") throw err;
       }
       if (entry?.operation !== "PUT") continue; // gone meanwhile: place again
       const intent = parseIntent(entry.value, key);
@@ -237,7 +240,13 @@ export class FleetGateway implements WorkerApi {
           Array.from(this.reservations.get(host.hostId) ?? [], (held) => held.request),
         ),
       );
-      const { hostId } = placeVm(request, withReservations, Date.now(), { lostAfterMs: this.options.directory.lostAfterMs });
+      let hostId: string;
+      try {
+        ({ hostId } = placeVm(request, withReservations, Date.now(), { lostAfterMs: this.options.directory.lostAfterMs }));
+      } catch (err) {
+        placementRefusals.add(err as object);
+        throw err;
+      }
       const intent = await recordIntent(hostId);
       const answer = await this.send(hostId, spec, options, request, intent);
       if (answer !== "elsewhere") return answer;
@@ -412,6 +421,9 @@ export class FleetGateway implements WorkerApi {
     }
   }
 }
+
+/** Errors of placeVm itself (no host fits), not of a host: a keyed create then reads its intent. */
+const placementRefusals = new WeakSet<object>();
 
 /** What placement needs of a create; sizes that do not fit a safe integer are the request's fault. */
 function placementRequest(spec: VmSpecInput, options: CreateVmOptions): PlacementRequest {
