@@ -252,6 +252,9 @@ test("a clean shutdown with no VMs left removes the host from pcr_hosts; with VM
   await until("stopper's VM in pcr_vms", async () => ((await (await kv("pcr_vms")).get(doomed))?.operation === "PUT" ? true : undefined));
   await stopper.stop("SIGTERM");
   assert.equal(await hostEntry("stopper"), undefined, stopper.logs());
+  // Its VM's end is in PCR_EVENTS before the worker exits: the shutdown published it.
+  const ended = await eventsOf("stopper", doomed);
+  assert.equal(ended.at(-1), "stopped", `the events of a VM the shutdown stopped: ${ended.join(" ")}`);
   assert.notEqual((await (await kv("pcr_vms")).get(doomed))?.operation, "PUT", "its VM's entry is gone too");
 });
 

@@ -41,13 +41,18 @@ export interface FleetMember {
   readonly subject: string;
   /** Heartbeats and reconciles pcr_vms now (calls are serialized with the timer's). */
   beat(): Promise<void>;
-  /** Stops heartbeats and publishing, and drains the call subscription; leaves `nc` open. */
+  /**
+   * Stops heartbeats and drains the call subscription; leaves `nc` open. Lifecycle events are
+   * still published (the VMs a shutdown stops end after this), until deregister().
+   */
   leave(): Promise<void>;
   /**
-   * After leave(), once no call can make a VM any more: if the worker has no VM left, removes what
-   * says this host is in the fleet (its pcr_hosts entry, and pcr_vms entries still naming it), so a
-   * host shut down cleanly does not linger as `lost`. With VMs left (they outlive the worker), it
-   * removes nothing: they show `lost` until the host is back. Never throws; false: the entry stays.
+   * After leave(), once no call can make a VM any more: publishes the lifecycle events not yet
+   * published (bounded by the timeout), stops publishing; then, if the worker has no VM left,
+   * removes what says this host is in the fleet (its pcr_hosts entry, and pcr_vms entries still
+   * naming it), so a host shut down cleanly does not linger as `lost`. With VMs left (they outlive
+   * the worker), it removes nothing: they show `lost` until the host is back. Never throws; false:
+   * the entry stays.
    */
   deregister(timeoutMs?: number): Promise<boolean>;
 }
@@ -165,6 +170,7 @@ export async function joinFleet(options: JoinFleetOptions): Promise<FleetMember>
       .finally(() => (beating = false));
   };
   const timer = setInterval(tick, options.heartbeatMs);
+  const progress = { nextSeq: 0n };
   const publishing = publishEvents({
     api,
     js,
@@ -173,7 +179,19 @@ export async function joinFleet(options: JoinFleetOptions): Promise<FleetMember>
     signal: stop.signal,
     log,
     changed: tick,
+    progress,
   });
+  /** Until every event the worker has now is published, or the deadline; then publishing stops. */
+  const finishPublishing = async (deadlineMs: number): Promise<void> => {
+    while (Date.now() < deadlineMs && !stop.signal.aborted) {
+      const pending = await api.events(progress.nextSeq, 1, 0).catch(() => undefined);
+      if (!pending || pending.events.length === 0) break;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    stop.abort();
+    // The publisher may sit in a long poll of the events; it ends there, unneeded.
+    await Promise.race([publishing, new Promise((resolve) => setTimeout(resolve, 1_000).unref())]);
+  };
   log.info({ subject, heartbeatMs: options.heartbeatMs }, "joined the fleet");
 
   return {
@@ -183,15 +201,13 @@ export async function joinFleet(options: JoinFleetOptions): Promise<FleetMember>
     async leave() {
       left = true;
       clearInterval(timer);
-      stop.abort();
       await server.drain();
-      // The publisher may sit in a long poll of the events; it ends there, unneeded.
-      await Promise.race([publishing, new Promise((resolve) => setTimeout(resolve, 1_000).unref())]);
       await chain;
       log.info("left the fleet");
     },
     async deregister(timeoutMs = 5_000) {
       const attempt = async (): Promise<boolean> => {
+        await finishPublishing(Date.now() + timeoutMs / 2);
         const remaining = (await api.listVms()).length;
         if (remaining > 0) {
           log.info({ vms: remaining }, "staying in pcr_hosts: this host's VMs outlive the worker and show lost until it is back");
@@ -276,6 +292,8 @@ interface PublishContext {
   log: Logger;
   /** Called after events were published: VMs came or went. */
   changed: () => void;
+  /** The worker's sequence up to which its events are published. */
+  progress: { nextSeq: bigint };
 }
 
 /**
@@ -311,6 +329,7 @@ async function publishEvents(context: PublishContext): Promise<void> {
       if (signal.aborted) return; // unpublished events stay unpublished: their VMs' state is in pcr_vms and the host
     }
     since = batch.nextSeq;
+    context.progress.nextSeq = since;
     if (batch.events.length > 0) context.changed();
   }
 }
