@@ -265,7 +265,7 @@ describe("hosts lost and back, a gateway killed mid-create (real QEMU VMs)", { s
     for (const vm of [id, elsewhere]) await gateway.deleteVm(vm);
   });
 
-  test("a gateway killed mid-create: the retry with the same key at another gateway answers the one VM", async () => {
+  test("a gateway killed mid-create: a retry with the key at another gateway answers the one VM, which runs exec through it", async () => {
     const doomed = await fleet.addGateway();
     const survivor = await (await fleet.addGateway()).client();
     const key = "mid-create-1";
@@ -284,6 +284,10 @@ describe("hosts lost and back, a gateway killed mid-create (real QEMU VMs)", { s
       "one VM for the request",
     );
     assert.equal((await vmmPids(id)).length > 0, true);
+    // Exec reaches the owning host through a gateway other than the one that made the VM.
+    const ran = await survivor.exec(id, { argv: ["/bin/sh", "-c", "echo from the guest; exit 3"], timeoutMs: 60_000 });
+    assert.equal(Buffer.from(ran.stdout).toString(), "from the guest\n");
+    assert.equal(ran.exitCode, 3);
     await survivor.deleteVm(id);
   });
 });
