@@ -18,6 +18,7 @@ import { createGuestAgents } from "./agent/index.js";
 import { createCgroupCpuThrottle } from "./faults/cgroup.js";
 import { createNetFaults } from "./faults/net-faults.js";
 import { connectFleet, natsOptions } from "./fleet/connect.js";
+import { workerInboxPrefix } from "./fleet/nats-authorization.js";
 import type { Resources } from "./fleet/host-info.js";
 import { type FleetMember, type JoinFleetOptions, joinFleet } from "./fleet/member.js";
 import { createNetwork } from "./net/network.js";
@@ -192,7 +193,7 @@ async function startFleet(
   logger: Logger,
 ): Promise<{ member: FleetMember; nc: Awaited<ReturnType<typeof connectFleet>> }> {
   const nats = natsOptions({ ...config, nats: config.nats! });
-  const nc = await connectFleet({ ...nats, hostId: config.hostId });
+  const nc = await connectFleet({ ...nats, hostId: config.hostId, inboxPrefix: workerInboxPrefix(config.hostId) });
   const member = await joinFleet({
     nc,
     hostId: config.hostId,

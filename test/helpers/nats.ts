@@ -35,6 +35,8 @@ export interface StartNatsOptions {
   readyTimeoutMs?: number;
   /** The address clients connect to (a fleet test's bridge); routes and monitoring stay on 127.0.0.1. */
   host?: string;
+  /** Lines appended to every node's config (an `authorization` block). */
+  extraConfig?: string[];
 }
 
 const READY_TIMEOUT_MS = 20_000;
@@ -90,6 +92,7 @@ async function startNodes(size: number, options: StartNatsOptions): Promise<Nats
         ...(options.maxPayload ? [`max_payload: ${options.maxPayload}`] : []),
         ...(options.jetstream ? [`jetstream { store_dir: "${join(dir, name)}" }`] : []),
         ...(clustered ? [`cluster { name: "pcr-test", listen: "127.0.0.1:${routePort}", routes: [${routes.join(", ")}] }`] : []),
+        ...(options.extraConfig ?? []),
       ];
       const configPath = join(dir, `${name}.conf`);
       writeFileSync(configPath, `${lines.join("\n")}\n`);

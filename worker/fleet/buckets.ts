@@ -2,7 +2,7 @@
 // created by whichever worker or gateway gets there first. Creating is idempotent: the server
 // answers an identical create with the existing bucket, and a process that loses a race against a
 // different configuration (other replicas) binds to what exists rather than failing.
-import { type JetStreamManager, jetstreamManager, type StreamConfig } from "@nats-io/jetstream";
+import { JetStreamApiCodes, JetStreamApiError, type JetStreamManager, jetstreamManager, type StreamConfig } from "@nats-io/jetstream";
 import { type KV, type KvOptions, Kvm } from "@nats-io/kv";
 import { nanos, type NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "pino";
@@ -36,16 +36,27 @@ export interface OpenBucketsOptions {
   logger: Logger;
 }
 
-/** Opens the fleet's buckets and stream, creating what is missing. */
+/** What a worker uses: it never reads or writes intents (docs/fleet.md "Securing NATS"). */
+export type MemberBuckets = Omit<FleetBuckets, "intents">;
+
+/** Opens the fleet's buckets and stream, creating what is missing (a gateway). */
 export async function openFleetBuckets(nc: NatsConnection, options: OpenBucketsOptions): Promise<FleetBuckets> {
-  const kvm = new Kvm(nc);
-  const bucket = (name: string, extra: Partial<KvOptions> = {}) =>
-    openBucket(kvm, name, { replicas: options.replicas, ...extra }, options.logger);
-  const [hosts, vms, intents] = await Promise.all([
-    bucket(BUCKETS.hosts),
-    bucket(BUCKETS.vms),
-    bucket(BUCKETS.intents, { ttl: INTENT_TTL_MS }),
+  const [member, intents] = await Promise.all([
+    openMemberBuckets(nc, options),
+    openBucket(new Kvm(nc), BUCKETS.intents, { replicas: options.replicas, ttl: INTENT_TTL_MS }, options.logger),
   ]);
+  return { ...member, intents };
+}
+
+/**
+ * Opens pcr_hosts, pcr_vms and PCR_EVENTS, creating what is missing (a worker). What exists is
+ * only read (STREAM.INFO), never created again: a worker allowed no JetStream create joins a fleet
+ * whose gateway made them.
+ */
+export async function openMemberBuckets(nc: NatsConnection, options: OpenBucketsOptions): Promise<MemberBuckets> {
+  const kvm = new Kvm(nc);
+  const bucket = (name: string) => openBucket(kvm, name, { replicas: options.replicas }, options.logger);
+  const [hosts, vms] = await Promise.all([bucket(BUCKETS.hosts), bucket(BUCKETS.vms)]);
   const jsm = await jetstreamManager(nc);
   await ensureStream(
     jsm,
@@ -59,7 +70,7 @@ export async function openFleetBuckets(nc: NatsConnection, options: OpenBucketsO
     },
     options.logger,
   );
-  return { hosts, vms, intents, jsm };
+  return { hosts, vms, jsm };
 }
 
 async function openBucket(kvm: Kvm, name: string, options: Partial<KvOptions>, logger: Logger): Promise<KV> {
@@ -83,6 +94,15 @@ async function openBucket(kvm: Kvm, name: string, options: Partial<KvOptions>, l
 }
 
 async function ensureStream(jsm: JetStreamManager, config: Partial<StreamConfig> & { name: string }, logger: Logger): Promise<void> {
+  // Looked up first, as a KV bucket is (Kvm.create): an existing stream needs no create permission.
+  const found = await jsm.streams.info(config.name).then(
+    () => true,
+    (err: unknown) => {
+      if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.StreamNotFound) return false;
+      throw err;
+    },
+  );
+  if (found) return;
   try {
     await jsm.streams.add(config);
   } catch (err) {

@@ -17,6 +17,8 @@ export interface NatsConnectOptions {
   ca?: string;
   cert?: string;
   key?: string;
+  /** Where its reply subjects live (a worker's own, so NATS can keep them from other hosts); `_INBOX` if absent. */
+  inboxPrefix?: string;
 }
 
 /** The --nats-* options (pcr-worker's and pcr-gateway's alike) as the connection takes them. */
@@ -62,6 +64,7 @@ export function connectFleet(options: NatsConnectOptions): Promise<NatsConnectio
     token: options.token,
     authenticator: options.creds ? credsAuthenticator(new Uint8Array(readFileSync(options.creds))) : undefined,
     tls,
+    inboxPrefix: options.inboxPrefix,
   };
   return connect(connection);
 }

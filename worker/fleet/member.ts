@@ -9,7 +9,7 @@ import type { Logger } from "pino";
 import type { VmView, WorkerApi } from "../core/api.js";
 import type { ValidSpec } from "../core/spec.js";
 import { isLive } from "../core/lifecycle.js";
-import { eventsSubject, openFleetBuckets } from "./buckets.js";
+import { eventsSubject, openMemberBuckets } from "./buckets.js";
 import { encodeHostInfo, type HostInfo, type Resources } from "./host-info.js";
 import { hostCallSubject, type NatsWorkerServer, serveWorkerOverNats } from "./nats-rpc.js";
 import { encodeFleetEvent, encodeVmLocation, fleetEventOf, parseVmLocation, vmLocationOf } from "./records.js";
@@ -67,7 +67,7 @@ export async function joinFleet(options: JoinFleetOptions): Promise<FleetMember>
   const { nc, hostId, api } = options;
   const log = options.logger.child({ component: "fleet", hostId });
   const subject = hostCallSubject(hostId); // validates the id before anything is created
-  const buckets = await openFleetBuckets(nc, { replicas: options.replicas, logger: log });
+  const buckets = await openMemberBuckets(nc, { replicas: options.replicas, logger: log });
   const js = jetstream(nc);
   const startedAtMs = Date.now();
   const stop = new AbortController();
