@@ -3,6 +3,7 @@
 // of NATS, never a source of truth: a gateway restarted empty rebuilds it in one read.
 import type { KV, KvEntry } from "@nats-io/kv";
 import type { Logger } from "pino";
+import { invalidArgument } from "../core/errors.js";
 import { type HostInfo, parseHostInfo } from "./host-info.js";
 import { type VmLocation, parseVmLocation } from "./records.js";
 import { DEFAULT_LOST_AFTER_MS } from "./placement.js";
@@ -22,7 +23,7 @@ class BucketCache<T> {
 
   constructor(
     private readonly kv: KV,
-    private readonly parse: (bytes: Uint8Array) => T,
+    private readonly parse: (bytes: Uint8Array, key: string) => T,
     private readonly logger: Logger,
     private readonly onChange?: (key: string) => void,
   ) {}
@@ -65,7 +66,7 @@ class BucketCache<T> {
       this.entries.delete(entry.key);
     } else {
       try {
-        this.entries.set(entry.key, { value: this.parse(entry.value), atMs: entry.created.getTime(), revision: entry.revision });
+        this.entries.set(entry.key, { value: this.parse(entry.value, entry.key), atMs: entry.created.getTime(), revision: entry.revision });
       } catch (err) {
         this.logger.warn({ bucket: entry.bucket, key: entry.key, err: (err as Error).message }, "ignoring an entry that does not parse");
         return;
@@ -90,7 +91,7 @@ export class FleetDirectory {
     logger: Logger,
     readonly lostAfterMs = DEFAULT_LOST_AFTER_MS,
   ) {
-    this.hostCache = new BucketCache(buckets.hosts, parseHostInfo, logger, (hostId) => {
+    this.hostCache = new BucketCache(buckets.hosts, parseHostEntry, logger, (hostId) => {
       for (const listener of this.heartbeatListeners) listener(hostId);
     });
     this.vmCache = new BucketCache(buckets.vms, parseVmLocation, logger);
@@ -146,4 +147,14 @@ export class FleetDirectory {
   vmsOn(hostId: string): VmLocation[] {
     return [...this.vmCache.entries.values()].map((entry) => entry.value).filter((location) => location.hostId === hostId);
   }
+}
+
+/**
+ * A pcr_hosts entry, which must name the host its key does: a gateway keys hosts by the entry's
+ * key, where a host may write only its own (docs/fleet.md), but places and calls by the id inside.
+ */
+function parseHostEntry(bytes: Uint8Array, key: string): HostInfo {
+  const info = parseHostInfo(bytes);
+  if (info.hostId !== key) throw invalidArgument(`the pcr_hosts entry ${JSON.stringify(key)} names host ${JSON.stringify(info.hostId)}`);
+  return info;
 }
