@@ -16,6 +16,7 @@ import { hostCallSubject, natsWorkerCaller } from "../../worker/fleet/nats-rpc.j
 import { parseFleetEvent, parseVmLocation } from "../../worker/fleet/records.js";
 import { connectWorker, WorkerClient } from "../../worker/rpc/worker-client.js";
 import { waitForOutput } from "../helpers/child-output.js";
+import { waitFor } from "../helpers/vm.js";
 import { startNats } from "../helpers/nats.js";
 import { GATEWAY_BIN, testGuest, WORKER_BIN } from "../helpers/repo.js";
 
@@ -75,16 +76,8 @@ async function startMember(hostId: string, reuseDir?: string, extraArgs: string[
   };
 }
 
-/** Polls `probe` until it returns something other than undefined, or fails at the deadline. */
-async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
+/** Polls `probe` every 50 ms until it returns something other than undefined, or fails at the deadline. */
+const until = <T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 10_000): Promise<T> => waitFor(what, timeoutMs, probe, 50);
 
 const kv = (name: string) => new Kvm(nc).open(name);
 

@@ -17,6 +17,7 @@ import { parseFleetEvent } from "../../worker/fleet/records.js";
 import { connectWorker } from "../../worker/rpc/worker-client.js";
 import { waitForOutput } from "../helpers/child-output.js";
 import { type NatsCluster, startNats } from "../helpers/nats.js";
+import { waitFor } from "../helpers/vm.js";
 import { GATEWAY_BIN, REPO_ROOT, testGuest, WORKER_BIN } from "../helpers/repo.js";
 
 const guest = testGuest();
@@ -98,16 +99,8 @@ async function startWorker(hostId: string, password: string): Promise<Child & { 
   };
 }
 
-/** Polls `probe` until it returns something other than undefined, or fails at the deadline. */
-async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50)); // polling interval, not synchronization
-  }
-}
+/** Polls `probe` every 50 ms until it returns something other than undefined, or fails at the deadline. */
+const until = <T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 10_000): Promise<T> => waitFor(what, timeoutMs, probe, 50);
 
 const PERMISSION = /permissions violation/i;
 
