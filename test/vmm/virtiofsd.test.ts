@@ -179,7 +179,11 @@ test("caged, virtiofsd runs as the VM's uid under seccomp, seeing its share and 
   assert.match(status, /^NoNewPrivs:\s+1$/m);
   assert.match(status, /^CapEff:\s+0+$/m);
   assert.ok((await readFile(`/proc/${inside}/cgroup`, "utf8")).includes("procurator-vms/vm-vfsd-caged"), "in the VM's cgroup");
+  // Killed, its helper goes at once and the caged process a moment later: release waits for it,
+  // and leaves no cgroup behind.
   await handle.kill();
+  await cage.release("vm-vfsd-caged");
+  for (const dir of made.cgroups) assert.ok(!existsSync(dir), `${dir} removed`);
 });
 
 test("caged, QEMU's C virtiofsd is refused before it starts (it needs root for its own sandbox)", async () => {

@@ -6,6 +6,7 @@
 import { execa } from "execa";
 import { mkdir, readdir, readFile, rmdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { setTimeout as delay } from "node:timers/promises";
 import { failedPrecondition } from "../core/errors.js";
 import { mounts } from "../faults/cgroup.js";
 import { ifMissing } from "../missing.js";
@@ -107,15 +108,30 @@ export async function createVmCgroups(layout: CgroupLayout, id: string, limits: 
 export async function removeVmCgroups(layout: CgroupLayout, id: string): Promise<string[]> {
   const failures: string[] = [];
   for (const dir of vmCgroupDirs(layout, id)) {
-    try {
-      await rmdir(dir);
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code !== "ENOENT") failures.push(`${dir}: ${code ?? (err as Error).message}`);
+    // EBUSY: a task is still in it. A VMM whose cage helper was SIGKILLed dies of its parent-death
+    // signal a moment after the helper; its cgroup empties then.
+    for (let waitedMs = 0; ; waitedMs += BUSY_RETRY_MS) {
+      try {
+        await rmdir(dir);
+        break;
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code === "ENOENT") break;
+        if (code === "EBUSY" && waitedMs < BUSY_WAIT_MS) {
+          await delay(BUSY_RETRY_MS);
+          continue;
+        }
+        failures.push(`${dir}: ${code ?? (err as Error).message}`);
+        break;
+      }
     }
   }
   return failures;
 }
+
+/** How long removing a VM's cgroup waits for its last task to be gone, and how often it looks. */
+const BUSY_WAIT_MS = 2_000;
+const BUSY_RETRY_MS = 20;
 
 /** The VM ids that have a cgroup under the cage's parent (after a restart: which to keep). */
 export async function listVmCgroups(layout: CgroupLayout): Promise<string[]> {
